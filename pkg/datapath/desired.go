@@ -1,0 +1,173 @@
+package datapath
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"sync"
+)
+
+// Entry is one desired remote prefix: traffic to Prefix goes to the remote
+// node TunnelEndpoint of cluster ClusterID.
+type Entry struct {
+	Prefix         netip.Prefix
+	TunnelEndpoint netip.Addr
+	ClusterID      uint32
+	Cluster        string
+}
+
+func (e Entry) String() string {
+	return fmt.Sprintf("%s via %s (cluster %s/%d)", e.Prefix, e.TunnelEndpoint, e.Cluster, e.ClusterID)
+}
+
+// Desired is the hand-off between the agent's mesh state and the datapath:
+// the full desired set of remote prefixes, kept per remote cluster. The agent
+// writes it; the reconciler reads snapshots of it and is woken through
+// Changed. It is safe for concurrent use.
+//
+// Prefixes of different clusters never overlap (the agent refuses a cluster
+// whose pod CIDRs overlap another's), so a prefix has at most one owner; if a
+// caller does store one prefix under two clusters, the cluster whose name
+// sorts first wins in Snapshot, so the result is deterministic.
+type Desired struct {
+	// mu protects byCluster, version and pruneAllowed.
+	mu           sync.Mutex
+	byCluster    map[string]map[netip.Prefix]Entry
+	version      uint64
+	pruneAllowed bool
+
+	changed chan struct{}
+}
+
+// NewDesired returns an empty desired set in which pruning is not yet allowed.
+func NewDesired() *Desired {
+	return &Desired{
+		byCluster: make(map[string]map[netip.Prefix]Entry),
+		changed:   make(chan struct{}, 1),
+	}
+}
+
+// SetCluster replaces every entry of one cluster. Entries keep their Cluster
+// field as given; callers set it to cluster.
+func (d *Desired) SetCluster(cluster string, entries []Entry) {
+	m := make(map[netip.Prefix]Entry, len(entries))
+	for _, e := range entries {
+		m[e.Prefix] = e
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.byCluster[cluster]; ok && maps.Equal(old, m) {
+		return
+	}
+	d.byCluster[cluster] = m
+	d.bumpLocked()
+}
+
+// Upsert adds or replaces one entry of e.Cluster.
+func (d *Desired) Upsert(e Entry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.byCluster[e.Cluster]
+	if m == nil {
+		m = make(map[netip.Prefix]Entry)
+		d.byCluster[e.Cluster] = m
+	}
+	if old, ok := m[e.Prefix]; ok && old == e {
+		return
+	}
+	m[e.Prefix] = e
+	d.bumpLocked()
+}
+
+// Delete removes one prefix of a cluster. Deleting a missing prefix is a no-op.
+func (d *Desired) Delete(cluster string, p netip.Prefix) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.byCluster[cluster]
+	if _, ok := m[p]; !ok {
+		return
+	}
+	delete(m, p)
+	d.bumpLocked()
+}
+
+// RemoveCluster withdraws every entry of a cluster.
+func (d *Desired) RemoveCluster(cluster string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.byCluster[cluster]; !ok {
+		return
+	}
+	delete(d.byCluster, cluster)
+	d.bumpLocked()
+}
+
+// AllowPrune is called once every remote has synced (or the sync timeout has
+// passed). Until then a reconciler adopts and adds, but deletes nothing it
+// finds in the kernel, so an agent restart withdraws no route.
+func (d *Desired) AllowPrune() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pruneAllowed {
+		return
+	}
+	d.pruneAllowed = true
+	d.bumpLocked()
+}
+
+// Snapshot is a consistent copy of the desired set.
+type Snapshot struct {
+	Entries      map[netip.Prefix]Entry
+	Version      uint64
+	PruneAllowed bool
+}
+
+// Snapshot returns a copy of the whole desired set.
+func (d *Desired) Snapshot() Snapshot {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, m := range d.byCluster {
+		n += len(m)
+	}
+	out := make(map[netip.Prefix]Entry, n)
+	for cluster, m := range d.byCluster {
+		for p, e := range m {
+			if old, ok := out[p]; ok && old.Cluster < cluster {
+				continue
+			}
+			out[p] = e
+		}
+	}
+	return Snapshot{Entries: out, Version: d.version, PruneAllowed: d.pruneAllowed}
+}
+
+// ClusterEntries returns a copy of one cluster's entries.
+func (d *Desired) ClusterEntries(cluster string) []Entry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Entry, 0, len(d.byCluster[cluster]))
+	for _, e := range d.byCluster[cluster] {
+		out = append(out, e)
+	}
+	return out
+}
+
+// Version increases on every change.
+func (d *Desired) Version() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.version
+}
+
+// Changed receives a value after one or more changes. It never blocks the
+// writer: changes made while a signal is pending coalesce into it.
+func (d *Desired) Changed() <-chan struct{} { return d.changed }
+
+func (d *Desired) bumpLocked() {
+	d.version++
+	select {
+	case d.changed <- struct{}{}:
+	default:
+	}
+}
