@@ -2,9 +2,8 @@ package certs
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -35,6 +34,8 @@ type Options struct {
 	NotBefore time.Time
 	// Validity defaults to DefaultLeafValidity (DefaultCAValidity for a CA).
 	Validity time.Duration
+	// KeyType of the new key; empty means KeyECDSAP256.
+	KeyType KeyType
 }
 
 // KeyPair is a certificate with its private key, parsed and as PEM.
@@ -53,7 +54,7 @@ func NewCA(o Options) (*CA, error) {
 	if o.Validity == 0 {
 		o.Validity = DefaultCAValidity
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := generateKey(o.KeyType)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
 	}
@@ -86,7 +87,7 @@ func (ca *CA) issue(o Options, usage ...x509.ExtKeyUsage) (*KeyPair, error) {
 	if o.CommonName == "" {
 		return nil, errors.New("issue certificate: empty common name")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := generateKey(o.KeyType)
 	if err != nil {
 		return nil, fmt.Errorf("generate key for %q: %w", o.CommonName, err)
 	}
@@ -94,7 +95,11 @@ func (ca *CA) issue(o Options, usage ...x509.ExtKeyUsage) (*KeyPair, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	if _, isRSA := key.(*rsa.PrivateKey); isRSA {
+		// RSA key exchange (TLS 1.2 without ECDHE) encrypts to the key.
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
+	}
 	tmpl.ExtKeyUsage = usage
 	tmpl.AuthorityKeyId = ca.Cert.SubjectKeyId
 	return sign(tmpl, ca.Cert, key, ca.Key)
@@ -125,8 +130,8 @@ func template(o Options) (*x509.Certificate, error) {
 	}, nil
 }
 
-func sign(tmpl, parent *x509.Certificate, key *ecdsa.PrivateKey, signer crypto.Signer) (*KeyPair, error) {
-	pub := &key.PublicKey
+func sign(tmpl, parent *x509.Certificate, key, signer crypto.Signer) (*KeyPair, error) {
+	pub := key.Public()
 	ski, err := subjectKeyID(pub)
 	if err != nil {
 		return nil, err
@@ -155,7 +160,7 @@ func sign(tmpl, parent *x509.Certificate, key *ecdsa.PrivateKey, signer crypto.S
 	}, nil
 }
 
-func subjectKeyID(pub *ecdsa.PublicKey) ([]byte, error) {
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("marshal public key: %w", err)
@@ -230,6 +235,8 @@ func ParseKeyPair(certPEM, keyPEM []byte, certName, keyName string) (*KeyPair, e
 	switch block.Type {
 	case "EC PRIVATE KEY":
 		key, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 	default:
 		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
 	}
