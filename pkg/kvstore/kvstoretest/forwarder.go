@@ -1,0 +1,121 @@
+package kvstoretest
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+)
+
+// Forwarder relays TCP connections from a loopback port to a target. Cut
+// closes the port and every relayed connection, as a network failure or a
+// stopped proxy would; Restore listens again on the same port.
+type Forwarder struct {
+	// Addr is the host:port clients dial; it stays the same across Cut/Restore.
+	Addr   string
+	target string
+
+	// mu protects ln and conns.
+	mu    sync.Mutex
+	ln    net.Listener
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// StartForwarder relays 127.0.0.1:<random port> to target until the test ends.
+func StartForwarder(tb testing.TB, target string) *Forwarder {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("listen: %v", err)
+	}
+	f := &Forwarder{Addr: ln.Addr().String(), target: target, conns: make(map[net.Conn]struct{})}
+	f.serve(ln)
+	tb.Cleanup(func() {
+		f.Cut()
+		f.wg.Wait()
+	})
+	return f
+}
+
+// Cut stops accepting and closes every relayed connection.
+func (f *Forwarder) Cut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ln != nil {
+		f.ln.Close()
+		f.ln = nil
+	}
+	for c := range f.conns {
+		c.Close()
+	}
+}
+
+// Restore listens on Addr again.
+func (f *Forwarder) Restore(tb testing.TB) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", f.Addr)
+	if err != nil {
+		tb.Fatalf("listen again on %s: %v", f.Addr, err)
+	}
+	f.serve(ln)
+}
+
+func (f *Forwarder) serve(ln net.Listener) {
+	f.mu.Lock()
+	f.ln = ln
+	f.mu.Unlock()
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f.relay(c)
+		}
+	}()
+}
+
+func (f *Forwarder) track(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ln == nil {
+		c.Close()
+		return false
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+func (f *Forwarder) untrack(c net.Conn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.conns, c)
+	c.Close()
+}
+
+func (f *Forwarder) relay(in net.Conn) {
+	if !f.track(in) {
+		return
+	}
+	out, err := net.Dial("tcp", f.target)
+	if err != nil {
+		f.untrack(in)
+		return
+	}
+	if !f.track(out) {
+		f.untrack(in)
+		return
+	}
+	f.wg.Add(2)
+	pipe := func(dst, src net.Conn) {
+		defer f.wg.Done()
+		_, _ = io.Copy(dst, src) // ends when either side closes
+		f.untrack(dst)
+		f.untrack(src)
+	}
+	go pipe(out, in)
+	go pipe(in, out)
+}
