@@ -192,7 +192,7 @@ func writeFile(path string, data []byte, mode os.FileMode, force bool) error {
 		if errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("write %s: %w", path, ErrExists)
 		}
-		return fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", path, unwrapPath(err))
 	}
 	if err := f.Chmod(mode); err != nil {
 		f.Close()
@@ -212,11 +212,11 @@ func writeFile(path string, data []byte, mode os.FileMode, force bool) error {
 func LoadKeyPair(certFile, keyFile string) (*KeyPair, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return nil, fmt.Errorf("read certificate %s: %w", certFile, err)
+		return nil, fmt.Errorf("read certificate %s: %w", certFile, unwrapPath(err))
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("read key %s: %w", keyFile, err)
+		return nil, fmt.Errorf("read key %s: %w", keyFile, unwrapPath(err))
 	}
 	return ParseKeyPair(certPEM, keyPEM, certFile, keyFile)
 }
@@ -269,4 +269,14 @@ func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
 		return nil, errors.New("no PEM CERTIFICATE block")
 	}
 	return x509.ParseCertificate(block.Bytes)
+}
+
+// unwrapPath drops the *os.PathError around err: the caller's message names
+// the path already. errors.Is still matches the cause (fs.ErrPermission...).
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/podmesh/podmesh/certs"
+)
+
+// Names the manifests in daemonset/ expect.
+const (
+	defaultNamespace        = "podmesh-system"
+	defaultMeshSecret       = "podmesh-clustermesh"
+	defaultServerTLSSecret  = "clustermesh-apiserver-tls"
+	defaultProxyPort        = 32379
+	partOfLabel             = "app.kubernetes.io/part-of"
+	partOfValue             = "podmesh"
+	meshSecretKeySuffixCA   = ".ca.crt"
+	meshSecretKeySuffixCert = ".crt"
+	meshSecretKeySuffixKey  = ".key"
+)
+
+// secretManifest is the subset of a v1 Secret podmesh writes and reads. It is
+// its own type (not corev1.Secret) so the YAML carries no empty status or
+// creationTimestamp fields.
+type secretManifest struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   secretMetadata    `json:"metadata"`
+	Type       string            `json:"type"`
+	Data       map[string][]byte `json:"data"`
+}
+
+type secretMetadata struct {
+	Name      string            `json:"name"`
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+func newSecret(name, namespace, typ string) *secretManifest {
+	return &secretManifest{
+		APIVersion: "v1",
+		Kind:       "Secret",
+		Metadata: secretMetadata{
+			Name:      name,
+			Namespace: namespace,
+			Labels:    map[string]string{partOfLabel: partOfValue},
+		},
+		Type: typ,
+		Data: map[string][]byte{},
+	}
+}
+
+func (s *secretManifest) marshal() ([]byte, error) {
+	b, err := yaml.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("marshal secret %s/%s: %w", s.Metadata.Namespace, s.Metadata.Name, err)
+	}
+	return b, nil
+}
+
+// readSecretFile reads a Secret manifest podmesh-certs wrote earlier; a
+// missing file returns (nil, nil).
+func readSecretFile(path string) (*secretManifest, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read secret manifest %s: %w", path, err)
+	}
+	var s secretManifest
+	if err := yaml.UnmarshalStrict(data, &s); err != nil {
+		return nil, fmt.Errorf("secret manifest %s: %w", path, err)
+	}
+	if s.APIVersion != "v1" || s.Kind != "Secret" {
+		return nil, fmt.Errorf("secret manifest %s: is %s %s, not a v1 Secret", path, s.APIVersion, s.Kind)
+	}
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	return &s, nil
+}
+
+// etcdClientConfig is the etcd-client YAML the agent reads (one file per
+// remote cluster). The file paths are relative: they resolve against the
+// directory of the config file, which is the mounted Secret.
+type etcdClientConfig struct {
+	Endpoints     []string `json:"endpoints"`
+	TrustedCAFile string   `json:"trusted-ca-file"`
+	CertFile      string   `json:"cert-file"`
+	KeyFile       string   `json:"key-file"`
+}
+
+// proxyEndpoint is the https URL of a proxy address; IPv6 gets brackets.
+func proxyEndpoint(address string, port int) string {
+	u := url.URL{Scheme: "https", Host: net.JoinHostPort(address, strconv.Itoa(port))}
+	return u.String()
+}
+
+// meshSecretFiles are the Secret keys that connect a peer to cluster: the
+// config file named after the cluster and the three PEM files it names.
+func meshSecretFiles(cluster string, endpoints []string, caPEM, certPEM, keyPEM []byte) (map[string][]byte, error) {
+	cfg := etcdClientConfig{
+		Endpoints:     endpoints,
+		TrustedCAFile: cluster + meshSecretKeySuffixCA,
+		CertFile:      cluster + meshSecretKeySuffixCert,
+		KeyFile:       cluster + meshSecretKeySuffixKey,
+	}
+	body, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("marshal etcd config for %s: %w", cluster, err)
+	}
+	files := map[string][]byte{
+		cluster:           body,
+		cfg.TrustedCAFile: caPEM,
+		cfg.CertFile:      certPEM,
+		cfg.KeyFile:       keyPEM,
+	}
+	for k := range files {
+		if err := certs.ValidateSecretKey(k); err != nil {
+			return nil, err
+		}
+	}
+	return files, nil
+}
+
+// meshSecretKeys lists the keys meshSecretFiles writes for cluster.
+func meshSecretKeys(cluster string) []string {
+	return []string{cluster, cluster + meshSecretKeySuffixCA, cluster + meshSecretKeySuffixCert, cluster + meshSecretKeySuffixKey}
+}
