@@ -1,0 +1,262 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/sirupsen/logrus"
+)
+
+// batchSize bounds one batch syscall (and the buffers it needs).
+const batchSize = 8192
+
+// SyncStats says what one Sync changed.
+type SyncStats struct {
+	Added   int // prefixes that were missing
+	Updated int // prefixes whose value changed
+	Deleted int // prefixes removed because prune was set
+}
+
+// Sync makes the ipcache equal entries. It upserts missing and changed
+// entries and, when prune is true, deletes every other entry (including ones
+// it cannot decode); with prune false it never deletes, which is how an agent
+// adopts the ipcache of its predecessor before every remote has synced.
+// Additions and updates happen before deletions. Calling Sync again with the
+// same entries changes nothing.
+//
+// Prefixes are masked and IPv4-mapped IPv6 addresses unmapped. An invalid
+// entry (ErrInvalidEntry) or one prefix with two different values
+// (ErrConflictingEntries) fails the whole Sync before the map is touched.
+func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
+	want := make(map[podmeshIpcacheKey]podmeshIpcacheValue, len(entries))
+	for _, e := range entries {
+		n, err := e.normalize()
+		if err != nil {
+			return SyncStats{}, err
+		}
+		k, v := encodeKey(n.Prefix), encodeValue(n)
+		if old, ok := want[k]; ok && old != v {
+			return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
+		}
+		want[k] = v
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return SyncStats{}, ErrClosed
+	}
+	m := d.objs.PodmeshIpcache
+
+	var (
+		stats           SyncStats
+		upKeys, delKeys []podmeshIpcacheKey
+		upVals          []podmeshIpcacheValue
+		have            = make(map[podmeshIpcacheKey]podmeshIpcacheValue)
+	)
+	err := dumpIpcache(m, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+		p, err := decodeKey(k)
+		if err != nil {
+			// Not ours to interpret, but in our map: prune it.
+			delKeys = append(delKeys, k)
+			return
+		}
+		// The trie ignores bits past the prefix length, so a key with such
+		// bits names the same entry as the canonical one.
+		have[encodeKey(p)] = v
+	})
+	if err != nil {
+		return SyncStats{}, err
+	}
+	for k, v := range want {
+		old, ok := have[k]
+		switch {
+		case !ok:
+			stats.Added++
+		case old != v:
+			stats.Updated++
+		default:
+			continue
+		}
+		upKeys = append(upKeys, k)
+		upVals = append(upVals, v)
+	}
+	if prune {
+		for k := range have {
+			if _, ok := want[k]; !ok {
+				delKeys = append(delKeys, k)
+			}
+		}
+	} else {
+		delKeys = nil
+	}
+
+	if err := updateIpcache(m, upKeys, upVals); err != nil {
+		return SyncStats{}, err
+	}
+	deleted, err := deleteIpcache(m, delKeys)
+	stats.Deleted = deleted
+	if err != nil {
+		return stats, err
+	}
+	if stats != (SyncStats{}) {
+		d.log.WithFields(logrus.Fields{
+			"added":   stats.Added,
+			"updated": stats.Updated,
+			"deleted": stats.Deleted,
+		}).Debug("Synced ipcache")
+	}
+	return stats, nil
+}
+
+// Entries returns every entry of the ipcache, in map order. Entries that do
+// not decode (not written by this version) are left out; a Sync with prune
+// removes them.
+func (d *Datapath) Entries() ([]Entry, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	var out []Entry
+	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+		if e, err := decodeEntry(k, v); err == nil {
+			out = append(out, e)
+		}
+	})
+	return out, err
+}
+
+// dumpIpcache calls fn for every key and value in the ipcache, reading it in
+// batches where the kernel supports that.
+func dumpIpcache(m *ebpf.Map, fn func(podmeshIpcacheKey, podmeshIpcacheValue)) error {
+	keys := make([]podmeshIpcacheKey, batchSize)
+	vals := make([]podmeshIpcacheValue, batchSize)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) && n == 0 {
+			return iterateIpcache(m, fn)
+		}
+		if err != nil {
+			return fmt.Errorf("dump ipcache: %w", err)
+		}
+	}
+}
+
+func iterateIpcache(m *ebpf.Map, fn func(podmeshIpcacheKey, podmeshIpcacheValue)) error {
+	var (
+		k podmeshIpcacheKey
+		v podmeshIpcacheValue
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		fn(k, v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate ipcache: %w", err)
+	}
+	return nil
+}
+
+// updateIpcache writes keys[i] = vals[i], in batches where possible.
+func updateIpcache(m *ebpf.Map, keys []podmeshIpcacheKey, vals []podmeshIpcacheValue) error {
+	for start := 0; start < len(keys); start += batchSize {
+		end := min(start+batchSize, len(keys))
+		n, err := m.BatchUpdate(keys[start:end], vals[start:end], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) && n == 0 {
+			for i := start; i < end; i++ {
+				if err := m.Put(&keys[i], &vals[i]); err != nil {
+					return fmt.Errorf("update ipcache entry %s: %w", keyString(keys[i]), err)
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("update ipcache entry %s: %w", keyString(keys[start+n]), err)
+		}
+	}
+	return nil
+}
+
+// deleteIpcache deletes keys, in batches where possible; a key that is
+// already gone counts as deleted.
+func deleteIpcache(m *ebpf.Map, keys []podmeshIpcacheKey) (int, error) {
+	deleted := 0
+	for len(keys) > 0 {
+		chunk := keys[:min(batchSize, len(keys))]
+		n, err := m.BatchDelete(chunk, nil)
+		switch {
+		case err == nil:
+			deleted += n
+			keys = keys[len(chunk):]
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			// The batch stops at the missing key: skip it and go on.
+			deleted += n + 1
+			keys = keys[n+1:]
+		case errors.Is(err, ebpf.ErrNotSupported) && n == 0:
+			for i := range chunk {
+				if err := m.Delete(&chunk[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return deleted, fmt.Errorf("delete ipcache entry %s: %w", keyString(chunk[i]), err)
+				}
+				deleted++
+			}
+			keys = keys[len(chunk):]
+		default:
+			return deleted + n, fmt.Errorf("delete ipcache entry %s: %w", keyString(chunk[n]), err)
+		}
+	}
+	return deleted, nil
+}
+
+func keyString(k podmeshIpcacheKey) string {
+	if p, err := decodeKey(k); err == nil {
+		return p.String()
+	}
+	return fmt.Sprintf("%+v", k)
+}
+
+// migrateIpcache copies every entry of an ipcache with another layout that
+// still decodes as an entry of this version into the new map. An old map
+// whose key or value size differs has nothing decodable: it is dropped whole.
+func migrateIpcache(from, to *ebpf.Map) (copied, dropped int, err error) {
+	if from.KeySize() != to.KeySize() || from.ValueSize() != to.ValueSize() {
+		// Count what is lost, so the log says so.
+		var k, v []byte
+		it := from.Iterate()
+		for it.Next(&k, &v) {
+			dropped++
+		}
+		return 0, dropped, nil
+	}
+	var (
+		keys []podmeshIpcacheKey
+		vals []podmeshIpcacheValue
+	)
+	var k podmeshIpcacheKey
+	var v podmeshIpcacheValue
+	it := from.Iterate()
+	for it.Next(&k, &v) {
+		e, err := decodeEntry(k, v)
+		if err != nil {
+			dropped++
+			continue
+		}
+		keys = append(keys, encodeKey(e.Prefix))
+		vals = append(vals, encodeValue(e))
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, fmt.Errorf("read old ipcache: %w", err)
+	}
+	if err := updateIpcache(to, keys, vals); err != nil {
+		return 0, 0, err
+	}
+	return len(keys), dropped, nil
+}
