@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"sort"
 	"sync"
+	"time"
 )
 
 // Entry is one desired remote prefix: traffic to Prefix goes to the remote
@@ -30,11 +32,12 @@ func (e Entry) String() string {
 // caller does store one prefix under two clusters, the cluster whose name
 // sorts first wins in Snapshot, so the result is deterministic.
 type Desired struct {
-	// mu protects byCluster, version and pruneAllowed.
+	// mu protects byCluster, version, pruneAllowed and changes.
 	mu           sync.Mutex
 	byCluster    map[string]map[netip.Prefix]Entry
 	version      uint64
 	pruneAllowed bool
+	changes      []change // bounded, oldest first; see ChangedAfter
 
 	changed chan struct{}
 }
@@ -164,8 +167,48 @@ func (d *Desired) Version() uint64 {
 // writer: changes made while a signal is pending coalesce into it.
 func (d *Desired) Changed() <-chan struct{} { return d.changed }
 
+// change records when a run of versions began: changes within
+// changeCoalesce of the previous record share it, so a burst of many
+// upserts costs one record.
+type change struct {
+	first uint64
+	at    time.Time
+}
+
+const (
+	changesKept    = 1024
+	changeCoalesce = time.Millisecond
+)
+
+// ChangedAfter returns when the first change after version v was made, for
+// the convergence-latency metric (accurate to about a millisecond). found is
+// false when no change after v is recorded. When the record of that change
+// has been dropped (more than changesKept bursts ago), the oldest record is
+// returned, which underestimates.
+func (d *Desired) ChangedAfter(v uint64) (at time.Time, found bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v >= d.version || len(d.changes) == 0 {
+		return time.Time{}, false
+	}
+	// Last record whose run starts at or before v+1.
+	i := sort.Search(len(d.changes), func(i int) bool { return d.changes[i].first > v+1 })
+	if i == 0 {
+		return d.changes[0].at, true
+	}
+	return d.changes[i-1].at, true
+}
+
 func (d *Desired) bumpLocked() {
 	d.version++
+	now := time.Now()
+	if n := len(d.changes); n == 0 || now.Sub(d.changes[n-1].at) > changeCoalesce {
+		if n == changesKept {
+			copy(d.changes, d.changes[1:])
+			d.changes = d.changes[:n-1]
+		}
+		d.changes = append(d.changes, change{first: d.version, at: now})
+	}
 	select {
 	case d.changed <- struct{}{}:
 	default:

@@ -1,0 +1,182 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/podmesh/podmesh/bpf"
+)
+
+// ebpfBackend is the default mode: a collect-metadata ("external") VXLAN
+// device podmesh_vxlan (NOARP, bpf.DeviceMAC, tunnel MTU), the bpf package's
+// program at its egress, and per remote prefix
+//
+//	<prefix> dev podmesh_vxlan scope link proto podmesh mtu <underlay-overhead>
+//	ipcache[<prefix>] = {endpoint, cluster ID}
+//
+// The route only steers the packet to the device; the program picks the
+// tunnel endpoint from the ipcache.
+type ebpfBackend struct {
+	base
+	dp       *bpf.Datapath
+	mac      net.HardwareAddr
+	attached int // ifindex the program was last attached to by this process
+}
+
+func newEBPFBackend(bs base, cfg Config) (backend, error) {
+	mac, err := net.ParseMAC(bpf.DeviceMAC)
+	if err != nil {
+		return nil, fmt.Errorf("parse bpf.DeviceMAC: %w", err)
+	}
+	dp, err := bpf.Load(bpf.Options{PinDir: cfg.BPFRoot, LocalClusterID: cfg.LocalClusterID, Log: bs.log})
+	if err != nil {
+		return nil, fmt.Errorf("load bpf datapath from %s: %w", cfg.BPFRoot, err)
+	}
+	return &ebpfBackend{base: bs, dp: dp, mac: mac}, nil
+}
+
+func (b *ebpfBackend) mode() string { return ModeEBPF }
+
+func (b *ebpfBackend) deviceMTU() int { return routeMTU(ModeEBPF, b.mtu, b.local) }
+
+func (b *ebpfBackend) wantDevice() *netlink.Vxlan {
+	return &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: DeviceName, MTU: b.deviceMTU(), HardwareAddr: b.mac},
+		FlowBased: true,
+		Port:      b.port,
+		Learning:  false,
+	}
+}
+
+func ebpfDeviceCompatible(want, have *netlink.Vxlan) bool {
+	return have.FlowBased && have.Port == want.Port
+}
+
+// ipcacheEntry converts a desired Entry into its ipcache entry.
+func ipcacheEntry(e Entry) bpf.Entry {
+	return bpf.Entry{Prefix: e.Prefix.Masked(), TunnelEndpoint: e.TunnelEndpoint.Unmap(), ClusterID: e.ClusterID}
+}
+
+// planIpcache compares the ipcache with want. add holds the entries to
+// upsert (missing or different); keep is the complete set the ipcache must
+// hold afterwards: want plus the entries that may not be deleted yet.
+func planIpcache(want map[netip.Prefix]bpf.Entry, have []bpf.Entry, canDelete func(netip.Prefix) bool) (add, keep []bpf.Entry, needPrune bool) {
+	haveBy := make(map[netip.Prefix]bpf.Entry, len(have))
+	for _, h := range have {
+		haveBy[h.Prefix] = h
+	}
+	for _, p := range sortedPrefixes(want) {
+		w := want[p]
+		keep = append(keep, w)
+		if h, ok := haveBy[p]; !ok || h != w {
+			add = append(add, w)
+		}
+	}
+	for _, p := range sortedPrefixes(haveBy) {
+		if _, ok := want[p]; ok {
+			continue
+		}
+		if canDelete(p) {
+			needPrune = true
+			continue
+		}
+		keep = append(keep, haveBy[p])
+	}
+	return add, keep, needPrune
+}
+
+func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult {
+	wd := b.wantDevice()
+	link, err := ensureDevice(b.h, b.log, wd, func(l netlink.Link) bool {
+		vx, ok := l.(*netlink.Vxlan)
+		return ok && ebpfDeviceCompatible(wd, vx)
+	}, true)
+	if err != nil {
+		return syncResult{err: err}
+	}
+	idx := link.Attrs().Index
+	if b.attached != idx {
+		// Attach replaces the program on a pinned link atomically, so doing
+		// it once per process (and again if the device was recreated) keeps
+		// the newest program attached without a gap.
+		if err := b.ns.do(func() error { return b.dp.Attach(idx) }); err != nil {
+			return syncResult{err: fmt.Errorf("attach program to %s: %w", DeviceName, err)}
+		}
+		b.attached = idx
+	}
+
+	failed := make(map[netip.Prefix]error)
+	wantIP := make(map[netip.Prefix]bpf.Entry, len(want))
+	for p, e := range want {
+		if e.ClusterID == 0 || e.ClusterID > bpf.MaxClusterID {
+			failed[p] = fmt.Errorf("cluster ID %d not in 1..%d", e.ClusterID, bpf.MaxClusterID)
+			continue
+		}
+		wantIP[p] = ipcacheEntry(e)
+	}
+	have, err := b.dp.Entries()
+	if err != nil {
+		return syncResult{err: fmt.Errorf("list ipcache: %w", err)}
+	}
+	ours, foreign, err := listRoutes(b.h)
+	if err != nil {
+		return syncResult{err: err}
+	}
+
+	// Adds first: the ipcache learns a prefix before a route sends traffic
+	// for it to the device.
+	add, _, _ := planIpcache(wantIP, have, func(netip.Prefix) bool { return false })
+	if len(add) > 0 {
+		if _, err := b.dp.Sync(add, false); err != nil {
+			err = fmt.Errorf("update ipcache: %w", err)
+			for _, e := range add {
+				failed[e.Prefix] = err
+				delete(wantIP, e.Prefix)
+			}
+		}
+	}
+	rp := routeParams{mode: ModeEBPF, linkIndex: idx, mtu: b.deviceMTU()}
+	wantRoutes := make(map[netip.Prefix]netlink.Route, len(wantIP))
+	for p := range wantIP {
+		wantRoutes[p] = desiredRoute(want[p], rp)
+	}
+	// A prefix whose ipcache update failed keeps whatever route it had.
+	routeCanDelete := func(p netip.Prefix) bool { return canDelete(p) && failed[p] == nil }
+	rfailed, removed := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, routeCanDelete))
+	for p, err := range rfailed {
+		failed[p] = errors.Join(failed[p], err)
+	}
+
+	// Deletes last: the ipcache forgets a prefix once no route leads to it.
+	// A prefix whose route could not be removed keeps its entry.
+	_, keep, needPrune := planIpcache(wantIP, have, func(p netip.Prefix) bool {
+		_, rf := rfailed[p]
+		_, stillWanted := want[p]
+		return canDelete(p) && !rf && !stillWanted
+	})
+	var errs []error
+	if needPrune {
+		if _, err := b.dp.Sync(keep, true); err != nil {
+			errs = append(errs, fmt.Errorf("prune ipcache: %w", err))
+		}
+	}
+	return syncResult{failed: failed, removed: removed, err: errors.Join(errs...)}
+}
+
+func (b *ebpfBackend) traffic() (map[uint32]Counter, error) {
+	c, err := b.dp.Counters()
+	if err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	out := make(map[uint32]Counter, len(c))
+	for id, v := range c {
+		out[id] = Counter{Packets: v.Packets, Bytes: v.Bytes}
+	}
+	return out, nil
+}
+
+func (b *ebpfBackend) close() error { return b.dp.Close() }

@@ -1,0 +1,202 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the thin kernel edge shared by the backends: netlink dumps
+// that retry on an interrupted dump, deletes that treat "already gone" as
+// success, and running a function inside the target network namespace.
+
+const dumpRetries = 5
+
+// retryDump calls f until it returns something other than
+// netlink.ErrDumpInterrupted (the kernel's table changed during the dump; the
+// result may be inconsistent and must not drive a prune).
+func retryDump[T any](f func() (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	for range dumpRetries {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
+// isGone reports whether a delete failed only because the object is already
+// absent, which podmesh treats as success.
+func isGone(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENODEV) || errors.As(err, &lnf)
+}
+
+// isLinkNotFound reports whether a link lookup failed because the link is absent.
+func isLinkNotFound(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV)
+}
+
+// listRoutes dumps the routes of podmesh's table for both families and splits
+// them into podmesh's own (tagged with RouteProtocol) and foreign ones.
+func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
+	filter := &netlink.Route{Table: routeTable}
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(unix.AF_UNSPEC, filter, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list routes: %w", err)
+	}
+	ours = make(map[netip.Prefix]netlink.Route)
+	foreign = make(map[netip.Prefix]netlink.Route)
+	for _, r := range routes {
+		pfx, ok := routeKey(r)
+		if !ok {
+			continue
+		}
+		if r.Protocol == RouteProtocol {
+			ours[pfx] = r
+		} else if r.Type == unix.RTN_UNICAST || r.Type == 0 {
+			foreign[pfx] = r
+		}
+	}
+	return ours, foreign, nil
+}
+
+// applyRoutes installs plan.upsert, then removes plan.remove (adds before
+// deletes, so a changed next hop never leaves a gap). It returns per-prefix
+// failures and the prefixes it removed.
+func applyRoutes(h *netlink.Handle, plan routePlan) (failed map[netip.Prefix]error, removed []netip.Prefix) {
+	failed = make(map[netip.Prefix]error)
+	for pfx, why := range plan.conflicts {
+		failed[pfx] = errors.New(why)
+	}
+	for i := range plan.upsert {
+		r := plan.upsert[i]
+		if err := h.RouteReplace(&r); err != nil {
+			pfx, _ := routeKey(r)
+			failed[pfx] = fmt.Errorf("replace route %s: %w", pfx, err)
+		}
+	}
+	for i := range plan.remove {
+		r := plan.remove[i]
+		pfx, _ := routeKey(r)
+		if err := deleteRoute(h, r); err != nil {
+			failed[pfx] = err
+			continue
+		}
+		removed = append(removed, pfx)
+	}
+	return failed, removed
+}
+
+// deleteRoute removes one podmesh route; a route that is already gone is success.
+func deleteRoute(h *netlink.Handle, r netlink.Route) error {
+	del := netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: RouteProtocol, Family: r.Family, Priority: r.Priority, Tos: r.Tos}
+	if err := h.RouteDel(&del); err != nil && !isGone(err) {
+		pfx, _ := routeKey(r)
+		return fmt.Errorf("delete route %s: %w", pfx, err)
+	}
+	return nil
+}
+
+// linkMTUFor returns the MTU of the link holding addr.
+func linkMTUFor(h *netlink.Handle, addr netip.Addr) (int, error) {
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, family(addr)) })
+	if err != nil {
+		return 0, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ipToAddr(a.IP) != addr {
+			continue
+		}
+		l, err := h.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return 0, fmt.Errorf("find link of %s: %w", addr, err)
+		}
+		return l.Attrs().MTU, nil
+	}
+	return 0, fmt.Errorf("no link holds %s", addr)
+}
+
+// nsRunner runs functions inside one network namespace. Netlink handles bind
+// to the namespace themselves; what needs the calling thread inside it
+// (AttachTCX resolves ifindexes there, /proc/sys/net shows that namespace's
+// sysctls) goes through do.
+type nsRunner struct {
+	ns netns.NsHandle // closed handle (-1): the process's current namespace
+}
+
+func (n nsRunner) do(fn func() error) error {
+	if !n.ns.IsOpen() {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// A fresh goroutine locked to its thread: if the namespace cannot
+		// be restored, it exits still locked and Go discards the thread.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(n.ns); err != nil {
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// sysctl reads and writes /proc/sys entries (of the namespace the calling
+// thread is in).
+func readSysctl(name string) (string, error) {
+	b, err := os.ReadFile(sysctlPath(name))
+	if err != nil {
+		return "", fmt.Errorf("read sysctl %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func writeSysctl(name, value string) error {
+	if err := os.WriteFile(sysctlPath(name), []byte(value), 0o644); err != nil {
+		return fmt.Errorf("write sysctl %s: %w", name, err)
+	}
+	return nil
+}
+
+func sysctlPath(name string) string {
+	return filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
+}
+
+func sortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+}

@@ -1,0 +1,64 @@
+package datapath
+
+import (
+	"net/netip"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+)
+
+// backend is what the reconciler drives; each routing mode implements it.
+// sync is level-triggered and idempotent: it reads the kernel, programs what
+// is missing or different in want (adds and changes first), then removes
+// podmesh objects that are not in want and that canDelete allows. Objects
+// podmesh did not create are never touched.
+type backend interface {
+	mode() string
+	sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult
+	// traffic returns per-remote-cluster counters; nil when the mode has none.
+	traffic() (map[uint32]Counter, error)
+	close() error
+}
+
+// syncResult is the outcome of one backend sync.
+type syncResult struct {
+	failed  map[netip.Prefix]error // per-prefix failures
+	removed []netip.Prefix         // podmesh objects removed
+	err     error                  // a failure not tied to one prefix: nothing counts as programmed
+}
+
+// base holds what every backend shares.
+type base struct {
+	h     *netlink.Handle
+	ns    nsRunner
+	log   logrus.FieldLogger
+	local netip.Addr
+	port  int
+	mtu   int // underlay MTU
+}
+
+// nativeBackend routes remote prefixes straight to the remote node's address:
+// "<prefix> via <node IP> proto podmesh mtu <underlay MTU>".
+type nativeBackend struct {
+	base
+}
+
+func (b *nativeBackend) mode() string { return ModeNative }
+
+func (b *nativeBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult {
+	ours, foreign, err := listRoutes(b.h)
+	if err != nil {
+		return syncResult{err: err}
+	}
+	rp := routeParams{mode: ModeNative, mtu: routeMTU(ModeNative, b.mtu, b.local)}
+	wantRoutes := make(map[netip.Prefix]netlink.Route, len(want))
+	for p, e := range want {
+		wantRoutes[p] = desiredRoute(e, rp)
+	}
+	failed, removed := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, canDelete))
+	return syncResult{failed: failed, removed: removed}
+}
+
+func (b *nativeBackend) traffic() (map[uint32]Counter, error) { return nil, nil }
+
+func (b *nativeBackend) close() error { return nil }

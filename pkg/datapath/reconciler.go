@@ -1,0 +1,441 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/podmesh/podmesh/pkg/meshapi"
+)
+
+// Config configures a Reconciler.
+type Config struct {
+	// Mode is ModeEBPF (the default when empty), ModeVXLAN or ModeNative.
+	Mode string
+	// LocalIP is this node's InternalIP: the tunnel source and underlay
+	// address. Its family is the underlay family.
+	LocalIP netip.Addr
+	// TunnelPort is the VXLAN UDP port; 0 means meshapi.DefaultTunnelUDPPort.
+	TunnelPort int
+	// MTU is the underlay MTU; 0 means the MTU of the link holding LocalIP.
+	MTU int
+	// BPFRoot is the bpffs directory owned by podmesh (ebpf mode); empty
+	// means DefaultBPFRoot.
+	BPFRoot string
+	// LocalClusterID is this cluster's ID (ebpf mode: the program tags
+	// traffic with it).
+	LocalClusterID uint32
+	// RecheckInterval is how often the kernel is re-read to repair drift
+	// even when nothing changed; 0 means DefaultRecheckInterval.
+	RecheckInterval time.Duration
+	// Desired is the desired set of remote prefixes. Required.
+	Desired *Desired
+	// Log is the logger; nil discards.
+	Log logrus.FieldLogger
+	// NetNS optionally names a network namespace (a path such as
+	// /var/run/netns/x or /proc/<pid>/ns/net) the reconciler programs instead
+	// of the calling process's current one. Netlink handles are bound to it,
+	// and program attachment and sysctls run on a thread switched into it.
+	// The agent leaves it empty; tests use it to run one reconciler per
+	// simulated node.
+	NetNS string
+}
+
+// Defaults.
+const (
+	DefaultBPFRoot         = "/sys/fs/bpf/podmesh"
+	DefaultRecheckInterval = 10 * time.Second
+)
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets, Bytes uint64
+}
+
+// Status is a point-in-time view of the reconciler.
+type Status struct {
+	Mode string
+	// Programmed and Failed count the desired prefixes per remote cluster
+	// name that are (or could not be) realised in the kernel.
+	Programmed map[string]int
+	Failed     map[string]int
+	// Errors holds one message per failed prefix (bounded).
+	Errors map[string]string
+	// LastError is the last reconcile's error, empty when it fully succeeded.
+	LastError       string
+	LastReconcile   time.Time
+	ReconcileErrors uint64
+	// AppliedVersion is the Desired version the kernel fully realises (0
+	// until one reconcile succeeded without failures).
+	AppliedVersion uint64
+	// Traffic holds tx counters per remote cluster ID (ebpf mode only).
+	Traffic map[uint32]Counter
+}
+
+// Reconciler makes the kernel match a Desired set. See the package doc.
+type Reconciler struct {
+	cfg     Config
+	log     logrus.FieldLogger
+	desired *Desired
+	b       backend
+	h       *netlink.Handle
+	ns      nsRunner
+	metrics *metrics
+
+	// mu protects status.
+	mu     sync.Mutex
+	status Status
+
+	// Owned by the Run goroutine.
+	owned          map[netip.Prefix]bool // prefixes this process programmed
+	lastApplied    uint64
+	rpFilterLogged bool
+	clusterNames   map[uint32]string
+}
+
+// errorsKept bounds Status.Errors.
+const errorsKept = 64
+
+// New validates cfg and opens the kernel handles of the chosen mode. It
+// changes nothing in the kernel; Run does.
+func New(cfg Config) (_ *Reconciler, err error) {
+	if cfg.Mode == "" {
+		cfg.Mode = ModeEBPF
+	}
+	switch cfg.Mode {
+	case ModeEBPF, ModeVXLAN, ModeNative:
+	default:
+		return nil, fmt.Errorf("unknown routing mode %q (want %s, %s or %s)", cfg.Mode, ModeEBPF, ModeVXLAN, ModeNative)
+	}
+	if cfg.Desired == nil {
+		return nil, errors.New("no desired set")
+	}
+	if !cfg.LocalIP.IsValid() {
+		return nil, errors.New("no local IP")
+	}
+	cfg.LocalIP = cfg.LocalIP.Unmap()
+	if cfg.TunnelPort == 0 {
+		cfg.TunnelPort = meshapi.DefaultTunnelUDPPort
+	}
+	if cfg.TunnelPort < 1 || cfg.TunnelPort > 65535 {
+		return nil, fmt.Errorf("tunnel port %d out of range", cfg.TunnelPort)
+	}
+	if cfg.BPFRoot == "" {
+		cfg.BPFRoot = DefaultBPFRoot
+	}
+	if cfg.RecheckInterval <= 0 {
+		cfg.RecheckInterval = DefaultRecheckInterval
+	}
+	log := cfg.Log
+	if log == nil {
+		l := logrus.New()
+		l.Out = discard{}
+		log = l
+	}
+	log = log.WithField("mode", cfg.Mode)
+
+	r := &Reconciler{
+		cfg:          cfg,
+		log:          log,
+		desired:      cfg.Desired,
+		ns:           nsRunner{ns: netns.None()},
+		owned:        make(map[netip.Prefix]bool),
+		clusterNames: make(map[uint32]string),
+		metrics:      newMetrics(),
+	}
+	r.status.Mode = cfg.Mode
+	defer func() {
+		if err != nil {
+			r.closeHandles()
+		}
+	}()
+	if cfg.NetNS != "" {
+		ns, err := netns.GetFromPath(cfg.NetNS)
+		if err != nil {
+			return nil, fmt.Errorf("open netns %s: %w", cfg.NetNS, err)
+		}
+		r.ns.ns = ns
+		if r.h, err = netlink.NewHandleAt(ns); err != nil {
+			return nil, fmt.Errorf("netlink handle in %s: %w", cfg.NetNS, err)
+		}
+	} else if r.h, err = netlink.NewHandle(); err != nil {
+		return nil, fmt.Errorf("netlink handle: %w", err)
+	}
+	if cfg.MTU == 0 {
+		if cfg.MTU, err = linkMTUFor(r.h, cfg.LocalIP); err != nil {
+			return nil, fmt.Errorf("detect underlay mtu: %w", err)
+		}
+	}
+	if min := 576 + encapOverhead(cfg.LocalIP); cfg.MTU < min {
+		return nil, fmt.Errorf("underlay mtu %d below %d", cfg.MTU, min)
+	}
+	r.cfg = cfg
+	bs := base{h: r.h, ns: r.ns, log: log, local: cfg.LocalIP, port: cfg.TunnelPort, mtu: cfg.MTU}
+	switch cfg.Mode {
+	case ModeNative:
+		r.b = &nativeBackend{base: bs}
+	case ModeVXLAN:
+		r.b = &vxlanBackend{base: bs}
+	case ModeEBPF:
+		if r.b, err = newEBPFBackend(bs, cfg); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func (r *Reconciler) closeHandles() {
+	if r.h != nil {
+		r.h.Close()
+	}
+	if r.ns.ns.IsOpen() {
+		r.ns.ns.Close()
+	}
+}
+
+// Run converges on every Desired change and every RecheckInterval until ctx
+// is done, then releases its handles and returns nil. Kernel state is left in
+// place on exit: a new Reconciler adopts it. Run may be called once.
+func (r *Reconciler) Run(ctx context.Context) error {
+	defer func() {
+		if err := r.b.close(); err != nil {
+			r.log.WithError(err).Warn("Closing datapath backend failed")
+		}
+		r.closeHandles()
+	}()
+	recheck := time.NewTicker(r.cfg.RecheckInterval)
+	defer recheck.Stop()
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	<-retry.C
+	backoff := time.Duration(0)
+	for {
+		ok := r.reconcile()
+		if ok {
+			backoff = 0
+		} else {
+			backoff = nextBackoff(backoff, r.cfg.RecheckInterval)
+			retry.Reset(backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.desired.Changed():
+		case <-recheck.C:
+		case <-retry.C:
+		}
+	}
+}
+
+func nextBackoff(cur, max time.Duration) time.Duration {
+	const first = 100 * time.Millisecond
+	if cur == 0 {
+		cur = first
+	} else {
+		cur *= 2
+	}
+	return min(cur, max)
+}
+
+// reconcile runs one convergence pass and reports whether it fully succeeded.
+func (r *Reconciler) reconcile() bool {
+	start := time.Now()
+	snap := r.desired.Snapshot()
+	want := make(map[netip.Prefix]Entry, len(snap.Entries))
+	invalid := make(map[netip.Prefix]error)
+	for p, e := range snap.Entries {
+		if err := r.validate(e); err != nil {
+			invalid[p] = err
+			continue
+		}
+		want[p.Masked()] = e
+		r.clusterNames[e.ClusterID] = e.Cluster
+	}
+	sysErr := r.checkSysctls(want)
+
+	canDelete := func(p netip.Prefix) bool {
+		if _, ok := want[p]; ok {
+			return false
+		}
+		return snap.PruneAllowed || r.owned[p]
+	}
+	res := r.b.sync(want, canDelete)
+	for _, p := range res.removed {
+		delete(r.owned, p)
+	}
+	failed := make(map[netip.Prefix]error, len(res.failed)+len(invalid))
+	maps.Copy(failed, invalid)
+	for p, err := range res.failed {
+		if err != nil {
+			failed[p] = err
+		}
+	}
+	programmed := make(map[string]int)
+	failedBy := make(map[string]int)
+	for p, e := range snap.Entries {
+		p = p.Masked()
+		_, bad := failed[p]
+		if res.err != nil || bad {
+			failedBy[e.Cluster]++
+			if res.err != nil && !bad {
+				failed[p] = res.err
+			}
+			continue
+		}
+		programmed[e.Cluster]++
+		r.owned[p] = true
+	}
+	traffic, terr := r.b.traffic()
+
+	err := errors.Join(res.err, sysErr, terr)
+	if len(failed) > 0 && res.err == nil {
+		err = errors.Join(err, fmt.Errorf("%d prefixes failed", len(failed)))
+	}
+	ok := err == nil
+	now := time.Now()
+	if ok && snap.Version > r.lastApplied {
+		if t, found := r.desired.ChangedAfter(r.lastApplied); found {
+			r.metrics.convergence.Observe(now.Sub(t).Seconds())
+		}
+	}
+	if ok {
+		r.lastApplied = snap.Version
+	}
+
+	r.metrics.setProgrammed(programmed, failedBy)
+	if !ok {
+		r.metrics.reconcileErrors.Inc()
+	}
+	r.metrics.setTraffic(traffic, r.clusterNames)
+
+	r.mu.Lock()
+	r.status.Programmed = programmed
+	r.status.Failed = failedBy
+	r.status.Errors = make(map[string]string)
+	for _, p := range sortedPrefixes(failed) {
+		if len(r.status.Errors) == errorsKept {
+			break
+		}
+		r.status.Errors[p.String()] = failed[p].Error()
+	}
+	r.status.LastReconcile = now
+	if ok {
+		r.status.LastError = ""
+		r.status.AppliedVersion = snap.Version
+	} else {
+		r.status.LastError = err.Error()
+		r.status.ReconcileErrors++
+	}
+	if traffic != nil {
+		r.status.Traffic = traffic
+	}
+	r.mu.Unlock()
+
+	fields := logrus.Fields{"version": snap.Version, "prefixes": len(want), "removed": len(res.removed), "duration": time.Since(start)}
+	if ok {
+		r.log.WithFields(fields).Debug("Datapath reconciled")
+	} else {
+		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
+	}
+	return ok
+}
+
+// validate rejects entries the datapath cannot realise; they are reported as
+// failed and never reach the kernel.
+func (r *Reconciler) validate(e Entry) error {
+	if !e.Prefix.IsValid() {
+		return errors.New("invalid prefix")
+	}
+	if !e.TunnelEndpoint.IsValid() {
+		return errors.New("invalid tunnel endpoint")
+	}
+	ep := e.TunnelEndpoint.Unmap()
+	if r.cfg.Mode != ModeNative && ep.Is4() != r.cfg.LocalIP.Is4() {
+		return fmt.Errorf("tunnel endpoint %s is not of the underlay family of %s", ep, r.cfg.LocalIP)
+	}
+	if ep == r.cfg.LocalIP {
+		return fmt.Errorf("tunnel endpoint %s is this node", ep)
+	}
+	return nil
+}
+
+// checkSysctls makes sure forwarding is on for every family the desired set
+// uses, on every pass (so a setting turned off by hand comes back). It
+// changes a setting only when it is off, and says so in the log. rp_filter
+// needs no change: tunnel-mode routes point at podmesh_vxlan, where
+// decapsulated return traffic arrives, and native routes at the underlay
+// link, so strict reverse-path checks pass; its value is logged once.
+func (r *Reconciler) checkSysctls(want map[netip.Prefix]Entry) error {
+	var need []string
+	for p := range want {
+		if p.Addr().Is4() {
+			need = append(need, "net.ipv4.ip_forward")
+		} else {
+			need = append(need, "net.ipv6.conf.all.forwarding")
+		}
+	}
+	var errs []error
+	seen := make(map[string]bool)
+	for _, name := range need {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		err := r.ns.do(func() error {
+			v, err := readSysctl(name)
+			if err != nil {
+				return err
+			}
+			if v == "1" {
+				return nil
+			}
+			r.log.WithFields(logrus.Fields{"sysctl": name, "was": v}).Info("Enabling forwarding: remote pod traffic is routed through this node")
+			return writeSysctl(name, "1")
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !r.rpFilterLogged && len(want) > 0 {
+		r.rpFilterLogged = true
+		_ = r.ns.do(func() error {
+			v, err := readSysctl("net.ipv4.conf.all.rp_filter")
+			if err == nil {
+				r.log.WithField("rp_filter", v).Info("Remote prefix routes point at the device return traffic arrives on, so the reverse-path filter passes it")
+			}
+			return nil
+		})
+	}
+	return errors.Join(errs...)
+}
+
+// Status returns a copy of the current status.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Programmed = maps.Clone(s.Programmed)
+	s.Failed = maps.Clone(s.Failed)
+	s.Errors = maps.Clone(s.Errors)
+	s.Traffic = maps.Clone(s.Traffic)
+	return s
+}
+
+// Collectors returns the reconciler's Prometheus collectors, for the caller
+// to register.
+func (r *Reconciler) Collectors() []prometheus.Collector {
+	return r.metrics.collectors()
+}
