@@ -82,7 +82,7 @@ func LoadConfig(path string, log logrus.FieldLogger) (*Config, error) {
 		if keyPEM, err = readBounded(c.KeyFile); err != nil {
 			return nil, fmt.Errorf("etcd config %s: read key %s: %w", path, c.KeyFile, err)
 		}
-		checkKeyMode(c.KeyFile, log)
+		CheckKeyMode(c.KeyFile, log)
 	}
 	writeHashPart(h, certPEM)
 	writeHashPart(h, keyPEM)
@@ -146,8 +146,9 @@ func buildTLS(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// checkKeyMode warns when a key file is readable by group or others.
-func checkKeyMode(path string, log logrus.FieldLogger) {
+// CheckKeyMode warns when a key file is readable by group or others. A nil
+// logger disables the check.
+func CheckKeyMode(path string, log logrus.FieldLogger) {
 	fi, err := os.Stat(path)
 	if err != nil || log == nil {
 		return
