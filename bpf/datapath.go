@@ -101,7 +101,13 @@ type Datapath struct {
 // old one's place. The program that is attached keeps using the old map
 // until Attach swaps in the new program, so forwarding has no gap; call
 // Attach promptly after Load.
-func Load(o Options) (_ *Datapath, err error) {
+func Load(o Options) (*Datapath, error) {
+	return load(o, nil)
+}
+
+// load is Load with a hook that may change the collection spec before
+// anything is created; tests use it to build "older" layouts.
+func load(o Options, specHook func(*ebpf.CollectionSpec)) (_ *Datapath, err error) {
 	if o.LocalClusterID == 0 || o.LocalClusterID > MaxClusterID {
 		return nil, fmt.Errorf("%w: %d not in 1..%d", ErrInvalidClusterID, o.LocalClusterID, MaxClusterID)
 	}
@@ -128,6 +134,9 @@ func Load(o Options) (_ *Datapath, err error) {
 	spec, err := loadPodmesh()
 	if err != nil {
 		return nil, err
+	}
+	if specHook != nil {
+		specHook(spec)
 	}
 	var specs podmeshSpecs
 	if err := spec.Assign(&specs); err != nil {

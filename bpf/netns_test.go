@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -54,12 +55,22 @@ func readHostSysctl(t *testing.T, path string) string {
 	return string(b)
 }
 
+// pairOptions shape the test topology.
+type pairOptions struct {
+	v6Underlay bool       // IPv6 tunnel endpoints
+	mode       attachMode // how Attach hooks the program
+	// specHook, if set, changes the collection spec of both nodes' first
+	// Load (to build an "older" datapath).
+	specHook func(*ebpf.CollectionSpec)
+}
+
 // setupPair builds two namespaces joined by a veth underlay, each with an
 // external VXLAN device podmesh_vxlan, pod addresses on lo, routes of the
 // peer's pod prefixes to the VXLAN device, and the datapath loaded and
-// attached. v6Underlay selects IPv6 tunnel endpoints.
-func setupPair(t *testing.T, v6Underlay bool, mode attachMode) (a, b *node) {
+// attached.
+func setupPair(t *testing.T, o pairOptions) (a, b *node) {
 	t.Helper()
+	v6Underlay, mode := o.v6Underlay, o.mode
 	a = &node{name: "a", clusterID: 1, underlay: "pmul0",
 		pod4: netip.MustParseAddr("10.201.1.1"), pod6: netip.MustParseAddr("fd01:1::1")}
 	b = &node{name: "b", clusterID: 2, underlay: "pmul1",
@@ -139,7 +150,7 @@ func setupPair(t *testing.T, v6Underlay bool, mode attachMode) (a, b *node) {
 
 	for _, pair := range [][2]*node{{a, b}, {b, a}} {
 		n, peer := pair[0], pair[1]
-		dp, err := Load(Options{PinDir: n.pinDir, LocalClusterID: n.clusterID, Log: testLogger(t)})
+		dp, err := load(Options{PinDir: n.pinDir, LocalClusterID: n.clusterID, Log: testLogger(t)}, o.specHook)
 		require.NoError(t, err)
 		t.Cleanup(func() { dp.Close() })
 		dp.mode = mode
@@ -332,7 +343,7 @@ func TestNamespaceTunnel(t *testing.T) {
 		{"ipv4-underlay-cls_bpf", false, attachClsBPF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := setupPair(t, tc.v6Underlay, tc.mode)
+			a, b := setupPair(t, pairOptions{v6Underlay: tc.v6Underlay, mode: tc.mode})
 			if tc.mode == attachClsBPF {
 				for _, n := range []*node{a, b} {
 					require.NoError(t, inNetNS(n.ns, func() error {
