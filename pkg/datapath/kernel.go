@@ -106,7 +106,9 @@ func applyRoutes(h *netlink.Handle, plan routePlan) (failed map[netip.Prefix]err
 
 // deleteRoute removes one podmesh route; a route that is already gone is success.
 func deleteRoute(h *netlink.Handle, r netlink.Route) error {
-	del := netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: RouteProtocol, Family: r.Family, Priority: r.Priority, Tos: r.Tos}
+	// The scope must be the route's own: the kernel matches it on delete,
+	// and a mismatch reads as ESRCH, which would pass for "already gone".
+	del := netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: RouteProtocol, Family: r.Family, Priority: r.Priority, Tos: r.Tos, Scope: r.Scope, LinkIndex: r.LinkIndex}
 	if err := h.RouteDel(&del); err != nil && !isGone(err) {
 		pfx, _ := routeKey(r)
 		return fmt.Errorf("delete route %s: %w", pfx, err)
