@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -246,6 +247,22 @@ func TestPodToRemotePodTCPAndUDPKeepTheSourcePodIP(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "1", v, "the reconciler enabled forwarding on %s", n.Name)
 		}
+		// In the tunnel modes the traffic really went through podmesh_vxlan.
+		vx, err := m.a1.NS.NL.LinkByName(datapath.DeviceName)
+		if mode == datapath.ModeNative {
+			require.Error(t, err, "native mode creates no tunnel device")
+		} else {
+			require.NoError(t, err)
+			assert.Positive(t, vx.Attrs().Statistics.TxPackets, "a1 sent through %s", datapath.DeviceName)
+			assert.Equal(t, 1450, vx.Attrs().MTU)
+		}
+
+		// The metrics say the same.
+		got := gather(t, m.running[m.a1].r)
+		assert.Equal(t, 2.0, got["podmesh_datapath_prefixes_programmed,cluster=b"], "%v", got)
+		assert.Positive(t, got["podmesh_datapath_convergence_seconds"], "convergence latency observed: %v", got)
+		assert.Zero(t, got["podmesh_datapath_reconcile_errors_total"])
+
 		if mode == datapath.ModeEBPF {
 			// The datapath counted what a1 sent to cluster B.
 			s := m.running[m.a1].r.Status()
@@ -254,8 +271,41 @@ func TestPodToRemotePodTCPAndUDPKeepTheSourcePodIP(t *testing.T) {
 				return s.Traffic[2].Packets > 0
 			}, func() string { return "no tx counted for cluster 2" })
 			assert.Positive(t, s.Traffic[2].Bytes)
+			got := gather(t, m.running[m.a1].r)
+			assert.Positive(t, got["podmesh_datapath_tx_packets_total,cluster=b,cluster_id=2"], "%v", got)
+			assert.Positive(t, got["podmesh_datapath_tx_bytes_total,cluster=b,cluster_id=2"], "%v", got)
 		}
 	})
+}
+
+// gather collects r's metrics into "name,label=value,..." → value (sample
+// count for histograms).
+func gather(t *testing.T, r *datapath.Reconciler) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	for _, c := range r.Collectors() {
+		require.NoError(t, reg.Register(c))
+	}
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range mt.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case mt.GetGauge() != nil:
+				got[key] = mt.GetGauge().GetValue()
+			case mt.GetCounter() != nil:
+				got[key] = mt.GetCounter().GetValue()
+			case mt.GetHistogram() != nil:
+				got[key] = float64(mt.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return got
 }
 
 func TestEndpointEntryWinsOverItsNodeCIDRAndChangesApplyInOneReconcile(t *testing.T) {

@@ -130,6 +130,7 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 	// Adds first: the ipcache learns a prefix before a route sends traffic
 	// for it to the device.
 	add, _, _ := planIpcache(wantIP, have, func(netip.Prefix) bool { return false })
+	writes := len(add)
 	if len(add) > 0 {
 		if _, err := b.dp.Sync(add, false); err != nil {
 			err = fmt.Errorf("update ipcache: %w", err)
@@ -146,7 +147,8 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 	}
 	// A prefix whose ipcache update failed keeps whatever route it had.
 	routeCanDelete := func(p netip.Prefix) bool { return canDelete(p) && failed[p] == nil }
-	rfailed, removed := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, routeCanDelete))
+	rfailed, removed, rw := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, routeCanDelete))
+	writes += rw
 	for p, err := range rfailed {
 		failed[p] = errors.Join(failed[p], err)
 	}
@@ -160,11 +162,13 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 	})
 	var errs []error
 	if needPrune {
-		if _, err := b.dp.Sync(keep, true); err != nil {
+		st, err := b.dp.Sync(keep, true)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("prune ipcache: %w", err))
 		}
+		writes += st.Deleted
 	}
-	return syncResult{failed: failed, removed: removed, err: errors.Join(errs...)}
+	return syncResult{failed: failed, removed: removed, writes: writes, err: errors.Join(errs...)}
 }
 
 func (b *ebpfBackend) traffic() (map[uint32]Counter, error) {

@@ -24,6 +24,7 @@ type backend interface {
 type syncResult struct {
 	failed  map[netip.Prefix]error // per-prefix failures
 	removed []netip.Prefix         // podmesh objects removed
+	writes  int                    // kernel objects written or deleted (0: nothing had to change)
 	err     error                  // a failure not tied to one prefix: nothing counts as programmed
 }
 
@@ -55,8 +56,8 @@ func (b *nativeBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.P
 	for p, e := range want {
 		wantRoutes[p] = desiredRoute(e, rp)
 	}
-	failed, removed := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, canDelete))
-	return syncResult{failed: failed, removed: removed}
+	failed, removed, writes := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, canDelete))
+	return syncResult{failed: failed, removed: removed, writes: writes}
 }
 
 func (b *nativeBackend) traffic() (map[uint32]Counter, error) { return nil, nil }

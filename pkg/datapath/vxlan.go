@@ -83,6 +83,7 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 	}
 
 	failed := make(map[netip.Prefix]error)
+	writes := 0
 	// Adds first: FDB and neighbour entries (shared per endpoint / gateway),
 	// then routes.
 	fdbErr := make(map[netip.Addr]error)
@@ -93,6 +94,7 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		if _, done := fdbErr[e.TunnelEndpoint]; !done {
 			var err error
 			if h, ok := haveFDB[f.HardwareAddr.String()]; !ok || ipToAddr(h.IP) != e.TunnelEndpoint {
+				writes++
 				if err = b.h.NeighSet(&f); err != nil {
 					err = fmt.Errorf("set fdb %s dst %s: %w", f.HardwareAddr, e.TunnelEndpoint, err)
 				}
@@ -104,6 +106,7 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		if _, done := neighErr[gw]; !done {
 			var err error
 			if h, ok := haveNeigh[gw]; !ok || !neighMatches(n, h) {
+				writes++
 				if err = b.h.NeighSet(&n); err != nil {
 					err = fmt.Errorf("set neighbour %s lladdr %s: %w", gw, n.HardwareAddr, err)
 				}
@@ -121,7 +124,8 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		wantRoutes[p] = desiredRoute(e, rp)
 	}
 	plan := planRoutes(wantRoutes, ours, foreign, canDelete)
-	rfailed, removed := applyRoutes(b.h, plan)
+	rfailed, removed, rw := applyRoutes(b.h, plan)
+	writes += rw
 	for p, err := range rfailed {
 		failed[p] = errors.Join(failed[p], err)
 	}
@@ -151,6 +155,7 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		if n.State&netlink.NUD_PERMANENT == 0 {
 			continue
 		}
+		writes++
 		if err := b.h.NeighDel(&n); err != nil && !isGone(err) {
 			errs = append(errs, fmt.Errorf("delete neighbour %s: %w", gw, err))
 		}
@@ -162,11 +167,12 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		if usedMAC[mac] {
 			continue
 		}
+		writes++
 		if err := b.h.NeighDel(&n); err != nil && !isGone(err) {
 			errs = append(errs, fmt.Errorf("delete fdb %s: %w", mac, err))
 		}
 	}
-	return syncResult{failed: failed, removed: removed, err: errors.Join(errs...)}
+	return syncResult{failed: failed, removed: removed, writes: writes, err: errors.Join(errs...)}
 }
 
 func (b *vxlanBackend) listNeigh(idx int) ([]netlink.Neigh, error) {
