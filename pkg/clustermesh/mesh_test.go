@@ -159,7 +159,7 @@ func TestMeshSyncsThreeRemotesIntoDesiredSet(t *testing.T) {
 
 	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
 	east.PutNode(t, "e2", "192.168.1.2", "10.2.2.0/24")
-	east.PutEndpoint(t, "default", "covered", "e1", "10.2.1.5")      // inside e1's CIDR: no entry of its own
+	east.PutEndpoint(t, "default", "covered", "e1", "10.2.1.5")     // inside e1's CIDR: no entry of its own
 	east.PutEndpoint(t, "default", "uncovered", "e1", "10.2.200.7") // outside: a /32 via e1
 	west.PutJSON(t, meshapi.NodeKey("west", "w1"), west.Node(t, "w1", []string{"fd00::10", "192.168.2.1"}, "10.3.1.0/24", "fd00:3:0:1::/64"))
 	west.PutEndpoint(t, "kube-system", "v6", "w1", "fd00:3::99")

@@ -63,7 +63,14 @@ func StartEtcd(tb testing.TB, name string) *Etcd {
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	lc, _ := url.Parse("https://127.0.0.1:0")
-	lp, _ := url.Parse("unix://" + filepath.Join(dir, "peer.sock"))
+	// The peer URL is never dialled (one member) but must parse inside
+	// InitialCluster, so it lives in a short path without commas.
+	sockDir, err := os.MkdirTemp("", "etcdpeer")
+	if err != nil {
+		tb.Fatalf("create socket directory: %v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(sockDir) })
+	lp, _ := url.Parse("unix://" + filepath.Join(sockDir, "peer.sock"))
 	cfg.ListenClientUrls = []url.URL{*lc}
 	cfg.AdvertiseClientUrls = []url.URL{*lc}
 	cfg.ListenPeerUrls = []url.URL{*lp}

@@ -1,0 +1,28 @@
+package clustermesh_test
+
+import (
+	"maps"
+	"net/netip"
+	"strconv"
+
+	"github.com/podmesh/podmesh/pkg/datapath"
+)
+
+type (
+	netipPrefix = netip.Prefix
+	netipAddr   = netip.Addr
+)
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func mustAddr(s string) netip.Addr     { return netip.MustParseAddr(s) }
+
+func copyEntries(m map[netip.Prefix]datapath.Entry) map[netip.Prefix]datapath.Entry {
+	return maps.Clone(m)
+}
+
+func add(m map[netip.Prefix]datapath.Entry, cluster string, id uint32, pairs ...string) map[netip.Prefix]datapath.Entry {
+	maps.Copy(m, want(cluster, id, pairs...))
+	return m
+}
+
+func fmtInt(i int) string { return strconv.Itoa(i) }
