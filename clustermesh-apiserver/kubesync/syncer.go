@@ -1,0 +1,555 @@
+package kubesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/podmesh/podmesh/pkg/meshapi"
+)
+
+// Defaults of Config.
+const (
+	DefaultWorkers       = 4
+	DefaultCoalesceDelay = 100 * time.Millisecond
+	kindMeta             = "meta" // cluster config, heartbeat, canaries, strays
+	serviceIndex         = "service"
+)
+
+// Config of a Syncer.
+type Config struct {
+	Cluster Cluster
+	// Kube is the local cluster's API.
+	Kube kubernetes.Interface
+	// Etcd is the writer client (etcdserver.Server.Writer).
+	Etcd *clientv3.Client
+	// Workers write to etcd in parallel; default DefaultWorkers.
+	Workers int
+	// CoalesceDelay is how long a changed key waits before it is written,
+	// so that a burst of updates of one object costs one write. Default
+	// DefaultCoalesceDelay; negative means no delay.
+	CoalesceDelay time.Duration
+	// HeartbeatInterval defaults to meshapi.HeartbeatInterval.
+	HeartbeatInterval time.Duration
+	Metrics           *Metrics
+	Log               logrus.FieldLogger
+}
+
+// Syncer mirrors Kubernetes into etcd. Create with New, start with Run.
+type Syncer struct {
+	cfg   Config
+	log   logrus.FieldLogger
+	m     *Metrics
+	queue workqueue.TypedRateLimitingInterface[string]
+	ready chan struct{}
+
+	// mu protects everything below.
+	mu sync.Mutex
+	// desired is the value each key should hold; a key that is absent
+	// should not exist, once its kind is listed.
+	desired map[string]string
+	// actual is what etcd holds, as far as this process knows (it is the
+	// only writer): the listing at start plus its own writes.
+	actual map[string]string
+	// dirty holds the keys whose desired and actual values differ, by kind.
+	dirty map[string]map[string]struct{}
+	// listed is set once a kind's informers have delivered their first list.
+	listed map[string]bool
+	// canaried is set once a kind's canary has been queued.
+	canaried map[string]bool
+	// strayCleanup is set once keys of no kind have been queued for deletion.
+	strayCleanup bool
+	// notExported remembers why each object is not exported (for the gauge
+	// and to log a reason only when it changes).
+	notExported map[string]reasonKey
+}
+
+type reasonKey struct{ kind, reason string }
+
+// New checks the configuration and returns a Syncer.
+func New(cfg Config) (*Syncer, error) {
+	c := cfg.Cluster.ClusterConfig()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("new sync: %w", err)
+	}
+	if cfg.Kube == nil || cfg.Etcd == nil {
+		return nil, errors.New("new sync: Kubernetes and etcd clients are required")
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	if cfg.CoalesceDelay == 0 {
+		cfg.CoalesceDelay = DefaultCoalesceDelay
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = meshapi.HeartbeatInterval
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	s := &Syncer{
+		cfg: cfg,
+		log: cfg.Log.WithField("cluster", cfg.Cluster.Name),
+		m:   cfg.Metrics,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 30*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{},
+		),
+		ready:       make(chan struct{}),
+		desired:     map[string]string{},
+		actual:      map[string]string{},
+		dirty:       map[string]map[string]struct{}{},
+		listed:      map[string]bool{},
+		canaried:    map[string]bool{},
+		notExported: map[string]reasonKey{},
+	}
+	s.m.depth = func() float64 { return float64(s.queue.Len()) }
+	return s, nil
+}
+
+// Ready is closed once every kind's canary is in etcd.
+func (s *Syncer) Ready() <-chan struct{} { return s.ready }
+
+// Run syncs until ctx is done. It returns an error only if it cannot start.
+func (s *Syncer) Run(ctx context.Context) error {
+	defer s.queue.ShutDown()
+	if err := s.loadActual(ctx); err != nil {
+		return err
+	}
+	cc, err := meshapi.Encode(s.cfg.Cluster.ClusterConfig())
+	if err != nil {
+		return err
+	}
+	s.set(meshapi.ClusterConfigKey(s.cfg.Cluster.Name), string(cc), false)
+	s.heartbeat()
+
+	factory := informers.NewSharedInformerFactoryWithOptions(s.cfg.Kube, 0, informers.WithTransform(stripManagedFields))
+	nodes := factory.Core().V1().Nodes().Informer()
+	pods := factory.Core().V1().Pods().Informer()
+	services := factory.Core().V1().Services().Informer()
+	slices := factory.Discovery().V1().EndpointSlices().Informer()
+	if err := slices.AddIndexers(cache.Indexers{serviceIndex: sliceServiceIndex}); err != nil {
+		return fmt.Errorf("index endpoint slices: %w", err)
+	}
+	svc := &serviceSource{s: s, services: services.GetStore(), slices: slices.GetIndexer()}
+	regs := map[string][]cache.ResourceEventHandlerRegistration{}
+	for _, h := range []struct {
+		kind     string
+		informer cache.SharedIndexInformer
+		handler  cache.ResourceEventHandler
+	}{
+		{meshapi.KindNodes, nodes, handler(s.updateNode, s.deleteNode)},
+		{meshapi.KindEndpoints, pods, handler(s.updatePod, s.deletePod)},
+		{meshapi.KindServices, services, handler(svc.updateService, svc.deleteService)},
+		{meshapi.KindServices, slices, handler(svc.updateSlice, svc.updateSlice)},
+	} {
+		reg, err := h.informer.AddEventHandler(h.handler)
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", h.kind, err)
+		}
+		regs[h.kind] = append(regs[h.kind], reg)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer factory.Shutdown()
+	defer s.queue.ShutDown() // before wg.Wait: stops the workers
+	factory.Start(ctx.Done())
+	for range s.cfg.Workers {
+		wg.Go(func() {
+			for s.processNext(ctx) {
+			}
+		})
+	}
+	for kind, rs := range regs {
+		wg.Go(func() {
+			synced := make([]cache.InformerSynced, 0, len(rs))
+			for _, r := range rs {
+				synced = append(synced, r.HasSynced)
+			}
+			if cache.WaitForCacheSync(ctx.Done(), synced...) {
+				s.markListed(kind)
+			}
+		})
+	}
+
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.heartbeat()
+		}
+	}
+}
+
+func handler[T any](update func(T), del func(T)) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { callWith(obj, update) },
+		UpdateFunc: func(_, obj any) { callWith(obj, update) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			callWith(obj, del)
+		},
+	}
+}
+
+func callWith[T any](obj any, f func(T)) {
+	if o, ok := obj.(T); ok {
+		f(o)
+	}
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if o, ok := obj.(metav1.ObjectMetaAccessor); ok {
+		o.GetObjectMeta().SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// loadActual reads what etcd holds under podmesh/ at start.
+func (s *Syncer) loadActual(ctx context.Context) error {
+	resp, err := s.cfg.Etcd.Get(ctx, meshapi.Root, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list etcd keys under %s: %w", meshapi.Root, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		s.actual[k] = string(kv.Value)
+		// Until this run writes them, keep the previous run's canaries.
+		if strings.HasPrefix(k, meshapi.SyncedPrefix) {
+			s.desired[k] = string(kv.Value)
+		}
+		s.markLocked(k)
+	}
+	s.log.WithField("keys", len(resp.Kvs)).Info("Loaded existing etcd state")
+	return nil
+}
+
+func (s *Syncer) heartbeat() {
+	s.set(meshapi.HeartbeatKey(s.cfg.Cluster.Name), meshapi.FormatTime(time.Now()), false)
+}
+
+func kindOf(key string) string {
+	switch {
+	case strings.HasPrefix(key, meshapi.NodesPrefix):
+		return meshapi.KindNodes
+	case strings.HasPrefix(key, meshapi.EndpointsPrefix):
+		return meshapi.KindEndpoints
+	case strings.HasPrefix(key, meshapi.ServicesPrefix):
+		return meshapi.KindServices
+	}
+	return kindMeta
+}
+
+// set records the desired value of key and queues it.
+func (s *Syncer) set(key, value string, coalesce bool) {
+	s.mu.Lock()
+	s.desired[key] = value
+	s.markLocked(key)
+	s.mu.Unlock()
+	s.enqueue(key, coalesce)
+}
+
+// unset records that key should not exist and queues it.
+func (s *Syncer) unset(key string) {
+	s.mu.Lock()
+	_, had := s.desired[key]
+	delete(s.desired, key)
+	s.markLocked(key)
+	s.mu.Unlock()
+	if had {
+		s.enqueue(key, true)
+	}
+}
+
+func (s *Syncer) enqueue(key string, coalesce bool) {
+	if coalesce && s.cfg.CoalesceDelay > 0 {
+		s.queue.AddAfter(key, s.cfg.CoalesceDelay)
+		return
+	}
+	s.queue.Add(key)
+}
+
+// markLocked updates the dirty set for key.
+func (s *Syncer) markLocked(key string) {
+	kind := kindOf(key)
+	want, wantOK := s.desired[key]
+	have, haveOK := s.actual[key]
+	if wantOK == haveOK && want == have {
+		delete(s.dirty[kind], key)
+		return
+	}
+	if s.dirty[kind] == nil {
+		s.dirty[kind] = map[string]struct{}{}
+	}
+	s.dirty[kind][key] = struct{}{}
+}
+
+// exported records an object's desired value, or its absence and why.
+func (s *Syncer) exported(kind, key string, v any, reason string) {
+	s.noteReason(kind, key, reason)
+	if v == nil {
+		s.unset(key)
+		return
+	}
+	b, err := meshapi.Encode(v)
+	if err != nil {
+		s.log.WithError(err).WithField("key", key).Error("Cannot encode value")
+		return
+	}
+	s.set(key, string(b), true)
+}
+
+func (s *Syncer) noteReason(kind, key, reason string) {
+	s.mu.Lock()
+	old, had := s.notExported[key]
+	if reason == "" {
+		delete(s.notExported, key)
+	} else {
+		s.notExported[key] = reasonKey{kind, reason}
+	}
+	s.mu.Unlock()
+	if had && old.reason == reason {
+		return
+	}
+	if had {
+		s.m.NotExported.WithLabelValues(old.kind, old.reason).Dec()
+	}
+	if reason == "" {
+		return
+	}
+	s.m.NotExported.WithLabelValues(kind, reason).Inc()
+	entry := s.log.WithFields(logrus.Fields{"kind": kind, "key": key, "reason": reason})
+	switch reason {
+	case ReasonHostNetwork, ReasonNoIP, ReasonFinished, ReasonExternalName:
+		entry.Debug("Not exported")
+	default:
+		entry.Warn("Not exported")
+	}
+}
+
+func (s *Syncer) updateNode(n *corev1.Node) {
+	v, reason := s.cfg.Cluster.NodeFor(n)
+	key := meshapi.NodeKey(s.cfg.Cluster.Name, n.Name)
+	if v == nil {
+		s.exported(meshapi.KindNodes, key, nil, reason)
+		return
+	}
+	s.exported(meshapi.KindNodes, key, v, "")
+}
+
+func (s *Syncer) deleteNode(n *corev1.Node) {
+	s.exported(meshapi.KindNodes, meshapi.NodeKey(s.cfg.Cluster.Name, n.Name), nil, "")
+}
+
+func (s *Syncer) updatePod(p *corev1.Pod) {
+	v, reason := s.cfg.Cluster.EndpointFor(p)
+	key := meshapi.EndpointKey(s.cfg.Cluster.Name, p.Namespace, p.Name)
+	if v == nil {
+		s.exported(meshapi.KindEndpoints, key, nil, reason)
+		return
+	}
+	s.exported(meshapi.KindEndpoints, key, v, "")
+}
+
+func (s *Syncer) deletePod(p *corev1.Pod) {
+	s.exported(meshapi.KindEndpoints, meshapi.EndpointKey(s.cfg.Cluster.Name, p.Namespace, p.Name), nil, "")
+}
+
+// markListed is called once a kind's informers have synced: stale keys of
+// the kind are queued for deletion and the canary waits for convergence.
+func (s *Syncer) markListed(kind string) {
+	s.mu.Lock()
+	s.listed[kind] = true
+	var stale []string
+	for k := range s.dirty[kind] {
+		if _, ok := s.desired[k]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	s.mu.Unlock()
+	s.log.WithFields(logrus.Fields{"kind": kind, "stale": len(stale)}).Info("Kubernetes listing complete")
+	for _, k := range stale {
+		s.queue.Add(k)
+	}
+	s.checkConvergence()
+}
+
+// checkConvergence queues the canary of every listed kind whose keys are
+// all in etcd, and closes Ready once every canary is written.
+func (s *Syncer) checkConvergence() {
+	now := meshapi.FormatTime(time.Now())
+	var canaries, strays []string
+	s.mu.Lock()
+	allWritten := true
+	for _, kind := range meshapi.SyncedKinds {
+		key := meshapi.SyncedKey(s.cfg.Cluster.Name, kind)
+		switch {
+		case !s.canaried[kind] && s.listed[kind] && len(s.dirty[kind]) == 0:
+			s.canaried[kind] = true
+			s.desired[key] = now
+			s.markLocked(key)
+			canaries = append(canaries, key)
+			allWritten = false
+		case !s.canaried[kind]:
+			allWritten = false
+		default:
+			if _, dirty := s.dirty[kindMeta][key]; dirty {
+				allWritten = false
+			} else {
+				s.m.Synced.WithLabelValues(kind).Set(1)
+			}
+		}
+	}
+	if allWritten && !s.strayCleanup {
+		s.strayCleanup = true
+		for k := range s.dirty[kindMeta] {
+			if _, ok := s.desired[k]; !ok {
+				strays = append(strays, k)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, k := range canaries {
+		s.log.WithField("key", k).Info("Kind synced; writing canary")
+		s.queue.Add(k)
+	}
+	if allWritten {
+		for _, k := range strays {
+			s.queue.Add(k)
+		}
+		select {
+		case <-s.ready:
+		default:
+			s.log.Info("All kinds synced")
+			close(s.ready)
+		}
+	}
+}
+
+// processNext writes one key. It returns false when the queue shuts down.
+func (s *Syncer) processNext(ctx context.Context) bool {
+	key, shutdown := s.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer s.queue.Done(key)
+
+	s.mu.Lock()
+	want, wantOK := s.desired[key]
+	have, haveOK := s.actual[key]
+	s.mu.Unlock()
+	if wantOK == haveOK && want == have {
+		s.m.WritesSkipped.Inc()
+		s.queue.Forget(key)
+		return true
+	}
+	op := "put"
+	var err error
+	if wantOK {
+		_, err = s.cfg.Etcd.Put(ctx, key, want)
+	} else {
+		op = "delete"
+		_, err = s.cfg.Etcd.Delete(ctx, key)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return true
+		}
+		s.m.EtcdWriteErrors.WithLabelValues(op).Inc()
+		s.log.WithError(err).WithFields(logrus.Fields{"key": key, "op": op}).Warn("etcd write failed; retrying")
+		s.queue.AddRateLimited(key)
+		return true
+	}
+	s.m.EtcdWrites.WithLabelValues(op).Inc()
+	s.queue.Forget(key)
+	s.mu.Lock()
+	if wantOK {
+		s.actual[key] = want
+	} else {
+		delete(s.actual, key)
+	}
+	s.markLocked(key)
+	s.mu.Unlock()
+	s.checkConvergence()
+	return true
+}
+
+// serviceSource turns Service and EndpointSlice events into service keys.
+type serviceSource struct {
+	s        *Syncer
+	services cache.Store
+	slices   cache.Indexer
+}
+
+func sliceServiceIndex(obj any) ([]string, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	name := es.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return nil, nil
+	}
+	return []string{es.Namespace + "/" + name}, nil
+}
+
+func (v *serviceSource) updateService(svc *corev1.Service) { v.refresh(svc.Namespace, svc.Name) }
+
+func (v *serviceSource) deleteService(svc *corev1.Service) { v.refresh(svc.Namespace, svc.Name) }
+
+func (v *serviceSource) updateSlice(es *discoveryv1.EndpointSlice) {
+	if name := es.Labels[discoveryv1.LabelServiceName]; name != "" {
+		v.refresh(es.Namespace, name)
+	}
+}
+
+// refresh recomputes one service from the informer caches (level-triggered:
+// the event only says which service to look at).
+func (v *serviceSource) refresh(namespace, name string) {
+	key := meshapi.ServiceKey(v.s.cfg.Cluster.Name, namespace, name)
+	obj, exists, err := v.services.GetByKey(namespace + "/" + name)
+	if err != nil || !exists {
+		v.s.exported(meshapi.KindServices, key, nil, "")
+		return
+	}
+	svc := obj.(*corev1.Service)
+	objs, err := v.slices.ByIndex(serviceIndex, namespace+"/"+name)
+	if err != nil {
+		v.s.log.WithError(err).WithField("key", key).Error("Cannot look up endpoint slices")
+		return
+	}
+	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		slices = append(slices, o.(*discoveryv1.EndpointSlice))
+	}
+	out, reason := v.s.cfg.Cluster.ServiceFor(svc, slices)
+	if out == nil {
+		v.s.exported(meshapi.KindServices, key, nil, reason)
+		return
+	}
+	v.s.exported(meshapi.KindServices, key, out, "")
+}

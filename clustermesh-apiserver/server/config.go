@@ -1,0 +1,155 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
+	"github.com/podmesh/podmesh/pkg/meshapi"
+)
+
+// Config is everything the flags set.
+type Config struct {
+	ClusterName string
+	ClusterID   uint32
+	PodCIDRs    []netip.Prefix
+	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
+	Kubeconfig       string
+	Listen           string
+	TLSCert          string
+	TLSKey           string
+	TLSClientCA      string
+	AllowedPeers     []string
+	DataDir          string
+	HealthListen     string
+	EtcdListenClient string
+	CoalesceDelay    time.Duration
+	SyncWorkers      int
+	// UnsafeNoFsync turns etcd's fsync off (tests and benchmarks only).
+	UnsafeNoFsync bool
+	LogLevel      string
+}
+
+// ParseFlags parses command-line arguments and validates the result. The
+// error lists every problem found, one per line.
+func ParseFlags(args []string, output io.Writer) (Config, error) {
+	var cfg Config
+	fs := flag.NewFlagSet("clustermesh-apiserver", flag.ContinueOnError)
+	fs.SetOutput(output)
+	var clusterID, podCIDRs, peers string
+	fs.StringVar(&cfg.ClusterName, "cluster-name", "", "name of this cluster (required)")
+	fs.StringVar(&clusterID, "cluster-id", "", "ID of this cluster, 1..255 (required)")
+	fs.StringVar(&podCIDRs, "pod-cidrs", "", "comma-separated pod CIDRs of this cluster (required)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	fs.StringVar(&cfg.Listen, "listen", ":2379", "address of the read-only etcd proxy")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "proxy serving certificate (required)")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "proxy serving key (required)")
+	fs.StringVar(&cfg.TLSClientCA, "tls-client-ca", "", "CA that peer client certificates must chain to (required)")
+	fs.StringVar(&peers, "allowed-peers", "", "comma-separated client certificate CNs allowed to connect, e.g. remote-west (required)")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "embedded etcd data directory, reused across restarts (required)")
+	fs.StringVar(&cfg.HealthListen, "health-listen", ":9880", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&cfg.EtcdListenClient, "etcd-listen-client", "127.0.0.1:0", "loopback address of the embedded etcd")
+	fs.DurationVar(&cfg.CoalesceDelay, "coalesce-delay", kubesync.DefaultCoalesceDelay, "how long a changed key waits before it is written (coalesces bursts)")
+	fs.IntVar(&cfg.SyncWorkers, "sync-workers", kubesync.DefaultWorkers, "parallel etcd writers")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level (debug, info, warn, error)")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+
+	var errs []error
+	idKnown := false
+	if clusterID == "" {
+		errs = append(errs, errors.New("--cluster-id: required"))
+	} else if id, err := strconv.ParseUint(clusterID, 10, 32); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-id %q: not a number", clusterID))
+	} else {
+		cfg.ClusterID = uint32(id)
+		idKnown = true
+	}
+	if podCIDRs == "" {
+		errs = append(errs, errors.New("--pod-cidrs: required"))
+	} else {
+		for _, s := range splitList(podCIDRs) {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--pod-cidrs: %q is not a CIDR: %w", s, err))
+				continue
+			}
+			cfg.PodCIDRs = append(cfg.PodCIDRs, p)
+		}
+	}
+	cfg.AllowedPeers = splitList(peers)
+	if err := cfg.validate(idKnown); err != nil {
+		errs = append(errs, err)
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// Validate checks a Config and reports every problem.
+func (c *Config) Validate() error { return c.validate(true) }
+
+func (c *Config) validate(checkID bool) error {
+	var errs []error
+	if c.ClusterName == "" {
+		errs = append(errs, errors.New("--cluster-name: required"))
+	} else if err := meshapi.ValidateClusterName(c.ClusterName); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-name: %w", err))
+	}
+	if checkID {
+		if err := meshapi.ValidateClusterID(c.ClusterID); err != nil {
+			errs = append(errs, fmt.Errorf("--cluster-id: %w", err))
+		}
+	}
+	if len(c.PodCIDRs) > 0 {
+		if err := meshapi.ValidatePodCIDRs(c.PodCIDRs); err != nil {
+			errs = append(errs, fmt.Errorf("--pod-cidrs: %w", err))
+		}
+	}
+	for _, f := range []struct{ flag, value string }{{"--tls-cert", c.TLSCert}, {"--tls-key", c.TLSKey}, {"--tls-client-ca", c.TLSClientCA}, {"--data-dir", c.DataDir}} {
+		if f.value == "" {
+			errs = append(errs, fmt.Errorf("%s: required", f.flag))
+		}
+	}
+	if len(c.AllowedPeers) == 0 {
+		errs = append(errs, errors.New("--allowed-peers: required (at least one client certificate CN)"))
+	}
+	for _, p := range c.AllowedPeers {
+		if strings.ContainsAny(p, " \t") {
+			errs = append(errs, fmt.Errorf("--allowed-peers: %q contains white space", p))
+		}
+	}
+	for _, f := range []struct{ flag, value string }{{"--listen", c.Listen}, {"--health-listen", c.HealthListen}} {
+		if _, _, err := net.SplitHostPort(f.value); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", f.flag, f.value, err))
+		}
+	}
+	if host, _, err := net.SplitHostPort(c.EtcdListenClient); err != nil {
+		errs = append(errs, fmt.Errorf("--etcd-listen-client %q: %w", c.EtcdListenClient, err))
+	} else if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
+		errs = append(errs, fmt.Errorf("--etcd-listen-client %q: must be a loopback IP address", c.EtcdListenClient))
+	}
+	if c.SyncWorkers < 1 {
+		errs = append(errs, fmt.Errorf("--sync-workers %d: must be at least 1", c.SyncWorkers))
+	}
+	return errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

@@ -1,0 +1,257 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy"
+)
+
+// Server is one clustermesh-apiserver.
+type Server struct {
+	cfg          Config
+	log          logrus.FieldLogger
+	tls          *tls.Config
+	kube         kubernetes.Interface
+	syncMetrics  *kubesync.Metrics
+	proxyMetrics *proxy.Metrics
+
+	started chan struct{}
+	ready   chan struct{}
+	// mu protects the fields below, set while starting.
+	mu         sync.Mutex
+	etcd       *etcdserver.Server
+	proxyAddr  string
+	healthAddr string
+}
+
+// New loads the certificates and the Kubernetes client configuration; it
+// listens on nothing yet. restConfig, when not nil, is used instead of
+// cfg.Kubeconfig (tests).
+func New(cfg Config, restConfig *rest.Config, log logrus.FieldLogger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	tlsCfg, err := proxy.LoadServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, cfg.AllowedPeers)
+	if err != nil {
+		return nil, err
+	}
+	if restConfig == nil {
+		if restConfig, err = loadKubeconfig(cfg.Kubeconfig); err != nil {
+			return nil, err
+		}
+	}
+	restConfig = rest.CopyConfig(restConfig)
+	restConfig.UserAgent = "clustermesh-apiserver"
+	if restConfig.QPS == 0 {
+		restConfig.QPS, restConfig.Burst = 50, 100
+	}
+	kube, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return nil, fmt.Errorf("create Kubernetes client: %w", err)
+	}
+	return &Server{
+		cfg:          cfg,
+		log:          log.WithField("cluster", cfg.ClusterName),
+		tls:          tlsCfg,
+		kube:         kube,
+		syncMetrics:  kubesync.NewMetrics(),
+		proxyMetrics: proxy.NewMetrics(),
+		started:      make(chan struct{}),
+		ready:        make(chan struct{}),
+	}, nil
+}
+
+func loadKubeconfig(path string) (*rest.Config, error) {
+	if path == "" {
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster Kubernetes configuration (set --kubeconfig outside a cluster): %w", err)
+		}
+		return c, nil
+	}
+	c, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("load --kubeconfig %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Collectors returns the server's metrics for the caller to register.
+func (s *Server) Collectors() []prometheus.Collector {
+	return append(s.syncMetrics.Collectors(), s.proxyMetrics.Collectors()...)
+}
+
+// SyncMetrics exposes the sync's metrics (tests and benchmarks read them).
+func (s *Server) SyncMetrics() *kubesync.Metrics { return s.syncMetrics }
+
+// ProxyMetrics exposes the proxy's metrics.
+func (s *Server) ProxyMetrics() *proxy.Metrics { return s.proxyMetrics }
+
+// Started is closed once etcd, the proxy and the health endpoint listen.
+func (s *Server) Started() <-chan struct{} { return s.started }
+
+// Ready is closed once every sync canary is written.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// ProxyAddr is the proxy's listening address (after Started).
+func (s *Server) ProxyAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proxyAddr
+}
+
+// HealthAddr is the health endpoint's listening address (after Started).
+func (s *Server) HealthAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.healthAddr
+}
+
+// Etcd is the embedded etcd (after Started).
+func (s *Server) Etcd() *etcdserver.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etcd
+}
+
+// Run starts everything and serves until ctx is done, then shuts down in
+// order. gatherer feeds /metrics.
+func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	healthLis, err := net.Listen("tcp", s.cfg.HealthListen)
+	if err != nil {
+		return fmt.Errorf("listen on --health-listen %s: %w", s.cfg.HealthListen, err)
+	}
+	proxyLis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		healthLis.Close()
+		return fmt.Errorf("listen on --listen %s: %w", s.cfg.Listen, err)
+	}
+	health := &http.Server{Handler: s.healthMux(gatherer), ReadHeaderTimeout: 10 * time.Second}
+	healthErr := make(chan error, 1)
+	go func() { healthErr <- health.Serve(healthLis) }()
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		if herr := health.Shutdown(sctx); herr != nil {
+			err = errors.Join(err, fmt.Errorf("stop health endpoint: %w", herr))
+		}
+	}()
+
+	e, err := etcdserver.Start(ctx, etcdserver.Config{
+		DataDir:       s.cfg.DataDir,
+		ListenClient:  s.cfg.EtcdListenClient,
+		UnsafeNoFsync: s.cfg.UnsafeNoFsync,
+		Log:           s.log,
+	})
+	if err != nil {
+		proxyLis.Close()
+		return err
+	}
+	defer func() {
+		if cerr := e.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		s.log.Info("Embedded etcd stopped")
+	}()
+
+	syncer, err := kubesync.New(kubesync.Config{
+		Cluster:       kubesync.Cluster{Name: s.cfg.ClusterName, ID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs},
+		Kube:          s.kube,
+		Etcd:          e.Writer,
+		Workers:       s.cfg.SyncWorkers,
+		CoalesceDelay: s.cfg.CoalesceDelay,
+		Metrics:       s.syncMetrics,
+		Log:           s.log,
+	})
+	if err != nil {
+		proxyLis.Close()
+		return err
+	}
+	syncCtx, stopSync := context.WithCancel(ctx)
+	syncErr := make(chan error, 1)
+	syncDone := false
+	go func() { syncErr <- syncer.Run(syncCtx) }()
+	defer func() {
+		stopSync()
+		if !syncDone {
+			if serr := <-syncErr; serr != nil {
+				err = errors.Join(err, serr)
+			}
+		}
+		s.log.Info("Kubernetes sync stopped")
+	}()
+	go func() {
+		select {
+		case <-syncer.Ready():
+			close(s.ready)
+		case <-ctx.Done():
+		}
+	}()
+
+	p, err := proxy.Start(ctx, proxy.Config{Listener: proxyLis, TLS: s.tls, Client: e.Reader, Metrics: s.proxyMetrics, Log: s.log})
+	if err != nil {
+		proxyLis.Close()
+		return err
+	}
+	defer func() {
+		p.Stop()
+		s.log.Info("Proxy stopped")
+	}()
+
+	s.mu.Lock()
+	s.etcd, s.proxyAddr, s.healthAddr = e, p.Addr(), healthLis.Addr().String()
+	s.mu.Unlock()
+	close(s.started)
+	s.log.WithFields(logrus.Fields{"proxy": p.Addr(), "health": healthLis.Addr().String()}).Info("clustermesh-apiserver started")
+
+	select {
+	case <-ctx.Done():
+		s.log.Info("Shutting down")
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("embedded etcd failed: %w", err)
+	case err := <-syncErr:
+		syncDone = true
+		return fmt.Errorf("kubernetes sync stopped: %w", err)
+	case err := <-healthErr:
+		return fmt.Errorf("health endpoint stopped: %w", err)
+	}
+}
+
+func (s *Server) healthMux(gatherer prometheus.Gatherer) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-s.ready:
+			fmt.Fprintln(w, "ok")
+		default:
+			http.Error(w, "not ready: sync canaries not written yet", http.StatusServiceUnavailable)
+		}
+	})
+	if gatherer != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
