@@ -28,77 +28,99 @@ type SyncStats struct {
 // Prefixes are masked and IPv4-mapped IPv6 addresses unmapped. An invalid
 // entry (ErrInvalidEntry) or one prefix with two different values
 // (ErrConflictingEntries) fails the whole Sync before the map is touched.
+//
+// The first Sync after Load reads the whole ipcache from the kernel; later
+// ones diff against a record of what the map holds (that read plus this
+// Datapath's own writes), so a Sync costs time in proportion to the number
+// of entries given plus the changes, not to a kernel dump. After a failed
+// write, and after Recheck, the next Sync reads the kernel again.
 func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
-	want := make(map[podmeshIpcacheKey]podmeshIpcacheValue, len(entries))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return SyncStats{}, ErrClosed
+	}
+	if d.cache == nil {
+		if err := d.readIpcacheLocked(); err != nil {
+			return SyncStats{}, err
+		}
+	}
+	// One pass over entries: each is looked up once in the record and marked
+	// with this Sync's generation, so a prune needs no second set of the
+	// desired keys. Nothing is written before the pass has validated all.
+	d.gen++
+	gen := d.gen
+	var (
+		stats           SyncStats
+		upKeys, delKeys []podmeshIpcacheKey
+		upVals          []podmeshIpcacheValue
+		added           = make(map[podmeshIpcacheKey]podmeshIpcacheValue)
+	)
 	for _, e := range entries {
 		n, err := e.normalize()
 		if err != nil {
 			return SyncStats{}, err
 		}
 		k, v := encodeKey(n.Prefix), encodeValue(n)
-		if old, ok := want[k]; ok && old != v {
-			return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
-		}
-		want[k] = v
-	}
-
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return SyncStats{}, ErrClosed
-	}
-	m := d.objs.PodmeshIpcache
-
-	var (
-		stats           SyncStats
-		upKeys, delKeys []podmeshIpcacheKey
-		upVals          []podmeshIpcacheValue
-		have            = make(map[podmeshIpcacheKey]podmeshIpcacheValue)
-	)
-	err := dumpIpcache(m, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
-		p, err := decodeKey(k)
-		if err != nil {
-			// Not ours to interpret, but in our map: prune it.
-			delKeys = append(delKeys, k)
-			return
-		}
-		// The trie ignores bits past the prefix length, so a key with such
-		// bits names the same entry as the canonical one.
-		have[encodeKey(p)] = v
-	})
-	if err != nil {
-		return SyncStats{}, err
-	}
-	for k, v := range want {
-		old, ok := have[k]
-		switch {
-		case !ok:
+		c, ok := d.cache[k]
+		if !ok {
+			if old, dup := added[k]; dup {
+				if old != v {
+					return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
+				}
+				continue
+			}
+			added[k] = v
+			upKeys = append(upKeys, k)
+			upVals = append(upVals, v)
 			stats.Added++
-		case old != v:
-			stats.Updated++
-		default:
 			continue
 		}
-		upKeys = append(upKeys, k)
-		upVals = append(upVals, v)
+		if c.gen == gen {
+			// Seen before in this Sync: it must ask for the same value.
+			if c.want != v {
+				return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
+			}
+			continue
+		}
+		c.gen, c.want = gen, v
+		if c.have != v {
+			upKeys = append(upKeys, k)
+			upVals = append(upVals, v)
+			stats.Updated++
+		}
 	}
 	if prune {
-		for k := range have {
-			if _, ok := want[k]; !ok {
+		delKeys = append(delKeys, d.foreign...)
+		for k, c := range d.cache {
+			if c.gen != gen {
 				delKeys = append(delKeys, k)
 			}
 		}
-	} else {
-		delKeys = nil
 	}
 
-	if err := updateIpcache(m, upKeys, upVals); err != nil {
+	if err := updateIpcache(d.objs.PodmeshIpcache, upKeys, upVals); err != nil {
+		d.cache, d.foreign = nil, nil
 		return SyncStats{}, err
 	}
-	deleted, err := deleteIpcache(m, delKeys)
+	for i, k := range upKeys {
+		if c, ok := d.cache[k]; ok {
+			c.have = upVals[i]
+		} else {
+			d.cache[k] = &cacheEntry{have: upVals[i], want: upVals[i], gen: gen}
+		}
+	}
+	deleted, err := deleteIpcache(d.objs.PodmeshIpcache, delKeys)
 	stats.Deleted = deleted
 	if err != nil {
+		d.cache, d.foreign = nil, nil
 		return stats, err
+	}
+	for _, k := range delKeys {
+		delete(d.cache, k)
+	}
+	if prune {
+		d.foreign = nil
 	}
 	if stats != (SyncStats{}) {
 		d.log.WithFields(logrus.Fields{
@@ -108,6 +130,45 @@ func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 		}).Debug("Synced ipcache")
 	}
 	return stats, nil
+}
+
+// cacheEntry is the record of one ipcache entry.
+type cacheEntry struct {
+	have podmeshIpcacheValue // what the map holds
+	want podmeshIpcacheValue // what the Sync of generation gen asked for
+	gen  uint64
+}
+
+// Recheck makes the next Sync read the whole ipcache from the kernel instead
+// of trusting its record of the map, so that changes made behind the
+// Datapath's back (another writer, an operator with bpftool) are repaired.
+// The reconciler calls it on its periodic re-check of the kernel.
+func (d *Datapath) Recheck() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cache, d.foreign = nil, nil
+}
+
+// readIpcacheLocked replaces the record of the ipcache with a dump of it.
+func (d *Datapath) readIpcacheLocked() error {
+	cache := make(map[podmeshIpcacheKey]*cacheEntry)
+	var foreign []podmeshIpcacheKey
+	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+		p, err := decodeKey(k)
+		if err != nil {
+			// Not ours to interpret, but in our map: a prune removes it.
+			foreign = append(foreign, k)
+			return
+		}
+		// The trie ignores bits past the prefix length, so a key with such
+		// bits names the same entry as the canonical one.
+		cache[encodeKey(p)] = &cacheEntry{have: v}
+	})
+	if err != nil {
+		return err
+	}
+	d.cache, d.foreign = cache, foreign
+	return nil
 }
 
 // Entries returns every entry of the ipcache, in map order. Entries that do
