@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -231,7 +232,7 @@ func routeKey(r netlink.Route) (netip.Prefix, bool) {
 
 // routePlan is the outcome of comparing desired routes with the kernel.
 type routePlan struct {
-	upsert    []netlink.Route         // missing or different, in prefix order of want
+	upsert    []netlink.Route         // missing or different, in prefix order
 	remove    []netlink.Route         // podmesh routes no longer wanted (and allowed to go)
 	conflicts map[netip.Prefix]string // wanted prefixes held by a foreign route
 }
@@ -242,8 +243,7 @@ type routePlan struct {
 // now (before the first full sync only routes this process added may go).
 func planRoutes(want map[netip.Prefix]netlink.Route, ours, foreign map[netip.Prefix]netlink.Route, canDelete func(netip.Prefix) bool) routePlan {
 	var p routePlan
-	for _, pfx := range sortedPrefixes(want) {
-		w := want[pfx]
+	for pfx, w := range want {
 		if _, ok := foreign[pfx]; ok {
 			if p.conflicts == nil {
 				p.conflicts = make(map[netip.Prefix]string)
@@ -256,15 +256,26 @@ func planRoutes(want map[netip.Prefix]netlink.Route, ours, foreign map[netip.Pre
 		}
 		p.upsert = append(p.upsert, w)
 	}
-	for _, pfx := range sortedPrefixes(ours) {
+	for pfx, h := range ours {
 		if _, ok := want[pfx]; ok {
 			continue
 		}
 		if canDelete(pfx) {
-			p.remove = append(p.remove, ours[pfx])
+			p.remove = append(p.remove, h)
 		}
 	}
+	// A stable order for logs and tests; the lists are usually short.
+	sortRoutes(p.upsert)
+	sortRoutes(p.remove)
 	return p
+}
+
+func sortRoutes(rs []netlink.Route) {
+	slices.SortFunc(rs, func(a, b netlink.Route) int {
+		pa, _ := routeKey(a)
+		pb, _ := routeKey(b)
+		return comparePrefix(pa, pb)
+	})
 }
 
 // desiredNeigh is the permanent neighbour entry resolving a vxlan-mode

@@ -69,14 +69,13 @@ func planIpcache(want map[netip.Prefix]bpf.Entry, have []bpf.Entry, canDelete fu
 	for _, h := range have {
 		haveBy[h.Prefix] = h
 	}
-	for _, p := range sortedPrefixes(want) {
-		w := want[p]
+	for p, w := range want {
 		keep = append(keep, w)
 		if h, ok := haveBy[p]; !ok || h != w {
 			add = append(add, w)
 		}
 	}
-	for _, p := range sortedPrefixes(haveBy) {
+	for p, h := range haveBy {
 		if _, ok := want[p]; ok {
 			continue
 		}
@@ -84,7 +83,7 @@ func planIpcache(want map[netip.Prefix]bpf.Entry, have []bpf.Entry, canDelete fu
 			needPrune = true
 			continue
 		}
-		keep = append(keep, haveBy[p])
+		keep = append(keep, h)
 	}
 	return add, keep, needPrune
 }

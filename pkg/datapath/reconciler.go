@@ -71,8 +71,10 @@ type Status struct {
 	// Errors holds one message per failed prefix (bounded).
 	Errors map[string]string
 	// LastError is the last reconcile's error, empty when it fully succeeded.
-	LastError       string
-	LastReconcile   time.Time
+	LastError     string
+	LastReconcile time.Time
+	// LastDuration is how long the last reconcile pass took.
+	LastDuration    time.Duration
 	ReconcileErrors uint64
 	// AppliedVersion is the Desired version the kernel fully realises (0
 	// until one reconcile succeeded without failures).
@@ -332,6 +334,7 @@ func (r *Reconciler) reconcile() bool {
 		r.status.Errors[p.String()] = failed[p].Error()
 	}
 	r.status.LastReconcile = now
+	r.status.LastDuration = now.Sub(start)
 	if ok {
 		r.status.LastError = ""
 		r.status.AppliedVersion = snap.Version

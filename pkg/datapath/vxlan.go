@@ -88,8 +88,7 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 	// then routes.
 	fdbErr := make(map[netip.Addr]error)
 	neighErr := make(map[netip.Addr]error)
-	for _, p := range sortedPrefixes(want) {
-		e := want[p]
+	for p, e := range want {
 		f := desiredFDB(e.TunnelEndpoint, idx)
 		if _, done := fdbErr[e.TunnelEndpoint]; !done {
 			var err error
