@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -73,6 +74,9 @@ type Server struct {
 	etcd      *embed.Etcd
 	passwords map[string]string // user -> password; never logged
 	log       logrus.FieldLogger
+	// closing is set by Close; etcd's errors about its own listeners
+	// closing are expected then and not logged.
+	closing *atomic.Bool
 }
 
 // Start starts etcd, sets up (or rotates) users, roles and passwords, and
@@ -126,7 +130,8 @@ func start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}
 
-	ecfg, err := embedConfig(cfg, dir)
+	closing := &atomic.Bool{}
+	ecfg, err := embedConfig(cfg, dir, closing)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +139,7 @@ func start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
 	}
-	s := &Server{etcd: e, log: cfg.Log, passwords: map[string]string{}}
+	s := &Server{etcd: e, log: cfg.Log, passwords: map[string]string{}, closing: closing}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -273,6 +278,7 @@ func (s *Server) Close() error {
 		}
 	}
 	if s.etcd != nil {
+		s.closing.Store(true)
 		s.etcd.Close()
 	}
 	return errors.Join(errs...)
@@ -284,7 +290,7 @@ func (s *Server) Err() <-chan error { return s.etcd.Err() }
 // MetricsURL is etcd's own Prometheus endpoint (e.g. the watcher gauges).
 func (s *Server) MetricsURL() string { return s.Endpoint + "/metrics" }
 
-func embedConfig(cfg Config, dir string) (*embed.Config, error) {
+func embedConfig(cfg Config, dir string, closing *atomic.Bool) (*embed.Config, error) {
 	ecfg := embed.NewConfig()
 	ecfg.Name = "podmesh"
 	ecfg.Dir = dir
@@ -304,17 +310,35 @@ func embedConfig(cfg Config, dir string) (*embed.Config, error) {
 	ecfg.UnsafeNoFsync = cfg.UnsafeNoFsync
 	lg := cfg.EtcdLog
 	if lg == nil {
-		lg = zapErrorLogger()
+		lg = zapErrorLogger(closing)
 	}
 	ecfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	return ecfg, nil
 }
 
-func zapErrorLogger() *zap.Logger {
+func zapErrorLogger(closing *atomic.Bool) *zap.Logger {
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(os.Stderr), zapcore.ErrorLevel)
-	return zap.New(core).Named("etcd")
+	return zap.New(&quietOnClose{Core: core, closing: closing}).Named("etcd")
+}
+
+// quietOnClose drops etcd's log entries once Close has begun: etcd reports
+// its own listeners closing as errors.
+type quietOnClose struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (q *quietOnClose) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if q.closing.Load() {
+		return ce
+	}
+	return q.Core.Check(e, ce)
+}
+
+func (q *quietOnClose) With(fields []zapcore.Field) zapcore.Core {
+	return &quietOnClose{Core: q.Core.With(fields), closing: q.closing}
 }
 
 func ensureRoles(ctx context.Context, root *clientv3.Client) error {
