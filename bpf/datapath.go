@@ -454,3 +454,24 @@ func removePinnedLink(path string) error {
 	}
 	return nil
 }
+
+// MountBPFFS mounts a bpf filesystem on dir (creating dir) unless dir is
+// already on one. The agent calls it for its --bpf-root; pins live as long
+// as the mount, so the mount point must outlive the agent (the host's
+// /sys/fs/bpf, or a directory the test or lab owns).
+func MountBPFFS(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return nil
+}

@@ -18,6 +18,9 @@ import (
 
 func requireRoot(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("skipped with -short: privileged datapath test (loads BPF, uses bpffs and network namespaces)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: needs root to load BPF programs, pin to bpffs and create network namespaces")
 	}
@@ -41,7 +44,7 @@ func testPinDir(t testing.TB) string {
 	var st unix.Statfs_t
 	if err := unix.Statfs(base, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
 		base = t.TempDir()
-		require.NoError(t, unix.Mount("bpffs", base, "bpf", 0, "mode=0700"), "mount private bpffs")
+		require.NoError(t, MountBPFFS(base), "mount private bpffs")
 		t.Cleanup(func() {
 			if err := unix.Unmount(base, unix.MNT_DETACH); err != nil {
 				t.Errorf("unmount private bpffs %s: %v", base, err)

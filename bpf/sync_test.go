@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // genEntries returns n distinct entries: /32s of 10.0.0.0/8 and /128s of
@@ -234,4 +237,22 @@ func BenchmarkSyncChanges(b *testing.B) {
 		require.NoError(b, err)
 		require.Equal(b, SyncStats{Added: 250, Updated: 500, Deleted: 250}, stats)
 	}
+}
+
+func TestMountBPFFSIsIdempotent(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "bpffs")
+	require.NoError(t, MountBPFFS(dir))
+	t.Cleanup(func() { require.NoError(t, unix.Unmount(dir, unix.MNT_DETACH)) })
+	require.NoError(t, MountBPFFS(dir), "already a bpffs: nothing to do")
+
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	n := 0
+	for _, line := range strings.Split(string(info), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			n++
+		}
+	}
+	require.Equal(t, 1, n, "mounted exactly once")
 }
