@@ -6,4 +6,91 @@
 // that is its tunnel endpoint, and the remote cluster's ID. Everything the
 // agent knows about remote clusters is reduced to that set before it reaches
 // the kernel.
+//
+// # Using it
+//
+//	r, err := datapath.New(datapath.Config{Mode: "ebpf", LocalIP: nodeIP, LocalClusterID: id, Desired: d, Log: log})
+//	for _, c := range r.Collectors() { registry.MustRegister(c) }
+//	go r.Run(ctx) // converges on every Desired change and every RecheckInterval
+//	st := r.Status()
+//
+// # Design notes: why the kernel objects look as they do
+//
+// Reconciliation. The reconciler is level-triggered: a Desired change, the
+// periodic re-check (default 10 s) or a retry after a failure only wakes it;
+// each pass takes a snapshot of the whole desired set, reads the kernel, and
+// converges — adds and changes first, deletions last, errors collected per
+// prefix rather than stopping at the first. A missed wake-up is therefore
+// harmless, drift (a route, neighbour, FDB or ipcache entry removed by hand)
+// is repaired within one re-check period, and a restart is just another pass.
+// Until Desired.AllowPrune, a pass adopts what it finds and deletes only what
+// this process itself added and the agent then withdrew; so an agent restart,
+// whose desired set fills up over seconds, withdraws nothing that still
+// exists. Kernel state is left in place when Run returns.
+//
+// Ownership. Every route podmesh installs carries rtm_protocol 150
+// (RouteProtocol; not among iproute2's reserved numbers) and lives in the main
+// table, because every pod must reach remote prefixes without policy routing.
+// Prune considers only routes with that tag, deletes them one by one (never a
+// flush), and a wanted prefix already held by someone else's route is
+// reported as failed and left alone. The only link podmesh creates is
+// podmesh_vxlan; neighbour and FDB entries are only ever touched on it; BPF
+// objects are pinned under the agent's own bpffs directory. Deleting
+// something that is already gone is success.
+//
+// native. "<prefix> via <node IP> proto 150 mtu <underlay MTU>": no
+// encapsulation, for underlays where node IPs are directly reachable and pod
+// addresses are routable between nodes.
+//
+// vxlan. A VXLAN device podmesh_vxlan (VNI 0x706d, dstport TunnelPort, local
+// LocalIP, learning off) and per prefix
+// "<prefix> via <vtep> dev podmesh_vxlan onlink", a permanent neighbour entry
+// vtep → TunnelMAC(endpoint) and a permanent FDB entry TunnelMAC(endpoint) →
+// dst endpoint. The VTEP is the remote node's underlay address itself: it is
+// already known (it is the tunnel endpoint), unique, of the underlay family,
+// and needs no address allocation or distribution; "onlink" lets the kernel
+// accept it as a gateway on a device that has no address in its subnet, and
+// the neighbour entry lives on podmesh_vxlan, so it never collides with the
+// same address's entry on the underlay link. Each node's device MAC is
+// derived from its underlay address (TunnelMAC: 0e:70 + the IPv4 bytes), so
+// a node computes its peer's MAC without any exchange — and the MACs differ,
+// which the receiver's VXLAN loop check (it drops frames whose inner source
+// MAC is its own) requires. An IPv6 prefix over an IPv4 underlay uses the
+// link-local address derived from the peer's MAC as VTEP; an IPv4 prefix over
+// an IPv6 underlay uses RTA_VIA. The device's MTU and every route's MTU are the
+// underlay MTU minus 50 (IPv4 underlay) or 70 (IPv6).
+//
+// ebpf (the default). A collect-metadata ("external") VXLAN device
+// podmesh_vxlan on TunnelPort, NOARP, carrying the mesh-wide bpf.DeviceMAC,
+// MTU underlay minus overhead, with the bpf package's program at its egress
+// (TCX link pinned under BPFRoot). Per prefix "<prefix> dev podmesh_vxlan
+// scope link proto 150 mtu <tunnel MTU>" and an ipcache entry prefix →
+// {endpoint, cluster ID}. The route only steers traffic to the device; the
+// program picks the endpoint, so one device serves every peer. NOARP makes the
+// kernel use the device's own MAC as the inner destination, which is the
+// receiver's MAC too (shared), so the frame is PACKET_HOST there; the program
+// rewrites the inner source MAC so the receiver's loop check passes. The
+// ipcache learns a prefix before its route appears and forgets it after the
+// route is gone. A restart loads the program again, adopts the pinned maps
+// and swaps the program on the pinned link atomically; device and routes are
+// left untouched, so no packet is lost.
+//
+// MTU. Remote prefix routes carry the tunnel MTU so that a 1500-MTU pod's
+// DF packet is answered with "fragmentation needed" by its own node (the
+// forwarding path honours the route MTU) and path-MTU discovery converges.
+//
+// Reverse-path filtering. Tunnel-mode routes point at podmesh_vxlan, the
+// device decapsulated return traffic arrives on, and native routes at the
+// underlay link, so strict rp_filter passes replies from remote pods. One
+// consequence, seen in the tests: ICMP errors generated by a remote node
+// itself (sourced from its underlay address) arrive on podmesh_vxlan while the
+// route back to that address is on the underlay link, so strict rp_filter
+// drops them. Forwarding (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)
+// is enabled for each family in the desired set, with a log line, and
+// re-checked every pass.
+//
+// Namespaces. The reconciler programs the network namespace the process is in,
+// or the one Config.NetNS names (netlink handles bound to it; program
+// attachment and sysctls on a locked thread switched into it). Tests use that
+// to run one reconciler per simulated node in one process.
 package datapath

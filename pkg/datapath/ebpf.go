@@ -117,6 +117,10 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		}
 		wantIP[p] = ipcacheEntry(e)
 	}
+	// This pass diffs against a fresh dump of the ipcache; Recheck makes the
+	// loader's own Sync re-read the map too instead of trusting its record of
+	// it, so an entry removed behind our back is written again.
+	b.dp.Recheck()
 	have, err := b.dp.Entries()
 	if err != nil {
 		return syncResult{err: fmt.Errorf("list ipcache: %w", err)}
