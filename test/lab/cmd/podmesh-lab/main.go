@@ -1,0 +1,410 @@
+// Command podmesh-lab runs the podmesh multi-cluster lab: clusters, nodes
+// and pods as network namespaces on one machine, with a real kube-apiserver
+// and clustermesh-apiserver per cluster and the real podmesh-agent per node.
+//
+//	podmesh-lab up [--clusters 3 --nodes 2 --pods 2 --mode ebpf]   bring a lab up (returns when it is ready)
+//	podmesh-lab status                                             clusters, nodes, pods and every agent's view
+//	podmesh-lab matrix                                             probe every pod from every other cluster's pods
+//	podmesh-lab exec <netns|role> -- cmd ...                       run a command inside a lab namespace
+//	podmesh-lab down                                               remove everything the lab created
+//
+// Every command takes --prefix (default podmesh-lab) and --state-root.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/podmesh/podmesh/test/lab"
+)
+
+const usage = `usage: podmesh-lab <command> [flags]
+
+commands:
+  up       bring a lab up: N clusters x M nodes x P pods (returns once ready;
+           --foreground keeps it in this terminal until Ctrl-C)
+  status   show clusters, nodes, pods and what every agent reports
+  matrix   probe every pod from every pod of the other clusters
+  probe    probe one address from one lab namespace: probe <netns|role> <ip[:port]>
+  exec     run a command in a lab namespace: exec <netns|role> -- cmd [args]
+           (roles: ul, c1-cp, c1-n1, c1-n1-p1; nsenter --net, so bpffs stays visible)
+  down     remove everything of the lab: processes, namespaces, bpffs, state
+           (also after a crash; finds leftovers by the lab prefix)
+
+common flags: --prefix (default podmesh-lab), --state-root (default /run/podmesh-lab)
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	var err error
+	switch cmd {
+	case "up":
+		err = cmdUp(args)
+	case "down":
+		err = cmdDown(args)
+	case "status":
+		err = cmdStatus(args)
+	case "matrix":
+		err = cmdMatrix(args)
+	case "probe":
+		err = cmdProbe(args)
+	case "exec":
+		err = cmdExec(args)
+	case "serve":
+		err = cmdServe(args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "podmesh-lab %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+}
+
+type common struct {
+	prefix, stateRoot string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.prefix, "prefix", envOr("PODMESH_LAB_PREFIX", lab.DefaultPrefix), "lab prefix: starts every name the lab creates")
+	fs.StringVar(&c.stateRoot, "state-root", lab.DefaultStateRoot, "directory holding the lab's state directory")
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func (c *common) stateDir() string { return filepath.Join(c.stateRoot, c.prefix) }
+
+func newLogger(out io.Writer, debug bool) *logrus.Logger {
+	l := logrus.New()
+	l.Out = out
+	l.Formatter = &logrus.TextFormatter{FullTimestamp: true}
+	if debug {
+		l.Level = logrus.DebugLevel
+	}
+	return l
+}
+
+// readyLine is what a background supervisor writes on its status pipe once
+// the lab is up; any other line is progress, copied to the user.
+const readyLine = "\x00ready"
+
+func cmdUp(args []string) error {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	clusters := fs.Int("clusters", 3, "number of clusters")
+	nodes := fs.Int("nodes", 2, "nodes per cluster")
+	pods := fs.Int("pods", 2, "pods per node")
+	mode := fs.String("mode", lab.ModeEBPF, "routing mode of the agents: ebpf, vxlan or native")
+	binDir := fs.String("bin-dir", "", "directory with podmesh-agent, clustermesh-apiserver, podmesh-lab, kube-apiserver, etcd (default: bin/ of the checkout, or $PODMESH_BIN)")
+	foreground := fs.Bool("foreground", false, "stay in the foreground; Ctrl-C tears the lab down")
+	noMesh := fs.Bool("no-mesh", false, "namespaces, links and pods only: no control planes, no agents (tests the lab itself)")
+	statusFD := fs.Int("status-fd", 0, "internal: report progress and readiness on this fd")
+	_ = fs.Parse(args)
+	if err := lab.ValidatePrefix(c.prefix); err != nil {
+		return err
+	}
+	if *binDir == "" {
+		if exe, err := os.Executable(); err == nil {
+			// The lab binary lives next to the others in bin/.
+			if _, err := os.Stat(filepath.Join(filepath.Dir(exe), "podmesh-agent")); err == nil {
+				*binDir = filepath.Dir(exe)
+			}
+		}
+	}
+	if !*foreground {
+		return upBackground(c, args)
+	}
+
+	progress := io.Writer(os.Stdout)
+	var status *os.File
+	if *statusFD > 0 {
+		status = os.NewFile(uintptr(*statusFD), "status")
+		progress = status
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	if err := os.MkdirAll(c.stateRoot, 0o755); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(filepath.Join(c.stateRoot, c.prefix+".lab.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	log := newLogger(logFile, false)
+	l, err := lab.Up(ctx, lab.Options{
+		Prefix: c.prefix, StateRoot: c.stateRoot, BinDir: *binDir, RoutingMode: *mode,
+		Log: log, Progress: progress,
+	}, lab.Topology{Clusters: *clusters, Nodes: *nodes, Pods: *pods, NoMesh: *noMesh})
+	if err != nil {
+		return err
+	}
+	if status != nil {
+		fmt.Fprintln(status, readyLine)
+		status.Close()
+	} else {
+		fmt.Printf("lab %s is up; Ctrl-C tears it down\n", c.prefix)
+	}
+	<-ctx.Done()
+	log.Info("signal received, tearing the lab down")
+	// Close removes the log files too, as down does.
+	return l.Close()
+}
+
+// upBackground re-executes `up --foreground` as a detached supervisor (its
+// own session, so the lab outlives this shell command), relays its progress
+// and returns once it reports the lab ready, or with its error.
+func upBackground(c common, args []string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if err := os.MkdirAll(c.stateRoot, 0o755); err != nil {
+		return err
+	}
+	errPath := filepath.Join(c.stateRoot, c.prefix+".supervisor.log")
+	errFile, err := os.Create(errPath)
+	if err != nil {
+		return err
+	}
+	defer errFile.Close()
+	cmd := exec.Command(exe, append([]string{"up", "--foreground", "--status-fd=3"}, args...)...)
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Stdout, cmd.Stderr = errFile, errFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return err
+	}
+	w.Close()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if sc.Text() == readyLine {
+			_ = cmd.Process.Release()
+			return nil
+		}
+		fmt.Println(sc.Text())
+	}
+	// The pipe closed without "ready": the supervisor failed.
+	werr := cmd.Wait()
+	data, _ := os.ReadFile(errPath)
+	return fmt.Errorf("lab supervisor failed (%v):\n%s", werr, strings.TrimSpace(string(data)))
+}
+
+func cmdDown(args []string) error {
+	fs := flag.NewFlagSet("down", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	_ = fs.Parse(args)
+	lo, err := lab.Discover(c.prefix, c.stateRoot)
+	if err != nil && lo.Empty() {
+		return err
+	}
+	if lo.Empty() {
+		fmt.Printf("lab %s: nothing to remove\n", c.prefix)
+		return nil
+	}
+	fmt.Printf("lab %s: removing %s\n", c.prefix, lo)
+	if err := lab.Down(c.prefix, c.stateRoot, newLogger(os.Stderr, false)); err != nil {
+		return err
+	}
+	fmt.Printf("lab %s: removed\n", c.prefix)
+	return nil
+}
+
+func readLayout(c common) (*lab.State, error) {
+	st, err := lab.ReadState(c.stateDir())
+	if err != nil {
+		return nil, fmt.Errorf("lab %s: %w (is it up?)", c.prefix, err)
+	}
+	if st.Layout == nil {
+		return nil, fmt.Errorf("lab %s is not ready yet", c.prefix)
+	}
+	return st, nil
+}
+
+func cmdStatus(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	_ = fs.Parse(args)
+	st, err := readLayout(c)
+	if err != nil {
+		return err
+	}
+	owner := "running"
+	if !st.OwnerAlive() {
+		owner = "DEAD (run down)"
+	}
+	fmt.Printf("lab %s: routing mode %s, supervisor pid %d %s, state %s\n\n", c.prefix, st.Layout.RoutingMode, st.OwnerPID, owner, c.stateDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tID\tPOD CIDRS\tAPI SERVER\tCLUSTERMESH-APISERVER")
+	for _, cl := range st.Layout.Clusters {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", cl.Name, cl.ID, strings.Join(cl.PodCIDRs, ","), cl.APIServer, cl.MeshEndpoint)
+	}
+	tw.Flush()
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNETNS\tINTERNAL IP\tPOD CIDR\tPODS\tAGENT: REMOTE CLUSTERS")
+	for _, cl := range st.Layout.Clusters {
+		for _, n := range cl.Nodes {
+			var pods []string
+			for _, p := range n.Pods {
+				pods = append(pods, p.Name+"="+p.IP)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.IP, n.PodCIDR, strings.Join(pods, " "), agentSummary(ctx, n))
+		}
+	}
+	tw.Flush()
+	return nil
+}
+
+func agentSummary(ctx context.Context, n lab.NodeLayout) string {
+	st, err := lab.FetchAgentStatus(ctx, n.NetNS, n.StatusListen)
+	if err != nil {
+		return "unreachable: " + err.Error()
+	}
+	var parts []string
+	for _, r := range st.Mesh.Remotes {
+		s := r.Cluster + " ready"
+		if !r.Ready {
+			s = r.Cluster + " NOT READY (" + r.Reason + ")"
+		}
+		parts = append(parts, fmt.Sprintf("%s, %d prefixes", s, r.Prefixes))
+	}
+	if len(parts) == 0 {
+		return "no remotes"
+	}
+	return strings.Join(parts, "; ")
+}
+
+func cmdMatrix(args []string) error {
+	fs := flag.NewFlagSet("matrix", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	_ = fs.Parse(args)
+	st, err := readLayout(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cells := lab.Matrix(ctx, st.Layout.Pods())
+	lab.WriteMatrix(os.Stdout, cells)
+	return lab.MatrixErrors(cells)
+}
+
+// resolveNS accepts a full lab netns name or a role (c1-n1) and refuses
+// anything that is not this lab's.
+func resolveNS(c common, s string) (string, error) {
+	names := lab.Names{Prefix: c.prefix}
+	if names.Owns(s) {
+		return s, nil
+	}
+	if full := c.prefix + "-" + s; names.Owns(full) {
+		return full, nil
+	}
+	return "", fmt.Errorf("%q is not a namespace of lab %s (want e.g. c1-n1, c1-n1-p1, c1-cp, ul)", s, c.prefix)
+}
+
+func cmdProbe(args []string) error {
+	fs := flag.NewFlagSet("probe", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	_ = fs.Parse(args)
+	if fs.NArg() != 2 {
+		return errors.New("usage: probe <netns|role> <ip[:port]>")
+	}
+	ns, err := resolveNS(c, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	target, err := netip.ParseAddrPort(fs.Arg(1))
+	if err != nil {
+		ip, err2 := netip.ParseAddr(fs.Arg(1))
+		if err2 != nil {
+			return fmt.Errorf("target %q: %w", fs.Arg(1), err)
+		}
+		target = netip.AddrPortFrom(ip, lab.ServeTCPPort)
+	}
+	res, err := lab.Probe(context.Background(), ns, target, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s -> %s: ok, receiver saw %s, connect+reply %s\n", ns, target, res.Seen, res.RTT)
+	return nil
+}
+
+func cmdExec(args []string) error {
+	fs := flag.NewFlagSet("exec", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	_ = fs.Parse(args)
+	rest := fs.Args()
+	if len(rest) < 2 {
+		return errors.New("usage: exec <netns|role> -- cmd [args]")
+	}
+	ns, err := resolveNS(c, rest[0])
+	if err != nil {
+		return err
+	}
+	rest = rest[1:]
+	if rest[0] == "--" {
+		rest = rest[1:]
+	}
+	if len(rest) == 0 {
+		return errors.New("exec: no command")
+	}
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		return err
+	}
+	argv := append([]string{"nsenter", "--net=" + lab.NetNSPath(ns), "--"}, rest...)
+	return syscall.Exec(nsenter, argv, os.Environ())
+}
+
+func cmdServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	tcp := fs.String("tcp", ":7777", "TCP address of the echo-the-peer server")
+	udp := fs.String("udp", ":7778", "UDP address of the echo-the-peer server")
+	_ = fs.Parse(args)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return lab.Serve(ctx, *tcp, *udp, newLogger(os.Stderr, false))
+}

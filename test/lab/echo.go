@@ -1,0 +1,385 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Serve runs the pods' echo server until ctx ends: on TCP, every connection
+// first gets one line with the peer address the server saw, then everything
+// it sends is echoed back; on UDP, every datagram is answered with the peer
+// address. It is what `podmesh-lab serve` runs inside each pod namespace.
+func Serve(ctx context.Context, tcpAddr, udpAddr string, log logrus.FieldLogger) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", tcpAddr)
+	if err != nil {
+		return fmt.Errorf("listen tcp %s: %w", tcpAddr, err)
+	}
+	pc, err := lc.ListenPacket(ctx, "udp", udpAddr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen udp %s: %w", udpAddr, err)
+	}
+	var wg sync.WaitGroup
+	// The closer goroutine is owned by Serve and ends with ctx.
+	wg.Go(func() {
+		<-ctx.Done()
+		ln.Close()
+		pc.Close()
+	})
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(from.String()+"\n"), from)
+		}
+	})
+	log.WithFields(logrus.Fields{"tcp": ln.Addr().String(), "udp": pc.LocalAddr().String()}).Info("echo server listening")
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				wg.Wait()
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		// One goroutine per connection, owned by the connection: it ends
+		// when the peer closes or the server's context ends.
+		wg.Go(func() {
+			defer conn.Close()
+			stop := context.AfterFunc(ctx, func() { conn.Close() })
+			defer stop()
+			if _, err := io.WriteString(conn, conn.RemoteAddr().String()+"\n"); err != nil {
+				return
+			}
+			_, _ = io.Copy(conn, conn)
+		})
+	}
+}
+
+// ProbeResult is one TCP probe: the source address the receiver saw and how
+// long connect plus the first reply took.
+type ProbeResult struct {
+	Seen netip.AddrPort
+	RTT  time.Duration
+}
+
+// Probe connects from inside netns to an echo server and returns the peer
+// address the server reported.
+func Probe(ctx context.Context, netns string, to netip.AddrPort, timeout time.Duration) (ProbeResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t0 := time.Now()
+	conn, err := DialIn(ctx, netns, "tcp", to.String())
+	if err != nil {
+		return ProbeResult{}, fmt.Errorf("connect %s from %s: %w", to, netns, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return ProbeResult{}, fmt.Errorf("read from %s: %w", to, err)
+	}
+	seen, err := netip.ParseAddrPort(strings.TrimSpace(line))
+	if err != nil {
+		return ProbeResult{}, fmt.Errorf("reply of %s: %w", to, err)
+	}
+	return ProbeResult{Seen: seen, RTT: time.Since(t0)}, nil
+}
+
+// Stream is a long-lived TCP connection from one pod to another's echo
+// server carrying sequence-numbered lines; every echo is checked, in order.
+type Stream struct {
+	conn   net.Conn
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	// mu protects sent, echoed, err and waiters.
+	mu      sync.Mutex
+	sent    uint64
+	echoed  uint64
+	err     error
+	waiters []streamWaiter
+}
+
+type streamWaiter struct {
+	n  uint64
+	ch chan struct{}
+}
+
+// StartStream opens the connection and sends one line every interval until
+// Stop. The goroutines it starts are owned by the Stream.
+func StartStream(ctx context.Context, fromNS string, to netip.AddrPort, interval time.Duration) (*Stream, error) {
+	conn, err := DialIn(ctx, fromNS, "tcp", to.String())
+	if err != nil {
+		return nil, fmt.Errorf("stream to %s: %w", to, err)
+	}
+	rd := bufio.NewReader(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := rd.ReadString('\n'); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("stream to %s: read greeting: %w", to, err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Stream{conn: conn, cancel: cancel, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := fmt.Fprintf(conn, "%d\n", seq); err != nil {
+				s.fail(fmt.Errorf("write seq %d: %w", seq, err))
+				return
+			}
+			s.mu.Lock()
+			s.sent = seq
+			s.mu.Unlock()
+		}
+	})
+	wg.Go(func() {
+		for want := uint64(1); ; want++ {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				if ctx.Err() == nil {
+					s.fail(fmt.Errorf("read echo %d: %w", want, err))
+				}
+				return
+			}
+			got, err := strconv.ParseUint(strings.TrimSpace(line), 10, 64)
+			if err != nil || got != want {
+				s.fail(fmt.Errorf("echo out of order: got %q, want %d", strings.TrimSpace(line), want))
+				return
+			}
+			s.mu.Lock()
+			s.echoed = got
+			kept := s.waiters[:0]
+			for _, w := range s.waiters {
+				if got >= w.n {
+					close(w.ch)
+				} else {
+					kept = append(kept, w)
+				}
+			}
+			s.waiters = kept
+			s.mu.Unlock()
+		}
+	})
+	go func() {
+		wg.Wait()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+func (s *Stream) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.cancel()
+	s.conn.Close()
+}
+
+// Counts returns lines sent and echoed so far, and the first error.
+func (s *Stream) Counts() (sent, echoed uint64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent, s.echoed, s.err
+}
+
+// WaitEchoed waits until at least n lines have come back.
+func (s *Stream) WaitEchoed(ctx context.Context, n uint64, timeout time.Duration) error {
+	s.mu.Lock()
+	if s.echoed >= n {
+		s.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	s.waiters = append(s.waiters, streamWaiter{n: n, ch: ch})
+	s.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-s.done:
+		_, echoed, err := s.Counts()
+		return fmt.Errorf("stream ended at echo %d (want %d): %v", echoed, n, err)
+	case <-t.C:
+		_, echoed, err := s.Counts()
+		return fmt.Errorf("stream stalled: %d echoes after %s, want %d (err %v)", echoed, timeout, n, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stop ends the stream and returns its first error.
+func (s *Stream) Stop() error {
+	s.cancel()
+	s.conn.Close()
+	<-s.done
+	_, _, err := s.Counts()
+	return err
+}
+
+// UDPReceiver counts sequence-numbered datagrams inside a pod namespace.
+type UDPReceiver struct {
+	pc   net.PacketConn
+	done chan struct{}
+
+	// mu protects seen, dup and maxSeq.
+	mu     sync.Mutex
+	seen   map[uint64]bool
+	dup    int
+	maxSeq uint64
+}
+
+// udpPayload is the size of a stream datagram: an 8-byte sequence number,
+// padded to a realistic small packet.
+const udpPayload = 64
+
+// StartUDPReceiver listens on port inside netns. Its goroutine is owned by
+// the receiver and ends on Close.
+func StartUDPReceiver(netns string, port int) (*UDPReceiver, error) {
+	pc, err := ListenPacketIn(netns, "udp4", net.JoinHostPort("", itoa(port)))
+	if err != nil {
+		return nil, err
+	}
+	if uc, ok := pc.(*net.UDPConn); ok {
+		_ = uc.SetReadBuffer(4 << 20)
+	}
+	r := &UDPReceiver{pc: pc, done: make(chan struct{}), seen: map[uint64]bool{}}
+	go func() {
+		defer close(r.done)
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n < 8 {
+				continue
+			}
+			seq := binary.BigEndian.Uint64(buf[:8])
+			r.mu.Lock()
+			if r.seen[seq] {
+				r.dup++
+			}
+			r.seen[seq] = true
+			r.maxSeq = max(r.maxSeq, seq)
+			r.mu.Unlock()
+		}
+	}()
+	return r, nil
+}
+
+// Received returns how many distinct sequence numbers arrived and which of
+// 1..upTo are missing (at most 20 listed).
+func (r *UDPReceiver) Received(upTo uint64) (count int, missing []uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for s := uint64(1); s <= upTo; s++ {
+		if r.seen[s] {
+			count++
+		} else if len(missing) < 20 {
+			missing = append(missing, s)
+		}
+	}
+	return count, missing
+}
+
+// Close stops the receiver.
+func (r *UDPReceiver) Close() error {
+	err := r.pc.Close()
+	<-r.done
+	return err
+}
+
+// UDPSender sends sequence-numbered datagrams from a pod at a fixed rate.
+type UDPSender struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	// mu protects sent and err.
+	mu   sync.Mutex
+	sent uint64
+	err  error
+}
+
+// StartUDPSender sends one datagram every interval from netns to dst until
+// Stop. Its goroutine is owned by the sender.
+func StartUDPSender(ctx context.Context, netns string, dst netip.AddrPort, interval time.Duration) (*UDPSender, error) {
+	conn, err := DialIn(ctx, netns, "udp4", dst.String())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &UDPSender{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		defer conn.Close()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		buf := make([]byte, udpPayload)
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			binary.BigEndian.PutUint64(buf, seq)
+			_, err := conn.Write(buf)
+			s.mu.Lock()
+			// A send error (e.g. ECONNREFUSED from an ICMP error of an
+			// earlier datagram) is recorded, the datagram counted as sent,
+			// and sending goes on: the receiver decides what arrived.
+			if err != nil && s.err == nil && !errors.Is(err, context.Canceled) {
+				s.err = fmt.Errorf("send seq %d: %w", seq, err)
+			}
+			s.sent = seq
+			s.mu.Unlock()
+		}
+	}()
+	return s, nil
+}
+
+// Stop stops sending and returns how many datagrams were sent.
+func (s *UDPSender) Stop() (uint64, error) {
+	s.cancel()
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent, s.err
+}
+
+// Sent returns how many datagrams were sent so far.
+func (s *UDPSender) Sent() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent
+}

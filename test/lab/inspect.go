@@ -1,0 +1,358 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// PodmeshRouteProtocol tags every route podmesh-agent installs (see
+// pkg/datapath); the lab's own routes use proto static.
+const PodmeshRouteProtocol = 150
+
+// AgentStatus is the part of podmesh-agent's /status JSON the lab reads
+// (agent.Report). Unknown fields are ignored.
+type AgentStatus struct {
+	Node     string          `json:"node"`
+	TunnelIP string          `json:"tunnelIP"`
+	Mesh     MeshStatus      `json:"mesh"`
+	Datapath *DatapathStatus `json:"datapath"`
+	// Raw is the whole document, for logs.
+	Raw json.RawMessage `json:"-"`
+}
+
+// MeshStatus is clustermesh.Status as JSON.
+type MeshStatus struct {
+	LocalCluster   string         `json:"localCluster"`
+	ConfigDirError string         `json:"configDirError"`
+	Synced         bool           `json:"synced"`
+	SyncReason     string         `json:"syncReason"`
+	Remotes        []RemoteStatus `json:"remotes"`
+}
+
+// DatapathStatus is the agent's datapath report.
+type DatapathStatus struct {
+	Mode       string         `json:"mode"`
+	Programmed map[string]int `json:"programmed"`
+	Failed     map[string]int `json:"failed"`
+	LastError  string         `json:"lastError"`
+}
+
+// RemoteStatus is one remote cluster as an agent sees it.
+type RemoteStatus struct {
+	Cluster         string         `json:"cluster"`
+	ClusterID       uint32         `json:"clusterID"`
+	Ready           bool           `json:"ready"`
+	Reason          string         `json:"reason"`
+	Since           time.Time      `json:"since"`
+	Synced          bool           `json:"synced"`
+	Nodes           int            `json:"nodes"`
+	Endpoints       int            `json:"endpoints"`
+	Prefixes        int            `json:"prefixes"`
+	Programmed      *int           `json:"programmed"`
+	InvalidEntries  int            `json:"invalidEntries"`
+	InvalidByReason map[string]int `json:"invalidByReason"`
+	LastInvalid     string         `json:"lastInvalid"`
+	LastError       string         `json:"lastError"`
+	Failures        uint64         `json:"failures"`
+}
+
+// Remote returns the status of one remote cluster, or nil.
+func (s *AgentStatus) Remote(cluster string) *RemoteStatus {
+	for k := range s.Mesh.Remotes {
+		if s.Mesh.Remotes[k].Cluster == cluster {
+			return &s.Mesh.Remotes[k]
+		}
+	}
+	return nil
+}
+
+// AgentStatus fetches the agent's /status JSON from inside the node.
+func (l *Lab) AgentStatus(ctx context.Context, n *Node) (*AgentStatus, error) {
+	st, err := FetchAgentStatus(ctx, n.NetNS, n.StatusAddr())
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	return st, nil
+}
+
+// FetchAgentStatus fetches /status from an agent listening on addr inside
+// the named namespace.
+func FetchAgentStatus(ctx context.Context, netnsName, addr string) (*AgentStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := HTTPClientIn(netnsName).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent status: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("agent status: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("agent status: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	var st AgentStatus
+	if err := json.Unmarshal(body, &st); err != nil {
+		return nil, fmt.Errorf("agent status: %w", err)
+	}
+	st.Raw = body
+	return &st, nil
+}
+
+// Route is one podmesh route found in a node's namespace.
+type Route struct {
+	Prefix netip.Prefix
+	Via    netip.Addr
+	Dev    string
+	MTU    int
+}
+
+// PodmeshRoutes lists the routes podmesh-agent installed in the node's
+// namespace (protocol PodmeshRouteProtocol), by prefix.
+func PodmeshRoutes(netnsName string) (map[netip.Prefix]Route, error) {
+	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", netnsName, err)
+	}
+	defer h.Close()
+	var routes []netlink.Route
+	for range 5 {
+		routes, err = h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Protocol: PodmeshRouteProtocol, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list routes in %s: %w", netnsName, err)
+	}
+	links := map[int]string{}
+	out := make(map[netip.Prefix]Route, len(routes))
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		addr, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		bits, _ := r.Dst.Mask.Size()
+		pr := Route{Prefix: netip.PrefixFrom(addr.Unmap(), bits), MTU: r.MTU}
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+			pr.Via = gw.Unmap()
+		}
+		if r.LinkIndex > 0 {
+			name, ok := links[r.LinkIndex]
+			if !ok {
+				if lk, err := h.LinkByIndex(r.LinkIndex); err == nil {
+					name = lk.Attrs().Name
+				}
+				links[r.LinkIndex] = name
+			}
+			pr.Dev = name
+		}
+		out[pr.Prefix] = pr
+	}
+	return out, nil
+}
+
+// ExpectedPrefixes is what node n should route for its configured remotes:
+// every pod CIDR of their nodes, and a /32 for every pod whose IP lies
+// outside its node's pod CIDR. Remotes listed in skip are left out.
+func (l *Lab) ExpectedPrefixes(n *Node, remotes []*Cluster) map[netip.Prefix]netip.Addr {
+	want := map[netip.Prefix]netip.Addr{}
+	for _, r := range remotes {
+		for _, m := range r.NodeList() {
+			want[m.PodCIDR] = m.IP
+			for _, p := range m.PodList() {
+				if !m.PodCIDR.Contains(p.IP) {
+					want[netip.PrefixFrom(p.IP, p.IP.BitLen())] = m.IP
+				}
+			}
+		}
+	}
+	return want
+}
+
+// Remotes returns the clusters whose config is in the node's mesh config.
+func (l *Lab) Remotes(n *Node) []*Cluster {
+	l.mu.Lock()
+	names := slices.Clone(n.remotes)
+	l.mu.Unlock()
+	var out []*Cluster
+	for _, c := range l.Clusters() {
+		if slices.Contains(names, c.Name) && c != n.Cluster {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// CheckNode compares one node's podmesh routes with what it should have for
+// the given remotes and reports what is missing or extra (nil when equal).
+func (l *Lab) CheckNode(n *Node, remotes []*Cluster) error {
+	have, err := PodmeshRoutes(n.NetNS)
+	if err != nil {
+		return err
+	}
+	want := l.ExpectedPrefixes(n, remotes)
+	var missing, extra []string
+	for p, via := range want {
+		r, ok := have[p]
+		if !ok {
+			missing = append(missing, p.String())
+			continue
+		}
+		if n.Mode == ModeNative && r.Via != via {
+			missing = append(missing, fmt.Sprintf("%s via %s (have via %s)", p, via, r.Via))
+		}
+	}
+	for p := range have {
+		if _, ok := want[p]; !ok {
+			extra = append(extra, p.String())
+		}
+	}
+	if len(missing) == 0 && len(extra) == 0 {
+		return nil
+	}
+	sort.Strings(missing)
+	sort.Strings(extra)
+	return fmt.Errorf("node %s: routes missing %v, extra %v", n.Name, missing, extra)
+}
+
+// WaitConverged waits until every running agent reports every configured
+// remote ready and every node routes exactly the remote prefixes it should.
+func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
+	nodes := l.Nodes()
+	return waitFor(ctx, timeout, 100*time.Millisecond, "mesh convergence", func() (bool, error) {
+		var errs []error
+		for _, n := range nodes {
+			if n.Agent == nil {
+				continue
+			}
+			if exited, err := n.Agent.Exited(); exited {
+				return false, fmt.Errorf("agent on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))
+			}
+			remotes := l.Remotes(n)
+			st, err := l.AgentStatus(ctx, n)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, r := range remotes {
+				rs := st.Remote(r.Name)
+				switch {
+				case rs == nil:
+					errs = append(errs, fmt.Errorf("node %s: no status for %s", n.Name, r.Name))
+				case !rs.Ready:
+					errs = append(errs, fmt.Errorf("node %s: %s not ready: %s %s", n.Name, r.Name, rs.Reason, rs.LastError))
+				}
+			}
+			if err := l.CheckNode(n, remotes); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(errs) > 0 {
+			return false, errors.Join(errs...)
+		}
+		return true, nil
+	})
+}
+
+// PodRef names a pod for probing; it is all the CLI knows of a lab it
+// does not own.
+type PodRef struct {
+	Cluster string
+	Name    string
+	NetNS   string
+	IP      netip.Addr
+}
+
+func (p PodRef) String() string { return p.Cluster + "/" + p.Name }
+
+// Ref returns the pod's PodRef.
+func (p *Pod) Ref() PodRef {
+	return PodRef{Cluster: p.Node.Cluster.Name, Name: p.Name, NetNS: p.NetNS, IP: p.IP}
+}
+
+// Refs returns the PodRefs of pods.
+func Refs(pods []*Pod) []PodRef {
+	out := make([]PodRef, len(pods))
+	for k, p := range pods {
+		out[k] = p.Ref()
+	}
+	return out
+}
+
+// MatrixCell is one probe of the connectivity matrix.
+type MatrixCell struct {
+	From, To PodRef
+	Seen     netip.AddrPort
+	RTT      time.Duration
+	Err      error
+}
+
+// OK reports whether the connection worked and the receiver saw the
+// sender's pod IP (no NAT, no masquerade on the way).
+func (c MatrixCell) OK() bool { return c.Err == nil && c.Seen.Addr() == c.From.IP }
+
+// Matrix probes every pod from every pod of the other clusters (TCP connect,
+// read the source address the receiver saw), a few in parallel.
+func Matrix(ctx context.Context, pods []PodRef) []MatrixCell {
+	var cells []MatrixCell
+	for _, from := range pods {
+		for _, to := range pods {
+			if from.Cluster != to.Cluster {
+				cells = append(cells, MatrixCell{From: from, To: to})
+			}
+		}
+	}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for k := range cells {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			c := &cells[k]
+			res, err := Probe(ctx, c.From.NetNS, netip.AddrPortFrom(c.To.IP, ServeTCPPort), 5*time.Second)
+			c.Seen, c.RTT, c.Err = res.Seen, res.RTT, err
+		})
+	}
+	wg.Wait()
+	return cells
+}
+
+// MatrixErrors returns one error per failed cell, joined (nil when all ok).
+func MatrixErrors(cells []MatrixCell) error {
+	var errs []error
+	for _, c := range cells {
+		if c.Err != nil {
+			errs = append(errs, fmt.Errorf("%s -> %s (%s): %w", c.From, c.To, c.To.IP, c.Err))
+		} else if !c.OK() {
+			errs = append(errs, fmt.Errorf("%s -> %s: receiver saw %s, want %s", c.From, c.To, c.Seen.Addr(), c.From.IP))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,407 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/test/kubetest"
+)
+
+// Routing modes of podmesh-agent.
+const (
+	ModeEBPF   = "ebpf"
+	ModeVXLAN  = "vxlan"
+	ModeNative = "native"
+)
+
+// Ports used inside the lab's namespaces.
+const (
+	KubePort        = 6443
+	KubeEtcdPort    = 12379 // kubetest's etcd, on the control plane's loopback
+	MeshPort        = 2379  // clustermesh-apiserver proxy, on the control-plane IP
+	MeshHealthPort  = 9963
+	AgentStatusPort = 9876 // podmesh-agent --status-listen, on the node's loopback
+	ServeTCPPort    = 7777 // pods' echo-the-peer server
+	ServeUDPPort    = 7778
+	TunnelPort      = 8472
+	UnderlayMTU     = 1500
+)
+
+// Options configure a lab.
+type Options struct {
+	// Prefix starts every name the lab creates (see ValidatePrefix).
+	Prefix string
+	// StateRoot holds the state directory <StateRoot>/<Prefix>; default
+	// DefaultStateRoot.
+	StateRoot string
+	// BinDir holds podmesh-agent, clustermesh-apiserver and podmesh-lab (the
+	// pods' echo server); default kubetest.BinDir().
+	BinDir string
+	// RoutingMode of every agent; default ebpf.
+	RoutingMode string
+	// Log receives the lab's own structured log; default discards.
+	Log logrus.FieldLogger
+	// Progress, when set, receives one line per slow step.
+	Progress io.Writer
+}
+
+// Lab is one running multi-cluster lab. Its methods are safe for concurrent
+// use unless they say otherwise.
+type Lab struct {
+	Names    Names
+	StateDir string
+	opts     Options
+	log      logrus.FieldLogger
+	start    time.Time
+	bpfBase  string // directory that holds per-node bpffs roots
+
+	// mu protects clusters, the maps inside Cluster and Node, and state.
+	mu       sync.Mutex
+	clusters map[int]*Cluster
+	state    *State
+}
+
+// Cluster is one emulated Kubernetes cluster.
+type Cluster struct {
+	lab      *Lab
+	Index    int
+	Name     string
+	ID       uint32
+	PodCIDRs []netip.Prefix
+	// NetNS is the control-plane namespace (kube-apiserver, etcd and the
+	// clustermesh-apiserver).
+	NetNS string
+	IP    netip.Addr
+	// Kube is the cluster's API server (nil for a cluster that borrows
+	// another's with ClusterSpec.KubeFrom).
+	Kube      *kubetest.Server
+	kubeOwner *Cluster // whose API server this cluster's components use
+	CA        *certs.CA
+	server    *certs.KeyPair
+	dir       string
+	// Mesh is the running clustermesh-apiserver; nil when stopped.
+	Mesh         *Proc
+	AllowedPeers []string
+	Nodes        map[int]*Node
+	peerCerts    map[string]*certs.KeyPair // CN -> client cert signed by CA
+}
+
+// Node is one emulated node: a namespace with an underlay link, running the
+// real podmesh-agent.
+type Node struct {
+	Cluster   *Cluster
+	Index     int
+	Name      string
+	NetNS     string
+	IP        netip.Addr
+	PodCIDR   netip.Prefix
+	ConfigDir string
+	BPFRoot   string
+	LogPath   string
+	Agent     *Proc
+	Mode      string
+	Pods      map[int]*Pod
+	// remotes are the cluster names in the node's mesh config.
+	remotes []string
+}
+
+// Pod is one emulated pod: a namespace with a veth into its node, running
+// the echo server.
+type Pod struct {
+	Node  *Node
+	Index int
+	Name  string
+	NetNS string
+	IP    netip.Addr
+	Serve *Proc
+}
+
+// String names a pod for humans: cluster/pod.
+func (p *Pod) String() string { return p.Node.Cluster.Name + "/" + p.Name }
+
+// Matrix probes every pod of the lab from every pod of the other clusters.
+func (l *Lab) Matrix(ctx context.Context) []MatrixCell { return Matrix(ctx, Refs(l.Pods())) }
+
+// New prepares a lab: its state directory, a bpffs for the agents and the
+// underlay namespace with its bridge. Close removes everything again.
+func New(ctx context.Context, o Options) (l *Lab, err error) {
+	if err := ValidatePrefix(o.Prefix); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the lab needs root (network namespaces)")
+	}
+	if o.StateRoot == "" {
+		o.StateRoot = DefaultStateRoot
+	}
+	if o.BinDir == "" {
+		if o.BinDir, err = kubetest.BinDir(); err != nil {
+			return nil, err
+		}
+	}
+	if o.RoutingMode == "" {
+		o.RoutingMode = ModeEBPF
+	}
+	if o.Log == nil {
+		nl := logrus.New()
+		nl.Out = io.Discard
+		o.Log = nl
+	}
+	l = &Lab{
+		Names:    Names{Prefix: o.Prefix},
+		StateDir: filepath.Join(o.StateRoot, o.Prefix),
+		opts:     o,
+		log:      o.Log.WithField("lab", o.Prefix),
+		start:    time.Now(),
+		clusters: make(map[int]*Cluster),
+	}
+	// The CLI's own log files may already exist; anything else is debris.
+	leftovers, _ := Discover(o.Prefix, o.StateRoot)
+	leftovers.Files = nil
+	if !leftovers.Empty() {
+		return nil, fmt.Errorf("lab %s already exists or left debris (%s): run `podmesh-lab down --prefix %s`", o.Prefix, leftovers, o.Prefix)
+	}
+	if err := os.MkdirAll(filepath.Join(l.StateDir, "logs"), 0o755); err != nil {
+		return nil, fmt.Errorf("create lab state dir: %w", err)
+	}
+	start, err := procStartTime(os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("read own start time: %w", err)
+	}
+	l.state = &State{Prefix: o.Prefix, OwnerPID: os.Getpid(), OwnerStart: start, Created: time.Now().UTC()}
+	if err := writeState(l.StateDir, l.state); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = l.Close()
+			l = nil
+		}
+	}()
+	if err := l.setupBPFFS(); err != nil {
+		return nil, err
+	}
+	if err := addNetNS(ctx, l.Names.Underlay()); err != nil {
+		return nil, err
+	}
+	if err := ipBatch(ctx, l.Names.Underlay(),
+		"link add br0 type bridge",
+		"link set br0 up",
+	); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// setupBPFFS picks where agents pin: /sys/fs/bpf/<prefix>-<node> when
+// /sys/fs/bpf is a bpffs, otherwise a bpffs the lab mounts under its own
+// state directory (never on /sys/fs/bpf itself, which would change the host).
+func (l *Lab) setupBPFFS() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		l.bpfBase = "/sys/fs/bpf"
+		return nil
+	}
+	dir := filepath.Join(l.StateDir, "bpffs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	l.bpfBase = dir
+	l.mu.Lock()
+	l.state.BPFMount = dir
+	err := writeState(l.StateDir, l.state)
+	l.mu.Unlock()
+	return err
+}
+
+func (l *Lab) progress(format string, args ...any) {
+	l.log.Infof(format, args...)
+	if l.opts.Progress != nil {
+		fmt.Fprintf(l.opts.Progress, "[%5.1fs] %s\n", time.Since(l.start).Seconds(), fmt.Sprintf(format, args...))
+	}
+}
+
+// RoutingMode is the mode new agents start in.
+func (l *Lab) RoutingMode() string { return l.opts.RoutingMode }
+
+// SetRoutingMode changes the mode of agents started from now on.
+func (l *Lab) SetRoutingMode(mode string) { l.opts.RoutingMode = mode }
+
+// Bin returns the path of a binary in the lab's bin directory.
+func (l *Lab) Bin(name string) string { return filepath.Join(l.opts.BinDir, name) }
+
+// logPath returns the path of a log file under the state directory.
+func (l *Lab) logPath(name string) string { return filepath.Join(l.StateDir, "logs", name+".log") }
+
+// Cluster returns cluster i, or nil.
+func (l *Lab) Cluster(i int) *Cluster {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.clusters[i]
+}
+
+// Clusters returns every cluster, by index.
+func (l *Lab) Clusters() []*Cluster {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]*Cluster, 0, len(l.clusters))
+	for _, c := range l.clusters {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Index < out[b].Index })
+	return out
+}
+
+// NodeList returns the cluster's nodes, by index.
+func (c *Cluster) NodeList() []*Node {
+	c.lab.mu.Lock()
+	defer c.lab.mu.Unlock()
+	out := make([]*Node, 0, len(c.Nodes))
+	for _, n := range c.Nodes {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Index < out[b].Index })
+	return out
+}
+
+// PodList returns the node's pods, by index.
+func (n *Node) PodList() []*Pod {
+	n.Cluster.lab.mu.Lock()
+	defer n.Cluster.lab.mu.Unlock()
+	out := make([]*Pod, 0, len(n.Pods))
+	for _, p := range n.Pods {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Index < out[b].Index })
+	return out
+}
+
+// Pods returns every pod of the lab (or of the given clusters), ordered.
+func (l *Lab) Pods(clusters ...*Cluster) []*Pod {
+	if len(clusters) == 0 {
+		clusters = l.Clusters()
+	}
+	var out []*Pod
+	for _, c := range clusters {
+		for _, n := range c.NodeList() {
+			out = append(out, n.PodList()...)
+		}
+	}
+	return out
+}
+
+// Nodes returns every node of the lab (or of the given clusters), ordered.
+func (l *Lab) Nodes(clusters ...*Cluster) []*Node {
+	if len(clusters) == 0 {
+		clusters = l.Clusters()
+	}
+	var out []*Node
+	for _, c := range clusters {
+		out = append(out, c.NodeList()...)
+	}
+	return out
+}
+
+// addUnderlayLink creates a veth from the underlay bridge into netns and
+// gives the namespace side (eth0) the address ip.
+func (l *Lab) addUnderlayLink(ctx context.Context, brPort, netns string, ip netip.Addr, macKind byte, i, j int) error {
+	if err := ipBatch(ctx, l.Names.Underlay(),
+		fmt.Sprintf("link add %s mtu %d type veth peer name eth0 address %s mtu %d netns %s", brPort, UnderlayMTU, mac(macKind, i, j, 0), UnderlayMTU, netns),
+		fmt.Sprintf("link set %s master br0 up", brPort),
+	); err != nil {
+		return err
+	}
+	return ipBatch(ctx, netns,
+		fmt.Sprintf("addr add %s/%d dev eth0", ip, UnderlayBits),
+		"link set eth0 up",
+	)
+}
+
+// Close stops every process, stops the control planes, removes every
+// namespace, bpffs directory and mount the lab created, and its state
+// directory. It is safe to call more than once.
+func (l *Lab) Close() error {
+	var errs []error
+	for _, c := range l.Clusters() {
+		for _, n := range c.NodeList() {
+			errs = append(errs, n.Agent.Stop(5*time.Second))
+			for _, p := range n.PodList() {
+				errs = append(errs, p.Serve.Stop(2*time.Second))
+			}
+		}
+	}
+	for _, c := range l.Clusters() {
+		errs = append(errs, c.Mesh.Stop(5*time.Second))
+	}
+	for _, c := range l.Clusters() {
+		if c.Kube != nil {
+			errs = append(errs, c.Kube.Stop())
+		}
+	}
+	// Whatever is left (namespaces, stray processes, bpffs, mounts, the state
+	// directory) goes the same way as after a crash.
+	errs = append(errs, Down(l.opts.Prefix, l.opts.StateRoot, l.log))
+	return errors.Join(errs...)
+}
+
+// IP runs ip commands (batch lines, without "ip") in one of the lab's
+// namespaces; it refuses any other namespace.
+func (l *Lab) IP(ctx context.Context, netns string, lines ...string) error {
+	if !l.Names.Owns(netns) {
+		return fmt.Errorf("netns %q is not lab %s's", netns, l.Names.Prefix)
+	}
+	return ipBatch(ctx, netns, lines...)
+}
+
+// LogFiles lists the log files of every process the lab started.
+func (l *Lab) LogFiles() []string {
+	ents, err := os.ReadDir(filepath.Join(l.StateDir, "logs"))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, filepath.Join(l.StateDir, "logs", e.Name()))
+	}
+	return out
+}
+
+// TailLog returns the last n lines of a log file.
+func TailLog(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

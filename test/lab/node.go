@@ -1,0 +1,233 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/podmesh/podmesh/certs"
+)
+
+// AddNode creates node j of cluster c: its namespace with an underlay link
+// and ip_forward on, and its Node object (pod CIDR, InternalIP). It does not
+// start the agent (StartAgent) nor write its mesh config (WriteMeshConfig).
+func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
+	if j < 1 || j > MaxNodes {
+		return nil, fmt.Errorf("node index %d: want 1..%d", j, MaxNodes)
+	}
+	i := c.Index
+	n := &Node{
+		Cluster: c,
+		Index:   j,
+		Name:    NodeName(i, j),
+		NetNS:   l.Names.Node(i, j),
+		IP:      NodeIP(i, j),
+		PodCIDR: NodePodCIDR(i, j),
+		Pods:    make(map[int]*Pod),
+	}
+	n.ConfigDir = filepath.Join(l.StateDir, "nodes", n.Name, "clustermesh")
+	n.BPFRoot = filepath.Join(l.bpfBase, n.NetNS)
+	n.LogPath = l.logPath("agent-" + n.Name)
+	l.mu.Lock()
+	if _, ok := c.Nodes[j]; ok {
+		l.mu.Unlock()
+		return nil, fmt.Errorf("node %s exists", n.Name)
+	}
+	c.Nodes[j] = n
+	l.mu.Unlock()
+
+	if err := addNetNS(ctx, n.NetNS); err != nil {
+		return nil, err
+	}
+	if err := l.addUnderlayLink(ctx, fmt.Sprintf("c%dn%d", i, j), n.NetNS, n.IP, 2, i, j); err != nil {
+		return nil, err
+	}
+	if err := setSysctl(n.NetNS, "net.ipv4.ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(n.ConfigDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create config dir: %w", err)
+	}
+	if kube := c.KubeServer(); c.ownsKube() {
+		if err := registerNode(ctx, kube.Client, n.Name, n.IP, n.PodCIDR); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// RemoveNode stops the node's agent and pods, deletes its Pod and Node
+// objects and removes its namespaces and bpffs directory.
+func (l *Lab) RemoveNode(ctx context.Context, n *Node) error {
+	var errs []error
+	for _, p := range n.PodList() {
+		errs = append(errs, l.RemovePod(ctx, p))
+	}
+	errs = append(errs, n.Agent.Stop(5*time.Second))
+	if kube := n.Cluster.KubeServer(); n.Cluster.ownsKube() {
+		errs = append(errs, deleteNode(ctx, kube.Client, n.Name))
+	}
+	errs = append(errs, delNetNS(n.NetNS))
+	if err := os.RemoveAll(n.BPFRoot); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", n.BPFRoot, err))
+	}
+	if err := os.RemoveAll(filepath.Dir(n.ConfigDir)); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", n.ConfigDir, err))
+	}
+	l.mu.Lock()
+	delete(n.Cluster.Nodes, n.Index)
+	l.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// RemoteConfig is what a node needs to reach one remote cluster: the files
+// of one cluster in the mesh Secret.
+type RemoteConfig struct {
+	// Name is the remote cluster's name (the config file's name).
+	Name      string
+	Endpoints []string
+	CAPEM     []byte
+	CertPEM   []byte
+	KeyPEM    []byte
+}
+
+// PeerConfig is the correct configuration for nodes of local to reach
+// remote: remote's proxy endpoint and CA, and a client certificate with CN
+// remote-<local> issued by remote's CA.
+func (l *Lab) PeerConfig(local, remote *Cluster) (RemoteConfig, error) {
+	kp, err := remote.PeerCert(local.Name)
+	if err != nil {
+		return RemoteConfig{}, err
+	}
+	return RemoteConfig{
+		Name:      remote.Name,
+		Endpoints: []string{remote.MeshEndpoint()},
+		CAPEM:     remote.CA.CertPEM,
+		CertPEM:   kp.CertPEM,
+		KeyPEM:    kp.KeyPEM,
+	}, nil
+}
+
+// MeshConfigs returns the correct configuration of every other cluster for
+// nodes of local (the mesh Secret of local).
+func (l *Lab) MeshConfigs(local *Cluster, remotes ...*Cluster) ([]RemoteConfig, error) {
+	if remotes == nil {
+		for _, c := range l.Clusters() {
+			if c != local {
+				remotes = append(remotes, c)
+			}
+		}
+	}
+	var out []RemoteConfig
+	for _, r := range remotes {
+		rc, err := l.PeerConfig(local, r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rc)
+	}
+	return out, nil
+}
+
+// etcdClientConfig is the etcd-client YAML podmesh-agent reads.
+type etcdClientConfig struct {
+	Endpoints     []string `json:"endpoints"`
+	TrustedCAFile string   `json:"trusted-ca-file"`
+	CertFile      string   `json:"cert-file"`
+	KeyFile       string   `json:"key-file"`
+}
+
+// WriteMeshConfig (re)writes the node's clustermesh config directory as a
+// mounted Secret: the files of every remote in one atomic ..data swap, as
+// the kubelet updates a Secret volume. Remotes left out are removed.
+func (l *Lab) WriteMeshConfig(n *Node, remotes []RemoteConfig) error {
+	files := map[string][]byte{}
+	for _, r := range remotes {
+		cfg := etcdClientConfig{
+			Endpoints:     r.Endpoints,
+			TrustedCAFile: r.Name + ".ca.crt",
+			CertFile:      r.Name + ".crt",
+			KeyFile:       r.Name + ".key",
+		}
+		body, err := yaml.Marshal(cfg)
+		if err != nil {
+			return fmt.Errorf("encode config of %s: %w", r.Name, err)
+		}
+		files[r.Name] = body
+		files[cfg.TrustedCAFile] = r.CAPEM
+		files[cfg.CertFile] = r.CertPEM
+		files[cfg.KeyFile] = r.KeyPEM
+	}
+	if err := certs.WriteSecretVolume(n.ConfigDir, files); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	names := make([]string, len(remotes))
+	for k, r := range remotes {
+		names[k] = r.Name
+	}
+	n.Cluster.lab.mu.Lock()
+	n.remotes = names
+	n.Cluster.lab.mu.Unlock()
+	return nil
+}
+
+// StatusAddr is the agent's --status-listen address (node loopback).
+func (n *Node) StatusAddr() string { return net.JoinHostPort("127.0.0.1", itoa(AgentStatusPort)) }
+
+// StartAgent starts the real podmesh-agent inside the node's namespace, with
+// the flags and NODE_NAME environment a DaemonSet would give it.
+func (l *Lab) StartAgent(ctx context.Context, n *Node) error {
+	if n.Agent != nil {
+		if exited, _ := n.Agent.Exited(); !exited {
+			return fmt.Errorf("agent on %s already runs", n.Name)
+		}
+	}
+	c := n.Cluster
+	kube := c.KubeServer()
+	if kube == nil {
+		return fmt.Errorf("node %s: cluster %s has no API server", n.Name, c.Name)
+	}
+	n.Mode = l.opts.RoutingMode
+	p, err := startProc(l.log, "agent-"+n.Name, n.NetNS, n.LogPath, []string{"NODE_NAME=" + n.Name},
+		l.Bin("podmesh-agent"),
+		"--cluster-name="+c.Name,
+		"--cluster-id="+itoa(int(c.ID)),
+		"--pod-cidrs="+joinPrefixes(c.PodCIDRs),
+		"--kubeconfig="+kube.Kubeconfig,
+		"--clustermesh-config="+n.ConfigDir,
+		"--routing-mode="+n.Mode,
+		"--tunnel-port="+itoa(TunnelPort),
+		"--mtu="+itoa(UnderlayMTU),
+		"--bpf-root="+n.BPFRoot,
+		"--sync-timeout=30s",
+		"--status-listen="+n.StatusAddr(),
+	)
+	if err != nil {
+		return err
+	}
+	n.Agent = p
+	return nil
+}
+
+// StopAgent stops the node's agent gracefully (SIGTERM).
+func (l *Lab) StopAgent(n *Node) error { return n.Agent.Stop(10 * time.Second) }
+
+// KillAgent kills the node's agent (SIGKILL: a crash).
+func (l *Lab) KillAgent(n *Node) error { return n.Agent.Kill() }
+
+// nodeFor returns the node whose pod CIDR holds ip, or nil.
+func (l *Lab) nodeFor(ip netip.Addr) *Node {
+	for _, n := range l.Nodes() {
+		if n.PodCIDR.Contains(ip) {
+			return n
+		}
+	}
+	return nil
+}
