@@ -105,6 +105,36 @@ func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				assert.Empty(t, es, "ipcache pruned")
 			}
 
+			// Delta passes: add, change, remove without re-reading the kernel.
+			d1 := map[netip.Prefix]Entry{mustPrefix("10.2.0.0/24"): want[mustPrefix("10.2.0.0/24")]}
+			res = b.sync(d1, always)
+			require.NoError(t, res.err)
+			third := lab.AddNode("n3", "b", 2, "10.2.1.0/24")
+			d2 := map[netip.Prefix]Entry{
+				mustPrefix("10.2.0.0/24"): {Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: third.IP, ClusterID: 2, Cluster: "b"},
+				mustPrefix("10.2.1.0/24"): {Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: third.IP, ClusterID: 2, Cluster: "b"},
+			}
+			res = b.apply(diffDesired(d1, d2))
+			require.NoError(t, res.err)
+			require.Empty(t, res.failed)
+			require.False(t, res.needFull)
+			assert.Zero(t, b.sync(d2, never).writes, "the delta left the kernel exactly as a full sync would")
+			res = b.apply(diffDesired(d2, d1))
+			require.NoError(t, res.err)
+			assert.Equal(t, []netip.Prefix{mustPrefix("10.2.1.0/24")}, res.removed)
+			assert.Zero(t, b.sync(d1, always).writes, "the delta removal left the kernel exactly as a full prune would")
+
+			// A foreign route holding a wanted prefix is reported, not
+			// replaced: the delta pass asks for a full pass, which reports it.
+			clash0 := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 2, 8, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
+			require.NoError(t, h.RouteAdd(&clash0))
+			d3 := map[netip.Prefix]Entry{mustPrefix("10.2.8.0/24"): {Prefix: mustPrefix("10.2.8.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"}}
+			res = b.apply(diffDesired(d1, d3))
+			assert.True(t, res.needFull)
+			_, foreignRoutes, err = listRoutes(h)
+			require.NoError(t, err)
+			assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.2.8.0/24")].Protocol, "the delta did not overwrite the foreign route")
+
 			// A foreign route holding a wanted prefix is reported, not replaced.
 			clash := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 2, 9, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
 			require.NoError(t, h.RouteAdd(&clash))

@@ -256,3 +256,28 @@ func TestDesiredChangedAfterReportsTheFirstUnappliedChange(t *testing.T) {
 	first, _ := d.ChangedAfter(0)
 	assert.Equal(t, at1, first, "the first unapplied change is still the oldest one")
 }
+
+func TestDiffDesiredSplitsAddsChangesAndRemovals(t *testing.T) {
+	e := func(p, ep string, id uint32) Entry {
+		return Entry{Prefix: mustPrefix(p), TunnelEndpoint: mustAddr(ep), ClusterID: id, Cluster: "b"}
+	}
+	prev := map[netip.Prefix]Entry{
+		mustPrefix("10.2.0.0/24"): e("10.2.0.0/24", "192.168.0.3", 2),
+		mustPrefix("10.2.1.0/24"): e("10.2.1.0/24", "192.168.0.4", 2),
+		mustPrefix("10.2.2.0/24"): e("10.2.2.0/24", "192.168.0.5", 2),
+	}
+	renamed := e("10.2.0.0/24", "192.168.0.3", 2)
+	renamed.Cluster = "b-renamed"
+	next := map[netip.Prefix]Entry{
+		mustPrefix("10.2.0.0/24"): renamed,                            // same kernel view
+		mustPrefix("10.2.1.0/24"): e("10.2.1.0/24", "192.168.0.9", 2), // moved
+		mustPrefix("10.2.3.0/24"): e("10.2.3.0/24", "192.168.0.5", 2), // new
+	}
+	d := diffDesired(prev, next)
+	assert.Equal(t, []Entry{next[mustPrefix("10.2.3.0/24")]}, d.add)
+	assert.Equal(t, []Entry{next[mustPrefix("10.2.1.0/24")]}, d.change)
+	assert.Equal(t, []Entry{prev[mustPrefix("10.2.1.0/24")]}, d.stale)
+	assert.Equal(t, []Entry{prev[mustPrefix("10.2.2.0/24")]}, d.remove)
+	assert.False(t, d.empty())
+	assert.True(t, diffDesired(next, next).empty())
+}

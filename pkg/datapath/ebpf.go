@@ -25,6 +25,9 @@ type ebpfBackend struct {
 	dp       *bpf.Datapath
 	mac      net.HardwareAddr
 	attached int // ifindex the program was last attached to by this process
+	// keptAdopted are ipcache entries the last full sync found and was not
+	// allowed to delete; a delta pass's prune keeps them.
+	keptAdopted []bpf.Entry
 }
 
 func newEBPFBackend(bs base, cfg Config) (backend, error) {
@@ -163,6 +166,12 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		_, stillWanted := want[p]
 		return canDelete(p) && !rf && !stillWanted
 	})
+	b.keptAdopted = b.keptAdopted[:0]
+	for _, e := range keep {
+		if _, ok := wantIP[e.Prefix]; !ok {
+			b.keptAdopted = append(b.keptAdopted, e)
+		}
+	}
 	var errs []error
 	if needPrune {
 		st, err := b.dp.Sync(keep, true)
@@ -172,6 +181,79 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		writes += st.Deleted
 	}
 	return syncResult{failed: failed, removed: removed, writes: writes, err: errors.Join(errs...)}
+}
+
+func (b *ebpfBackend) apply(d delta) syncResult {
+	idx := b.attached
+	if idx == 0 {
+		return syncResult{needFull: true}
+	}
+	failed := make(map[netip.Prefix]error)
+	valid := func(e Entry) bool {
+		if e.ClusterID == 0 || e.ClusterID > bpf.MaxClusterID {
+			failed[e.Prefix] = fmt.Errorf("cluster ID %d not in 1..%d", e.ClusterID, bpf.MaxClusterID)
+			return false
+		}
+		return true
+	}
+	var up []bpf.Entry
+	var add, change []Entry
+	for _, e := range d.add {
+		if valid(e) {
+			up = append(up, ipcacheEntry(e))
+			add = append(add, e)
+		}
+	}
+	for _, e := range d.change {
+		if valid(e) {
+			up = append(up, ipcacheEntry(e))
+			change = append(change, e)
+		}
+	}
+	writes := 0
+	// Adds first: ipcache, then routes. The loader diffs against its record
+	// of the map, so this costs in proportion to the changes.
+	if len(up) > 0 {
+		st, err := b.dp.Sync(up, false)
+		if err != nil {
+			err = fmt.Errorf("update ipcache: %w", err)
+			for _, e := range up {
+				failed[e.Prefix] = err
+			}
+			return syncResult{failed: failed, needFull: true}
+		}
+		writes += st.Added + st.Updated
+	}
+	rp := routeParams{mode: ModeEBPF, linkIndex: idx, mtu: b.deviceMTU()}
+	rd := delta{add: add, change: change, remove: d.remove, want: d.want}
+	rfailed, removed, rw, needFull := applyRouteDelta(b.h, rd, func(e Entry) netlink.Route { return desiredRoute(e, rp) })
+	writes += rw
+	for p, err := range rfailed {
+		failed[p] = errors.Join(failed[p], err)
+	}
+	// Deletes last: the ipcache keeps the whole wanted set, the adopted
+	// entries and any prefix whose route could not be removed.
+	var errs []error
+	if len(removed) > 0 {
+		keep := make([]bpf.Entry, 0, len(d.want)+len(b.keptAdopted))
+		for _, e := range d.want {
+			if e.ClusterID != 0 && e.ClusterID <= bpf.MaxClusterID {
+				keep = append(keep, ipcacheEntry(e))
+			}
+		}
+		keep = append(keep, b.keptAdopted...)
+		for _, e := range d.remove {
+			if _, bad := rfailed[e.Prefix]; bad {
+				keep = append(keep, ipcacheEntry(e))
+			}
+		}
+		st, err := b.dp.Sync(keep, true)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prune ipcache: %w", err))
+		}
+		writes += st.Deleted
+	}
+	return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull, err: errors.Join(errs...)}
 }
 
 func (b *ebpfBackend) traffic() (map[uint32]Counter, error) {

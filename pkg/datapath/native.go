@@ -15,6 +15,10 @@ import (
 type backend interface {
 	mode() string
 	sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult
+	// apply programs a delta on top of the last fully successful pass
+	// without re-reading the kernel. It sets needFull when it cannot (state
+	// it relies on is missing, or a foreign object is in the way).
+	apply(d delta) syncResult
 	// traffic returns per-remote-cluster counters; nil when the mode has none.
 	traffic() (map[uint32]Counter, error)
 	close() error
@@ -26,6 +30,8 @@ type syncResult struct {
 	removed []netip.Prefix         // podmesh objects removed
 	writes  int                    // kernel objects written or deleted (0: nothing had to change)
 	err     error                  // a failure not tied to one prefix: nothing counts as programmed
+	// needFull asks for a full pass (apply only).
+	needFull bool
 }
 
 // base holds what every backend shares.
@@ -58,6 +64,12 @@ func (b *nativeBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.P
 	}
 	failed, removed, writes := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, canDelete))
 	return syncResult{failed: failed, removed: removed, writes: writes}
+}
+
+func (b *nativeBackend) apply(d delta) syncResult {
+	rp := routeParams{mode: ModeNative, mtu: routeMTU(ModeNative, b.mtu, b.local)}
+	failed, removed, writes, needFull := applyRouteDelta(b.h, d, func(e Entry) netlink.Route { return desiredRoute(e, rp) })
+	return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull}
 }
 
 func (b *nativeBackend) traffic() (map[uint32]Counter, error) { return nil, nil }

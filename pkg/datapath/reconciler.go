@@ -98,7 +98,9 @@ type Reconciler struct {
 	status Status
 
 	// Owned by the Run goroutine.
-	owned          map[netip.Prefix]bool // prefixes this process programmed
+	applied        map[netip.Prefix]Entry // want of the last fully successful pass; nil: next pass is full
+	appliedPrune   bool                   // PruneAllowed of that pass
+	owned          map[netip.Prefix]bool  // prefixes this process programmed
 	lastApplied    uint64
 	rpFilterLogged bool
 	clusterNames   map[uint32]string
@@ -224,8 +226,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer retry.Stop()
 	<-retry.C
 	backoff := time.Duration(0)
+	full := true
 	for {
-		ok := r.reconcile()
+		ok := r.reconcile(full)
 		if ok {
 			backoff = 0
 		} else {
@@ -236,8 +239,11 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.desired.Changed():
+			full = false
 		case <-recheck.C:
+			full = true
 		case <-retry.C:
+			full = true
 		}
 	}
 }
@@ -253,7 +259,9 @@ func nextBackoff(cur, max time.Duration) time.Duration {
 }
 
 // reconcile runs one convergence pass and reports whether it fully succeeded.
-func (r *Reconciler) reconcile() bool {
+// A full pass re-reads the kernel; otherwise, when the previous pass fully
+// succeeded under the same prune permission, only the delta is applied.
+func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
 	snap := r.desired.Snapshot()
 	want := make(map[netip.Prefix]Entry, len(snap.Entries))
@@ -274,7 +282,20 @@ func (r *Reconciler) reconcile() bool {
 		}
 		return snap.PruneAllowed || r.owned[p]
 	}
-	res := r.b.sync(want, canDelete)
+	var res syncResult
+	kind := "delta"
+	if !full && r.applied != nil && r.appliedPrune == snap.PruneAllowed {
+		d := diffDesired(r.applied, want)
+		if !d.empty() {
+			res = r.b.apply(d)
+		}
+	} else {
+		full = true
+	}
+	if full || res.needFull {
+		kind = "full"
+		res = r.b.sync(want, canDelete)
+	}
 	for _, p := range res.removed {
 		delete(r.owned, p)
 	}
@@ -315,6 +336,9 @@ func (r *Reconciler) reconcile() bool {
 	}
 	if ok {
 		r.lastApplied = snap.Version
+		r.applied, r.appliedPrune = want, snap.PruneAllowed
+	} else {
+		r.applied = nil
 	}
 
 	r.metrics.setProgrammed(programmed, failedBy)
@@ -347,7 +371,7 @@ func (r *Reconciler) reconcile() bool {
 	}
 	r.mu.Unlock()
 
-	fields := logrus.Fields{"version": snap.Version, "prefixes": len(want), "removed": len(res.removed), "duration": time.Since(start)}
+	fields := logrus.Fields{"pass": kind, "version": snap.Version, "prefixes": len(want), "writes": res.writes, "removed": len(res.removed), "duration": time.Since(start)}
 	if ok {
 		r.log.WithFields(fields).Debug("Datapath reconciled")
 	} else {

@@ -21,6 +21,7 @@ import (
 // where vtep is the remote node's underlay address itself (see vtep()).
 type vxlanBackend struct {
 	base
+	linkIndex int // podmesh_vxlan as of the last full sync
 }
 
 func (b *vxlanBackend) mode() string { return ModeVXLAN }
@@ -58,6 +59,7 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		return syncResult{err: err}
 	}
 	idx := link.Attrs().Index
+	b.linkIndex = idx
 
 	ours, foreign, err := listRoutes(b.h)
 	if err != nil {
@@ -184,6 +186,74 @@ func (b *vxlanBackend) listNeigh(idx int) ([]netlink.Neigh, error) {
 		out = append(out, ns...)
 	}
 	return out, nil
+}
+
+func (b *vxlanBackend) apply(d delta) syncResult {
+	idx := b.linkIndex
+	if idx == 0 {
+		return syncResult{needFull: true}
+	}
+	failed := make(map[netip.Prefix]error)
+	writes := 0
+	// Adds first: FDB and neighbour entries for the endpoints of new and
+	// changed prefixes (NeighSet replaces, so repeating one is harmless).
+	done := make(map[netip.Addr]error)
+	for _, e := range append(append([]Entry(nil), d.add...), d.change...) {
+		err, ok := done[e.TunnelEndpoint]
+		if !ok {
+			f := desiredFDB(e.TunnelEndpoint, idx)
+			n := desiredNeigh(e, idx)
+			writes += 2
+			if ferr := b.h.NeighSet(&f); ferr != nil {
+				err = fmt.Errorf("set fdb %s dst %s: %w", f.HardwareAddr, e.TunnelEndpoint, ferr)
+			}
+			if nerr := b.h.NeighSet(&n); nerr != nil {
+				err = errors.Join(err, fmt.Errorf("set neighbour %s: %w", ipToAddr(n.IP), nerr))
+			}
+			done[e.TunnelEndpoint] = err
+		}
+		if err != nil {
+			failed[e.Prefix] = err
+		}
+	}
+	rp := routeParams{mode: ModeVXLAN, linkIndex: idx, mtu: b.deviceMTU()}
+	rfailed, removed, rw, needFull := applyRouteDelta(b.h, d, func(e Entry) netlink.Route { return desiredRoute(e, rp) })
+	writes += rw
+	for p, err := range rfailed {
+		failed[p] = errors.Join(failed[p], err)
+	}
+	// Deletes last: neighbour and FDB entries of endpoints no wanted prefix
+	// uses any more.
+	usedGW := make(map[netip.Addr]bool)
+	usedEP := make(map[netip.Addr]bool)
+	for _, e := range d.want {
+		gw, _ := vtep(e.Prefix, e.TunnelEndpoint)
+		usedGW[gw] = true
+		usedEP[e.TunnelEndpoint] = true
+	}
+	var errs []error
+	for _, e := range append(append([]Entry(nil), d.remove...), d.stale...) {
+		if _, bad := rfailed[e.Prefix]; bad {
+			continue
+		}
+		if gw, _ := vtep(e.Prefix, e.TunnelEndpoint); !usedGW[gw] {
+			usedGW[gw] = true // once
+			n := desiredNeigh(e, idx)
+			writes++
+			if err := b.h.NeighDel(&n); err != nil && !isGone(err) {
+				errs = append(errs, fmt.Errorf("delete neighbour %s: %w", gw, err))
+			}
+		}
+		if !usedEP[e.TunnelEndpoint] {
+			usedEP[e.TunnelEndpoint] = true
+			f := desiredFDB(e.TunnelEndpoint, idx)
+			writes++
+			if err := b.h.NeighDel(&f); err != nil && !isGone(err) {
+				errs = append(errs, fmt.Errorf("delete fdb %s: %w", f.HardwareAddr, err))
+			}
+		}
+	}
+	return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull, err: errors.Join(errs...)}
 }
 
 func routeGateway(r netlink.Route) netip.Addr {
