@@ -297,6 +297,7 @@ func (d *Datapath) Attach(ifindex int) error {
 	if d.mode == attachAuto {
 		err := d.attachTCXLocked(ifindex)
 		if err == nil {
+			d.unpinDefunctLinksLocked()
 			// A filter left by an older kernel or agent would run the
 			// program a second time; the TCX link is in place, so drop it.
 			return removeClsFilter(ifindex)
@@ -355,6 +356,32 @@ func (d *Datapath) attachTCXLocked(ifindex int) error {
 	d.setLinkLocked(ifindex, l)
 	d.log.WithFields(logrus.Fields{"ifindex": ifindex, "path": path}).Info("Attached TCX link")
 	return nil
+}
+
+// unpinDefunctLinksLocked unpins TCX links under pinDir whose device is
+// gone (the kernel reports ifindex 0), such as the link of a podmesh_vxlan
+// that was deleted and recreated with a new ifindex. Links on live devices
+// are left alone. Failures only cost a stale pin and are logged.
+func (d *Datapath) unpinDefunctLinksLocked() {
+	paths, err := filepath.Glob(filepath.Join(d.pinDir, pinLinkPrefix+"*"))
+	if err != nil {
+		return
+	}
+	for _, path := range paths {
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			continue
+		}
+		info, err := l.Info()
+		if err == nil && info.TCX() != nil && info.TCX().Ifindex == 0 {
+			if err := l.Unpin(); err != nil {
+				d.log.WithError(err).WithField("path", path).Warn("Unpinning defunct link failed")
+			} else {
+				d.log.WithField("path", path).Info("Unpinned defunct link")
+			}
+		}
+		l.Close()
+	}
 }
 
 func tcxLinkMatches(l link.Link, ifindex int) bool {

@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
 )
 
 // stream sends numbered datagrams from client to server in lockstep: each
@@ -358,4 +359,55 @@ func TestRemoveDetachesAndUnpins(t *testing.T) {
 			require.NoError(t, inNetNS(a.ns, func() error { return Remove(a.pinDir, a.vxlanIdx) }))
 		})
 	}
+}
+
+func TestAttachAfterDeviceRecreated(t *testing.T) {
+	requireRoot(t)
+	a, b := setupPair(t, pairOptions{})
+	oldIdx := a.vxlanIdx
+	oldPin := a.dp.linkPath(oldIdx)
+
+	// Attach again: idempotent, still one program on one link.
+	progs := attached(t, a)
+	require.Len(t, progs, 1)
+	linkID, _ := progs[0].LinkID()
+	require.NoError(t, inNetNS(a.ns, func() error { return a.dp.Attach(a.vxlanIdx) }))
+	progs = attached(t, a)
+	require.Len(t, progs, 1)
+	again, _ := progs[0].LinkID()
+	require.Equal(t, linkID, again)
+
+	// The datapath engineer's reconciler recreates a broken device: the old
+	// link becomes defunct, the new device has another ifindex.
+	vx, err := a.h.LinkByName(vxlanName)
+	require.NoError(t, err)
+	require.NoError(t, a.h.LinkDel(vx))
+	require.NoError(t, a.h.LinkAdd(&netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: vxlanName, MTU: 1450, HardwareAddr: mustMAC(t, DeviceMAC)},
+		FlowBased: true,
+		Port:      vxlanPort,
+	}))
+	vx, err = a.h.LinkByName(vxlanName)
+	require.NoError(t, err)
+	require.NoError(t, a.h.LinkSetARPOff(vx))
+	require.NoError(t, a.h.LinkSetUp(vx))
+	a.vxlanIdx = vx.Attrs().Index
+	require.NotEqual(t, oldIdx, a.vxlanIdx)
+	require.NoError(t, a.h.RouteAdd(&netlink.Route{
+		LinkIndex: a.vxlanIdx,
+		Dst:       prefixNet(netip.PrefixFrom(b.pod4, 24).Masked()),
+		Src:       a.pod4.AsSlice(),
+		Scope:     netlink.SCOPE_LINK,
+	}))
+
+	require.NoError(t, inNetNS(a.ns, func() error { return a.dp.Attach(a.vxlanIdx) }))
+	require.Len(t, attached(t, a), 1)
+	_, err = os.Stat(oldPin)
+	require.ErrorIs(t, err, os.ErrNotExist, "the defunct link was unpinned")
+	_, err = os.Stat(a.dp.linkPath(a.vxlanIdx))
+	require.NoError(t, err)
+
+	c := listenUDP(t, a.ns, netip.AddrPortFrom(a.pod4, 0))
+	s := listenUDP(t, b.ns, netip.AddrPortFrom(b.pod4, 7777))
+	roundTrip(t, c, s, []byte("after recreate"), time.Now().Add(20*time.Second))
 }
