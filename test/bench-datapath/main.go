@@ -231,7 +231,7 @@ func measureProgramming(h *harness, mode string, n, changes, endpoints int) (pro
 	d := datapath.NewDesired()
 	d.AllowPrune()
 	rr, err := startReconciler(h, datapath.Config{Mode: mode, LocalIP: node.IP, NetNS: node.NS.Path, BPFRoot: root,
-		LocalClusterID: 1, RecheckInterval: time.Second, Desired: d, Log: quietLog()})
+		LocalClusterID: 1, Desired: d, Log: quietLog()}) // default 10 s re-check
 	if err != nil {
 		return res, err
 	}
