@@ -181,7 +181,8 @@ func load(o Options, specHook func(*ebpf.CollectionSpec)) (_ *Datapath, err erro
 	if err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: replacements}); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load program: %+v", verr)
+			// The whole verifier log, not just its last lines.
+			return nil, fmt.Errorf("load program: %w\n%+v", err, verr)
 		}
 		return nil, fmt.Errorf("load program: %w", err)
 	}
