@@ -1,0 +1,15 @@
+// Package kubetest runs a real etcd and a real kube-apiserver (the test-only
+// builds in bin/, made by `make tools`) for integration tests and the lab.
+//
+// Design decisions:
+//   - Authentication is by client certificate: the harness makes a CA and an
+//     admin certificate in group system:masters, so tests can also act as any
+//     ServiceAccount through impersonation or SubjectAccessReviews. RBAC is on.
+//   - kube-apiserver runs with --disable-admission-plugins=ServiceAccount and
+//     --endpoint-reconciler-type=none because nothing else of Kubernetes runs.
+//   - With Options.NetNSPath the processes run inside that network namespace
+//     (nsenter --net, which leaves the mount namespace and so bpffs alone), and
+//     the returned rest.Config dials from a thread that has entered it, so a
+//     process in the host namespace can talk to an API server that listens
+//     only inside a lab namespace, without any link into the host namespace.
+package kubetest
