@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -350,7 +352,9 @@ func TestRemoveDetachesAndUnpins(t *testing.T) {
 			require.Empty(t, attached(t, a), "nothing left at TCX egress")
 			require.NoError(t, inNetNS(a.ns, func() error {
 				f, err := findClsFilter(a.vxlanIdx)
-				require.Nil(t, f, "no cls_bpf filter left")
+				if err == nil && f != nil {
+					err = fmt.Errorf("cls_bpf filter left: %+v", f)
+				}
 				return err
 			}))
 			_, err := os.Stat(a.pinDir)
@@ -410,4 +414,47 @@ func TestAttachAfterDeviceRecreated(t *testing.T) {
 	c := listenUDP(t, a.ns, netip.AddrPortFrom(a.pod4, 0))
 	s := listenUDP(t, b.ns, netip.AddrPortFrom(b.pod4, 7777))
 	roundTrip(t, c, s, []byte("after recreate"), time.Now().Add(20*time.Second))
+}
+
+func TestRestartClsBPFReplacesFilterInPlace(t *testing.T) {
+	requireRoot(t)
+	a, b := setupPair(t, pairOptions{mode: attachClsBPF})
+	filterProg := func() int {
+		var id int
+		require.NoError(t, inNetNS(a.ns, func() error {
+			// No require in here: this runs on another goroutine.
+			f, err := findClsFilter(a.vxlanIdx)
+			if err == nil && f == nil {
+				err = errors.New("podmesh cls_bpf filter not found")
+			}
+			if err == nil {
+				id = f.Id
+			}
+			return err
+		}))
+		return id
+	}
+	require.Equal(t, int(progID(t, a.dp)), filterProg())
+
+	wc := listenUDP(t, a.ns, netip.AddrPortFrom(a.pod4, 0))
+	ws := listenUDP(t, b.ns, netip.AddrPortFrom(b.pod4, 7777))
+	roundTrip(t, wc, ws, []byte("warm-up"), time.Now().Add(20*time.Second))
+
+	client := listenUDP(t, a.ns, netip.AddrPortFrom(a.pod4, 0))
+	server := listenUDP(t, b.ns, netip.AddrPortFrom(b.pod4, 7778))
+	st := startStream(client, server)
+	st.waitAcks(t, 20)
+	require.NoError(t, a.dp.Close())
+	st.waitAcks(t, 20) // the filter holds the program
+	d2, err := Load(Options{PinDir: a.pinDir, LocalClusterID: a.clusterID, Log: testLogger(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { d2.Close() })
+	d2.mode = attachClsBPF
+	require.NoError(t, inNetNS(a.ns, func() error { return d2.Attach(a.vxlanIdx) }))
+	st.waitAcks(t, 20)
+	sent, lost, err := st.finish()
+	require.NoError(t, err)
+	require.Zero(t, lost, "datagrams lost across the restart (of %d sent)", sent)
+	require.Equal(t, int(progID(t, d2)), filterProg(), "the filter now runs the new program")
+	require.Empty(t, attached(t, a), "no TCX program besides the filter")
 }
