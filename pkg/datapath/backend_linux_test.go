@@ -27,10 +27,7 @@ func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 	}
 	for _, mode := range []string{ModeNative, ModeVXLAN, ModeEBPF} {
 		t.Run(mode, func(t *testing.T) {
-			var root string
-			if mode == ModeEBPF {
-				root = datapathtest.BPFRoot(t)
-			}
+			root := datapathtest.BPFRoot(t) // never the host's default
 			lab := datapathtest.NewLab(t, datapathtest.LabOptions{})
 			node := lab.AddNode("n1", "a", 1, "10.1.0.0/24")
 			peer := lab.AddNode("n2", "b", 2, "10.2.0.0/24")

@@ -69,10 +69,10 @@ func newMesh(t *testing.T, mode string, opts datapathtest.LabOptions) *mesh {
 	t.Helper()
 	m := &mesh{t: t, mode: mode, desired: map[*datapathtest.Node]*datapath.Desired{},
 		bpfRoot: map[*datapathtest.Node]string{}, running: map[*datapathtest.Node]*running{}}
-	var root string
-	if mode == datapath.ModeEBPF {
-		root = datapathtest.BPFRoot(t)
-	}
+	// Every mode gets a private bpf root: non-ebpf modes remove an ebpf
+	// datapath left under it, and the default (/sys/fs/bpf/podmesh) is the
+	// host's.
+	root := datapathtest.BPFRoot(t)
 	m.lab = datapathtest.NewLab(t, opts)
 	m.a1 = m.lab.AddNode("a1", "a", 1, "10.1.0.0/24")
 	m.a2 = m.lab.AddNode("a2", "a", 1, "10.1.1.0/24")
@@ -93,9 +93,7 @@ func newMesh(t *testing.T, mode string, opts datapathtest.LabOptions) *mesh {
 		}
 		d.SetCluster(remote[0].Cluster, entries)
 		m.desired[n] = d
-		if root != "" {
-			m.bpfRoot[n] = root + "/" + n.Name
-		}
+		m.bpfRoot[n] = root + "/" + n.Name
 	}
 	return m
 }
@@ -519,4 +517,50 @@ func controlErr(sc interface{ Control(func(uintptr)) error }, fn func(fd int) er
 		return err
 	}
 	return ferr
+}
+
+// TestModeSwitchReplacesRoutesAndRemovesLeftoversOncePruneIsAllowed runs a1
+// in ebpf mode, then restarts it in native mode with the same bpf root: the
+// routes are replaced at once, the ebpf device and pins go only after
+// AllowPrune. (Only a1's own kernel objects are checked: the other nodes are
+// not started, as a mesh must run one mode.)
+func TestModeSwitchReplacesRoutesAndRemovesLeftoversOncePruneIsAllowed(t *testing.T) {
+	requireRoot(t)
+	m := newMesh(t, datapath.ModeEBPF, datapathtest.LabOptions{})
+	m.start(m.a1)
+	m.waitApplied(m.a1)
+	pins, err := os.ReadDir(m.bpfRoot[m.a1])
+	require.NoError(t, err)
+	require.NotEmpty(t, pins, "ebpf mode pinned its maps")
+	m.running[m.a1].stop(t)
+
+	// native: routes replaced at once; device and pins stay until prune is allowed.
+	m.mode = datapath.ModeNative
+	m.desired[m.a1] = datapath.NewDesired()
+	m.desired[m.a1].SetCluster("b", []datapath.Entry{
+		{Prefix: m.b1.PodCIDR, TunnelEndpoint: m.b1.IP, ClusterID: 2, Cluster: "b"},
+		{Prefix: m.b2.PodCIDR, TunnelEndpoint: m.b2.IP, ClusterID: 2, Cluster: "b"},
+	})
+	m.start(m.a1)
+	m.waitApplied(m.a1)
+	rs := routesTo(t, m.a1, m.b1.PodCIDR)
+	require.Len(t, rs, 1)
+	assert.Equal(t, m.b1.IP, ipOf(rs[0].Gw), "native route replaced the ebpf one")
+	_, err = m.a1.NS.NL.LinkByName(datapath.DeviceName)
+	require.NoError(t, err, "the tunnel device stays while prune is not allowed")
+	_, err = os.Stat(m.bpfRoot[m.a1])
+	require.NoError(t, err, "the pins stay while prune is not allowed")
+
+	m.desired[m.a1].AllowPrune()
+	m.waitApplied(m.a1)
+	_, err = m.a1.NS.NL.LinkByName(datapath.DeviceName)
+	require.Error(t, err, "native mode removed the ebpf device once prune was allowed")
+	_, err = os.Stat(m.bpfRoot[m.a1])
+	require.True(t, os.IsNotExist(err), "native mode removed the ebpf pins once prune was allowed: %v", err)
+	assert.Len(t, routesTo(t, m.a1, m.b1.PodCIDR), 1, "the native routes survived the cleanup")
+}
+
+func ipOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/podmesh/podmesh/bpf"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -28,8 +30,10 @@ type Config struct {
 	TunnelPort int
 	// MTU is the underlay MTU; 0 means the MTU of the link holding LocalIP.
 	MTU int
-	// BPFRoot is the bpffs directory owned by podmesh (ebpf mode); empty
-	// means DefaultBPFRoot.
+	// BPFRoot is the bpffs directory owned by podmesh; empty means
+	// DefaultBPFRoot. The ebpf mode pins its maps and link there; the other
+	// modes remove an ebpf datapath left there (a mode switch) once prune is
+	// allowed.
 	BPFRoot string
 	// LocalClusterID is this cluster's ID (ebpf mode: the program tags
 	// traffic with it).
@@ -103,6 +107,7 @@ type Reconciler struct {
 	owned          map[netip.Prefix]bool  // prefixes this process programmed
 	lastApplied    uint64
 	rpFilterLogged bool
+	leftoversDone  bool
 	clusterNames   map[uint32]string
 }
 
@@ -322,8 +327,12 @@ func (r *Reconciler) reconcile(full bool) bool {
 		r.owned[p] = true
 	}
 	traffic, terr := r.b.traffic()
+	var lerr error
+	if full && snap.PruneAllowed && res.err == nil && len(res.failed) == 0 {
+		lerr = r.removeLeftovers()
+	}
 
-	err := errors.Join(res.err, sysErr, terr)
+	err := errors.Join(res.err, sysErr, terr, lerr)
 	if len(failed) > 0 && res.err == nil {
 		err = errors.Join(err, fmt.Errorf("%d prefixes failed", len(failed)))
 	}
@@ -378,6 +387,43 @@ func (r *Reconciler) reconcile(full bool) bool {
 		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
 	}
 	return ok
+}
+
+// removeLeftovers removes what another routing mode left behind (the agent
+// ran in another mode before): the bpf pins under BPFRoot unless the mode is
+// ebpf, and podmesh_vxlan in native mode. It runs once prune is allowed and a
+// full pass has put this mode's routes in place, so a mode switch withdraws
+// nothing the desired set still holds.
+func (r *Reconciler) removeLeftovers() error {
+	if r.leftoversDone {
+		return nil
+	}
+	ifindex := 0
+	if l, err := r.h.LinkByName(DeviceName); err == nil {
+		ifindex = l.Attrs().Index
+	} else if !isLinkNotFound(err) {
+		return fmt.Errorf("find %s: %w", DeviceName, err)
+	}
+	var errs []error
+	if r.cfg.Mode != ModeEBPF {
+		if _, err := os.Stat(r.cfg.BPFRoot); err == nil {
+			r.log.WithField("dir", r.cfg.BPFRoot).Info("Removing the ebpf datapath left by another routing mode")
+			if err := r.ns.do(func() error { return bpf.Remove(r.cfg.BPFRoot, ifindex) }); err != nil {
+				errs = append(errs, fmt.Errorf("remove bpf datapath under %s: %w", r.cfg.BPFRoot, err))
+			}
+		}
+	}
+	if r.cfg.Mode == ModeNative && ifindex != 0 {
+		r.log.WithField("device", DeviceName).Info("Removing the tunnel device left by another routing mode")
+		if err := r.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", DeviceName, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	r.leftoversDone = true
+	return nil
 }
 
 // validate rejects entries the datapath cannot realise; they are reported as

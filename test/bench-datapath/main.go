@@ -212,10 +212,7 @@ func bigPrefix(i int) netip.Prefix {
 
 func measureProgramming(h *harness, mode string, n, changes, endpoints int) (programResult, error) {
 	var res programResult
-	var root string
-	if mode == datapath.ModeEBPF {
-		root = datapathtest.BPFRoot(h)
-	}
+	root := datapathtest.BPFRoot(h) // every mode: never the host's default
 	lab := datapathtest.NewLab(h, datapathtest.LabOptions{})
 	node := lab.AddNode("bench", "a", 1, "10.1.0.0/24")
 	eps := make([]netip.Addr, endpoints)
@@ -282,10 +279,7 @@ func measureProgramming(h *harness, mode string, n, changes, endpoints int) (pro
 // measures pa→pa2 (same node, veth only) once, then pa→pb per mode, switching
 // modes on the same topology.
 func measureTraffic(h *harness, modes []string, duration time.Duration, rrCount int) error {
-	var root string
-	if slices.Contains(modes, datapath.ModeEBPF) {
-		root = datapathtest.BPFRoot(h)
-	}
+	root := datapathtest.BPFRoot(h) // every mode: never the host's default
 	lab := datapathtest.NewLab(h, datapathtest.LabOptions{})
 	a1 := lab.AddNode("a1", "a", 1, "10.1.0.0/24")
 	b1 := lab.AddNode("b1", "b", 2, "10.2.0.0/24")
@@ -312,10 +306,7 @@ func measureTraffic(h *harness, modes []string, duration time.Duration, rrCount 
 			d := datapath.NewDesired()
 			d.SetCluster(o.Cluster, []datapath.Entry{{Prefix: o.PodCIDR, TunnelEndpoint: o.IP, ClusterID: o.ClusterID, Cluster: o.Cluster}})
 			d.AllowPrune()
-			bpfRoot := ""
-			if root != "" {
-				bpfRoot = root + "/" + n.Name
-			}
+			bpfRoot := root + "/" + n.Name
 			rr, err := startReconciler(h, datapath.Config{Mode: mode, LocalIP: n.IP, NetNS: n.NS.Path, BPFRoot: bpfRoot,
 				LocalClusterID: n.ClusterID, Desired: d, Log: quietLog()})
 			if err != nil {
