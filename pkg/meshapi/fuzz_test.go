@@ -1,0 +1,94 @@
+package meshapi
+
+import (
+	"testing"
+)
+
+// The decoders read values written by other, untrusted clusters. The fuzz
+// targets check that no input panics, and that whatever a decoder accepts
+// also passes its own validation again after a round trip through Encode —
+// so the encoder and the decoder agree on what is valid.
+
+func FuzzDecodeClusterConfig(f *testing.F) {
+	f.Add([]byte(`{"name":"east","id":1,"podCIDRs":["10.1.0.0/16","fd00:1::/48"],"serviceCIDRs":[],"capabilities":{},"formatVersion":1}`))
+	f.Add([]byte(`{"name":"east","id":1,"podCIDRs":["0.0.0.0/0"],"formatVersion":1}`))
+	f.Add([]byte(`{"name":"e","id":255,"podCIDRs":null}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := DecodeClusterConfig(data)
+		if err != nil {
+			return
+		}
+		roundTrip(t, c, func(b []byte) error { _, err := DecodeClusterConfig(b); return err })
+		for _, p := range c.PodCIDRs {
+			if p.Bits() == 0 || p.Masked() != p {
+				t.Fatalf("accepted pod CIDR %s", p)
+			}
+		}
+	})
+}
+
+func FuzzDecodeNode(f *testing.F) {
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"name":"n1","internalIPs":["192.168.1.10","fd00::1"],"podCIDRs":["10.1.0.0/24"]}`))
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"name":"a.b","internalIPs":["::ffff:1.2.3.4"],"podCIDRs":["10.1.0.1/24"]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		n, err := DecodeNode(data)
+		if err != nil {
+			return
+		}
+		roundTrip(t, n, func(b []byte) error { _, err := DecodeNode(b); return err })
+		if _, err := ParseNodeKey(NodeKey(n.Cluster, n.Name)); err != nil {
+			t.Fatalf("accepted node %q whose key does not parse: %v", n.Name, err)
+		}
+	})
+}
+
+func FuzzDecodeEndpoint(f *testing.F) {
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg-0","node":"n1","ips":["10.1.0.7"],"hostname":"pg-0","subdomain":"pg"}`))
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg-0","node":"n1","ips":["fe80::1%lo"]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		e, err := DecodeEndpoint(data)
+		if err != nil {
+			return
+		}
+		roundTrip(t, e, func(b []byte) error { _, err := DecodeEndpoint(b); return err })
+		if _, err := ParseEndpointKey(EndpointKey(e.Cluster, e.Namespace, e.Name)); err != nil {
+			t.Fatalf("accepted endpoint %s/%s whose key does not parse: %v", e.Namespace, e.Name, err)
+		}
+	})
+}
+
+func FuzzDecodeService(f *testing.F) {
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg","headless":true,"ports":[{"name":"sql","port":5432,"protocol":"TCP"}],"endpoints":[{"ip":"10.1.0.7","hostname":"pg-0","node":"n1","ready":true}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := DecodeService(data)
+		if err != nil {
+			return
+		}
+		roundTrip(t, s, func(b []byte) error { _, err := DecodeService(b); return err })
+	})
+}
+
+func FuzzParseKeys(f *testing.F) {
+	f.Add("podmesh/v1/nodes/east/n1")
+	f.Add("podmesh/v1/endpoints/east/default/web-0")
+	f.Add("podmesh/v1/nodes//")
+	f.Fuzz(func(t *testing.T, key string) {
+		if n, err := ParseNodeKey(key); err == nil && NodeKey(n.Cluster, n.Node) != key {
+			t.Fatalf("node key %q parsed to %+v which renders differently", key, n)
+		}
+		if o, err := ParseEndpointKey(key); err == nil && EndpointKey(o.Cluster, o.Namespace, o.Name) != key {
+			t.Fatalf("endpoint key %q parsed to %+v which renders differently", key, o)
+		}
+	})
+}
+
+func roundTrip(t *testing.T, v any, decode func([]byte) error) {
+	t.Helper()
+	b, err := Encode(v)
+	if err != nil {
+		t.Fatalf("encode accepted value: %v", err)
+	}
+	if err := decode(b); err != nil {
+		t.Fatalf("accepted value does not decode after a round trip: %v\n%s", err, b)
+	}
+}
