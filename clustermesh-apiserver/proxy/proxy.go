@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
@@ -88,6 +90,13 @@ func Start(ctx context.Context, cfg Config) (_ *Proxy, err error) {
 		grpc.ChainStreamInterceptor(g.stream),
 		grpc.UnknownServiceHandler(g.unknown),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
+		// Agents ping every few seconds to notice a dead proxy (pkg/kvstore
+		// defaults to 10 s, its tests to 1 s). gRPC's default policy
+		// (at most one ping per 5 min) would answer that with GOAWAY
+		// "too_many_pings" and break every watch.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
+		// And the proxy notices dead agents, freeing their watches.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	watch, watchDone := grpcproxy.NewWatchProxy(pctx, zap.NewNop(), cfg.Client)
 	pb.RegisterKVServer(srv, &readOnlyKV{kv: cfg.Client.KV, guard: g})
