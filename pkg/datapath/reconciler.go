@@ -77,8 +77,10 @@ type Status struct {
 	// LastError is the last reconcile's error, empty when it fully succeeded.
 	LastError     string
 	LastReconcile time.Time
-	// LastDuration is how long the last reconcile pass took.
+	// LastDuration is how long the last reconcile pass took, LastPass
+	// whether it was a "full" pass (re-read the kernel) or a "delta" pass.
 	LastDuration    time.Duration
+	LastPass        string
 	ReconcileErrors uint64
 	// AppliedVersion is the Desired version the kernel fully realises (0
 	// until one reconcile succeeded without failures).
@@ -368,6 +370,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 	}
 	r.status.LastReconcile = now
 	r.status.LastDuration = now.Sub(start)
+	r.status.LastPass = kind
 	if ok {
 		r.status.LastError = ""
 		r.status.AppliedVersion = snap.Version

@@ -263,10 +263,18 @@ func measureProgramming(h *harness, mode string, n, changes, endpoints int) (pro
 	}
 	res.changes = end.Sub(start)
 
-	// A no-op pass: wait for the next periodic re-check and read its duration.
-	last := rr.r.Status().LastReconcile
+	// A no-op full pass: wait for the next periodic re-check (a full pass
+	// that re-reads the kernel) and read its duration.
+	applied := time.Now()
 	deadline := time.Now().Add(time.Minute)
-	for rr.r.Status().LastReconcile.Equal(last) && time.Now().Before(deadline) {
+	for {
+		s := rr.r.Status()
+		if s.LastPass == "full" && s.LastReconcile.After(applied) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return res, errors.New("no periodic full pass within a minute")
+		}
 		t := time.NewTimer(10 * time.Millisecond)
 		<-t.C
 	}
