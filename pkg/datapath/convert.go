@@ -118,19 +118,20 @@ func TunnelMAC(a netip.Addr) net.HardwareAddr {
 
 // vtep returns the on-link gateway a vxlan-mode route for an inner prefix of
 // the given family uses to reach endpoint, and whether it must be expressed as
-// RTA_VIA (an IPv4 route through an IPv6 gateway). The endpoint's own
-// underlay address is the gateway whenever the families agree; an IPv6 prefix
-// over an IPv4 underlay uses the link-local address derived (EUI-64) from the
-// peer's TunnelMAC, which is unique per peer on the podmesh device.
+// RTA_VIA (an IPv4 route through an IPv6 gateway).
+//
+// Over an IPv4 underlay, an IPv4 prefix uses the endpoint's own underlay
+// address as gateway. Every IPv6 gateway is instead the link-local address
+// derived (EUI-64) from the peer's TunnelMAC: the kernel refuses an onlink
+// IPv6 gateway that a route through another device covers (the peer's
+// underlay address is covered by the underlay subnet's route), while a
+// link-local gateway is on-link by definition and unique per peer on the
+// podmesh device.
 func vtep(prefix netip.Prefix, endpoint netip.Addr) (gw netip.Addr, via bool) {
-	switch {
-	case prefix.Addr().Is4() == endpoint.Is4():
+	if endpoint.Is4() && prefix.Addr().Is4() {
 		return endpoint, false
-	case prefix.Addr().Is4():
-		return endpoint, true
-	default:
-		return linkLocalFromMAC(TunnelMAC(endpoint)), false
 	}
+	return linkLocalFromMAC(TunnelMAC(endpoint)), prefix.Addr().Is4()
 }
 
 func linkLocalFromMAC(mac net.HardwareAddr) netip.Addr {

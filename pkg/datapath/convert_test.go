@@ -56,7 +56,8 @@ func TestDesiredRoutePerMode(t *testing.T) {
 		{name: "native v4 over v6 next hop", e: e4over6, rp: routeParams{mode: ModeNative, mtu: 1500}, via: "fd00::3", scope: netlink.SCOPE_UNIVERSE, fam: unix.AF_INET, wantMTU: 1500},
 		{name: "vxlan v4", e: e4, rp: routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1450}, gw: "192.168.0.3", link: 7, onlink: true, scope: netlink.SCOPE_UNIVERSE, fam: unix.AF_INET, wantMTU: 1450},
 		{name: "vxlan v6 over v4 uses derived link-local vtep", e: e6over4, rp: routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1450}, gw: "fe80::c70:c0ff:fea8:3", link: 7, onlink: true, scope: netlink.SCOPE_UNIVERSE, fam: unix.AF_INET6, wantMTU: 1450},
-		{name: "vxlan v4 over v6 uses via", e: e4over6, rp: routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1430}, via: "fd00::3", link: 7, onlink: true, scope: netlink.SCOPE_UNIVERSE, fam: unix.AF_INET, wantMTU: 1430},
+		{name: "vxlan v4 over v6 uses via the derived link-local vtep", e: e4over6, rp: routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1430}, via: linkLocalFromMAC(TunnelMAC(mustAddr("fd00::3"))).String(), link: 7, onlink: true, scope: netlink.SCOPE_UNIVERSE, fam: unix.AF_INET, wantMTU: 1430},
+		{name: "vxlan v6 over v6 uses the derived link-local vtep", e: Entry{Prefix: mustPrefix("fd02::/64"), TunnelEndpoint: mustAddr("fd00::3")}, rp: routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1430}, gw: linkLocalFromMAC(TunnelMAC(mustAddr("fd00::3"))).String(), link: 7, onlink: true, scope: netlink.SCOPE_UNIVERSE, fam: unix.AF_INET6, wantMTU: 1430},
 		{name: "ebpf", e: e4, rp: routeParams{mode: ModeEBPF, linkIndex: 9, mtu: 1450}, link: 9, scope: netlink.SCOPE_LINK, fam: unix.AF_INET, wantMTU: 1450},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package datapath_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -137,6 +138,10 @@ func (m *mesh) start(n *datapathtest.Node) *running {
 	m.t.Helper()
 	r, err := datapath.New(m.config(n))
 	require.NoError(m.t, err, "new reconciler on %s", n.Name)
+	return m.runReconciler(n, r)
+}
+
+func (m *mesh) runReconciler(n *datapathtest.Node, r *datapath.Reconciler) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	rr := &running{r: r, cancel: cancel, done: make(chan error, 1)}
 	go func() { rr.done <- r.Run(ctx) }()
@@ -178,7 +183,7 @@ func (m *mesh) waitApplied(n *datapathtest.Node) {
 }
 
 func statusString(s datapath.Status) string {
-	return "last error: " + s.LastError
+	return fmt.Sprintf("last error: %s; per prefix: %v", s.LastError, s.Errors)
 }
 
 // eventually polls cond until it holds or the deadline passes and reports
@@ -350,9 +355,13 @@ func TestEndpointEntryWinsOverItsNodeCIDRAndChangesApplyInOneReconcile(t *testin
 
 func routesTo(t *testing.T, n *datapathtest.Node, p netip.Prefix) []netlink.Route {
 	t.Helper()
-	routes, err := n.NS.NL.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	fam := unix.AF_INET
+	if p.Addr().Is6() {
+		fam = unix.AF_INET6
+	}
+	routes, err := n.NS.NL.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if errors.Is(err, netlink.ErrDumpInterrupted) {
-		routes, err = n.NS.NL.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		routes, err = n.NS.NL.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	}
 	require.NoError(t, err)
 	var out []netlink.Route

@@ -46,19 +46,22 @@
 // LocalIP, learning off) and per prefix
 // "<prefix> via <vtep> dev podmesh_vxlan onlink", a permanent neighbour entry
 // vtep → TunnelMAC(endpoint) and a permanent FDB entry TunnelMAC(endpoint) →
-// dst endpoint. The VTEP is the remote node's underlay address itself: it is
-// already known (it is the tunnel endpoint), unique, of the underlay family,
-// and needs no address allocation or distribution; "onlink" lets the kernel
-// accept it as a gateway on a device that has no address in its subnet, and
-// the neighbour entry lives on podmesh_vxlan, so it never collides with the
-// same address's entry on the underlay link. Each node's device MAC is
-// derived from its underlay address (TunnelMAC: 0e:70 + the IPv4 bytes), so
-// a node computes its peer's MAC without any exchange — and the MACs differ,
-// which the receiver's VXLAN loop check (it drops frames whose inner source
-// MAC is its own) requires. An IPv6 prefix over an IPv4 underlay uses the
-// link-local address derived from the peer's MAC as VTEP; an IPv4 prefix over
-// an IPv6 underlay uses RTA_VIA. The device's MTU and every route's MTU are the
-// underlay MTU minus 50 (IPv4 underlay) or 70 (IPv6).
+// dst endpoint. For IPv4 prefixes over an IPv4 underlay the VTEP is the
+// remote node's underlay address itself: it is already known (it is the
+// tunnel endpoint), unique, and needs no address allocation or distribution;
+// "onlink" lets the kernel accept it as a gateway on a device that has no
+// address in its subnet, and the neighbour entry lives on podmesh_vxlan, so it
+// never collides with the same address's entry on the underlay link. Each
+// node's device MAC is derived from its underlay address (TunnelMAC: 0e:70 +
+// the IPv4 bytes), so a node computes its peer's MAC without any exchange —
+// and the MACs differ, which the receiver's VXLAN loop check (it drops frames
+// whose inner source MAC is its own) requires. Every IPv6 gateway (IPv6
+// prefixes, and IPv4 prefixes over an IPv6 underlay through RTA_VIA) is the
+// link-local address derived (EUI-64) from the peer's MAC instead: the kernel
+// refuses an onlink IPv6 gateway that a route through another device covers,
+// as the underlay subnet's route covers the peer's address. The device's MTU
+// and every route's MTU are the underlay MTU minus 50 (IPv4 underlay) or 70
+// (IPv6).
 //
 // ebpf (the default). A collect-metadata ("external") VXLAN device
 // podmesh_vxlan on TunnelPort, NOARP, carrying the mesh-wide bpf.DeviceMAC,

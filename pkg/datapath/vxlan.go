@@ -18,7 +18,8 @@ import (
 //	neigh <vtep> lladdr TunnelMAC(endpoint) dev podmesh_vxlan permanent
 //	fdb TunnelMAC(endpoint) dev podmesh_vxlan dst <endpoint> self permanent
 //
-// where vtep is the remote node's underlay address itself (see vtep()).
+// where vtep is the remote node's underlay address itself for IPv4, and a
+// link-local address derived from its MAC for IPv6 gateways (see vtep()).
 type vxlanBackend struct {
 	base
 	linkIndex int // podmesh_vxlan as of the last full sync

@@ -95,6 +95,13 @@ func NewNS(t T, name string) *NS {
 		t.Fatalf("netlink handle in %s: %v", full, err)
 	}
 	ns.NL = nl
+	// No duplicate address detection: addresses are usable at once, so
+	// tests need not wait for IPv6 addresses to leave the tentative state.
+	for _, s := range []string{"net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"} {
+		if err := ns.Sysctl(s, "0"); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
 	lo, err := nl.LinkByName("lo")
 	if err == nil {
 		err = nl.LinkSetUp(lo)
@@ -169,6 +176,9 @@ type LabOptions struct {
 	UnderlayMTU int
 	// PodMTU is the MTU of pod links (default 1500).
 	PodMTU int
+	// IPv6 gives nodes an IPv6 underlay address too (Node.IP6, in
+	// UnderlayPrefix6), besides the IPv4 one.
+	IPv6 bool
 }
 
 // Lab is an underlay bridge with nodes and pods.
@@ -183,8 +193,15 @@ type Lab struct {
 // UnderlayPrefix is the underlay subnet; node i gets .(i+1).
 var UnderlayPrefix = netip.MustParsePrefix("192.168.77.0/24")
 
-// PodGateway is the address every host-side pod veth carries.
-var PodGateway = netip.MustParseAddr("169.254.1.1")
+// UnderlayPrefix6 is the IPv6 underlay subnet (LabOptions.IPv6); node i gets ::(i+1).
+var UnderlayPrefix6 = netip.MustParsePrefix("fd00:77::/64")
+
+// PodGateway is the address every host-side pod veth carries; PodGateway6 the
+// IPv6 one (link-local).
+var (
+	PodGateway  = netip.MustParseAddr("169.254.1.1")
+	PodGateway6 = netip.MustParseAddr("fe80::1")
+)
 
 // Node is a simulated node.
 type Node struct {
@@ -193,6 +210,7 @@ type Node struct {
 	ClusterID uint32
 	NS        *NS
 	IP        netip.Addr
+	IP6       netip.Addr // invalid unless LabOptions.IPv6
 	PodCIDR   netip.Prefix
 	Pods      []*Pod
 	lab       *Lab
@@ -202,7 +220,8 @@ type Node struct {
 type Pod struct {
 	Name     string
 	NS       *NS
-	IP       netip.Addr
+	IP       netip.Addr   // the first address
+	IPs      []netip.Addr // all addresses
 	Node     *Node
 	HostVeth string
 }
@@ -258,6 +277,14 @@ func (l *Lab) AddNode(name, cluster string, clusterID uint32, podCIDR string) *N
 	eth, err := h.LinkByName("eth0")
 	must(t, err, "find eth0 of %s", name)
 	must(t, h.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}), "address %s", name)
+	if l.opts.IPv6 {
+		ip6 := UnderlayPrefix6.Addr()
+		for range idx {
+			ip6 = ip6.Next()
+		}
+		n.IP6 = ip6
+		must(t, h.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: ip6.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix6.Bits(), 128)}, Flags: unix.IFA_F_NODAD}), "address %s", name)
+	}
 	must(t, h.LinkSetUp(eth), "set eth0 of %s up", name)
 	for _, s := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.ipv4.conf.eth0.rp_filter"} {
 		must(t, n.NS.Sysctl(s, "1"), "strict rp_filter on %s", name)
@@ -266,14 +293,22 @@ func (l *Lab) AddNode(name, cluster string, clusterID uint32, podCIDR string) *N
 	return n
 }
 
-// AddPod creates a pod with address ip (usually inside the node's pod CIDR;
-// tests place IPs elsewhere to simulate IPAM without per-node CIDRs).
-func (n *Node) AddPod(ip string) *Pod {
+// AddPod creates a pod with the given addresses (usually inside the node's
+// pod CIDRs; tests place IPs elsewhere to simulate IPAM without per-node
+// CIDRs). IPv4 and IPv6 addresses may be mixed; each gets a host route on
+// the node and the pod a default route of its family.
+func (n *Node) AddPod(ips ...string) *Pod {
 	t := n.lab.t
 	t.Helper()
-	addr := netip.MustParseAddr(ip)
 	idx := len(n.Pods) + 1
-	p := &Pod{Name: fmt.Sprintf("%s-pod%d", n.Name, idx), IP: addr, Node: n, HostVeth: fmt.Sprintf("pv%d", idx)}
+	p := &Pod{Name: fmt.Sprintf("%s-pod%d", n.Name, idx), Node: n, HostVeth: fmt.Sprintf("pv%d", idx)}
+	for _, s := range ips {
+		p.IPs = append(p.IPs, netip.MustParseAddr(s))
+	}
+	if len(p.IPs) == 0 {
+		t.Fatalf("pod %s without addresses", p.Name)
+	}
+	p.IP = p.IPs[0]
 	p.NS = NewNS(t, p.Name)
 	h := n.NS.NL
 	tmp := fmt.Sprintf("pt%d", idx)
@@ -283,25 +318,46 @@ func (n *Node) AddPod(ip string) *Pod {
 	}
 	must(t, moveLink(h, tmp, p.NS), "move %s into %s", tmp, p.Name)
 
-	// Pod side: eth0 with the pod IP as /32, default via the gateway.
+	// Pod side: eth0 with host addresses, default routes via the gateways.
 	ph := p.NS.NL
 	pl, err := ph.LinkByName(tmp)
 	must(t, err, "find %s", tmp)
 	must(t, ph.LinkSetName(pl, "eth0"), "rename pod veth")
-	must(t, ph.AddrAdd(pl, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}), "address pod")
 	must(t, ph.LinkSetUp(pl), "set pod eth0 up")
-	gw := PodGateway.AsSlice()
-	must(t, ph.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}), "pod gateway route")
-	must(t, ph.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: gw}), "pod default route")
-
-	// Node side: the gateway address and a /32 route to the pod.
 	hl, err := h.LinkByName(p.HostVeth)
 	must(t, err, "find %s", p.HostVeth)
-	must(t, h.AddrAdd(hl, &netlink.Addr{IPNet: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}), "gateway address")
 	must(t, h.LinkSetUp(hl), "set %s up", p.HostVeth)
-	must(t, h.RouteAdd(&netlink.Route{LinkIndex: hl.Attrs().Index, Dst: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}), "pod route")
+	has4, has6 := false, false
+	for _, a := range p.IPs {
+		bits := a.BitLen()
+		must(t, ph.AddrAdd(pl, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}, Flags: nodad(a)}), "address pod")
+		must(t, h.RouteAdd(&netlink.Route{LinkIndex: hl.Attrs().Index, Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}, Scope: netlink.SCOPE_LINK}), "pod route")
+		if a.Is4() {
+			has4 = true
+		} else {
+			has6 = true
+		}
+	}
+	if has4 {
+		gw := PodGateway.AsSlice()
+		must(t, ph.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Dst: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}), "pod gateway route")
+		must(t, ph.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: gw}), "pod default route")
+		must(t, h.AddrAdd(hl, &netlink.Addr{IPNet: &net.IPNet{IP: gw, Mask: net.CIDRMask(32, 32)}}), "gateway address")
+	}
+	if has6 {
+		gw := PodGateway6.AsSlice()
+		must(t, h.AddrAdd(hl, &netlink.Addr{IPNet: &net.IPNet{IP: gw, Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}), "gateway address")
+		must(t, ph.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: gw, Family: unix.AF_INET6, Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}}), "pod default route")
+	}
 	n.Pods = append(n.Pods, p)
 	return p
+}
+
+func nodad(a netip.Addr) int {
+	if a.Is6() {
+		return unix.IFA_F_NODAD
+	}
+	return 0
 }
 
 func moveLink(h *netlink.Handle, name string, to *NS) error {

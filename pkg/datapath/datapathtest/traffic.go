@@ -23,6 +23,26 @@ func (p *Pod) Listen(network string, port int) (net.Listener, error) {
 	return l, err
 }
 
+// listenAny opens a dual-stack listener on every address of the pod.
+func (p *Pod) listenAny(port int) (net.Listener, *net.UDPConn, error) {
+	var (
+		l net.Listener
+		u *net.UDPConn
+	)
+	err := p.NS.Do(func() error {
+		var err error
+		if l, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); err != nil {
+			return err
+		}
+		u, err = net.ListenUDP("udp", &net.UDPAddr{Port: port})
+		return err
+	})
+	if err != nil && l != nil {
+		l.Close()
+	}
+	return l, u, err
+}
+
 // ListenUDP opens a UDP socket bound to the pod's address and port.
 func (p *Pod) ListenUDP(port int) (*net.UDPConn, error) {
 	var c *net.UDPConn
@@ -59,10 +79,8 @@ type IdentServer struct {
 // StartIdentServer starts an IdentServer on port in pod and stops it in t's cleanup.
 func StartIdentServer(t T, pod *Pod, port int) *IdentServer {
 	t.Helper()
-	l, err := pod.Listen("tcp", port)
-	must(t, err, "listen tcp in %s", pod.Name)
-	u, err := pod.ListenUDP(port)
-	must(t, err, "listen udp in %s", pod.Name)
+	l, u, err := pod.listenAny(port)
+	must(t, err, "listen in %s", pod.Name)
 	s := &IdentServer{Port: port, tcp: l, udp: u}
 	s.wg.Add(2)
 	go s.serveTCP()
@@ -92,7 +110,7 @@ func (s *IdentServer) serveTCP() {
 			defer conns.Done()
 			defer c.Close()
 			ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-			if _, err := fmt.Fprintf(c, "%s\n", ap.Addr()); err != nil {
+			if _, err := fmt.Fprintf(c, "%s\n", ap.Addr().Unmap()); err != nil {
 				return
 			}
 			io.Copy(c, c)
@@ -108,7 +126,7 @@ func (s *IdentServer) serveUDP() {
 		if err != nil {
 			return
 		}
-		reply := append([]byte(from.Addr().String()+"\n"), buf[:n]...)
+		reply := append([]byte(from.Addr().Unmap().String()+"\n"), buf[:n]...)
 		s.udp.WriteToUDPAddrPort(reply, from)
 	}
 }
