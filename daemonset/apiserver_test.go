@@ -1,0 +1,237 @@
+package daemonset
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+
+	appsv1 "k8s.io/api/apps/v1"
+
+	"github.com/podmesh/podmesh/test/kubetest"
+)
+
+const fieldManager = "podmesh-manifests-test"
+
+// applier sends rendered objects to a real kube-apiserver with server-side
+// apply, optionally as a dry run, with strict field validation.
+type applier struct {
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func newApplier(t *testing.T, s *kubetest.Server) *applier {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(s.Config)
+	require.NoError(t, err)
+	return &applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(s.Client.Discovery()))}
+}
+
+func (a *applier) apply(ctx context.Context, u *unstructured.Unstructured, dryRun bool) error {
+	gvk := u.GroupVersionKind()
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return fmt.Errorf("map %s: %w", gvk, err)
+	}
+	body, err := json.Marshal(u.Object)
+	if err != nil {
+		return err
+	}
+	force := true
+	opts := metav1.PatchOptions{FieldManager: fieldManager, Force: &force, FieldValidation: "Strict"}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	var ri dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
+	if m.Scope.Name() == "namespace" {
+		ri = a.dyn.Resource(m.Resource).Namespace(u.GetNamespace())
+	}
+	_, err = ri.Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
+	if err != nil {
+		return fmt.Errorf("apply %s %s/%s: %w", gvk.Kind, u.GetNamespace(), u.GetName(), err)
+	}
+	return nil
+}
+
+// podFromTemplate builds the Pod a controller would create from a workload's
+// template, so pod admission (Pod Security, priority, quota) sees it too.
+func podFromTemplate(t *testing.T, u *unstructured.Unstructured, namespace string) *corev1.Pod {
+	t.Helper()
+	var tmpl corev1.PodTemplateSpec
+	switch u.GetKind() {
+	case "DaemonSet":
+		tmpl = typed[appsv1.DaemonSet](t, u).Spec.Template
+	case "Deployment":
+		tmpl = typed[appsv1.Deployment](t, u).Spec.Template
+	default:
+		t.Fatalf("no pod template in %s", u.GetKind())
+	}
+	pod := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
+	pod.Name = u.GetName() + "-dry-run"
+	pod.Namespace = namespace
+	pod.Spec.NodeName = "node-1"
+	return pod
+}
+
+// TestManifestsAgainstKubeAPIServer dry-runs every rendered object and the
+// pods its workloads would create against a real kube-apiserver, then applies
+// the RBAC for real and asks SubjectAccessReviews what each ServiceAccount
+// may do.
+func TestManifestsAgainstKubeAPIServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs bin/kube-apiserver and bin/etcd (make tools); skipped in -short mode")
+	}
+	s := kubetest.Start(t)
+	ctx := t.Context()
+	a := newApplier(t, s)
+
+	// Namespaced objects need their namespace: create it for real first.
+	base := render(t, "base")
+	require.NoError(t, a.apply(ctx, find(t, base, "Namespace", "podmesh-system"), false))
+
+	for _, dir := range kustomizations {
+		t.Run("dry-run/"+dir, func(t *testing.T) {
+			for _, u := range render(t, dir) {
+				require.NoError(t, a.apply(ctx, u, true))
+				// Nothing was stored.
+				if u.GetKind() == "ConfigMap" {
+					_, err := s.Client.CoreV1().ConfigMaps(u.GetNamespace()).Get(ctx, u.GetName(), metav1.GetOptions{})
+					require.Error(t, err, "a dry run stores nothing")
+				}
+			}
+			for _, kind := range []struct{ kind, name string }{
+				{"DaemonSet", "podmesh-agent"}, {"Deployment", "clustermesh-apiserver"},
+			} {
+				pod := podFromTemplate(t, find(t, render(t, dir), kind.kind, kind.name), "podmesh-system")
+				_, err := s.Client.CoreV1().Pods("podmesh-system").Create(ctx, pod, metav1.CreateOptions{
+					DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict",
+				})
+				require.NoError(t, err, "pod of %s %s", kind.kind, kind.name)
+			}
+		})
+	}
+
+	t.Run("clustermesh-apiserver pod meets the restricted Pod Security level", func(t *testing.T) {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name:   "restricted-check",
+			Labels: map[string]string{"pod-security.kubernetes.io/enforce": "restricted"},
+		}}
+		_, err := s.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+		require.NoError(t, err)
+		pod := podFromTemplate(t, find(t, base, "Deployment", "clustermesh-apiserver"), ns.Name)
+		pod.Spec.PriorityClassName = "" // critical classes are quota-limited outside podmesh-system
+		_, err = s.Client.CoreV1().Pods(ns.Name).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		require.NoError(t, err)
+
+		// The check can fail: the agent's pod is refused at that level.
+		agent := podFromTemplate(t, find(t, base, "DaemonSet", "podmesh-agent"), ns.Name)
+		agent.Spec.PriorityClassName = ""
+		_, err = s.Client.CoreV1().Pods(ns.Name).Create(ctx, agent, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		require.ErrorContains(t, err, "violates PodSecurity")
+	})
+
+	t.Run("rbac", func(t *testing.T) {
+		for _, u := range base {
+			switch u.GetKind() {
+			case "ServiceAccount", "ClusterRole", "ClusterRoleBinding":
+				require.NoError(t, a.apply(ctx, u, false))
+			}
+		}
+		type access struct {
+			verb, group, resource, namespace string
+			allowed                          bool
+		}
+		const ns = "podmesh-system"
+		readSecrets := []access{
+			{"get", "", "secrets", ns, false},
+			{"list", "", "secrets", ns, false},
+			{"watch", "", "secrets", "", false},
+			{"get", "", "secrets", "kube-system", false},
+		}
+		for _, tc := range []struct {
+			sa     string
+			checks []access
+		}{
+			{"podmesh-agent", append([]access{
+				{"get", "", "nodes", "", true},
+				{"list", "", "nodes", "", true},
+				{"watch", "", "nodes", "", true},
+				{"update", "", "nodes", "", false},
+				{"patch", "", "nodes", "", false},
+				{"delete", "", "nodes", "", false},
+				{"update", "", "nodes/status", "", false},
+				{"list", "", "pods", "", false},
+				{"create", "", "pods", ns, false},
+				{"get", "", "configmaps", ns, false},
+				{"update", "", "configmaps", ns, false},
+				{"create", "", "serviceaccounts/token", ns, false},
+				{"update", "apps", "daemonsets", ns, false},
+			}, readSecrets...)},
+			{"clustermesh-apiserver", append([]access{
+				{"list", "", "nodes", "", true},
+				{"watch", "", "nodes", "", true},
+				{"list", "", "pods", "", true},
+				{"watch", "", "pods", "", true},
+				{"list", "", "services", "", true},
+				{"watch", "", "services", "", true},
+				{"list", "discovery.k8s.io", "endpointslices", "", true},
+				{"watch", "discovery.k8s.io", "endpointslices", "", true},
+				{"create", "", "pods", ns, false},
+				{"update", "", "pods", ns, false},
+				{"delete", "", "pods", ns, false},
+				{"update", "", "nodes", "", false},
+				{"create", "", "services", ns, false},
+				{"update", "discovery.k8s.io", "endpointslices", ns, false},
+				{"delete", "discovery.k8s.io", "endpointslices", ns, false},
+				{"get", "", "configmaps", ns, false},
+				{"update", "apps", "deployments", ns, false},
+				{"create", "coordination.k8s.io", "leases", ns, false},
+			}, readSecrets...)},
+		} {
+			user := "system:serviceaccount:" + ns + ":" + tc.sa
+			for _, c := range tc.checks {
+				t.Run(fmt.Sprintf("%s/%s %s/%s in %q", tc.sa, c.verb, c.group, c.resource, c.namespace), func(t *testing.T) {
+					sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+						User:   user,
+						Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+						ResourceAttributes: &authzv1.ResourceAttributes{
+							Namespace: c.namespace, Verb: c.verb, Group: c.group,
+							Resource: resourceOf(c.resource), Subresource: subresourceOf(c.resource),
+						},
+					}}
+					got, err := s.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+					require.NoError(t, err)
+					require.Equal(t, c.allowed, got.Status.Allowed, "%s: %s", user, got.Status.Reason)
+				})
+			}
+		}
+	})
+}
+
+func resourceOf(r string) string {
+	for i := range r {
+		if r[i] == '/' {
+			return r[:i]
+		}
+	}
+	return r
+}
+
+func subresourceOf(r string) string {
+	for i := range r {
+		if r[i] == '/' {
+			return r[i+1:]
+		}
+	}
+	return ""
+}
