@@ -4,7 +4,9 @@ import (
 	"maps"
 	"net/netip"
 	"strconv"
+	"testing"
 
+	cmt "github.com/podmesh/podmesh/pkg/clustermesh/clustermeshtest"
 	"github.com/podmesh/podmesh/pkg/datapath"
 )
 
@@ -26,3 +28,10 @@ func add(m map[netip.Prefix]datapath.Entry, cluster string, id uint32, pairs ...
 }
 
 func fmtInt(i int) string { return strconv.Itoa(i) }
+
+func newConfigDirWith(t *testing.T, files map[string][]byte) *cmt.ConfigDir {
+	t.Helper()
+	d := cmt.NewConfigDir(t)
+	d.Set(t, files)
+	return d
+}
