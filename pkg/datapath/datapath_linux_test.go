@@ -277,6 +277,18 @@ func TestPodToRemotePodTCPAndUDPKeepTheSourcePodIP(t *testing.T) {
 			got := gather(t, m.running[m.a1].r)
 			assert.Positive(t, got["podmesh_datapath_tx_packets_total,cluster=b,cluster_id=2"], "%v", got)
 			assert.Positive(t, got["podmesh_datapath_tx_bytes_total,cluster=b,cluster_id=2"], "%v", got)
+
+			// Traffic routed to the device for a prefix the ipcache does not
+			// hold is dropped and counted as a miss.
+			require.NoError(t, m.a1.NS.NL.RouteAdd(&netlink.Route{Dst: ipnet("10.77.0.0/24"), LinkIndex: vx.Attrs().Index, Scope: netlink.SCOPE_LINK, Protocol: unix.RTPROT_STATIC}))
+			u, err := m.pod(m.a1).Dial("udp", netip.MustParseAddrPort("10.77.0.5:9"), dialTimeout)
+			require.NoError(t, err)
+			defer u.Close()
+			waitFor(t, convergeWithin, func() bool {
+				u.Write([]byte("x"))
+				return m.running[m.a1].r.Status().Drops["miss"].Packets > 0
+			}, func() string { return "no ipcache miss counted" })
+			assert.Positive(t, gather(t, m.running[m.a1].r)["podmesh_datapath_drops_total,reason=miss"])
 		}
 	})
 }

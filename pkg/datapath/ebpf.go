@@ -35,6 +35,11 @@ func newEBPFBackend(bs base, cfg Config) (backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse bpf.DeviceMAC: %w", err)
 	}
+	// Pins must outlive the agent: BPFRoot is normally on the host's bpffs.
+	// Where it is not, mount one there (a no-op when it already is).
+	if err := bpf.MountBPFFS(cfg.BPFRoot); err != nil {
+		return nil, fmt.Errorf("bpffs at %s: %w", cfg.BPFRoot, err)
+	}
 	dp, err := bpf.Load(bpf.Options{PinDir: cfg.BPFRoot, LocalClusterID: cfg.LocalClusterID, Log: bs.log})
 	if err != nil {
 		return nil, fmt.Errorf("load bpf datapath from %s: %w", cfg.BPFRoot, err)
@@ -256,16 +261,27 @@ func (b *ebpfBackend) apply(d delta) syncResult {
 	return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull, err: errors.Join(errs...)}
 }
 
-func (b *ebpfBackend) traffic() (map[uint32]Counter, error) {
+func (b *ebpfBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {
 	c, err := b.dp.Counters()
 	if err != nil {
-		return nil, fmt.Errorf("read counters: %w", err)
+		return nil, nil, fmt.Errorf("read counters: %w", err)
 	}
-	out := make(map[uint32]Counter, len(c))
+	tx := make(map[uint32]Counter, len(c))
 	for id, v := range c {
-		out[id] = Counter{Packets: v.Packets, Bytes: v.Bytes}
+		tx[id] = Counter{Packets: v.Packets, Bytes: v.Bytes}
 	}
-	return out, nil
+	d, err := b.dp.Drops()
+	if err != nil {
+		return tx, nil, fmt.Errorf("read drop counters: %w", err)
+	}
+	conv := func(c bpf.Counter) Counter { return Counter{Packets: c.Packets, Bytes: c.Bytes} }
+	drops := map[string]Counter{
+		"miss":           conv(d.Miss),
+		"malformed":      conv(d.Malformed),
+		"tunnel_key":     conv(d.TunnelKey),
+		"not_configured": conv(d.NotConfigured),
+	}
+	return tx, drops, nil
 }
 
 func (b *ebpfBackend) close() error { return b.dp.Close() }

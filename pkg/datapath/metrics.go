@@ -42,6 +42,8 @@ func newMetrics() *metrics {
 				"Packets sent to a remote cluster (ebpf mode).", []string{"cluster", "cluster_id"}, nil),
 			bytes: prometheus.NewDesc("podmesh_datapath_tx_bytes_total",
 				"Bytes sent to a remote cluster (ebpf mode).", []string{"cluster", "cluster_id"}, nil),
+			drops: prometheus.NewDesc("podmesh_datapath_drops_total",
+				"Packets the datapath program dropped, by reason (ebpf mode).", []string{"reason"}, nil),
 		},
 	}
 }
@@ -61,28 +63,30 @@ func (m *metrics) setProgrammed(programmed, failed map[string]int) {
 	}
 }
 
-func (m *metrics) setTraffic(t map[uint32]Counter, names map[uint32]string) {
-	if t == nil {
+func (m *metrics) setTraffic(t map[uint32]Counter, names map[uint32]string, drops map[string]Counter) {
+	if t == nil && drops == nil {
 		return
 	}
-	m.traffic.set(t, names)
+	m.traffic.set(t, names, drops)
 }
 
 // trafficCollector exports the last counters read from the datapath as
 // constant counter metrics (the kernel owns the values).
 type trafficCollector struct {
-	packets, bytes *prometheus.Desc
+	packets, bytes, drops *prometheus.Desc
 
-	// mu protects last and names.
-	mu    sync.Mutex
-	last  map[uint32]Counter
-	names map[uint32]string
+	// mu protects last, names and drops.
+	mu        sync.Mutex
+	last      map[uint32]Counter
+	names     map[uint32]string
+	lastDrops map[string]Counter
 }
 
-func (c *trafficCollector) set(t map[uint32]Counter, names map[uint32]string) {
+func (c *trafficCollector) set(t map[uint32]Counter, names map[uint32]string, drops map[string]Counter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.last = t
+	c.lastDrops = drops
 	c.names = make(map[uint32]string, len(names))
 	for id, n := range names {
 		c.names[id] = n
@@ -92,6 +96,7 @@ func (c *trafficCollector) set(t map[uint32]Counter, names map[uint32]string) {
 func (c *trafficCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.packets
 	ch <- c.bytes
+	ch <- c.drops
 }
 
 func (c *trafficCollector) Collect(ch chan<- prometheus.Metric) {
@@ -101,5 +106,8 @@ func (c *trafficCollector) Collect(ch chan<- prometheus.Metric) {
 		labels := []string{c.names[id], strconv.FormatUint(uint64(id), 10)}
 		ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(v.Packets), labels...)
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(v.Bytes), labels...)
+	}
+	for reason, v := range c.lastDrops {
+		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(v.Packets), reason)
 	}
 }

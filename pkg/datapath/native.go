@@ -19,8 +19,9 @@ type backend interface {
 	// without re-reading the kernel. It sets needFull when it cannot (state
 	// it relies on is missing, or a foreign object is in the way).
 	apply(d delta) syncResult
-	// traffic returns per-remote-cluster counters; nil when the mode has none.
-	traffic() (map[uint32]Counter, error)
+	// traffic returns per-remote-cluster tx counters and drop counters by
+	// reason; nil maps when the mode has none.
+	traffic() (tx map[uint32]Counter, drops map[string]Counter, err error)
 	close() error
 }
 
@@ -72,6 +73,8 @@ func (b *nativeBackend) apply(d delta) syncResult {
 	return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull}
 }
 
-func (b *nativeBackend) traffic() (map[uint32]Counter, error) { return nil, nil }
+func (b *nativeBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {
+	return nil, nil, nil
+}
 
 func (b *nativeBackend) close() error { return nil }

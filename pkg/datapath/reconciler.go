@@ -87,6 +87,9 @@ type Status struct {
 	AppliedVersion uint64
 	// Traffic holds tx counters per remote cluster ID (ebpf mode only).
 	Traffic map[uint32]Counter
+	// Drops holds the program's drop counters by reason: "miss" (no ipcache
+	// entry), "malformed", "tunnel_key", "not_configured" (ebpf mode only).
+	Drops map[string]Counter
 }
 
 // Reconciler makes the kernel match a Desired set. See the package doc.
@@ -328,7 +331,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 		programmed[e.Cluster]++
 		r.owned[p] = true
 	}
-	traffic, terr := r.b.traffic()
+	traffic, drops, terr := r.b.traffic()
 	var lerr error
 	if full && snap.PruneAllowed && res.err == nil && len(res.failed) == 0 {
 		lerr = r.removeLeftovers()
@@ -356,7 +359,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 	if !ok {
 		r.metrics.reconcileErrors.Inc()
 	}
-	r.metrics.setTraffic(traffic, r.clusterNames)
+	r.metrics.setTraffic(traffic, r.clusterNames, drops)
 
 	r.mu.Lock()
 	r.status.Programmed = programmed
@@ -380,6 +383,9 @@ func (r *Reconciler) reconcile(full bool) bool {
 	}
 	if traffic != nil {
 		r.status.Traffic = traffic
+	}
+	if drops != nil {
+		r.status.Drops = drops
 	}
 	r.mu.Unlock()
 
@@ -507,6 +513,7 @@ func (r *Reconciler) Status() Status {
 	s.Failed = maps.Clone(s.Failed)
 	s.Errors = maps.Clone(s.Errors)
 	s.Traffic = maps.Clone(s.Traffic)
+	s.Drops = maps.Clone(s.Drops)
 	return s
 }
 

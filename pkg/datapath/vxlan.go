@@ -264,7 +264,9 @@ func routeGateway(r netlink.Route) netip.Addr {
 	return viaAddr(r.Via)
 }
 
-func (b *vxlanBackend) traffic() (map[uint32]Counter, error) { return nil, nil }
+func (b *vxlanBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {
+	return nil, nil, nil
+}
 
 func (b *vxlanBackend) close() error { return nil }
 
