@@ -451,6 +451,21 @@ func TestDriftIsRepairedAndPruneRemovesOnlyPodmeshRoutes(t *testing.T) {
 		require.NoError(t, err, "traffic flows after the repair")
 		assert.Equal(t, m.pod(m.a1).IP, got)
 
+		if mode != datapath.ModeNative {
+			// The tunnel device itself deleted by hand: device, routes (and
+			// in ebpf mode the program attachment) come back.
+			vx, err := h.LinkByName(datapath.DeviceName)
+			require.NoError(t, err)
+			require.NoError(t, h.LinkDel(vx))
+			waitFor(t, convergeWithin, func() bool {
+				l, err := h.LinkByName(datapath.DeviceName)
+				return err == nil && l.Attrs().Index != vx.Attrs().Index && len(routesTo(t, m.a1, target)) == 1
+			}, func() string { return datapath.DeviceName + " and its routes not repaired" })
+			got, err := datapathtest.TCPIdent(m.pod(m.a1), to(m.pod(m.b1), identPort), dialTimeout)
+			require.NoError(t, err, "traffic flows through the recreated device")
+			assert.Equal(t, m.pod(m.a1).IP, got)
+		}
+
 		// The foreign route is still there after all of it.
 		assert.Len(t, routesTo(t, m.a1, netip.MustParsePrefix("10.99.0.0/24")), 1)
 	})
