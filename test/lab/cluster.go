@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -245,3 +246,23 @@ func (l *Lab) StopMesh(c *Cluster) error { return c.Mesh.Stop(10 * time.Second) 
 
 // KillMesh kills the cluster's clustermesh-apiserver (SIGKILL: a crash).
 func (l *Lab) KillMesh(c *Cluster) error { return c.Mesh.Kill() }
+
+// RemoveCluster stops the cluster's clustermesh-apiserver and API server,
+// removes its nodes and its control-plane namespace. Nodes of other
+// clusters keep whatever mesh config they have.
+func (l *Lab) RemoveCluster(ctx context.Context, c *Cluster) error {
+	var errs []error
+	for _, n := range c.NodeList() {
+		errs = append(errs, l.RemoveNode(ctx, n))
+	}
+	errs = append(errs, c.Mesh.Stop(10*time.Second))
+	if c.Kube != nil {
+		errs = append(errs, c.Kube.Stop())
+	}
+	errs = append(errs, ipBatch(ctx, l.Names.Underlay(), fmt.Sprintf("link del c%dcp", c.Index)))
+	errs = append(errs, delNetNS(c.NetNS))
+	l.mu.Lock()
+	delete(l.clusters, c.Index)
+	l.mu.Unlock()
+	return errors.Join(errs...)
+}

@@ -151,13 +151,15 @@ func StartStream(ctx context.Context, fromNS string, to netip.AddrPort, interval
 				return
 			case <-t.C:
 			}
+			// Counted before the write: the echo may come back before
+			// Fprintf returns.
+			s.mu.Lock()
+			s.sent = seq
+			s.mu.Unlock()
 			if _, err := fmt.Fprintf(conn, "%d\n", seq); err != nil {
 				s.fail(fmt.Errorf("write seq %d: %w", seq, err))
 				return
 			}
-			s.mu.Lock()
-			s.sent = seq
-			s.mu.Unlock()
 		}
 	})
 	wg.Go(func() {

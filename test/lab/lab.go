@@ -128,6 +128,10 @@ type Pod struct {
 	NetNS string
 	IP    netip.Addr
 	Serve *Proc
+	// ReportedAt is when the lab started writing the pod's Running status
+	// with its IP (the Kubernetes write remote agents react to); DeletedAt
+	// when it started deleting the Pod object.
+	ReportedAt, DeletedAt time.Time
 }
 
 // String names a pod for humans: cluster/pod.

@@ -43,13 +43,7 @@ func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
 	c.Nodes[j] = n
 	l.mu.Unlock()
 
-	if err := addNetNS(ctx, n.NetNS); err != nil {
-		return nil, err
-	}
-	if err := l.addUnderlayLink(ctx, fmt.Sprintf("c%dn%d", i, j), n.NetNS, n.IP, 2, i, j); err != nil {
-		return nil, err
-	}
-	if err := setSysctl(n.NetNS, "net.ipv4.ip_forward", "1"); err != nil {
+	if err := l.plumbNode(ctx, n); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(n.ConfigDir, 0o755); err != nil {
@@ -63,6 +57,71 @@ func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
 	return n, nil
 }
 
+// plumbNode creates the node's namespace, its underlay link and turns
+// forwarding on (a fresh namespace has ip_forward 0).
+func (l *Lab) plumbNode(ctx context.Context, n *Node) error {
+	i, j := n.Cluster.Index, n.Index
+	if err := addNetNS(ctx, n.NetNS); err != nil {
+		return err
+	}
+	if err := l.addUnderlayLink(ctx, fmt.Sprintf("c%dn%d", i, j), n.NetNS, n.IP, 2, i, j); err != nil {
+		return err
+	}
+	return setSysctl(n.NetNS, "net.ipv4.ip_forward", "1")
+}
+
+// unplumbNode deletes the node's underlay veth (synchronously: the kernel
+// destroys a deleted namespace's links only later, and the same names are
+// about to be reused) and then its namespace.
+func (l *Lab) unplumbNode(ctx context.Context, n *Node) error {
+	err := ipBatch(ctx, l.Names.Underlay(), fmt.Sprintf("link del c%dn%d", n.Cluster.Index, n.Index))
+	return errors.Join(err, delNetNS(n.NetNS))
+}
+
+// ReimageNodes gives every node a fresh kernel: it stops the agent and the
+// pods' servers, deletes the node's and pods' namespaces and its bpffs
+// directory, builds them again with the same addresses, and starts the
+// agent in mode. The Kubernetes objects are left as they are (a node
+// re-imaged in place), so the control planes are shared across modes.
+func (l *Lab) ReimageNodes(ctx context.Context, mode string) error {
+	l.SetRoutingMode(mode)
+	nodes := l.Nodes()
+	err := parallel(len(nodes), func(k int) error {
+		n := nodes[k]
+		if n.Agent == nil {
+			return nil // a node without an agent (misconfiguration drills) stays as it is
+		}
+		var errs []error
+		errs = append(errs, n.Agent.Stop(10*time.Second))
+		for _, p := range n.PodList() {
+			errs = append(errs, p.Serve.Stop(2*time.Second), l.unplumbPod(ctx, p))
+		}
+		errs = append(errs, l.unplumbNode(ctx, n))
+		if err := os.RemoveAll(n.BPFRoot); err != nil {
+			errs = append(errs, err)
+		}
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("tear down node %s: %w", n.Name, err)
+		}
+		if err := l.plumbNode(ctx, n); err != nil {
+			return err
+		}
+		for _, p := range n.PodList() {
+			if err := l.plumbPod(ctx, p); err != nil {
+				return err
+			}
+			if err := l.startServe(ctx, p); err != nil {
+				return err
+			}
+		}
+		return l.StartAgent(ctx, n)
+	})
+	if err != nil {
+		return err
+	}
+	return l.recordLayout()
+}
+
 // RemoveNode stops the node's agent and pods, deletes its Pod and Node
 // objects and removes its namespaces and bpffs directory.
 func (l *Lab) RemoveNode(ctx context.Context, n *Node) error {
@@ -74,7 +133,7 @@ func (l *Lab) RemoveNode(ctx context.Context, n *Node) error {
 	if kube := n.Cluster.KubeServer(); n.Cluster.ownsKube() {
 		errs = append(errs, deleteNode(ctx, kube.Client, n.Name))
 	}
-	errs = append(errs, delNetNS(n.NetNS))
+	errs = append(errs, l.unplumbNode(ctx, n))
 	if err := os.RemoveAll(n.BPFRoot); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", n.BPFRoot, err))
 	}

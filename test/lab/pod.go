@@ -60,16 +60,32 @@ func (l *Lab) AddPod(ctx context.Context, n *Node, spec PodSpec) (*Pod, error) {
 	if err := l.plumbPod(ctx, p); err != nil {
 		return nil, err
 	}
-	if p.Serve, err = startProc(l.log, "serve-"+p.NetNS, p.NetNS, l.logPath("serve-"+c.Name+"-"+p.Name), nil,
+	if err := l.startServe(ctx, p); err != nil {
+		return nil, err
+	}
+	if owned {
+		p.ReportedAt = time.Now()
+		if err := reportPodRunning(ctx, kube.Client, podObj, p.IP, n.IP); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// startServe starts the pod's echo server and waits until the node reaches
+// it over the veth: this proves the CNI part and that the server listens,
+// before the pod is reported Running.
+func (l *Lab) startServe(ctx context.Context, p *Pod) error {
+	n := p.Node
+	var err error
+	if p.Serve, err = startProc(l.log, "serve-"+p.NetNS, p.NetNS, l.logPath("serve-"+n.Cluster.Name+"-"+p.Name), nil,
 		l.Bin("podmesh-lab"), "serve",
 		"--tcp="+net.JoinHostPort("", itoa(ServeTCPPort)),
 		"--udp="+net.JoinHostPort("", itoa(ServeUDPPort)),
 	); err != nil {
-		return nil, err
+		return err
 	}
-	// The node reaches its own pod over the veth: this proves the CNI part
-	// and that the server listens, before the pod is reported Running.
-	if err := waitFor(ctx, 20*time.Second, 20*time.Millisecond, "echo server in "+p.String(), func() (bool, error) {
+	return waitFor(ctx, 20*time.Second, 20*time.Millisecond, "echo server in "+p.String(), func() (bool, error) {
 		if exited, err := p.Serve.Exited(); exited {
 			return false, fmt.Errorf("echo server exited: %v: %s", err, TailLog(p.Serve.LogPath, 5))
 		}
@@ -81,15 +97,7 @@ func (l *Lab) AddPod(ctx context.Context, n *Node, spec PodSpec) (*Pod, error) {
 			return false, fmt.Errorf("pod saw source %s, want the node's %s", res.Seen, n.IP)
 		}
 		return true, nil
-	}); err != nil {
-		return nil, err
-	}
-	if owned {
-		if err := reportPodRunning(ctx, kube.Client, podObj, p.IP, n.IP); err != nil {
-			return nil, err
-		}
-	}
-	return p, nil
+	})
 }
 
 // plumbPod is the CNI ADD: pod namespace, veth, addresses, routes and static
@@ -119,17 +127,27 @@ func (l *Lab) plumbPod(ctx context.Context, p *Pod) error {
 	)
 }
 
+// unplumbPod is the CNI DEL: it deletes the node side of the pod's veth
+// (which takes the pod's eth0 and the node's /32 route with it at once)
+// and the pod's namespace.
+func (l *Lab) unplumbPod(ctx context.Context, p *Pod) error {
+	err := ipBatch(ctx, p.Node.NetNS, fmt.Sprintf("link del vp%d", p.Index))
+	return errors.Join(err, delNetNS(p.NetNS))
+}
+
 // RemovePod deletes the Pod object (as an API delete with grace 0), stops
 // the echo server and removes the pod's namespace (which removes the veth
-// and the node's route to it: the CNI DEL).
+// and the node's route to it: the CNI DEL). DeletedAt is set to the moment
+// just before the API delete.
 func (l *Lab) RemovePod(ctx context.Context, p *Pod) error {
 	c := p.Node.Cluster
 	var errs []error
 	if kube := c.KubeServer(); c.ownsKube() {
+		p.DeletedAt = time.Now()
 		errs = append(errs, deletePod(ctx, kube.Client, p.Name))
 	}
 	errs = append(errs, p.Serve.Stop(2*time.Second))
-	errs = append(errs, delNetNS(p.NetNS))
+	errs = append(errs, l.unplumbPod(ctx, p))
 	l.mu.Lock()
 	delete(p.Node.Pods, p.Index)
 	l.mu.Unlock()
