@@ -184,6 +184,7 @@ func TestCommandsNeverOverwriteWithoutForce(t *testing.T) {
 		{"server-secret", []string{"server-secret", "--dir", east.dir, "--out", tlsOut}, tlsOut, []string{tlsOut}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			h := &harness{t: t, now: h.now}
 			before := map[string][]byte{}
 			for _, f := range tc.files {
 				b, err := os.ReadFile(f)
