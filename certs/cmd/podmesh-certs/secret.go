@@ -4,10 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"net/url"
 	"os"
-	"strconv"
 
 	"sigs.k8s.io/yaml"
 
@@ -16,15 +13,12 @@ import (
 
 // Names the manifests in daemonset/ expect.
 const (
-	defaultNamespace        = "podmesh-system"
-	defaultMeshSecret       = "podmesh-clustermesh"
-	defaultServerTLSSecret  = "clustermesh-apiserver-tls"
-	defaultProxyPort        = 32379
-	partOfLabel             = "app.kubernetes.io/part-of"
-	partOfValue             = "podmesh"
-	meshSecretKeySuffixCA   = ".ca.crt"
-	meshSecretKeySuffixCert = ".crt"
-	meshSecretKeySuffixKey  = ".key"
+	defaultNamespace       = "podmesh-system"
+	defaultMeshSecret      = "podmesh-clustermesh"
+	defaultServerTLSSecret = "clustermesh-apiserver-tls"
+	defaultProxyPort       = 32379
+	partOfLabel            = "app.kubernetes.io/part-of"
+	partOfValue            = "podmesh"
 )
 
 // secretManifest is the subset of a v1 Secret podmesh writes and reads. It is
@@ -89,50 +83,17 @@ func readSecretFile(path string) (*secretManifest, error) {
 	return &s, nil
 }
 
-// etcdClientConfig is the etcd-client YAML the agent reads (one file per
-// remote cluster). The file paths are relative: they resolve against the
-// directory of the config file, which is the mounted Secret.
-type etcdClientConfig struct {
-	Endpoints     []string `json:"endpoints"`
-	TrustedCAFile string   `json:"trusted-ca-file"`
-	CertFile      string   `json:"cert-file"`
-	KeyFile       string   `json:"key-file"`
-}
+// etcdClientConfig is the etcd-client YAML the agent reads.
+type etcdClientConfig = certs.EtcdClientConfig
 
-// proxyEndpoint is the https URL of a proxy address; IPv6 gets brackets.
-func proxyEndpoint(address string, port int) string {
-	u := url.URL{Scheme: "https", Host: net.JoinHostPort(address, strconv.Itoa(port))}
-	return u.String()
-}
+func proxyEndpoint(address string, port int) string { return certs.ProxyEndpoint(address, port) }
 
-// meshSecretFiles are the Secret keys that connect a peer to cluster: the
-// config file named after the cluster and the three PEM files it names.
 func meshSecretFiles(cluster string, endpoints []string, caPEM, certPEM, keyPEM []byte) (map[string][]byte, error) {
-	cfg := etcdClientConfig{
-		Endpoints:     endpoints,
-		TrustedCAFile: cluster + meshSecretKeySuffixCA,
-		CertFile:      cluster + meshSecretKeySuffixCert,
-		KeyFile:       cluster + meshSecretKeySuffixKey,
-	}
-	body, err := yaml.Marshal(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("marshal etcd config for %s: %w", cluster, err)
-	}
-	files := map[string][]byte{
-		cluster:           body,
-		cfg.TrustedCAFile: caPEM,
-		cfg.CertFile:      certPEM,
-		cfg.KeyFile:       keyPEM,
-	}
-	for k := range files {
-		if err := certs.ValidateSecretKey(k); err != nil {
-			return nil, err
-		}
-	}
-	return files, nil
+	return certs.MeshSecretFiles(cluster, endpoints, caPEM, certPEM, keyPEM)
 }
 
 // meshSecretKeys lists the keys meshSecretFiles writes for cluster.
 func meshSecretKeys(cluster string) []string {
-	return []string{cluster, cluster + meshSecretKeySuffixCA, cluster + meshSecretKeySuffixCert, cluster + meshSecretKeySuffixKey}
+	cfg, ca, cert, key := certs.MeshSecretKeys(cluster)
+	return []string{cfg, ca, cert, key}
 }

@@ -1,0 +1,57 @@
+package certs
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+
+	"sigs.k8s.io/yaml"
+)
+
+// EtcdClientConfig is the etcd-client YAML file the agent reads for one
+// remote cluster. Relative paths resolve against the file's directory.
+type EtcdClientConfig struct {
+	Endpoints     []string `json:"endpoints"`
+	TrustedCAFile string   `json:"trusted-ca-file"`
+	CertFile      string   `json:"cert-file"`
+	KeyFile       string   `json:"key-file"`
+}
+
+// ProxyEndpoint is the https URL of a proxy address; IPv6 gets brackets.
+func ProxyEndpoint(address string, port int) string {
+	u := url.URL{Scheme: "https", Host: net.JoinHostPort(address, strconv.Itoa(port))}
+	return u.String()
+}
+
+// MeshSecretKeys are the Secret keys that connect a peer to cluster: the
+// config file named after the cluster, then its CA, certificate and key.
+func MeshSecretKeys(cluster string) (config, ca, cert, key string) {
+	return cluster, cluster + ".ca.crt", cluster + ".crt", cluster + ".key"
+}
+
+// MeshSecretFiles returns the keys of the clustermesh Secret (mounted by the
+// peer's agents at /var/lib/podmesh/clustermesh) that let a peer reach
+// cluster: "<cluster>" holding etcd-client YAML with relative file names, and
+// "<cluster>.ca.crt", "<cluster>.crt", "<cluster>.key". Write them with
+// WriteSecretVolume to get what a pod sees. podmesh-certs connect renders the
+// same keys into a Secret manifest.
+func MeshSecretFiles(cluster string, endpoints []string, caPEM, certPEM, keyPEM []byte) (map[string][]byte, error) {
+	cfgKey, caKey, certKey, keyKey := MeshSecretKeys(cluster)
+	body, err := yaml.Marshal(EtcdClientConfig{
+		Endpoints:     endpoints,
+		TrustedCAFile: caKey,
+		CertFile:      certKey,
+		KeyFile:       keyKey,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("marshal etcd config for %s: %w", cluster, err)
+	}
+	files := map[string][]byte{cfgKey: body, caKey: caPEM, certKey: certPEM, keyKey: keyPEM}
+	for k := range files {
+		if err := ValidateSecretKey(k); err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", cluster, err)
+		}
+	}
+	return files, nil
+}
