@@ -112,8 +112,10 @@ type Reconciler struct {
 	owned          map[netip.Prefix]bool  // prefixes this process programmed
 	lastApplied    uint64
 	rpFilterLogged bool
-	leftoversDone  bool
-	clusterNames   map[uint32]string
+	// sysctl is nsSysctl; unit tests replace it.
+	sysctl        func(name, set string) (was string, err error)
+	leftoversDone bool
+	clusterNames  map[uint32]string
 }
 
 // errorsKept bounds Status.Errors.
@@ -157,16 +159,7 @@ func New(cfg Config) (_ *Reconciler, err error) {
 	}
 	log = log.WithField("mode", cfg.Mode)
 
-	r := &Reconciler{
-		cfg:          cfg,
-		log:          log,
-		desired:      cfg.Desired,
-		ns:           nsRunner{ns: netns.None()},
-		owned:        make(map[netip.Prefix]bool),
-		clusterNames: make(map[uint32]string),
-		metrics:      newMetrics(),
-	}
-	r.status.Mode = cfg.Mode
+	r := newReconciler(cfg, log)
 	defer func() {
 		if err != nil {
 			r.closeHandles()
@@ -205,6 +198,36 @@ func New(cfg Config) (_ *Reconciler, err error) {
 		}
 	}
 	return r, nil
+}
+
+// newReconciler returns a Reconciler without kernel handles or backend.
+func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
+	r := &Reconciler{
+		cfg:          cfg,
+		log:          log,
+		desired:      cfg.Desired,
+		ns:           nsRunner{ns: netns.None()},
+		owned:        make(map[netip.Prefix]bool),
+		clusterNames: make(map[uint32]string),
+		metrics:      newMetrics(),
+	}
+	r.sysctl = r.nsSysctl
+	r.status.Mode = cfg.Mode
+	return r
+}
+
+// nsSysctl reads a sysctl in the reconciler's namespace and, when set is
+// not empty and differs, writes it; it returns the value found.
+func (r *Reconciler) nsSysctl(name, set string) (string, error) {
+	var v string
+	err := r.ns.do(func() error {
+		var err error
+		if v, err = readSysctl(name); err != nil || set == "" || v == set {
+			return err
+		}
+		return writeSysctl(name, set)
+	})
+	return v, err
 }
 
 type discard struct{}
@@ -304,7 +327,10 @@ func (r *Reconciler) reconcile(full bool) bool {
 	}
 	if full || res.needFull {
 		kind = "full"
+		partial := res
 		res = r.b.sync(want, canDelete)
+		res.removed = append(res.removed, partial.removed...)
+		res.writes += partial.writes
 	}
 	for _, p := range res.removed {
 		delete(r.owned, p)
@@ -461,45 +487,40 @@ func (r *Reconciler) validate(e Entry) error {
 // decapsulated return traffic arrives, and native routes at the underlay
 // link, so strict reverse-path checks pass; its value is logged once.
 func (r *Reconciler) checkSysctls(want map[netip.Prefix]Entry) error {
-	var need []string
+	has4, has6 := false, false
 	for p := range want {
 		if p.Addr().Is4() {
-			need = append(need, "net.ipv4.ip_forward")
+			has4 = true
 		} else {
-			need = append(need, "net.ipv6.conf.all.forwarding")
+			has6 = true
+		}
+		if has4 && has6 {
+			break
 		}
 	}
+	var need []string
+	if has4 {
+		need = append(need, "net.ipv4.ip_forward")
+	}
+	if has6 {
+		need = append(need, "net.ipv6.conf.all.forwarding")
+	}
 	var errs []error
-	seen := make(map[string]bool)
 	for _, name := range need {
-		if seen[name] {
-			continue
-		}
-		seen[name] = true
-		err := r.ns.do(func() error {
-			v, err := readSysctl(name)
-			if err != nil {
-				return err
-			}
-			if v == "1" {
-				return nil
-			}
+		v, err := r.sysctl(name, "")
+		if err == nil && v != "1" {
 			r.log.WithFields(logrus.Fields{"sysctl": name, "was": v}).Info("Enabling forwarding: remote pod traffic is routed through this node")
-			return writeSysctl(name, "1")
-		})
+			_, err = r.sysctl(name, "1")
+		}
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if !r.rpFilterLogged && len(want) > 0 {
 		r.rpFilterLogged = true
-		_ = r.ns.do(func() error {
-			v, err := readSysctl("net.ipv4.conf.all.rp_filter")
-			if err == nil {
-				r.log.WithField("rp_filter", v).Info("Remote prefix routes point at the device return traffic arrives on, so the reverse-path filter passes it")
-			}
-			return nil
-		})
+		if v, err := r.sysctl("net.ipv4.conf.all.rp_filter", ""); err == nil {
+			r.log.WithField("rp_filter", v).Info("Remote prefix routes point at the device return traffic arrives on, so the reverse-path filter passes it")
+		}
 	}
 	return errors.Join(errs...)
 }

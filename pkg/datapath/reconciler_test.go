@@ -1,0 +1,216 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeBackend is an in-memory kernel: a map of prefix → entry that sync and
+// apply converge like the real backends do.
+type fakeBackend struct {
+	mu     sync.Mutex
+	kernel map[netip.Prefix]Entry
+	fail   map[netip.Prefix]error // prefixes whose writes fail
+	syncs  int
+	deltas int
+}
+
+func newFakeBackend() *fakeBackend {
+	return &fakeBackend{kernel: map[netip.Prefix]Entry{}, fail: map[netip.Prefix]error{}}
+}
+
+func (f *fakeBackend) mode() string { return "fake" }
+
+func (f *fakeBackend) write(e Entry, res *syncResult) {
+	if err := f.fail[e.Prefix]; err != nil {
+		res.failed[e.Prefix] = err
+		return
+	}
+	res.writes++
+	f.kernel[e.Prefix] = e
+}
+
+func (f *fakeBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs++
+	res := syncResult{failed: map[netip.Prefix]error{}}
+	for p, e := range want {
+		if h, ok := f.kernel[p]; !ok || h.TunnelEndpoint != e.TunnelEndpoint || h.ClusterID != e.ClusterID {
+			f.write(e, &res)
+		}
+	}
+	for p := range f.kernel {
+		if _, ok := want[p]; !ok && canDelete(p) {
+			delete(f.kernel, p)
+			res.removed = append(res.removed, p)
+			res.writes++
+		}
+	}
+	return res
+}
+
+func (f *fakeBackend) apply(d delta) syncResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deltas++
+	res := syncResult{failed: map[netip.Prefix]error{}}
+	for _, e := range append(d.add, d.change...) {
+		f.write(e, &res)
+	}
+	for _, e := range d.remove {
+		delete(f.kernel, e.Prefix)
+		res.removed = append(res.removed, e.Prefix)
+		res.writes++
+	}
+	return res
+}
+
+func (f *fakeBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {
+	return nil, nil, nil
+}
+func (f *fakeBackend) close() error { return nil }
+
+func (f *fakeBackend) has(p string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.kernel[mustPrefix(p)]
+	return ok
+}
+
+func newTestReconciler(t *testing.T, d *Desired, b backend) (*Reconciler, map[string]string) {
+	t.Helper()
+	log := logrus.New()
+	log.Out = discard{}
+	r := newReconciler(Config{Mode: "fake", LocalIP: mustAddr("192.168.0.1"), Desired: d, RecheckInterval: time.Hour}, log)
+	r.b = b
+	r.leftoversDone = true
+	sysctls := map[string]string{"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0", "net.ipv4.conf.all.rp_filter": "1"}
+	r.sysctl = func(name, set string) (string, error) {
+		v := sysctls[name]
+		if set != "" {
+			sysctls[name] = set
+		}
+		return v, nil
+	}
+	return r, sysctls
+}
+
+func entry(p, ep string) Entry {
+	return Entry{Prefix: mustPrefix(p), TunnelEndpoint: mustAddr(ep), ClusterID: 2, Cluster: "b"}
+}
+
+func TestReconcilerDeletesOnlyWhatItAddedUntilPruneIsAllowed(t *testing.T) {
+	d := NewDesired()
+	fb := newFakeBackend()
+	fb.kernel[mustPrefix("10.9.0.0/24")] = entry("10.9.0.0/24", "192.168.0.9") // left by a previous agent
+	r, sysctls := newTestReconciler(t, d, fb)
+
+	d.Upsert(entry("10.2.0.0/24", "192.168.0.3"))
+	d.Upsert(entry("10.2.1.0/24", "192.168.0.4"))
+	require.True(t, r.reconcile(true))
+	assert.True(t, fb.has("10.2.0.0/24"))
+	assert.True(t, fb.has("10.9.0.0/24"), "adopted, not pruned before AllowPrune")
+	assert.Equal(t, "1", sysctls["net.ipv4.ip_forward"], "forwarding enabled for the IPv4 prefixes")
+	assert.Equal(t, "0", sysctls["net.ipv6.conf.all.forwarding"], "no IPv6 prefix, IPv6 forwarding untouched")
+	st := r.Status()
+	assert.Equal(t, map[string]int{"b": 2}, st.Programmed)
+	assert.Equal(t, d.Version(), st.AppliedVersion)
+	assert.Equal(t, "full", st.LastPass)
+
+	// The agent withdraws a prefix this process added: gone at once (delta).
+	d.Delete("b", mustPrefix("10.2.1.0/24"))
+	require.True(t, r.reconcile(false))
+	assert.False(t, fb.has("10.2.1.0/24"))
+	assert.True(t, fb.has("10.9.0.0/24"))
+	assert.Equal(t, "delta", r.Status().LastPass)
+	assert.Equal(t, 1, fb.deltas)
+
+	// A periodic full pass before AllowPrune still keeps the adopted prefix.
+	require.True(t, r.reconcile(true))
+	assert.True(t, fb.has("10.9.0.0/24"))
+
+	// AllowPrune changes the prune permission: the next pass is full and prunes.
+	d.AllowPrune()
+	syncs := fb.syncs
+	require.True(t, r.reconcile(false))
+	assert.Equal(t, syncs+1, fb.syncs, "a prune permission change forces a full pass")
+	assert.False(t, fb.has("10.9.0.0/24"))
+	assert.True(t, fb.has("10.2.0.0/24"))
+}
+
+func TestReconcilerReportsPerPrefixFailuresAndRetriesInFull(t *testing.T) {
+	d := NewDesired()
+	fb := newFakeBackend()
+	fb.fail[mustPrefix("10.2.1.0/24")] = errors.New("boom")
+	r, _ := newTestReconciler(t, d, fb)
+	d.Upsert(entry("10.2.0.0/24", "192.168.0.3"))
+	d.Upsert(entry("10.2.1.0/24", "192.168.0.4"))
+	d.Upsert(Entry{Prefix: mustPrefix("10.2.2.0/24"), TunnelEndpoint: mustAddr("192.168.0.1"), ClusterID: 2, Cluster: "b"}) // this node
+
+	assert.False(t, r.reconcile(true))
+	st := r.Status()
+	assert.Equal(t, map[string]int{"b": 1}, st.Programmed)
+	assert.Equal(t, map[string]int{"b": 2}, st.Failed)
+	assert.Contains(t, st.Errors["10.2.1.0/24"], "boom")
+	assert.Contains(t, st.Errors["10.2.2.0/24"], "is this node")
+	assert.NotEmpty(t, st.LastError)
+	assert.EqualValues(t, 1, st.ReconcileErrors)
+	assert.Zero(t, st.AppliedVersion, "nothing counts as applied while a prefix fails")
+
+	// After a failure the next pass is full even when woken by a change.
+	delete(fb.fail, mustPrefix("10.2.1.0/24"))
+	d.Delete("b", mustPrefix("10.2.2.0/24"))
+	syncs := fb.syncs
+	assert.True(t, r.reconcile(false))
+	assert.Equal(t, syncs+1, fb.syncs)
+	st = r.Status()
+	assert.Equal(t, map[string]int{"b": 2}, st.Programmed)
+	assert.Empty(t, st.Failed)
+	assert.Empty(t, st.LastError)
+	assert.Equal(t, d.Version(), st.AppliedVersion)
+}
+
+func TestReconcilerRunConvergesOnChangesAndObservesLatency(t *testing.T) {
+	d := NewDesired()
+	fb := newFakeBackend()
+	r, _ := newTestReconciler(t, d, fb)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	d.Upsert(entry("10.2.0.0/24", "192.168.0.3"))
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Status().AppliedVersion < d.Version() {
+		require.True(t, time.Now().Before(deadline), "not converged")
+		tm := time.NewTimer(time.Millisecond)
+		<-tm.C
+	}
+	assert.True(t, fb.has("10.2.0.0/24"))
+	// Run observed a convergence latency sample.
+	reg := prometheus.NewPedanticRegistry()
+	for _, c := range r.Collectors() {
+		require.NoError(t, reg.Register(c))
+	}
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var samples uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "podmesh_datapath_convergence_seconds" {
+			samples = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	assert.Positive(t, samples)
+}
