@@ -1,6 +1,10 @@
 package kubesync
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics of the sync. The caller registers Collectors() in its registry.
 type Metrics struct {
@@ -17,7 +21,8 @@ type Metrics struct {
 	Synced *prometheus.GaugeVec
 	// QueueDepth is the number of keys waiting to be written.
 	QueueDepth prometheus.GaugeFunc
-	depth      func() float64
+	// depth is set by the Syncer that owns these metrics.
+	depth atomic.Pointer[func() float64]
 }
 
 // NewMetrics returns unregistered sync metrics.
@@ -48,10 +53,10 @@ func NewMetrics() *Metrics {
 		Namespace: "podmesh", Subsystem: "apiserver", Name: "sync_queue_depth",
 		Help: "etcd keys waiting to be written.",
 	}, func() float64 {
-		if m.depth == nil {
-			return 0
+		if f := m.depth.Load(); f != nil {
+			return (*f)()
 		}
-		return m.depth()
+		return 0
 	})
 	return m
 }

@@ -119,7 +119,8 @@ func New(cfg Config) (*Syncer, error) {
 		canaried:    map[string]bool{},
 		notExported: map[string]reasonKey{},
 	}
-	s.m.depth = func() float64 { return float64(s.queue.Len()) }
+	depth := func() float64 { return float64(s.queue.Len()) }
+	s.m.depth.Store(&depth)
 	return s, nil
 }
 
