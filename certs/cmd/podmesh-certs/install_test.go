@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/server"
@@ -82,9 +84,17 @@ func TestInstallPath(t *testing.T) {
 	allowed := strings.TrimSpace(h.stdout.String())
 	require.Equal(t, "remote-west", allowed)
 
-	// east's clustermesh-apiserver, configured as the Deployment does.
-	tlsSecret, err := readSecretFile(tlsOut)
+	// Both rendered Secrets are valid Kubernetes objects: store them and use
+	// what the API returns, which is what the kubelet mounts. (Both are
+	// stored in east's API; in a real install the clustermesh Secret goes to
+	// west.)
+	_, err = kube.Client.CoreV1().Namespaces().Create(ctx,
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: defaultNamespace}}, metav1.CreateOptions{})
 	require.NoError(t, err)
+	tlsSecret := storeSecret(t, kube, tlsOut)
+	require.Equal(t, corev1.SecretTypeTLS, tlsSecret.Type)
+
+	// east's clustermesh-apiserver, configured as the Deployment does.
 	tlsDir := filepath.Join(root, "east/etc/podmesh/tls")
 	require.NoError(t, certs.WriteSecretVolume(tlsDir, tlsSecret.Data))
 	cfg, err := server.ParseFlags([]string{
@@ -119,8 +129,7 @@ func TestInstallPath(t *testing.T) {
 	}
 
 	// west's agent mesh, reading the Secret as the kubelet mounts it.
-	meshSecret, err := readSecretFile(meshOut)
-	require.NoError(t, err)
+	meshSecret := storeSecret(t, kube, meshOut)
 	vol := filepath.Join(root, "west/var/lib/podmesh/clustermesh")
 	require.NoError(t, certs.WriteSecretVolume(vol, meshSecret.Data))
 	rec := clustermeshtest.NewRecorder()
@@ -165,4 +174,19 @@ func TestInstallPath(t *testing.T) {
 		got, ok := rec.Cluster("east")[want.Prefix]
 		return ok && got == want
 	}, waitLimit, 50*time.Millisecond, "west wants %s", want)
+}
+
+// storeSecret creates the Secret of a manifest podmesh-certs wrote, with
+// strict field validation, and returns it as the API server stores it.
+func storeSecret(t *testing.T, kube *kubetest.Server, path string) *corev1.Secret {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var s corev1.Secret
+	require.NoError(t, yaml.UnmarshalStrict(raw, &s), path)
+	_, err = kube.Client.CoreV1().Secrets(s.Namespace).Create(t.Context(), &s, metav1.CreateOptions{FieldValidation: "Strict"})
+	require.NoError(t, err, path)
+	got, err := kube.Client.CoreV1().Secrets(s.Namespace).Get(t.Context(), s.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	return got
 }
