@@ -11,9 +11,15 @@ TEST_TIMEOUT ?= 25m
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# Debian packages: iproute2 and util-linux (nsenter) for the namespaces, and
+# the BPF toolchain so the committed bpf2go output can be checked for staleness.
+DEB_PKGS := iproute2 util-linux clang llvm libbpf-dev
+
 .PHONY: deps
-deps: ## install the Debian packages the tests and the demo need (iproute2)
-	@command -v ip >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
+deps: ## install the Debian packages the tests and the demo need
+	@missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 .PHONY: tools
 tools: ## build the test-only kube-apiserver and etcd into bin/ (cached)
@@ -27,6 +33,7 @@ build: ## build podmesh-agent, clustermesh-apiserver and podmesh-certs into bin/
 .PHONY: test
 test: deps tools ## run unit, integration, privileged datapath and end-to-end tests (tiers 1-4)
 	$(GO) vet ./...
+	bpf/check-generated.sh
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: test-unit
@@ -34,12 +41,12 @@ test-unit: ## run the unit tests only (no root, no network, no tools)
 	$(GO) test -short -count=1 ./...
 
 .PHONY: generate
-generate: ## regenerate the bpf2go output (needs clang, llvm, libbpf-dev)
-	@command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang llvm libbpf-dev)
-	$(GO) generate ./bpf/... ./pkg/...
+generate: deps ## regenerate the committed bpf2go output (clang, llvm, libbpf-dev from Debian)
+	cd bpf && BPF2GO_OUTPUT_DIR=. $(GO) generate ./
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet and the bpf2go staleness check
+	bpf/check-generated.sh
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
 
