@@ -16,6 +16,10 @@ import (
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
+// errRefused marks a remote whose own cluster config cannot be accepted: its
+// entries are withdrawn and its claim released until it changes.
+var errRefused = errors.New("refused")
+
 // errConfigChanged ends a session whose remote rewrote its cluster config,
 // so the next session validates and admits it again.
 var errConfigChanged = errors.New("remote cluster config changed")
@@ -69,8 +73,8 @@ func newRemote(m *Mesh, name string) *remote {
 	}
 }
 
-// startLocked begins a new generation for file f, stopping the previous one.
-// m.mu is held by the caller.
+// start begins a new generation for file f, stopping the previous one. The
+// caller holds m.mu.
 func (r *remote) start(ctx context.Context, f RemoteFile) {
 	ctx, cancel := context.WithCancel(ctx)
 	r.mu.Lock()
@@ -212,13 +216,17 @@ func (r *remote) session(ctx context.Context, gen uint64, cfg *kvstore.Config) (
 
 	r.update(gen, func() { r.phase = "connecting" })
 	cc, rev, err := r.readClusterConfig(sctx, cli)
+	if errors.Is(err, errRefused) {
+		r.mesh.registry.Release(r.name)
+		r.mesh.withdraw(r, gen)
+	}
 	if err != nil {
 		return false, nil, err
 	}
 	wake = r.mesh.registry.Changed()
 	if err := r.mesh.registry.Admit(cc); err != nil {
 		r.mesh.withdraw(r, gen)
-		return false, wake, fmt.Errorf("refused: %w", err)
+		return false, wake, fmt.Errorf("%w: %w", errRefused, err)
 	}
 	r.update(gen, func() { r.clusterID = cc.ID })
 
@@ -331,16 +339,16 @@ func (r *remote) readClusterConfig(ctx context.Context, cli *clientv3.Client) (*
 	if value == nil {
 		if len(others) > 0 {
 			sort.Strings(others)
-			return nil, 0, fmt.Errorf("refused: %w: remote publishes cluster config for %s, not %s", meshapi.ErrMismatch, strings.Join(others, ", "), r.name)
+			return nil, 0, fmt.Errorf("%w: %w: remote publishes cluster config for %s, not %s", errRefused, meshapi.ErrMismatch, strings.Join(others, ", "), r.name)
 		}
 		return nil, 0, fmt.Errorf("no cluster config published at %s", meshapi.ClusterConfigKey(r.name))
 	}
 	cc, err := meshapi.DecodeClusterConfig(value)
 	if err != nil {
-		return nil, 0, fmt.Errorf("refused: invalid cluster config: %w", err)
+		return nil, 0, fmt.Errorf("%w: invalid cluster config: %w", errRefused, err)
 	}
 	if cc.Name != r.name {
-		return nil, 0, fmt.Errorf("refused: %w: cluster config of file %s names cluster %s", meshapi.ErrMismatch, r.name, cc.Name)
+		return nil, 0, fmt.Errorf("%w: %w: cluster config of file %s names cluster %s", errRefused, meshapi.ErrMismatch, r.name, cc.Name)
 	}
 	return cc, resp.Header.Revision, nil
 }

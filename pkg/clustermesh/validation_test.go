@@ -190,3 +190,32 @@ func TestMeshRefusesRemoteUsingAnotherConnectedClustersName(t *testing.T) {
 	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
 	require.True(t, m.remote(t, "east").Ready, "east is unaffected")
 }
+
+// TestMeshWithdrawsARemoteWhoseConfigTurnsInvalid: a connected remote that
+// starts to claim 0.0.0.0/0 is refused and its entries withdrawn, and its
+// claim is released for others; once it publishes a valid config again it
+// is admitted again.
+func TestMeshWithdrawsARemoteWhoseConfigTurnsInvalid(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
+	dir := cmt.NewConfigDir(t)
+	dir.Add(t, east)
+	m := startMesh(t, dir)
+	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
+
+	bad := east.Config
+	bad.PodCIDRs = append(bad.PodCIDRs, mustPrefix("0.0.0.0/0"))
+	east.PutJSON(t, meshapi.ClusterConfigKey("east"), bad)
+	waitRefused(t, m, "east", "invalid cluster config", "0.0.0.0/0")
+
+	// Its ID is free again: another cluster with ID 2 is admitted.
+	west := cmt.StartRemote(t, "west", 2, "10.3.0.0/16")
+	west.PutNode(t, "w1", "192.168.2.1", "10.3.1.0/24")
+	dir.Add(t, west)
+	m.waitEntries(t, "west", want("west", 2, "10.3.1.0/24 via 192.168.2.1"))
+	dir.Remove(t, "west")
+
+	east.PutJSON(t, meshapi.ClusterConfigKey("east"), east.Config)
+	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
+	m.waitReady(t, "east")
+}
