@@ -218,16 +218,16 @@ func (c *cli) cmdConnect(args []string) error {
 
 	// Refuse before doing anything if the output exists and may not change.
 	var existing *secretManifest
-	if *out != "-" {
+	switch {
+	case *out == "-":
+	case *merge:
 		var err error
-		if existing, err = readSecretFile(*out); err != nil && *merge {
+		if existing, err = readSecretFile(*out); err != nil {
 			return err
 		}
-		if existing != nil && !*merge && !*force {
-			return fmt.Errorf("write %s: %w", *out, certs.ErrExists)
-		}
-		if !*merge {
-			existing = nil
+	default:
+		if err := refuseExisting(*force, *out); err != nil {
+			return err
 		}
 	}
 

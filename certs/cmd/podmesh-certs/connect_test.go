@@ -50,10 +50,17 @@ func startProxy(t *testing.T, e *etcdserver.Server, ln net.Listener, l layout, a
 	return m
 }
 
+func skipShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an embedded etcd and the proxy on loopback; skipped in -short mode")
+	}
+}
+
 func listenLoopback(t *testing.T) (net.Listener, int) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() }) // the proxy closes it too; a second Close is harmless
 	return ln, ln.Addr().(*net.TCPAddr).Port
 }
 
@@ -62,6 +69,7 @@ func listenLoopback(t *testing.T) (net.Listener, int) {
 // the agent's config loader (pkg/kvstore), and its client reads through the
 // real read-only proxy whose allow-list came from the same command.
 func TestConnectSecretVolumeReachesProxy(t *testing.T) {
+	skipShort(t)
 	h := newHarness(t)
 	root := t.TempDir()
 	east := h.mesh(root)
@@ -116,6 +124,7 @@ func TestConnectSecretVolumeReachesProxy(t *testing.T) {
 // or the agent's side of the handshake, refuses them too, while
 // `podmesh-certs verify --config` names the file at fault.
 func TestTLSHandshakeRefusesBadCertificates(t *testing.T) {
+	skipShort(t)
 	now := time.Now()
 	e := startEtcd(t)
 	other, err := certs.NewCA(certs.Options{CommonName: "podmesh-ca-other"})

@@ -319,6 +319,21 @@ func TestConnectRefusesBadCertificates(t *testing.T) {
 	}
 }
 
+func TestConnectNeverOverwritesAForeignFile(t *testing.T) {
+	h := newHarness(t)
+	root := t.TempDir()
+	east := h.mesh(root)
+	out := filepath.Join(root, "notes.txt")
+	require.NoError(t, os.WriteFile(out, []byte("not a secret"), 0o644))
+	err := h.run("connect", "--dir", east.dir, "--peer", "west", "--address", "127.0.0.1", "--out", out)
+	require.ErrorIs(t, err, certs.ErrExists)
+	err = h.run("connect", "--dir", east.dir, "--peer", "west", "--address", "127.0.0.1", "--out", out, "--merge")
+	require.ErrorContains(t, err, "secret manifest "+out)
+	data, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Equal(t, "not a secret", string(data))
+}
+
 func TestConnectRefusesAddressMissingFromServerCertificate(t *testing.T) {
 	h := newHarness(t)
 	east := h.mesh(t.TempDir())
