@@ -35,7 +35,7 @@ type Config struct {
 	// Kube is the local cluster's API.
 	Kube kubernetes.Interface
 	// Etcd is the writer client (etcdserver.Server.Writer).
-	Etcd *clientv3.Client
+	Etcd KV
 	// Workers write to etcd in parallel; default DefaultWorkers.
 	Workers int
 	// CoalesceDelay is how long a changed key waits before it is written,
@@ -46,6 +46,13 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	Metrics           *Metrics
 	Log               logrus.FieldLogger
+}
+
+// KV is the part of an etcd client the sync uses; *clientv3.Client has it.
+type KV interface {
+	Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error)
+	Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error)
+	Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error)
 }
 
 // Syncer mirrors Kubernetes into etcd. Create with New, start with Run.

@@ -1,0 +1,94 @@
+package kubesync_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
+	"github.com/podmesh/podmesh/pkg/meshapi"
+)
+
+// flakyKV fails the first `failures` writes, then passes them through.
+type flakyKV struct {
+	kubesync.KV
+	failures atomic.Int64
+}
+
+var errInjected = errors.New("injected etcd failure")
+
+func (f *flakyKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	if f.failures.Add(-1) >= 0 {
+		return nil, errInjected
+	}
+	return f.KV.Put(ctx, key, val, opts...)
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
+
+// Unit-level test with a fake clientset: the Kubernetes side is not what is
+// under test here, etcd failures are.
+func TestFailedWritesAreRetriedUntilTheyLand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an embedded etcd")
+	}
+	ctx := t.Context()
+	log := logrus.New()
+	log.SetLevel(logrus.ErrorLevel)
+	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+
+	kube := fake.NewClientset(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-0"},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.1.1.5"}}},
+	})
+	kv := &flakyKV{KV: e.Writer}
+	kv.failures.Store(5)
+	m := kubesync.NewMetrics()
+	s, err := kubesync.New(kubesync.Config{
+		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
+		Kube:    kube, Etcd: kv, Metrics: m, Log: log,
+	})
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	select {
+	case <-s.Ready():
+	case <-time.After(60 * time.Second):
+		t.Fatal("not ready")
+	}
+	require.Equal(t, 5.0, counterValue(t, m.EtcdWriteErrors.WithLabelValues("put")), "every injected failure was seen")
+	resp, err := e.Reader.Get(ctx, meshapi.EndpointKey("east", "default", "web-0"))
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 1, "the endpoint landed after the retries")
+	require.Equal(t, `{"cluster":"east","clusterID":7,"namespace":"default","name":"web-0","node":"n1","ips":["10.1.1.5"],"hostname":"","subdomain":""}`, string(resp.Kvs[0].Value))
+	for _, kind := range meshapi.SyncedKinds {
+		resp, err := e.Reader.Get(ctx, meshapi.SyncedKey("east", kind))
+		require.NoError(t, err)
+		require.Len(t, resp.Kvs, 1, "canary %s", kind)
+	}
+}
