@@ -7,9 +7,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -214,4 +217,41 @@ func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 	writes := counter(t, puts) - before
 	t.Logf("%d pod updates caused %.0f etcd writes (heartbeats included)", updates, writes)
 	require.Less(t, writes, float64(updates)/2, "a burst of updates of one key is coalesced into far fewer writes")
+}
+
+// The proxy as wired by the server (certificates from files, allow-list
+// from the flag) refuses writes and peers that are not allowed. The proxy
+// package's tests cover every refused RPC and certificate case.
+func TestServerProxyIsReadOnlyAndChecksPeers(t *testing.T) {
+	h := newHarness(t)
+	h.start(t)
+	ctx := t.Context()
+	c := h.client(t)
+	before, err := c.Get(ctx, meshapi.Root, clientv3.WithPrefix())
+	require.NoError(t, err)
+	_, err = c.Put(ctx, meshapi.NodeKey(cluster, "evil"), "{}")
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "put: %v", err)
+	_, err = c.Delete(ctx, meshapi.Root, clientv3.WithPrefix())
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "delete: %v", err)
+	v, err := value(ctx, c, meshapi.NodeKey(cluster, "evil"))
+	require.NoError(t, err)
+	require.Empty(t, v)
+	after, err := c.Get(ctx, meshapi.ClusterConfigKey(cluster))
+	require.NoError(t, err)
+	require.NotEmpty(t, after.Kvs, "nothing was deleted")
+	require.Greater(t, len(before.Kvs), 0)
+
+	refused := h.srv.ProxyMetrics().HandshakeFailures.WithLabelValues("peer_not_allowed")
+	south, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{"https://" + h.srv.ProxyAddr()},
+		TLS:         h.pki.ClientTLS(t, h.pki.IssueClient(t, "remote-south")),
+		DialTimeout: 5 * time.Second,
+	})
+	require.NoError(t, err)
+	defer south.Close()
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = south.Get(rctx, meshapi.ClusterConfigKey(cluster))
+	require.Error(t, err, "a CN that is not in --allowed-peers cannot read")
+	require.Eventually(t, func() bool { return counter(t, refused) > 0 }, waitFor, 20*time.Millisecond)
 }
