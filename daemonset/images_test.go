@@ -165,6 +165,18 @@ func TestBinariesBuildStaticAndAcceptManifestFlags(t *testing.T) {
 				require.True(t, known[name], "%s %s passes --%s, which %s -h does not list (it lists %v)",
 					img.kind, img.name, name, filepath.Base(bin), keysOf(known))
 			}
+			if img.kind == "DaemonSet" {
+				// docs/install.md runs `kubectl exec ds/podmesh-agent --
+				// podmesh-agent status` without flags: the status command's
+				// default address must be where the DaemonSet serves.
+				var out bytes.Buffer
+				cmd := exec.Command(bin, "status", "-h")
+				cmd.Stdout, cmd.Stderr = &out, &out
+				_ = cmd.Run() // -h exits non-zero with some flag setups
+				m := regexp.MustCompile(`-status-listen string\s+.*\(default "([^"]+)"\)`).FindStringSubmatch(out.String())
+				require.NotNil(t, m, "podmesh-agent status -h shows no --status-listen default:\n%s", out.String())
+				require.Contains(t, args, "--status-listen="+m[1])
+			}
 		})
 	}
 }
