@@ -214,7 +214,11 @@ func (r *remote) session(ctx context.Context, gen uint64, cfg *kvstore.Config) (
 	defer wg.Wait()
 	defer cancel(nil)
 
-	r.update(gen, func() { r.phase = "connecting" })
+	r.update(gen, func() {
+		if r.lastErr == "" {
+			r.phase = "connecting"
+		} // else keep saying why the last session failed while retrying
+	})
 	cc, rev, err := r.readClusterConfig(sctx, cli)
 	if errors.Is(err, errRefused) {
 		r.mesh.registry.Release(r.name)

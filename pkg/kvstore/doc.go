@@ -20,6 +20,12 @@
 //     from the last seen revision + 1, so no change is lost and none is seen
 //     twice. Only ErrCompacted forces a re-list: the history it would need is
 //     gone.
+//   - A ListWatcher trusts that the server's history is the one it listed.
+//     An etcd rebuilt from scratch behind a live connection would make a
+//     resumed watch wait for revisions of a different history; podmesh's
+//     remote etcd and its proxy live in one process, so a rebuild always
+//     breaks the connection, and the agent starts a new session (a new
+//     ListWatcher) for every connection.
 //   - The listing is paginated at one fixed revision, so a large prefix is
 //     never one huge response and the listing is still a consistent snapshot.
 package kvstore
