@@ -446,6 +446,7 @@ func TestDriftIsRepairedAndPruneRemovesOnlyPodmeshRoutes(t *testing.T) {
 			}, func() string { return "neighbour/fdb of b1 not repaired" })
 		case datapath.ModeEBPF:
 			repairIpcacheEntry(t, m, target)
+			detachProgramAndWaitForRepair(t, m)
 		}
 		got, err := datapathtest.TCPIdent(m.pod(m.a1), to(m.pod(m.b1), identPort), dialTimeout)
 		require.NoError(t, err, "traffic flows after the repair")

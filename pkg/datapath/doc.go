@@ -21,8 +21,12 @@
 // each pass takes a snapshot of the whole desired set, reads the kernel, and
 // converges — adds and changes first, deletions last, errors collected per
 // prefix rather than stopping at the first. A missed wake-up is therefore
-// harmless, drift (a route, neighbour, FDB or ipcache entry removed by hand)
-// is repaired within one re-check period, and a restart is just another pass.
+// harmless, drift (a route, neighbour, FDB or ipcache entry removed by hand,
+// the device deleted, the program detached) is repaired within one re-check
+// period, and a restart is just another pass. Between re-checks, a Desired
+// change is applied as a delta against the last fully applied set, without
+// re-reading the kernel, so a burst of changes costs in proportion to the
+// changes.
 // Until Desired.AllowPrune, a pass adopts what it finds and deletes only what
 // this process itself added and the agent then withdrew; so an agent restart,
 // whose desired set fills up over seconds, withdraws nothing that still

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/podmesh/podmesh/bpf"
@@ -60,6 +62,21 @@ func (b *ebpfBackend) wantDevice() *netlink.Vxlan {
 	}
 }
 
+// programAttached reports whether a program is attached at the device's TCX
+// egress hook (podmesh is the only one attaching there). Where TCX is not
+// available (the bpf package then uses cls_bpf) it cannot tell and says yes.
+func (b *ebpfBackend) programAttached(ifindex int) bool {
+	n := 1
+	_ = b.ns.do(func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXEgress})
+		if err == nil {
+			n = len(res.Programs)
+		}
+		return nil
+	})
+	return n > 0
+}
+
 func ebpfDeviceCompatible(want, have *netlink.Vxlan) bool {
 	return have.FlowBased && have.Port == want.Port
 }
@@ -106,6 +123,10 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		return syncResult{err: err}
 	}
 	idx := link.Attrs().Index
+	if b.attached == idx && !b.programAttached(idx) {
+		b.log.WithField("device", DeviceName).Warn("Program no longer attached, attaching it again")
+		b.attached = 0
+	}
 	if b.attached != idx {
 		// Attach replaces the program on a pinned link atomically, so doing
 		// it once per process (and again if the device was recreated) keeps

@@ -3,12 +3,15 @@ package datapath_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -53,6 +56,34 @@ func repairIpcacheEntry(t *testing.T, m *mesh, target netip.Prefix) {
 	}
 	require.False(t, has(), "entry deleted by hand")
 	waitFor(t, convergeWithin, has, func() string { return "ipcache entry " + target.String() + " not repaired" })
+}
+
+// detachProgramAndWaitForRepair detaches a1's program from podmesh_vxlan by
+// hand (through its pinned TCX link) and waits until a program is attached
+// at the device's TCX egress again.
+func detachProgramAndWaitForRepair(t *testing.T, m *mesh) {
+	t.Helper()
+	vx, err := m.a1.NS.NL.LinkByName(datapath.DeviceName)
+	require.NoError(t, err)
+	idx := vx.Attrs().Index
+	l, err := link.LoadPinnedLink(fmt.Sprintf("%s/tcx_egress_%d", m.bpfRoot[m.a1], idx), nil)
+	require.NoError(t, err)
+	require.NoError(t, l.Detach())
+	l.Close()
+	attached := func() bool {
+		n := -1
+		require.NoError(t, m.a1.NS.Do(func() error {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXEgress})
+			if err != nil {
+				return err
+			}
+			n = len(res.Programs)
+			return nil
+		}))
+		return n > 0
+	}
+	require.False(t, attached(), "program detached by hand")
+	waitFor(t, convergeWithin, attached, func() string { return "program not attached again" })
 }
 
 // TestEBPFAgentRestartsLoseNoPackets restarts a1's reconciler three times
