@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -23,7 +24,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := mainErr(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	err := mainErr(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return // the flag package printed the usage
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "podmesh-agent:", err)
 		stop()
 		os.Exit(1)

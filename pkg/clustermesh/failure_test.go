@@ -1,7 +1,9 @@
 package clustermesh_test
 
 import (
+	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,9 +191,6 @@ func TestMeshIsolatesABrokenFile(t *testing.T) {
 	m.waitReady(t, "north")
 }
 
-func nodeName(i int) string { return "e" + itoa(i) }
-func nodeIP(third, i int) string {
-	return "192.168." + itoa(third) + "." + itoa(i)
-}
-func nodeCIDR(second, i int) string { return "10." + itoa(second) + "." + itoa(i) + ".0/24" }
-func itoa(i int) string             { return fmtInt(i) }
+func nodeName(i int) string         { return "e" + strconv.Itoa(i) }
+func nodeIP(third, i int) string    { return fmt.Sprintf("192.168.%d.%d", third, i) }
+func nodeCIDR(second, i int) string { return fmt.Sprintf("10.%d.%d.0/24", second, i) }

@@ -3,7 +3,6 @@ package clustermesh_test
 import (
 	"maps"
 	"net/netip"
-	"strconv"
 	"testing"
 
 	cmt "github.com/podmesh/podmesh/pkg/clustermesh/clustermeshtest"
@@ -26,8 +25,6 @@ func add(m map[netip.Prefix]datapath.Entry, cluster string, id uint32, pairs ...
 	maps.Copy(m, want(cluster, id, pairs...))
 	return m
 }
-
-func fmtInt(i int) string { return strconv.Itoa(i) }
 
 func newConfigDirWith(t *testing.T, files map[string][]byte) *cmt.ConfigDir {
 	t.Helper()
