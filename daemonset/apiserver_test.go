@@ -4,20 +4,32 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
 	appsv1 "k8s.io/api/apps/v1"
 
+	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/server"
 	"github.com/podmesh/podmesh/test/kubetest"
 )
 
@@ -215,7 +227,63 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 				})
 			}
 		}
+
+		t.Run("clustermesh-apiserver syncs with only its ClusterRole", func(t *testing.T) {
+			runAPIServerAs(t, s, "system:serviceaccount:"+ns+":clustermesh-apiserver",
+				[]string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"})
+		})
 	})
+}
+
+// runAPIServerAs runs the real clustermesh-apiserver (server package) against
+// s as user, and reports whether it became ready: its informers list and
+// watch every kind it mirrors, so readiness proves the permissions suffice.
+func runAPIServerAs(t *testing.T, s *kubetest.Server, user string, groups []string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := certs.NewCA(certs.Options{CommonName: "podmesh-ca-east"})
+	require.NoError(t, err)
+	srvKP, err := ca.IssueServer(certs.Options{CommonName: "clustermesh-apiserver.east", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	require.NoError(t, err)
+	require.NoError(t, srvKP.WriteFiles(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), false))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644))
+	cfg, err := server.ParseFlags([]string{
+		"--cluster-name=east", "--cluster-id=1", "--pod-cidrs=10.1.0.0/16",
+		"--listen=127.0.0.1:0", "--health-listen=127.0.0.1:0",
+		"--tls-cert=" + filepath.Join(dir, "tls.crt"), "--tls-key=" + filepath.Join(dir, "tls.key"),
+		"--tls-client-ca=" + filepath.Join(dir, "ca.crt"), "--allowed-peers=remote-west",
+		"--data-dir=" + filepath.Join(dir, "data"),
+	}, io.Discard)
+	require.NoError(t, err)
+	cfg.UnsafeNoFsync = true
+
+	restCfg := rest.CopyConfig(s.Config)
+	restCfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: groups}
+	// The impersonation is in effect: Secrets are out of reach.
+	k, err := kubernetes.NewForConfig(restCfg)
+	require.NoError(t, err)
+	_, err = k.CoreV1().Secrets("podmesh-system").List(t.Context(), metav1.ListOptions{})
+	require.True(t, apierrors.IsForbidden(err), "listing Secrets as %s: %v", user, err)
+
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	srv, err := server.New(cfg, restCfg, log)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx, prometheus.NewRegistry()) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		done <- err
+		t.Fatalf("clustermesh-apiserver as %s stopped before it was ready: %v", user, err)
+	case <-time.After(90 * time.Second): // a guard against a hang, not a timing assertion
+		t.Fatalf("clustermesh-apiserver as %s never became ready: its permissions do not cover its informers", user)
+	}
 }
 
 func resourceOf(r string) string {
