@@ -234,6 +234,28 @@ func (l *Lab) CheckNode(n *Node, remotes []*Cluster) error {
 			extra = append(extra, p.String())
 		}
 	}
+	if n.Mode == ModeEBPF {
+		// The eBPF program forwards by the ipcache, not by the route's
+		// next hop: it must hold every prefix with the right tunnel endpoint.
+		cache, err := ReadIPCache(n.BPFRoot)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		for p, via := range want {
+			e, ok := cache[p]
+			switch {
+			case !ok:
+				missing = append(missing, "ipcache "+p.String())
+			case e.TunnelEndpoint != via:
+				missing = append(missing, fmt.Sprintf("ipcache %s -> %s (have -> %s)", p, via, e.TunnelEndpoint))
+			}
+		}
+		for p := range cache {
+			if _, ok := want[p]; !ok {
+				extra = append(extra, "ipcache "+p.String())
+			}
+		}
+	}
 	if len(missing) == 0 && len(extra) == 0 {
 		return nil
 	}
