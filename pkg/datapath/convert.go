@@ -188,9 +188,14 @@ func desiredRoute(e Entry, rp routeParams) netlink.Route {
 
 // routeMatches reports whether the kernel route have realises want. Fields the
 // kernel fills in on its own (priority of IPv6 routes, the resolved output
-// link of a gateway route, flags other than onlink) are not compared.
+// link of a gateway route, flags other than onlink) are not compared, nor is
+// the scope of IPv6 routes, which the kernel does not keep (it always
+// reports universe).
 func routeMatches(want, have netlink.Route) bool {
-	if want.Protocol != have.Protocol || want.Table != have.Table || want.Scope != have.Scope {
+	if want.Protocol != have.Protocol || want.Table != have.Table {
+		return false
+	}
+	if want.Family != unix.AF_INET6 && want.Scope != have.Scope {
 		return false
 	}
 	if want.Type != 0 && have.Type != 0 && want.Type != have.Type {

@@ -109,6 +109,13 @@ func TestRouteMatchesIgnoresKernelFilledFields(t *testing.T) {
 		assert.False(t, routeMatches(want, h), name)
 	}
 
+	// IPv6 routes read back with universe scope whatever was asked.
+	e6 := Entry{Prefix: mustPrefix("fd02::/64"), TunnelEndpoint: mustAddr("fd00::3"), ClusterID: 2}
+	w6 := desiredRoute(e6, routeParams{mode: ModeEBPF, linkIndex: 5, mtu: 1430})
+	h6 := w6
+	h6.Scope = netlink.SCOPE_UNIVERSE
+	assert.True(t, routeMatches(w6, h6), "an IPv6 link route as the kernel reports it")
+
 	ev := desiredRoute(e, routeParams{mode: ModeVXLAN, linkIndex: 5, mtu: 1450})
 	hv := ev
 	hv.LinkIndex = 6

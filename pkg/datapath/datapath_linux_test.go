@@ -250,6 +250,17 @@ func TestPodToRemotePodTCPAndUDPKeepTheSourcePodIP(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "1", v, "the reconciler enabled forwarding on %s", n.Name)
 		}
+		// A periodic full pass over the converged kernel writes nothing.
+		for _, n := range m.lab.Nodes {
+			rr := m.running[n]
+			since := rr.r.Status().LastReconcile
+			waitFor(t, convergeWithin, func() bool {
+				s := rr.r.Status()
+				return s.LastPass == "full" && s.LastReconcile.After(since)
+			}, func() string { return "no periodic full pass" })
+			assert.Zero(t, rr.r.Status().LastWrites, "%s: a full pass over a converged kernel rewrote objects", n.Name)
+		}
+
 		// In the tunnel modes the traffic really went through podmesh_vxlan.
 		vx, err := m.a1.NS.NL.LinkByName(datapath.DeviceName)
 		if mode == datapath.ModeNative {

@@ -79,8 +79,11 @@ type Status struct {
 	LastReconcile time.Time
 	// LastDuration is how long the last reconcile pass took, LastPass
 	// whether it was a "full" pass (re-read the kernel) or a "delta" pass.
-	LastDuration    time.Duration
-	LastPass        string
+	LastDuration time.Duration
+	LastPass     string
+	// LastWrites counts the kernel objects the last pass wrote or deleted;
+	// a pass over a converged kernel writes nothing.
+	LastWrites      int
 	ReconcileErrors uint64
 	// AppliedVersion is the Desired version the kernel fully realises (0
 	// until one reconcile succeeded without failures).
@@ -400,6 +403,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 	r.status.LastReconcile = now
 	r.status.LastDuration = now.Sub(start)
 	r.status.LastPass = kind
+	r.status.LastWrites = res.writes
 	if ok {
 		r.status.LastError = ""
 		r.status.AppliedVersion = snap.Version
