@@ -90,7 +90,8 @@ func detachProgramAndWaitForRepair(t *testing.T, m *mesh) {
 // (Run stops: bpf Close, pins stay; a new Reconciler: bpf Load adopts the
 // pins, Attach swaps the program on the pinned TCX link) while a1's pod sends
 // a paced, sequence-numbered UDP stream to b1's pod, and counts at the
-// receiver.
+// receiver. The second restart starts, like a real agent, with an empty
+// desired set that is filled (and prune allowed) only after the first pass.
 func TestEBPFAgentRestartsLoseNoPackets(t *testing.T) {
 	requireRoot(t)
 	m := newMesh(t, datapath.ModeEBPF, datapathtest.LabOptions{})
@@ -176,7 +177,22 @@ func TestEBPFAgentRestartsLoseNoPackets(t *testing.T) {
 		// Traffic keeps flowing while no reconciler runs at all.
 		waitFor(t, convergeWithin, func() bool { return sent.Load() >= sentAtStop+20 }, func() string { return "sender stalled" })
 		sentAtStart := sent.Load()
+		full := m.desired[m.a1]
+		if i == 1 {
+			// Like a real agent: the new process starts with an empty
+			// desired set that fills up as remotes sync, and prune is
+			// allowed only after that. Nothing may be withdrawn meanwhile.
+			m.desired[m.a1] = datapath.NewDesired()
+		}
 		rr := m.start(m.a1) // New: Load adopts the pins; Run: Attach swaps the program
+		if i == 1 {
+			waitFor(t, convergeWithin, func() bool { return !rr.r.Status().LastReconcile.IsZero() }, func() string { return "no first pass" })
+			assert.Len(t, routesTo(t, m.a1, m.b1.PodCIDR), 1, "an empty desired set before prune is allowed withdraws nothing")
+			r0 := received.Load()
+			waitFor(t, convergeWithin, func() bool { return received.Load() > r0+500 }, func() string { return "stream stopped while the desired set was empty" })
+			m.desired[m.a1].SetCluster("b", full.ClusterEntries("b"))
+			m.desired[m.a1].AllowPrune()
+		}
 		m.waitApplied(m.a1)
 		s := rr.r.Status()
 		assert.Equal(t, map[string]int{"b": 2}, s.Programmed, "restart %d adopted the state", i+1)
