@@ -3,6 +3,7 @@ package daemonset
 import (
 	"io"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -54,6 +55,7 @@ func TestClusterMeshAPIServerAcceptsOverlayArgs(t *testing.T) {
 	}{
 		{"overlays/east", ""},
 		{"overlays/west", ""},
+		{"overlays/south", ""},
 		// The base is not a cluster: it has no identity and no peer yet.
 		{"base", "--allowed-peers: required"},
 	} {
@@ -69,7 +71,7 @@ func TestClusterMeshAPIServerAcceptsOverlayArgs(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Equal(t, cm.Data["cluster-name"], cfg.ClusterName)
-			require.Equal(t, []string{cm.Data["allowed-peers"]}, cfg.AllowedPeers)
+			require.Equal(t, strings.Split(cm.Data["allowed-peers"], ","), cfg.AllowedPeers)
 		})
 	}
 }

@@ -4,6 +4,7 @@
 //	base/                    namespace, ConfigMap, RBAC, agent DaemonSet,
 //	                         clustermesh-apiserver Deployment, Service, PDB
 //	overlays/east, west      one example per cluster: identity and image tags
+//	overlays/south           a third example: LoadBalancer, two allowed peers
 //	components/loadbalancer  optional: LoadBalancer Service instead of NodePort
 //
 // The package has no Go code besides its tests, which render every

@@ -23,7 +23,7 @@ import (
 )
 
 // kustomizations are the directories a user can apply; each must render.
-var kustomizations = []string{"base", "overlays/east", "overlays/west"}
+var kustomizations = []string{"base", "overlays/east", "overlays/west", "overlays/south"}
 
 // here is the directory of this package, whatever the working directory.
 func here(t testing.TB) string {
@@ -209,8 +209,8 @@ func TestClusterMeshAPIServer(t *testing.T) {
 			svc := typed[corev1.Service](t, find(t, objs, "Service", "clustermesh-apiserver"))
 			require.Equal(t, d.Spec.Template.Labels["app.kubernetes.io/name"], svc.Spec.Selector["app.kubernetes.io/name"])
 			require.Len(t, svc.Spec.Ports, 1)
-			if dir == "overlays/west" {
-				require.Equal(t, corev1.ServiceTypeLoadBalancer, svc.Spec.Type, "west uses the loadbalancer component")
+			if dir == "overlays/south" {
+				require.Equal(t, corev1.ServiceTypeLoadBalancer, svc.Spec.Type, "south uses the loadbalancer component")
 				require.Zero(t, svc.Spec.Ports[0].NodePort)
 			} else {
 				require.Equal(t, corev1.ServiceTypeNodePort, svc.Spec.Type)
@@ -263,16 +263,22 @@ func identity(t *testing.T, dir string) clusterIdentity {
 }
 
 func TestOverlaysDescribeDistinctClusters(t *testing.T) {
-	east, west := identity(t, "overlays/east"), identity(t, "overlays/west")
 	identity(t, "base")
-	require.Equal(t, "east", east.name)
-	require.Equal(t, "west", west.name)
-	require.NotEqual(t, east.id, west.id, "cluster IDs are unique in a mesh")
-	if p, q, overlap := meshapi.Overlap(east.podCIDRs, west.podCIDRs); overlap {
-		t.Fatalf("pod CIDRs overlap: east %s, west %s", p, q)
+	clusters := map[string]clusterIdentity{}
+	for _, dir := range []string{"overlays/east", "overlays/west", "overlays/south"} {
+		c := identity(t, dir)
+		require.Equal(t, strings.TrimPrefix(dir, "overlays/"), c.name, "an overlay is named after its cluster")
+		for _, other := range clusters {
+			require.NotEqual(t, other.id, c.id, "cluster IDs of %s and %s", other.name, c.name)
+			if p, q, overlap := meshapi.Overlap(other.podCIDRs, c.podCIDRs); overlap {
+				t.Fatalf("pod CIDRs overlap: %s %s, %s %s", other.name, p, c.name, q)
+			}
+		}
+		clusters[c.name] = c
 	}
-	require.Contains(t, east.allowedPeers, "remote-west", "east serves west")
-	require.Contains(t, west.allowedPeers, "remote-east", "west serves east")
+	require.Contains(t, clusters["east"].allowedPeers, "remote-west", "east serves west")
+	require.Contains(t, clusters["west"].allowedPeers, "remote-east", "west serves east")
+	require.ElementsMatch(t, []string{"remote-east", "remote-west"}, clusters["south"].allowedPeers, "south serves both")
 }
 
 // TestClusterRolesOnlyRead is the static half of the RBAC check (the other
