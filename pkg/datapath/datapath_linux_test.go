@@ -556,6 +556,21 @@ func TestPathMTUDiscoveryAndFullSizeTCP(t *testing.T) {
 		require.NoError(t, err, "read echo of 1 MiB")
 		require.NoError(t, <-werr)
 		assert.Equal(t, payload, back, "1 MiB echoed intact")
+
+		// The underlay MTU changes (Config.MTU is 0, so it is followed):
+		// the next periodic full pass rewrites the route (and device) MTUs.
+		eth, err := m.a1.NS.NL.LinkByName("eth0")
+		require.NoError(t, err)
+		require.NoError(t, m.a1.NS.NL.LinkSetMTU(eth, opts.UnderlayMTU-100))
+		waitFor(t, convergeWithin, func() bool {
+			rs := routesTo(t, m.a1, m.b1.PodCIDR)
+			return len(rs) == 1 && rs[0].MTU == wantMTU-100
+		}, func() string { return "route MTU did not follow the underlay MTU" })
+		if mode != datapath.ModeNative {
+			vx, err := m.a1.NS.NL.LinkByName(datapath.DeviceName)
+			require.NoError(t, err)
+			assert.Equal(t, wantMTU-100, vx.Attrs().MTU, "device MTU follows the underlay MTU")
+		}
 	})
 }
 

@@ -22,6 +22,10 @@ type backend interface {
 	// traffic returns per-remote-cluster tx counters and drop counters by
 	// reason; nil maps when the mode has none.
 	traffic() (tx map[uint32]Counter, drops map[string]Counter, err error)
+	// underlayMTU and setUnderlayMTU read and change the underlay MTU the
+	// routes and the device are derived from.
+	underlayMTU() int
+	setUnderlayMTU(mtu int)
 	close() error
 }
 
@@ -44,6 +48,9 @@ type base struct {
 	port  int
 	mtu   int // underlay MTU
 }
+
+func (b *base) underlayMTU() int       { return b.mtu }
+func (b *base) setUnderlayMTU(mtu int) { b.mtu = mtu }
 
 // nativeBackend routes remote prefixes straight to the remote node's address:
 // "<prefix> via <node IP> proto podmesh mtu <underlay MTU>".

@@ -115,6 +115,7 @@ type Reconciler struct {
 	owned          map[netip.Prefix]bool  // prefixes this process programmed
 	lastApplied    uint64
 	rpFilterLogged bool
+	autoMTU        bool // Config.MTU was 0: follow the MTU of the link holding LocalIP
 	// sysctl is nsSysctl; unit tests replace it.
 	sysctl        func(name, set string) (was string, err error)
 	leftoversDone bool
@@ -181,6 +182,7 @@ func New(cfg Config) (_ *Reconciler, err error) {
 		return nil, fmt.Errorf("netlink handle: %w", err)
 	}
 	if cfg.MTU == 0 {
+		r.autoMTU = true
 		if cfg.MTU, err = linkMTUFor(r.h, cfg.LocalIP); err != nil {
 			return nil, fmt.Errorf("detect underlay mtu: %w", err)
 		}
@@ -318,6 +320,9 @@ func (r *Reconciler) reconcile(full bool) bool {
 		}
 		return snap.PruneAllowed || r.owned[p]
 	}
+	if full && r.autoMTU {
+		r.followUnderlayMTU()
+	}
 	var res syncResult
 	kind := "delta"
 	if !full && r.applied != nil && r.appliedPrune == snap.PruneAllowed {
@@ -426,6 +431,20 @@ func (r *Reconciler) reconcile(full bool) bool {
 		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
 	}
 	return ok
+}
+
+// followUnderlayMTU re-reads the MTU of the link holding LocalIP; when it
+// changed, the full pass that follows rewrites the device and route MTUs.
+func (r *Reconciler) followUnderlayMTU() {
+	mtu, err := linkMTUFor(r.h, r.cfg.LocalIP)
+	if err != nil {
+		r.log.WithError(err).Warn("Cannot re-read the underlay MTU; keeping the last one")
+		return
+	}
+	if old := r.b.underlayMTU(); mtu != old && mtu >= 576+encapOverhead(r.cfg.LocalIP) {
+		r.log.WithFields(logrus.Fields{"was": old, "now": mtu}).Info("Underlay MTU changed; updating tunnel and route MTUs")
+		r.b.setUnderlayMTU(mtu)
+	}
 }
 
 // removeLeftovers removes what another routing mode left behind (the agent

@@ -78,7 +78,9 @@ func (f *fakeBackend) apply(d delta) syncResult {
 func (f *fakeBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {
 	return nil, nil, nil
 }
-func (f *fakeBackend) close() error { return nil }
+func (f *fakeBackend) close() error           { return nil }
+func (f *fakeBackend) underlayMTU() int       { return 1500 }
+func (f *fakeBackend) setUnderlayMTU(mtu int) {}
 
 func (f *fakeBackend) has(p string) bool {
 	f.mu.Lock()
