@@ -2,7 +2,7 @@
 // (bin/etcd, a separate process, mutual TLS on loopback), so that the
 // numbers are the agent's own: its memory does not include the etcd.
 //
-//	go run ./test/bench-agent -mode=latency -changes=1000
+//	go run ./test/bench-agent -mode=latency -changes=1000 [-proxy]
 //	go run ./test/bench-agent -mode=memory -clusters=50 -nodes=100 -endpoints=1000
 //
 // latency: one remote cluster (100 nodes, 1,000 endpoints) is synced; then
@@ -10,7 +10,8 @@
 // whose IP is outside its node's pod CIDR, which adds a /32, and deleting
 // it again). For each, the time from issuing the etcd write to the moment the
 // agent's desired set (the datapath hand-off) reflects it is recorded, and
-// the percentiles are printed.
+// the percentiles are printed. With -proxy the agent reads through
+// clustermesh-apiserver's read-only mTLS proxy (run in this process).
 //
 // memory: -clusters remote clusters, each with -nodes nodes and -endpoints
 // endpoints (10% of them outside their node's pod CIDR), are published in

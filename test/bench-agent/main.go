@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy"
 	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/datapath"
 	"github.com/podmesh/podmesh/pkg/kvstore"
@@ -37,13 +40,14 @@ func main() {
 	nodes := flag.Int("nodes", 100, "nodes per remote cluster")
 	endpoints := flag.Int("endpoints", 1000, "endpoints per remote cluster")
 	etcdBin := flag.String("etcd", "bin/etcd", "etcd binary")
+	viaProxy := flag.Bool("proxy", false, "latency: read through clustermesh-apiserver's read-only mTLS proxy (in this process) instead of etcd directly")
 	flag.Parse()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var err error
 	switch *mode {
 	case "latency":
-		err = latency(ctx, *etcdBin, *changes, *nodes, *endpoints)
+		err = latency(ctx, *etcdBin, *changes, *nodes, *endpoints, *viaProxy)
 	case "memory":
 		err = memory(ctx, *etcdBin, *clusters, *nodes, *endpoints)
 	default:
@@ -60,9 +64,11 @@ func main() {
 type env struct {
 	dir      string
 	endpoint string
-	ca       *certs.CA
-	admin    *clientv3.Client
-	cmd      *exec.Cmd
+	// agentEndpoint, when set, is what the agent connects to (a proxy).
+	agentEndpoint string
+	ca            *certs.CA
+	admin         *clientv3.Client
+	cmd           *exec.Cmd
 }
 
 func freePort() (int, error) {
@@ -168,6 +174,45 @@ func (e *env) close() {
 	os.RemoveAll(e.dir)
 }
 
+// startProxy puts clustermesh-apiserver's read-only proxy in front of the
+// etcd; the agent's config files then name the proxy.
+func (e *env) startProxy(ctx context.Context) (func(), error) {
+	cfg, err := e.clientConfig("proxy")
+	if err != nil {
+		return nil, err
+	}
+	cli, err := kvstore.NewClient(cfg, kvstore.ClientOptions{})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := e.ca.IssueServer(certs.Options{CommonName: "proxy", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(srv.CertPEM, srv.KeyPEM)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(e.ca.Cert)
+	tlsCfg, err := proxy.ServerTLS(pair, pool, []string{"remote-local"})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	p, err := proxy.Start(ctx, proxy.Config{Listen: "127.0.0.1:0", TLS: tlsCfg, Client: cli, Log: log})
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	e.agentEndpoint = "https://" + p.Addr()
+	return func() { p.Stop(); cli.Close() }, nil
+}
+
 // writeConfigDir lays out the agent's config directory as a Secret volume:
 // one file per cluster, all using one client certificate.
 func (e *env) writeConfigDir(names []string) (string, error) {
@@ -177,7 +222,11 @@ func (e *env) writeConfigDir(names []string) (string, error) {
 	}
 	files := map[string][]byte{"agent.crt": kp.CertPEM, "agent.key": kp.KeyPEM, "agent-ca.crt": e.ca.CertPEM}
 	for _, n := range names {
-		files[n] = fmt.Appendf(nil, "endpoints: [%s]\ntrusted-ca-file: agent-ca.crt\ncert-file: agent.crt\nkey-file: agent.key\n", e.endpoint)
+		ep := e.endpoint
+		if e.agentEndpoint != "" {
+			ep = e.agentEndpoint
+		}
+		files[n] = fmt.Appendf(nil, "endpoints: [%s]\ntrusted-ca-file: agent-ca.crt\ncert-file: agent.crt\nkey-file: agent.key\n", ep)
 	}
 	dir := filepath.Join(e.dir, "clustermesh")
 	return dir, certs.WriteSecretVolume(dir, files)
@@ -319,12 +368,21 @@ func (w *watcher) SetCluster(cluster string, entries []datapath.Entry) {
 	}
 }
 
-func latency(ctx context.Context, bin string, changes, nodes, endpoints int) error {
+func latency(ctx context.Context, bin string, changes, nodes, endpoints int, viaProxy bool) error {
 	e, err := startEtcd(ctx, bin)
 	if err != nil {
 		return err
 	}
 	defer e.close()
+	path := "TLS etcd on loopback"
+	if viaProxy {
+		stop, err := e.startProxy(ctx)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		path = "read-only mTLS proxy -> TLS etcd on loopback"
+	}
 	c := cluster{name: "east", id: 2, index: 0}
 	if err := publish(ctx, e.admin, c, nodes, endpoints); err != nil {
 		return err
@@ -368,7 +426,7 @@ func latency(ctx context.Context, bin string, changes, nodes, endpoints int) err
 			return fmt.Errorf("change %d not seen in the desired set after 30s", i)
 		}
 	}
-	fmt.Printf("write -> desired-set latency over %d changes (1 remote, %d nodes, %d endpoints, TLS etcd on loopback):\n", changes, nodes, endpoints)
+	fmt.Printf("write -> desired-set latency over %d changes (1 remote, %d nodes, %d endpoints, %s):\n", changes, nodes, endpoints, path)
 	printPercentiles("  agent (write issued -> desired set)", lat)
 	printPercentiles("  etcd write round trip alone        ", puts)
 	return nil
