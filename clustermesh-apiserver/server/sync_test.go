@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/pkg/meshapi"
@@ -173,11 +174,16 @@ func mustValue(t *testing.T, c *clientv3.Client, key string) string {
 
 func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 	h := newHarness(t)
+	// A key is written at most once per coalesce window, so the number of
+	// writes depends on how long the burst takes. A 500 ms window keeps the
+	// assertion below far from that dependency even on a loaded machine
+	// (the burst would have to take over a minute to reach it).
+	h.cfg.CoalesceDelay = 500 * time.Millisecond
 	h.start(t)
 	c := h.client(t)
 	k := h.k
 	createNode(t, k, "n1", "192.168.1.10", "10.1.1.0/24")
-	const pods, updates = 4, 1000
+	const pods, updates = 4, 1000 // updates divisible by pods*writersPerPod
 	for i := range pods {
 		createPod(t, k, "default", fmt.Sprintf("p%d", i), "n1", podOpts{}, fmt.Sprintf("10.1.1.%d", i+1))
 	}
@@ -188,22 +194,30 @@ func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 	puts := h.srv.SyncMetrics().EtcdWrites.WithLabelValues("put")
 	before := counter(t, puts)
 
-	// One goroutine per pod, so that each pod's last IP is known; every
-	// update changes the exported value.
+	// Eight writers per pod patch its IP concurrently (merge patches do not
+	// conflict); every update changes the exported value. Which update is
+	// last is up to the API server, so the expected final state is read
+	// back from Kubernetes afterwards.
+	const writersPerPod = 8
 	var wg sync.WaitGroup
-	errs := make(chan error, pods)
-	final := make([]string, pods)
+	errs := make(chan error, pods*writersPerPod)
 	for i := range pods {
-		wg.Go(func() {
-			for u := range updates / pods {
-				ip := fmt.Sprintf("10.1.%d.%d", 10+i, u%250+1)
-				final[i] = ip
-				if err := patchPodIPs(context.Background(), k, "default", fmt.Sprintf("p%d", i), ip); err != nil {
-					errs <- err
-					return
+		for w := range writersPerPod {
+			wg.Go(func() {
+				for u := range updates / pods / writersPerPod {
+					ip := fmt.Sprintf("10.1.%d.%d", 10+i, (w*(updates/pods/writersPerPod)+u)%250+1)
+					// The API server gives up on a patch after a few internal
+					// conflicts; eight concurrent writers hit that.
+					err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+						return patchPodIPs(context.Background(), k, "default", fmt.Sprintf("p%d", i), ip)
+					})
+					if err != nil {
+						errs <- err
+						return
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 	close(errs)
@@ -211,8 +225,11 @@ func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 		require.NoError(t, err)
 	}
 	for i := range pods {
+		p, err := k.CoreV1().Pods("default").Get(t.Context(), fmt.Sprintf("p%d", i), metav1.GetOptions{})
+		require.NoError(t, err)
+		require.Len(t, p.Status.PodIPs, 1)
 		waitValue(t, c, meshapi.EndpointKey(cluster, "default", fmt.Sprintf("p%d", i)),
-			fmt.Sprintf(`{"cluster":"east","clusterID":7,"namespace":"default","name":"p%d","node":"n1","ips":["%s"],"hostname":"","subdomain":""}`, i, final[i]))
+			fmt.Sprintf(`{"cluster":"east","clusterID":7,"namespace":"default","name":"p%d","node":"n1","ips":["%s"],"hostname":"","subdomain":""}`, i, p.Status.PodIPs[0].IP))
 	}
 	writes := counter(t, puts) - before
 	t.Logf("%d pod updates caused %.0f etcd writes (heartbeats included)", updates, writes)
