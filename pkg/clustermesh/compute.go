@@ -13,7 +13,8 @@ type ComputeStats struct {
 	// uncovered IPs have no tunnel endpoint and are skipped.
 	EndpointsWithoutNode int
 	// DuplicatePrefixes counts prefixes claimed by more than one node or
-	// endpoint of the cluster; the claim with the smallest key wins.
+	// endpoint of the cluster; a node wins over an endpoint, and among
+	// equals the smallest name or key.
 	DuplicatePrefixes int
 }
 
@@ -29,25 +30,35 @@ type ComputeStats struct {
 // or its first InternalIP when it has none of that family. The result is
 // deterministic for the same input, whatever the map order.
 func ComputeEntries(cluster string, clusterID uint32, local netip.Addr, nodes map[string]*meshapi.Node, endpoints map[string]*meshapi.Endpoint) ([]datapath.Entry, ComputeStats) {
+	type owner struct {
+		endpoint bool   // nodes sort before endpoints
+		key      string // node name or endpoint key
+	}
+	less := func(a, b owner) bool {
+		if a.endpoint != b.endpoint {
+			return !a.endpoint
+		}
+		return a.key < b.key
+	}
 	type claim struct {
 		entry datapath.Entry
-		owner string // node name or endpoint key; the smallest wins
+		owner owner // the smallest wins
 	}
 	var st ComputeStats
 	claims := make(map[netip.Prefix]claim, len(nodes))
-	add := func(p netip.Prefix, via netip.Addr, owner string) {
+	add := func(p netip.Prefix, via netip.Addr, o owner) {
 		if old, ok := claims[p]; ok {
 			st.DuplicatePrefixes++
-			if old.owner < owner {
+			if less(old.owner, o) {
 				return
 			}
 		}
-		claims[p] = claim{entry: datapath.Entry{Prefix: p, TunnelEndpoint: via, ClusterID: clusterID, Cluster: cluster}, owner: owner}
+		claims[p] = claim{entry: datapath.Entry{Prefix: p, TunnelEndpoint: via, ClusterID: clusterID, Cluster: cluster}, owner: o}
 	}
 	for name, n := range nodes {
 		via := TunnelIP(n.InternalIPs, local)
 		for _, p := range n.PodCIDRs {
-			add(p, via, "node/"+name)
+			add(p, via, owner{key: name})
 		}
 	}
 	for key, e := range endpoints {
@@ -61,7 +72,7 @@ func ComputeEntries(cluster string, clusterID uint32, local netip.Addr, nodes ma
 			if meshapi.AddrWithin(ip, n.PodCIDRs) {
 				continue
 			}
-			add(meshapi.HostPrefix(ip), via, "endpoint/"+key)
+			add(meshapi.HostPrefix(ip), via, owner{endpoint: true, key: key})
 		}
 	}
 	out := make([]datapath.Entry, 0, len(claims))

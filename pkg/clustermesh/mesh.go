@@ -241,13 +241,37 @@ func (m *Mesh) push(r *remote, gen uint64, entries []datapath.Entry) bool {
 	return true
 }
 
-// withdraw removes a refused remote's entries if gen is still current.
-func (m *Mesh) withdraw(r *remote, gen uint64) {
+// errSuperseded ends a session whose generation is no longer current.
+var errSuperseded = errors.New("superseded by a newer version of the file, or removed")
+
+// admit asks the registry to admit cc for r if gen is still current; a
+// refusal withdraws r's entries. Holding m.mu orders it with removals, so a
+// winding-down generation can never claim for a cluster that is gone.
+func (m *Mesh) admit(r *remote, gen uint64, cc *meshapi.ClusterConfig) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.remotes[r.name] != r || r.generation() != gen {
+		return errSuperseded
+	}
+	if err := m.registry.Admit(cc); err != nil {
+		m.withdrawLocked(r, gen)
+		return fmt.Errorf("%w: %w", errRefused, err)
+	}
+	return nil
+}
+
+// refuse releases r's claim and withdraws its entries if gen is current.
+func (m *Mesh) refuse(r *remote, gen uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.remotes[r.name] != r || r.generation() != gen {
 		return
 	}
+	m.registry.Release(r.name)
+	m.withdrawLocked(r, gen)
+}
+
+func (m *Mesh) withdrawLocked(r *remote, gen uint64) {
 	m.opts.Desired.RemoveCluster(r.name)
 	r.update(gen, func() { r.nodes, r.endpoints, r.prefixes = 0, 0, 0 })
 }

@@ -221,16 +221,14 @@ func (r *remote) session(ctx context.Context, gen uint64, cfg *kvstore.Config) (
 	})
 	cc, rev, err := r.readClusterConfig(sctx, cli)
 	if errors.Is(err, errRefused) {
-		r.mesh.registry.Release(r.name)
-		r.mesh.withdraw(r, gen)
+		r.mesh.refuse(r, gen)
 	}
 	if err != nil {
 		return false, nil, err
 	}
 	wake = r.mesh.registry.Changed()
-	if err := r.mesh.registry.Admit(cc); err != nil {
-		r.mesh.withdraw(r, gen)
-		return false, wake, fmt.Errorf("%w: %w", errRefused, err)
+	if err := r.mesh.admit(r, gen, cc); err != nil {
+		return false, wake, err
 	}
 	r.update(gen, func() { r.clusterID = cc.ID })
 
@@ -281,7 +279,7 @@ func (r *remote) session(ctx context.Context, gen uint64, cfg *kvstore.Config) (
 		}
 		entries, st := ComputeEntries(r.name, cc.ID, r.mesh.opts.LocalTunnelIP, state.nodes, state.endpoints)
 		if !r.mesh.push(r, gen, entries) {
-			return established, nil, sessionErr(sctx, errors.New("superseded"))
+			return established, nil, sessionErr(sctx, errSuperseded)
 		}
 		r.update(gen, func() {
 			r.up = true
