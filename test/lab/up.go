@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/podmesh/podmesh/test/kubetest"
 )
 
 // Topology is the shape of a standard lab: Clusters × Nodes × Pods, every
@@ -25,6 +30,13 @@ type Topology struct {
 func Up(ctx context.Context, o Options, t Topology) (l *Lab, err error) {
 	if t.Clusters < 1 || t.Clusters > MaxClusters || t.Nodes < 1 || t.Nodes > MaxNodes || t.Pods < 0 || t.Pods > MaxPods {
 		return nil, fmt.Errorf("topology %dx%dx%d out of range", t.Clusters, t.Nodes, t.Pods)
+	}
+	need := []string{"podmesh-lab"}
+	if !t.NoMesh {
+		need = append(need, "podmesh-agent", "clustermesh-apiserver")
+	}
+	if err := checkBinaries(o.BinDir, need); err != nil {
+		return nil, err
 	}
 	if l, err = New(ctx, o); err != nil {
 		return nil, err
@@ -94,6 +106,28 @@ func Up(ctx context.Context, o Options, t Topology) (l *Lab, err error) {
 	}
 	l.progress("mesh converged in %.1fs", time.Since(t0).Seconds())
 	return l, l.recordLayout()
+}
+
+// checkBinaries fails early, with a hint, when a binary the lab runs is
+// missing from binDir (default: the checkout's bin/).
+func checkBinaries(binDir string, names []string) error {
+	if binDir == "" {
+		var err error
+		if binDir, err = kubetest.BinDir(); err != nil {
+			return err
+		}
+	}
+	var missing []string
+	for _, n := range names {
+		if _, err := os.Stat(filepath.Join(binDir, n)); err != nil {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing in %s: %s (build them: go build -o %s/<name> ./agent ./clustermesh-apiserver ./test/lab/cmd/podmesh-lab, or run test/lab/demo.sh)",
+			binDir, strings.Join(missing, ", "), binDir)
+	}
+	return nil
 }
 
 // parallel runs f(0..n-1) concurrently and joins the errors.
