@@ -181,7 +181,9 @@ func (r *remote) run(ctx context.Context, gen uint64, cfg *kvstore.Config) {
 		r.update(gen, func() {
 			r.up = false
 			r.phase = err.Error()
-			r.recordErrorLocked(err)
+			if !errors.Is(err, errConfigChanged) { // a re-read, not a failure
+				r.recordErrorLocked(err)
+			}
 		})
 		r.log.WithError(err).WithField("retry_in", delay.Round(time.Millisecond).String()).Warn("Remote cluster session ended; keeping its last known state")
 		t := time.NewTimer(delay)
