@@ -289,3 +289,86 @@ func TestDiffDesiredSplitsAddsChangesAndRemovals(t *testing.T) {
 	assert.False(t, d.empty())
 	assert.True(t, diffDesired(next, next).empty())
 }
+
+func TestDesiredChangesSinceReturnsCurrentStateOfTouchedPrefixes(t *testing.T) {
+	d := NewDesired()
+	d.SetCluster("b", []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
+	v1 := d.Version()
+	d.Upsert(entry("10.2.2.0/24", "192.168.0.5"))
+	d.Delete("b", mustPrefix("10.2.0.0/24"))
+	d.Upsert(entry("10.2.1.0/24", "192.168.0.9"))
+	d.Delete("b", mustPrefix("10.2.9.0/24")) // missing: no version, no change
+	// Another cluster holding the same prefix: the name that sorts first wins.
+	c := entry("10.2.2.0/24", "192.168.0.7")
+	c.Cluster = "a"
+	d.Upsert(c)
+
+	changes, v, prune, ok := d.ChangesSince(v1)
+	require.True(t, ok)
+	assert.Equal(t, d.Version(), v)
+	assert.False(t, prune)
+	got := map[netip.Prefix]Change{}
+	for _, ch := range changes {
+		_, dup := got[ch.Prefix]
+		assert.False(t, dup, "each prefix once")
+		got[ch.Prefix] = ch
+	}
+	assert.Len(t, got, 3)
+	assert.False(t, got[mustPrefix("10.2.0.0/24")].Present)
+	assert.Equal(t, mustAddr("192.168.0.9"), got[mustPrefix("10.2.1.0/24")].Entry.TunnelEndpoint)
+	assert.Equal(t, "a", got[mustPrefix("10.2.2.0/24")].Entry.Cluster)
+	snap := d.Snapshot()
+	for p, ch := range got {
+		e, present := snap.Entries[p]
+		assert.Equal(t, present, ch.Present, "%s agrees with Snapshot", p)
+		if present {
+			assert.Equal(t, e, ch.Entry, "%s agrees with Snapshot", p)
+		}
+	}
+
+	changes, _, _, ok = d.ChangesSince(d.Version())
+	require.True(t, ok)
+	assert.Empty(t, changes)
+
+	d.AllowPrune()
+	changes, _, prune, ok = d.ChangesSince(v)
+	require.True(t, ok)
+	assert.Empty(t, changes)
+	assert.True(t, prune)
+
+	d.RemoveCluster("b")
+	changes, _, _, ok = d.ChangesSince(v)
+	require.True(t, ok)
+	assert.Len(t, changes, 2, "the two prefixes cluster b still held")
+}
+
+func TestDesiredChangesSinceFallsBackWhenTheJournalIsOutrun(t *testing.T) {
+	d := NewDesired()
+	d.Upsert(entry("10.2.0.0/24", "192.168.0.3"))
+	v := d.Version()
+	big := make([]Entry, journalMax+1)
+	for i := range big {
+		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
+		big[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2, Cluster: "c"}
+	}
+	d.SetCluster("c", big)
+	_, _, _, ok := d.ChangesSince(v)
+	assert.False(t, ok, "too many changes since v: the caller must take a snapshot")
+	v2 := d.Version()
+	d.Upsert(entry("10.2.1.0/24", "192.168.0.4"))
+	changes, _, _, ok := d.ChangesSince(v2)
+	require.True(t, ok, "later versions are journaled again")
+	assert.Len(t, changes, 1)
+
+	// Many small changes: old versions fall out, recent ones stay.
+	for i := range journalMax + 10 {
+		a := netip.AddrFrom4([4]byte{100, 100 + byte(i>>16), byte(i >> 8), byte(i)})
+		d.Upsert(Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2, Cluster: "d"})
+	}
+	_, _, _, ok = d.ChangesSince(v2)
+	assert.False(t, ok)
+	recent := d.Version() - 5
+	changes, _, _, ok = d.ChangesSince(recent)
+	require.True(t, ok)
+	assert.Len(t, changes, 5)
+}

@@ -32,12 +32,17 @@ func (e Entry) String() string {
 // caller does store one prefix under two clusters, the cluster whose name
 // sorts first wins in Snapshot, so the result is deterministic.
 type Desired struct {
-	// mu protects byCluster, version, pruneAllowed and changes.
+	// mu protects byCluster, version, pruneAllowed, changes, journal and
+	// journalFrom.
 	mu           sync.Mutex
 	byCluster    map[string]map[netip.Prefix]Entry
 	version      uint64
 	pruneAllowed bool
 	changes      []change // bounded, oldest first; see ChangedAfter
+	// journal lists the prefixes each version touched, oldest first; it
+	// holds every change with a version above journalFrom (ChangesSince).
+	journal     []journalEntry
+	journalFrom uint64
 
 	changed chan struct{}
 }
@@ -59,11 +64,24 @@ func (d *Desired) SetCluster(cluster string, entries []Entry) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if old, ok := d.byCluster[cluster]; ok && maps.Equal(old, m) {
+	old, ok := d.byCluster[cluster]
+	if ok && maps.Equal(old, m) {
 		return
 	}
 	d.byCluster[cluster] = m
 	d.bumpLocked()
+	var touched []netip.Prefix
+	for p, e := range m {
+		if o, ok := old[p]; !ok || o != e {
+			touched = append(touched, p)
+		}
+	}
+	for p := range old {
+		if _, ok := m[p]; !ok {
+			touched = append(touched, p)
+		}
+	}
+	d.journalLocked(touched...)
 }
 
 // Upsert adds or replaces one entry of e.Cluster.
@@ -80,6 +98,7 @@ func (d *Desired) Upsert(e Entry) {
 	}
 	m[e.Prefix] = e
 	d.bumpLocked()
+	d.journalLocked(e.Prefix)
 }
 
 // Delete removes one prefix of a cluster. Deleting a missing prefix is a no-op.
@@ -92,17 +111,24 @@ func (d *Desired) Delete(cluster string, p netip.Prefix) {
 	}
 	delete(m, p)
 	d.bumpLocked()
+	d.journalLocked(p)
 }
 
 // RemoveCluster withdraws every entry of a cluster.
 func (d *Desired) RemoveCluster(cluster string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.byCluster[cluster]; !ok {
+	old, ok := d.byCluster[cluster]
+	if !ok {
 		return
 	}
 	delete(d.byCluster, cluster)
 	d.bumpLocked()
+	touched := make([]netip.Prefix, 0, len(old))
+	for p := range old {
+		touched = append(touched, p)
+	}
+	d.journalLocked(touched...)
 }
 
 // AllowPrune is called once every remote has synced (or the sync timeout has
@@ -166,6 +192,89 @@ func (d *Desired) Version() uint64 {
 // Changed receives a value after one or more changes. It never blocks the
 // writer: changes made while a signal is pending coalesce into it.
 func (d *Desired) Changed() <-chan struct{} { return d.changed }
+
+type journalEntry struct {
+	version uint64
+	prefix  netip.Prefix
+}
+
+// journalMax bounds the journal; a reader that falls further behind takes a
+// Snapshot instead.
+const journalMax = 1 << 16
+
+// journalLocked records that the current version touched prefixes.
+func (d *Desired) journalLocked(prefixes ...netip.Prefix) {
+	if len(prefixes) > journalMax {
+		d.journal, d.journalFrom = d.journal[:0], d.version
+		return
+	}
+	for len(d.journal)+len(prefixes) > journalMax {
+		// Drop the oldest half, cutting between two versions.
+		cut := max(len(d.journal)/2, 1)
+		for cut < len(d.journal) && cut > 0 && d.journal[cut].version == d.journal[cut-1].version {
+			cut++
+		}
+		if cut == len(d.journal) {
+			d.journal, d.journalFrom = d.journal[:0], d.version-1
+			break
+		}
+		d.journalFrom = d.journal[cut-1].version
+		d.journal = append(d.journal[:0], d.journal[cut:]...)
+	}
+	for _, p := range prefixes {
+		d.journal = append(d.journal, journalEntry{version: d.version, prefix: p})
+	}
+}
+
+// Change is the current state of one prefix that changed: its entry, or
+// Present false when no cluster holds it any more.
+type Change struct {
+	Prefix  netip.Prefix
+	Entry   Entry
+	Present bool
+}
+
+// ChangesSince returns the current state of every prefix that changed after
+// version v, the current version and whether pruning is allowed, in one
+// consistent view. ok is false when the journal no longer reaches back to v
+// (more than about 65,000 prefix changes since); the caller then takes a
+// Snapshot. It lets a reader keep a copy of the set up to date in time
+// proportional to the changes rather than to the set.
+func (d *Desired) ChangesSince(v uint64) (changes []Change, version uint64, pruneAllowed bool, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v > d.version || v < d.journalFrom {
+		return nil, d.version, d.pruneAllowed, false
+	}
+	i := sort.Search(len(d.journal), func(i int) bool { return d.journal[i].version > v })
+	seen := make(map[netip.Prefix]bool, len(d.journal)-i)
+	for _, j := range d.journal[i:] {
+		if seen[j.prefix] {
+			continue
+		}
+		seen[j.prefix] = true
+		e, present := d.lookupLocked(j.prefix)
+		changes = append(changes, Change{Prefix: j.prefix, Entry: e, Present: present})
+	}
+	return changes, d.version, d.pruneAllowed, true
+}
+
+// lookupLocked resolves a prefix as Snapshot does: the cluster whose name
+// sorts first wins.
+func (d *Desired) lookupLocked(p netip.Prefix) (Entry, bool) {
+	var (
+		best        Entry
+		bestCluster string
+		found       bool
+	)
+	for cluster, m := range d.byCluster {
+		e, ok := m[p]
+		if ok && (!found || cluster < bestCluster) {
+			best, bestCluster, found = e, cluster, true
+		}
+	}
+	return best, found
+}
 
 // change records when a run of versions began: changes within
 // changeCoalesce of the previous record share it, so a burst of many
