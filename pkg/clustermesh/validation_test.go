@@ -219,3 +219,31 @@ func TestMeshWithdrawsARemoteWhoseConfigTurnsInvalid(t *testing.T) {
 	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
 	m.waitReady(t, "east")
 }
+
+// TestMeshRevalidatesWhenTheRemoteConfigChanges: entries are checked against
+// the config the remote declares now, so a node refused as out of range is
+// accepted once the remote declares the wider range, without counting the
+// change as a failure.
+func TestMeshRevalidatesWhenTheRemoteConfigChanges(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
+	east.PutNode(t, "e2", "192.168.1.2", "10.3.1.0/24") // outside the declared range
+	dir := cmt.NewConfigDir(t)
+	dir.Add(t, east)
+	m := startMesh(t, dir)
+	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
+	m.waitReady(t, "east")
+	require.Equal(t, 1, m.remote(t, "east").InvalidByReason[clustermesh.ReasonOutOfRange])
+
+	wider := east.Config
+	wider.PodCIDRs = append(wider.PodCIDRs, mustPrefix("10.3.0.0/16"))
+	east.PutJSON(t, meshapi.ClusterConfigKey("east"), wider)
+	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1", "10.3.1.0/24 via 192.168.1.2"))
+	m.waitReady(t, "east")
+	st := m.remote(t, "east")
+	require.Zero(t, st.InvalidEntries)
+	require.Zero(t, st.Failures, "a config change is not a failure")
+	for _, c := range m.rec.Changes() {
+		require.Empty(t, c.Removed, "nothing withdrawn while re-validating")
+	}
+}
