@@ -10,6 +10,8 @@ import (
 type Metrics struct {
 	// EtcdWrites counts writes that reached etcd, by op (put, delete).
 	EtcdWrites *prometheus.CounterVec
+	// EtcdTxns counts the transactions that carried EtcdWrites.
+	EtcdTxns prometheus.Counter
 	// EtcdWriteErrors counts failed writes (retried with backoff), by op.
 	EtcdWriteErrors *prometheus.CounterVec
 	// WritesSkipped counts queued keys whose value etcd already held.
@@ -32,6 +34,10 @@ func NewMetrics() *Metrics {
 			Namespace: "podmesh", Subsystem: "apiserver", Name: "etcd_writes_total",
 			Help: "Writes the Kubernetes sync made to etcd, by operation.",
 		}, []string{"op"}),
+		EtcdTxns: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "podmesh", Subsystem: "apiserver", Name: "etcd_txns_total",
+			Help: "etcd transactions the Kubernetes sync made (each carries up to 128 writes).",
+		}),
 		EtcdWriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "podmesh", Subsystem: "apiserver", Name: "etcd_write_errors_total",
 			Help: "Failed etcd writes of the Kubernetes sync (retried with backoff), by operation.",
@@ -63,5 +69,5 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every metric, for registration.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.EtcdWrites, m.EtcdWriteErrors, m.WritesSkipped, m.NotExported, m.Synced, m.QueueDepth}
+	return []prometheus.Collector{m.EtcdWrites, m.EtcdTxns, m.EtcdWriteErrors, m.WritesSkipped, m.NotExported, m.Synced, m.QueueDepth}
 }

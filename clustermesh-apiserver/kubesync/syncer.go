@@ -36,7 +36,8 @@ type Config struct {
 	Kube kubernetes.Interface
 	// Etcd is the writer client (etcdserver.Server.Writer).
 	Etcd KV
-	// Workers write to etcd in parallel; default DefaultWorkers.
+	// Workers write batches of keys to etcd in parallel, one transaction
+	// per batch; default DefaultWorkers.
 	Workers int
 	// CoalesceDelay is how long a changed key waits before it is written,
 	// so that a burst of updates of one object costs one write. Default
@@ -53,6 +54,7 @@ type KV interface {
 	Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error)
 	Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error)
 	Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error)
+	Txn(ctx context.Context) clientv3.Txn
 }
 
 // Syncer mirrors Kubernetes into etcd. Create with New, start with Run.
@@ -179,9 +181,12 @@ func (s *Syncer) Run(ctx context.Context) error {
 	defer factory.Shutdown()
 	defer s.queue.ShutDown() // before wg.Wait: stops the workers
 	factory.Start(ctx.Done())
+	batches := make(chan []string)
+	wg.Go(func() { s.dispatch(batches) })
 	for range s.cfg.Workers {
 		wg.Go(func() {
-			for s.processNext(ctx) {
+			for batch := range batches {
+				s.writeBatch(ctx, batch)
 			}
 		})
 	}
@@ -458,52 +463,112 @@ func (s *Syncer) checkConvergence() {
 	}
 }
 
-// processNext writes one key. It returns false when the queue shuts down.
-func (s *Syncer) processNext(ctx context.Context) bool {
-	key, shutdown := s.queue.Get()
-	if shutdown {
-		return false
-	}
-	defer s.queue.Done(key)
+// Bounds of one write transaction: etcd's default --max-txn-ops is 128 and
+// its default request limit 1.5 MiB.
+const (
+	maxBatchOps   = 128
+	maxBatchBytes = 1 << 20
+)
 
-	s.mu.Lock()
-	want, wantOK := s.desired[key]
-	have, haveOK := s.actual[key]
-	s.mu.Unlock()
-	if wantOK == haveOK && want == have {
-		s.m.WritesSkipped.Inc()
-		s.queue.Forget(key)
-		return true
-	}
-	op := "put"
-	var err error
-	if wantOK {
-		_, err = s.cfg.Etcd.Put(ctx, key, want)
-	} else {
-		op = "delete"
-		_, err = s.cfg.Etcd.Delete(ctx, key)
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return true
+// dispatch is the queue's only consumer: it takes every key that is ready,
+// up to the batch bounds, and hands the batch to a writer. A key stays
+// "processing" in the queue until its batch is written, so no two batches
+// ever hold the same key, and a key changed meanwhile is queued again.
+func (s *Syncer) dispatch(batches chan<- []string) {
+	defer close(batches)
+	for {
+		key, shutdown := s.queue.Get()
+		if shutdown {
+			return
 		}
-		s.m.EtcdWriteErrors.WithLabelValues(op).Inc()
-		s.log.WithError(err).WithFields(logrus.Fields{"key": key, "op": op}).Warn("etcd write failed; retrying")
-		s.queue.AddRateLimited(key)
-		return true
+		batch, size := []string{key}, s.sizeOf(key)
+		for len(batch) < maxBatchOps && size < maxBatchBytes && s.queue.Len() > 0 {
+			key, shutdown := s.queue.Get() // does not block: this is the only consumer
+			if shutdown {
+				return
+			}
+			batch = append(batch, key)
+			size += s.sizeOf(key)
+		}
+		batches <- batch
 	}
-	s.m.EtcdWrites.WithLabelValues(op).Inc()
-	s.queue.Forget(key)
+}
+
+func (s *Syncer) sizeOf(key string) int {
 	s.mu.Lock()
-	if wantOK {
-		s.actual[key] = want
-	} else {
-		delete(s.actual, key)
+	defer s.mu.Unlock()
+	return len(key) + len(s.desired[key])
+}
+
+// writeBatch makes etcd hold the desired value of every key of a batch, in
+// one transaction, skipping keys whose value etcd already holds.
+func (s *Syncer) writeBatch(ctx context.Context, batch []string) {
+	type write struct {
+		key, value string
+		del        bool
 	}
-	s.markLocked(key)
+	var writes []write
+	var ops []clientv3.Op
+	s.mu.Lock()
+	for _, key := range batch {
+		want, wantOK := s.desired[key]
+		have, haveOK := s.actual[key]
+		switch {
+		case wantOK == haveOK && want == have:
+			s.m.WritesSkipped.Inc()
+			s.queue.Forget(key)
+			s.queue.Done(key)
+		case wantOK:
+			writes = append(writes, write{key: key, value: want})
+			ops = append(ops, clientv3.OpPut(key, want))
+		default:
+			writes = append(writes, write{key: key, del: true})
+			ops = append(ops, clientv3.OpDelete(key))
+		}
+	}
 	s.mu.Unlock()
+	if len(ops) == 0 {
+		return
+	}
+
+	_, err := s.cfg.Etcd.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		for _, w := range writes {
+			if ctx.Err() == nil {
+				s.m.EtcdWriteErrors.WithLabelValues(opName(w.del)).Inc()
+				s.queue.AddRateLimited(w.key)
+			}
+			s.queue.Done(w.key)
+		}
+		if ctx.Err() == nil {
+			s.log.WithError(err).WithField("keys", len(writes)).Warn("etcd write failed; retrying")
+		}
+		return
+	}
+	s.mu.Lock()
+	for _, w := range writes {
+		if w.del {
+			delete(s.actual, w.key)
+		} else {
+			s.actual[w.key] = w.value
+		}
+		s.markLocked(w.key)
+	}
+	s.mu.Unlock()
+	for _, w := range writes {
+		s.m.EtcdWrites.WithLabelValues(opName(w.del)).Inc()
+		s.queue.Forget(w.key)
+		s.queue.Done(w.key)
+	}
+	s.m.EtcdTxns.Inc()
 	s.checkConvergence()
-	return true
+}
+
+func opName(del bool) string {
+	if del {
+		return "delete"
+	}
+	return "put"
 }
 
 // serviceSource turns Service and EndpointSlice events into service keys.
