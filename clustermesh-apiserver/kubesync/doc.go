@@ -11,6 +11,9 @@
 //     match. A burst of updates of one object therefore costs one write: the
 //     queue holds a key at most once, every key waits CoalesceDelay before
 //     it is processed, and the worker reads the value at processing time.
+//     Keys that are ready together are written together: one dispatcher
+//     batches them (up to etcd's 128 operations per transaction) and the
+//     workers commit each batch as one transaction.
 //   - The syncer is the only writer of its keys (the proxy is read-only and
 //     etcd's roles forbid everyone else), so it knows what etcd holds: the
 //     full listing at start plus its own successful writes. A write whose
