@@ -112,6 +112,7 @@ type Reconciler struct {
 	// Owned by the Run goroutine.
 	applied        map[netip.Prefix]Entry // want of the last fully successful pass; nil: next pass is full
 	appliedPrune   bool                   // PruneAllowed of that pass
+	countBy        map[string]int         // entries of applied per cluster
 	owned          map[netip.Prefix]bool  // prefixes this process programmed
 	lastApplied    uint64
 	rpFilterLogged bool
@@ -301,6 +302,126 @@ func nextBackoff(cur, max time.Duration) time.Duration {
 // succeeded under the same prune permission, only the delta is applied.
 func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
+	if !full && r.applied != nil {
+		if ok, done := r.reconcileDelta(start); done {
+			return ok
+		}
+	}
+	return r.reconcileFull(start)
+}
+
+// reconcileDelta applies the Desired changes since the last fully applied
+// version to the kernel without re-reading it, in time proportional to the
+// changes. done is false when it cannot (the change journal was outrun, the
+// prune permission changed, an entry is invalid, or the backend failed or
+// asked for it): the caller then runs a full pass, which re-reads the kernel
+// and reports per prefix.
+func (r *Reconciler) reconcileDelta(start time.Time) (ok, done bool) {
+	changes, version, prune, jok := r.desired.ChangesSince(r.lastApplied)
+	if !jok || prune != r.appliedPrune {
+		return false, false
+	}
+	var d delta
+	touched := make(map[netip.Prefix]Entry)
+	for _, c := range changes {
+		if c.Prefix != c.Prefix.Masked() {
+			return false, false
+		}
+		if c.Present {
+			if r.validate(c.Entry) != nil {
+				return false, false
+			}
+			touched[c.Prefix] = c.Entry
+		}
+	}
+	for _, c := range changes {
+		p := c.Prefix
+		old, had := r.applied[p]
+		if had {
+			r.countBy[old.Cluster]--
+			if r.countBy[old.Cluster] == 0 {
+				delete(r.countBy, old.Cluster)
+			}
+		}
+		if !c.Present {
+			if had {
+				d.remove = append(d.remove, old)
+				delete(r.applied, p)
+			}
+			continue
+		}
+		e := c.Entry
+		switch {
+		case !had:
+			d.add = append(d.add, e)
+		case old.TunnelEndpoint != e.TunnelEndpoint || old.ClusterID != e.ClusterID:
+			d.change = append(d.change, e)
+			d.stale = append(d.stale, old)
+		}
+		r.applied[p] = e
+		r.countBy[e.Cluster]++
+		r.clusterNames[e.ClusterID] = e.Cluster
+	}
+	d.want = r.applied
+	sysErr := r.checkSysctls(touched)
+	var res syncResult
+	if !d.empty() {
+		res = r.b.apply(d)
+	}
+	for _, p := range res.removed {
+		delete(r.owned, p)
+	}
+	if sysErr != nil || res.err != nil || res.needFull || len(res.failed) > 0 {
+		r.applied = nil
+		return false, false
+	}
+	for p := range touched {
+		r.owned[p] = true
+	}
+	traffic, drops, terr := r.b.traffic()
+	now := time.Now()
+	if version > r.lastApplied {
+		if t, found := r.desired.ChangedAfter(r.lastApplied); found {
+			r.metrics.convergence.Observe(now.Sub(t).Seconds())
+		}
+	}
+	r.lastApplied = version
+	programmed := maps.Clone(r.countBy)
+	r.metrics.setProgrammed(programmed, nil)
+	r.metrics.setTraffic(traffic, r.clusterNames, drops)
+	if terr != nil {
+		r.metrics.reconcileErrors.Inc()
+	}
+
+	r.mu.Lock()
+	r.status.Programmed = programmed
+	r.status.Failed = map[string]int{}
+	r.status.Errors = map[string]string{}
+	r.status.LastReconcile = now
+	r.status.LastDuration = now.Sub(start)
+	r.status.LastPass = "delta"
+	r.status.LastWrites = res.writes
+	r.status.AppliedVersion = version
+	if terr != nil {
+		r.status.LastError = terr.Error()
+		r.status.ReconcileErrors++
+	} else {
+		r.status.LastError = ""
+	}
+	if traffic != nil {
+		r.status.Traffic = traffic
+	}
+	if drops != nil {
+		r.status.Drops = drops
+	}
+	r.mu.Unlock()
+	r.log.WithFields(logrus.Fields{"pass": "delta", "version": version, "changes": len(changes), "writes": res.writes, "removed": len(res.removed), "duration": now.Sub(start)}).Debug("Datapath reconciled")
+	return terr == nil, true
+}
+
+// reconcileFull converges the whole desired set against a fresh read of the
+// kernel and recomputes the status from scratch.
+func (r *Reconciler) reconcileFull(start time.Time) bool {
 	snap := r.desired.Snapshot()
 	want := make(map[netip.Prefix]Entry, len(snap.Entries))
 	invalid := make(map[netip.Prefix]error)
@@ -320,26 +441,11 @@ func (r *Reconciler) reconcile(full bool) bool {
 		}
 		return snap.PruneAllowed || r.owned[p]
 	}
-	if full && r.autoMTU {
+	if r.autoMTU {
 		r.followUnderlayMTU()
 	}
-	var res syncResult
-	kind := "delta"
-	if !full && r.applied != nil && r.appliedPrune == snap.PruneAllowed {
-		d := diffDesired(r.applied, want)
-		if !d.empty() {
-			res = r.b.apply(d)
-		}
-	} else {
-		full = true
-	}
-	if full || res.needFull {
-		kind = "full"
-		partial := res
-		res = r.b.sync(want, canDelete)
-		res.removed = append(res.removed, partial.removed...)
-		res.writes += partial.writes
-	}
+	const kind = "full"
+	res := r.b.sync(want, canDelete)
 	for _, p := range res.removed {
 		delete(r.owned, p)
 	}
@@ -367,7 +473,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 	}
 	traffic, drops, terr := r.b.traffic()
 	var lerr error
-	if full && snap.PruneAllowed && res.err == nil && len(res.failed) == 0 {
+	if snap.PruneAllowed && res.err == nil && len(res.failed) == 0 {
 		lerr = r.removeLeftovers()
 	}
 
@@ -384,7 +490,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 	}
 	if ok {
 		r.lastApplied = snap.Version
-		r.applied, r.appliedPrune = want, snap.PruneAllowed
+		r.applied, r.appliedPrune, r.countBy = want, snap.PruneAllowed, maps.Clone(programmed)
 	} else {
 		r.applied = nil
 	}

@@ -216,3 +216,53 @@ func TestReconcilerRunConvergesOnChangesAndObservesLatency(t *testing.T) {
 	}
 	assert.Positive(t, samples)
 }
+
+func TestReconcilerDeltaPassesFollowTheJournalAndFallBackToFull(t *testing.T) {
+	d := NewDesired()
+	fb := newFakeBackend()
+	r, _ := newTestReconciler(t, d, fb)
+	d.SetCluster("b", []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
+	require.True(t, r.reconcile(true))
+
+	// Move one prefix, add one of another cluster: a delta pass.
+	d.Upsert(entry("10.2.1.0/24", "192.168.0.9"))
+	c := Entry{Prefix: mustPrefix("10.3.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.7"), ClusterID: 3, Cluster: "c"}
+	d.Upsert(c)
+	syncs := fb.syncs
+	require.True(t, r.reconcile(false))
+	assert.Equal(t, syncs, fb.syncs, "no full pass")
+	st := r.Status()
+	assert.Equal(t, "delta", st.LastPass)
+	assert.Equal(t, map[string]int{"b": 2, "c": 1}, st.Programmed)
+	assert.Equal(t, d.Version(), st.AppliedVersion)
+	fb.mu.Lock()
+	assert.Equal(t, mustAddr("192.168.0.9"), fb.kernel[mustPrefix("10.2.1.0/24")].TunnelEndpoint)
+	fb.mu.Unlock()
+
+	d.RemoveCluster("c")
+	require.True(t, r.reconcile(false))
+	assert.False(t, fb.has("10.3.0.0/24"))
+	assert.Equal(t, map[string]int{"b": 2}, r.Status().Programmed)
+
+	// An invalid entry cannot go through a delta: the full pass reports it.
+	d.Upsert(Entry{Prefix: mustPrefix("10.2.7.0/24"), TunnelEndpoint: mustAddr("192.168.0.1"), ClusterID: 2, Cluster: "b"})
+	syncs = fb.syncs
+	assert.False(t, r.reconcile(false))
+	assert.Equal(t, syncs+1, fb.syncs)
+	assert.Equal(t, "full", r.Status().LastPass)
+	assert.Contains(t, r.Status().Errors["10.2.7.0/24"], "is this node")
+
+	// More changes than the journal holds: a full pass.
+	d.Delete("b", mustPrefix("10.2.7.0/24"))
+	require.True(t, r.reconcile(true))
+	big := make([]Entry, journalMax+1)
+	for i := range big {
+		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
+		big[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 4, Cluster: "d"}
+	}
+	d.SetCluster("d", big)
+	syncs = fb.syncs
+	require.True(t, r.reconcile(false))
+	assert.Equal(t, syncs+1, fb.syncs, "the journal was outrun: full pass")
+	assert.Equal(t, journalMax+1, r.Status().Programmed["d"])
+}

@@ -225,6 +225,10 @@ func (b *vxlanBackend) apply(d delta) syncResult {
 	}
 	// Deletes last: neighbour and FDB entries of endpoints no wanted prefix
 	// uses any more.
+	gone := append(append([]Entry(nil), d.remove...), d.stale...)
+	if len(gone) == 0 {
+		return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull}
+	}
 	usedGW := make(map[netip.Addr]bool)
 	usedEP := make(map[netip.Addr]bool)
 	for _, e := range d.want {
@@ -233,7 +237,7 @@ func (b *vxlanBackend) apply(d delta) syncResult {
 		usedEP[e.TunnelEndpoint] = true
 	}
 	var errs []error
-	for _, e := range append(append([]Entry(nil), d.remove...), d.stale...) {
+	for _, e := range gone {
 		if _, bad := rfailed[e.Prefix]; bad {
 			continue
 		}
