@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -184,6 +185,14 @@ func unescapeMount(s string) string {
 // prefix's closed name grammar and the state directory only; nothing else
 // on the machine is touched. Down of a lab that does not exist succeeds.
 func Down(prefix, stateRoot string, log logrus.FieldLogger) error {
+	if stateRoot == "" {
+		stateRoot = DefaultStateRoot
+	}
+	if log == nil {
+		nl := logrus.New()
+		nl.Out = io.Discard
+		log = nl
+	}
 	lo, err := Discover(prefix, stateRoot)
 	if err != nil && lo.Empty() {
 		return err
@@ -233,6 +242,8 @@ func Down(prefix, stateRoot string, log logrus.FieldLogger) error {
 			errs = append(errs, fmt.Errorf("remove %s: %w", f, err))
 		}
 	}
+	// The state root is shared by labs; it goes when the last one does.
+	_ = os.Remove(stateRoot)
 	if left, _ := Discover(prefix, stateRoot); !left.Empty() {
 		errs = append(errs, fmt.Errorf("lab %s: still left after down: %s", prefix, left))
 	}

@@ -557,6 +557,8 @@ func testConfigRemoved(t *testing.T, ctx context.Context, l *lab.Lab) {
 			t.Error(err)
 		}
 	}
+	// c1 and c2 still reach each other through it all.
+	matrixOK(t, ctx, lab.Refs(l.Pods(c1, c2)))
 	t.Logf("MEASURED config file removed -> remote prefixes withdrawn: %s", took)
 }
 
