@@ -27,28 +27,6 @@ type delta struct {
 
 func (d delta) empty() bool { return len(d.add)+len(d.change)+len(d.remove) == 0 }
 
-// diffDesired computes the delta from prev to next. Entries compare on what
-// reaches the kernel (prefix, endpoint, cluster ID), not the cluster name.
-func diffDesired(prev, next map[netip.Prefix]Entry) delta {
-	d := delta{want: next}
-	for p, e := range next {
-		old, ok := prev[p]
-		switch {
-		case !ok:
-			d.add = append(d.add, e)
-		case old.TunnelEndpoint != e.TunnelEndpoint || old.ClusterID != e.ClusterID:
-			d.change = append(d.change, e)
-			d.stale = append(d.stale, old)
-		}
-	}
-	for p, e := range prev {
-		if _, ok := next[p]; !ok {
-			d.remove = append(d.remove, e)
-		}
-	}
-	return d
-}
-
 // applyRouteDelta adds, replaces and removes the routes of a delta (adds and
 // changes first). A new prefix is added with NLM_F_EXCL, so a route someone
 // else holds for it is never overwritten: the add fails with EEXIST and the
