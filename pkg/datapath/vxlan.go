@@ -321,6 +321,9 @@ func ensureDevice(h *netlink.Handle, log logrus.FieldLogger, want netlink.Link, 
 	}
 	if a.Flags&net.FlagUp == 0 {
 		if err := h.LinkSetUp(l); err != nil {
+			if vx, ok := want.(*netlink.Vxlan); ok && errors.Is(err, unix.EADDRINUSE) {
+				err = fmt.Errorf("UDP port %d is taken, by another VXLAN device with other flags or a socket (choose another tunnel port): %w", vx.Port, err)
+			}
 			errs = append(errs, fmt.Errorf("set %s up: %w", name, err))
 		}
 	}
