@@ -182,6 +182,22 @@ func (m *mesh) waitApplied(n *datapathtest.Node) {
 		func() string { return "reconciler of " + n.Name + " did not converge: " + statusString(rr.r.Status()) })
 }
 
+// assertFullPassWritesNothing waits for the next periodic full pass of each
+// node's reconciler and checks that it wrote nothing: every kernel object
+// reads back exactly as it was written, so a converged node is not churned.
+func (m *mesh) assertFullPassWritesNothing(nodes ...*datapathtest.Node) {
+	m.t.Helper()
+	for _, n := range nodes {
+		rr := m.running[n]
+		since := rr.r.Status().LastReconcile
+		waitFor(m.t, convergeWithin, func() bool {
+			s := rr.r.Status()
+			return s.LastPass == "full" && s.LastReconcile.After(since)
+		}, func() string { return "no periodic full pass on " + n.Name })
+		assert.Zero(m.t, rr.r.Status().LastWrites, "%s: a full pass over a converged kernel rewrote objects", n.Name)
+	}
+}
+
 func statusString(s datapath.Status) string {
 	return fmt.Sprintf("last error: %s; per prefix: %v", s.LastError, s.Errors)
 }
@@ -250,16 +266,7 @@ func TestPodToRemotePodTCPAndUDPKeepTheSourcePodIP(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "1", v, "the reconciler enabled forwarding on %s", n.Name)
 		}
-		// A periodic full pass over the converged kernel writes nothing.
-		for _, n := range m.lab.Nodes {
-			rr := m.running[n]
-			since := rr.r.Status().LastReconcile
-			waitFor(t, convergeWithin, func() bool {
-				s := rr.r.Status()
-				return s.LastPass == "full" && s.LastReconcile.After(since)
-			}, func() string { return "no periodic full pass" })
-			assert.Zero(t, rr.r.Status().LastWrites, "%s: a full pass over a converged kernel rewrote objects", n.Name)
-		}
+		m.assertFullPassWritesNothing(m.lab.Nodes...)
 
 		// In the tunnel modes the traffic really went through podmesh_vxlan.
 		vx, err := m.a1.NS.NL.LinkByName(datapath.DeviceName)

@@ -81,6 +81,14 @@ func ebpfDeviceCompatible(want, have *netlink.Vxlan) bool {
 	return have.FlowBased && have.Port == want.Port
 }
 
+// checkClusterID rejects an entry the ipcache cannot hold.
+func checkClusterID(e Entry) error {
+	if e.ClusterID == 0 || e.ClusterID > bpf.MaxClusterID {
+		return fmt.Errorf("cluster ID %d not in 1..%d", e.ClusterID, bpf.MaxClusterID)
+	}
+	return nil
+}
+
 // ipcacheEntry converts a desired Entry into its ipcache entry.
 func ipcacheEntry(e Entry) bpf.Entry {
 	return bpf.Entry{Prefix: e.Prefix.Masked(), TunnelEndpoint: e.TunnelEndpoint.Unmap(), ClusterID: e.ClusterID}
@@ -140,8 +148,8 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 	failed := make(map[netip.Prefix]error)
 	wantIP := make(map[netip.Prefix]bpf.Entry, len(want))
 	for p, e := range want {
-		if e.ClusterID == 0 || e.ClusterID > bpf.MaxClusterID {
-			failed[p] = fmt.Errorf("cluster ID %d not in 1..%d", e.ClusterID, bpf.MaxClusterID)
+		if err := checkClusterID(e); err != nil {
+			failed[p] = err
 			continue
 		}
 		wantIP[p] = ipcacheEntry(e)
@@ -216,8 +224,8 @@ func (b *ebpfBackend) apply(d delta) syncResult {
 	}
 	failed := make(map[netip.Prefix]error)
 	valid := func(e Entry) bool {
-		if e.ClusterID == 0 || e.ClusterID > bpf.MaxClusterID {
-			failed[e.Prefix] = fmt.Errorf("cluster ID %d not in 1..%d", e.ClusterID, bpf.MaxClusterID)
+		if err := checkClusterID(e); err != nil {
+			failed[e.Prefix] = err
 			return false
 		}
 		return true
@@ -263,7 +271,7 @@ func (b *ebpfBackend) apply(d delta) syncResult {
 	if len(removed) > 0 {
 		keep := make([]bpf.Entry, 0, len(d.want)+len(b.keptAdopted))
 		for _, e := range d.want {
-			if e.ClusterID != 0 && e.ClusterID <= bpf.MaxClusterID {
+			if checkClusterID(e) == nil {
 				keep = append(keep, ipcacheEntry(e))
 			}
 		}

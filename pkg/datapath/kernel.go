@@ -6,13 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podmesh/podmesh/pkg/datapath/internal/netnsutil"
 )
 
 // This file is the thin kernel edge shared by the backends: netlink dumps
@@ -149,30 +150,7 @@ func (n nsRunner) do(fn func() error) error {
 	if !n.ns.IsOpen() {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		// A fresh goroutine locked to its thread: if the namespace cannot
-		// be restored, it exits still locked and Go discards the thread.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.ns); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return netnsutil.Do(n.ns, fn)
 }
 
 // sysctl reads and writes /proc/sys entries (of the namespace the calling

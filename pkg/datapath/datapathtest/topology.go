@@ -21,12 +21,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podmesh/podmesh/pkg/datapath/internal/netnsutil"
 )
 
 // T is the part of testing.TB the helpers need; a benchmark harness outside
@@ -64,7 +65,7 @@ func NewNS(t T, name string) *NS {
 		full = full[:60]
 	}
 	var h netns.NsHandle
-	err := onLockedThread(func() error {
+	err := netnsutil.OnLockedThread(func() error {
 		orig, err := netns.Get()
 		if err != nil {
 			return err
@@ -112,40 +113,13 @@ func NewNS(t T, name string) *NS {
 	return ns
 }
 
-// onLockedThread runs fn on a fresh goroutine locked to its OS thread. When fn
-// fails the goroutine exits still locked and Go discards the thread, so a
-// thread whose namespace could not be restored is never reused.
-func onLockedThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		err := fn()
-		if err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
-
 // Do runs fn on a thread inside the namespace. Sockets fn opens stay in the
 // namespace after Do returns.
 func (n *NS) Do(fn func() error) error {
-	return onLockedThread(func() error {
-		orig, err := netns.Get()
-		if err != nil {
-			return fmt.Errorf("get netns: %w", err)
-		}
-		defer orig.Close()
-		if err := netns.Set(n.Handle); err != nil {
-			return fmt.Errorf("enter netns %s: %w", n.Name, err)
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			return errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-		}
-		return ferr
-	})
+	if err := netnsutil.Do(n.Handle, fn); err != nil {
+		return fmt.Errorf("in netns %s: %w", n.Name, err)
+	}
+	return nil
 }
 
 // Sysctl sets a sysctl inside the namespace.
