@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -50,6 +51,10 @@ func New(cfg Config, restConfig *rest.Config, log logrus.FieldLogger) (*Server, 
 	tlsCfg, err := proxy.LoadServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, cfg.AllowedPeers)
 	if err != nil {
 		return nil, err
+	}
+	if fi, err := os.Stat(cfg.TLSKey); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		// Not fatal: a Secret volume's default mode is 0644.
+		log.WithFields(logrus.Fields{"file": cfg.TLSKey, "mode": fi.Mode().Perm().String()}).Warn("TLS key is readable by group or others; 0600 expected")
 	}
 	if restConfig == nil {
 		if restConfig, err = loadKubeconfig(cfg.Kubeconfig); err != nil {
