@@ -155,8 +155,13 @@ func upLab(t *testing.T, ctx context.Context, o lab.Options, topo lab.Topology) 
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
+			// The agents' and clustermesh-apiservers' logs; the echo
+			// servers' say little. Everything stays in the state dir
+			// until the lab is closed just below.
 			for _, f := range l.LogFiles() {
-				t.Logf("--- last lines of %s:\n%s", f, lab.TailLog(f, 40))
+				if base := filepath.Base(f); strings.HasPrefix(base, "agent-") || strings.HasPrefix(base, "clustermesh-apiserver-") {
+					t.Logf("--- last lines of %s:\n%s", f, lab.TailLog(f, 25))
+				}
 			}
 		}
 		if err := l.Close(); err != nil {
