@@ -151,73 +151,97 @@ type routeParams struct {
 	mtu       int // 0: no MTU metric
 }
 
-// desiredRoute converts an Entry into the route podmesh installs for it.
-func desiredRoute(e Entry, rp routeParams) netlink.Route {
-	r := netlink.Route{
-		Dst:      prefixToIPNet(e.Prefix),
-		Family:   family(e.Prefix.Addr()),
-		Protocol: RouteProtocol,
-		Table:    routeTable,
-		Type:     unix.RTN_UNICAST,
-		MTU:      rp.mtu,
-	}
+// routeSpec is the route podmesh wants for one Entry, in a form that costs no
+// allocation to build and compare: a full pass compares every wanted prefix
+// with the kernel, and only the few that differ become netlink.Routes.
+type routeSpec struct {
+	prefix netip.Prefix
+	gw     netip.Addr // invalid: no gateway
+	via    bool       // gw is of the other family (RTA_VIA)
+	link   int        // 0: the kernel resolves it (native)
+	scope  netlink.Scope
+	onlink bool
+	mtu    int // 0: no MTU metric
+}
+
+// specFor converts an Entry into the route podmesh installs for it.
+func specFor(e Entry, rp routeParams) routeSpec {
+	s := routeSpec{prefix: e.Prefix.Masked(), mtu: rp.mtu, scope: netlink.SCOPE_UNIVERSE}
 	switch rp.mode {
 	case ModeNative:
-		r.Scope = netlink.SCOPE_UNIVERSE
-		if e.Prefix.Addr().Is4() == e.TunnelEndpoint.Is4() {
-			r.Gw = e.TunnelEndpoint.AsSlice()
-		} else {
-			r.Via = &netlink.Via{AddrFamily: family(e.TunnelEndpoint), Addr: e.TunnelEndpoint.AsSlice()}
-		}
+		s.gw, s.via = e.TunnelEndpoint, e.Prefix.Addr().Is4() != e.TunnelEndpoint.Is4()
 	case ModeVXLAN:
-		r.Scope = netlink.SCOPE_UNIVERSE
-		r.LinkIndex = rp.linkIndex
-		r.Flags = int(netlink.FLAG_ONLINK)
-		gw, via := vtep(e.Prefix, e.TunnelEndpoint)
-		if via {
-			r.Via = &netlink.Via{AddrFamily: family(gw), Addr: gw.AsSlice()}
-		} else {
-			r.Gw = gw.AsSlice()
-		}
+		s.link, s.onlink = rp.linkIndex, true
+		s.gw, s.via = vtep(e.Prefix, e.TunnelEndpoint)
 	case ModeEBPF:
-		r.Scope = netlink.SCOPE_LINK
-		r.LinkIndex = rp.linkIndex
+		s.link, s.scope = rp.linkIndex, netlink.SCOPE_LINK
+	}
+	return s
+}
+
+// route is the netlink form of the spec.
+func (s routeSpec) route() netlink.Route {
+	r := netlink.Route{
+		Dst:       prefixToIPNet(s.prefix),
+		Family:    family(s.prefix.Addr()),
+		Protocol:  RouteProtocol,
+		Table:     routeTable,
+		Type:      unix.RTN_UNICAST,
+		Scope:     s.scope,
+		LinkIndex: s.link,
+		MTU:       s.mtu,
+	}
+	if s.onlink {
+		r.Flags = int(netlink.FLAG_ONLINK)
+	}
+	switch {
+	case !s.gw.IsValid():
+	case s.via:
+		r.Via = &netlink.Via{AddrFamily: family(s.gw), Addr: s.gw.AsSlice()}
+	default:
+		r.Gw = s.gw.AsSlice()
 	}
 	return r
 }
 
-// routeMatches reports whether the kernel route have realises want. Fields the
+// matches reports whether the kernel route have realises the spec. Fields the
 // kernel fills in on its own (priority of IPv6 routes, the resolved output
 // link of a gateway route, flags other than onlink) are not compared, nor is
 // the scope of IPv6 routes, which the kernel does not keep (it always
 // reports universe).
-func routeMatches(want, have netlink.Route) bool {
-	if want.Protocol != have.Protocol || want.Table != have.Table {
+func (s routeSpec) matches(have netlink.Route) bool {
+	if have.Protocol != RouteProtocol || have.Table != routeTable {
 		return false
 	}
-	if want.Family != unix.AF_INET6 && want.Scope != have.Scope {
+	if s.prefix.Addr().Is4() && have.Scope != s.scope {
 		return false
 	}
-	if want.Type != 0 && have.Type != 0 && want.Type != have.Type {
+	if have.Type != 0 && have.Type != unix.RTN_UNICAST {
 		return false
 	}
-	if want.LinkIndex != 0 && want.LinkIndex != have.LinkIndex {
+	if s.link != 0 && have.LinkIndex != s.link {
 		return false
 	}
-	if ipToAddr(want.Gw) != ipToAddr(have.Gw) {
+	var gw, via netip.Addr
+	if s.via {
+		via = s.gw
+	} else {
+		gw = s.gw
+	}
+	if ipToAddr(have.Gw) != gw || viaAddr(have.Via) != via {
 		return false
 	}
-	if viaAddr(want.Via) != viaAddr(have.Via) {
+	if (have.Flags&int(netlink.FLAG_ONLINK) != 0) != s.onlink {
 		return false
 	}
-	if want.Flags&int(netlink.FLAG_ONLINK) != have.Flags&int(netlink.FLAG_ONLINK) {
-		return false
-	}
-	if want.MTU != have.MTU {
+	if have.MTU != s.mtu {
 		return false
 	}
 	return len(have.MultiPath) == 0 && have.Encap == nil
 }
+
+// desiredRoute converts an Entry into the route podmesh installs for it.
+func desiredRoute(e Entry, rp routeParams) netlink.Route { return specFor(e, rp).route() }
 
 func viaAddr(d netlink.Destination) netip.Addr {
 	v, ok := d.(*netlink.Via)
@@ -243,13 +267,14 @@ type routePlan struct {
 	conflicts map[netip.Prefix]string // wanted prefixes held by a foreign route
 }
 
-// planRoutes diffs want (by prefix) against the routes found in podmesh's
-// table. ours are routes tagged with RouteProtocol, foreign all others with a
-// destination. canDelete says whether an unwanted podmesh route may be removed
-// now (before the first full sync only routes this process added may go).
-func planRoutes(want map[netip.Prefix]netlink.Route, ours, foreign map[netip.Prefix]netlink.Route, canDelete func(netip.Prefix) bool) routePlan {
+// planRoutes diffs the routes want asks for (spec per entry) against the
+// routes found in podmesh's table. ours are routes tagged with RouteProtocol,
+// foreign all others with a destination. canDelete says whether an unwanted
+// podmesh route may be removed now (before the first full sync only routes
+// this process added may go).
+func planRoutes(want map[netip.Prefix]Entry, spec func(Entry) routeSpec, ours, foreign map[netip.Prefix]netlink.Route, canDelete func(netip.Prefix) bool) routePlan {
 	var p routePlan
-	for pfx, w := range want {
+	for pfx, e := range want {
 		if _, ok := foreign[pfx]; ok {
 			if p.conflicts == nil {
 				p.conflicts = make(map[netip.Prefix]string)
@@ -257,10 +282,11 @@ func planRoutes(want map[netip.Prefix]netlink.Route, ours, foreign map[netip.Pre
 			p.conflicts[pfx] = "a route podmesh did not create holds this prefix"
 			continue
 		}
-		if h, ok := ours[pfx]; ok && routeMatches(w, h) {
+		s := spec(e)
+		if h, ok := ours[pfx]; ok && s.matches(h) {
 			continue
 		}
-		p.upsert = append(p.upsert, w)
+		p.upsert = append(p.upsert, s.route())
 	}
 	for pfx, h := range ours {
 		if _, ok := want[pfx]; ok {

@@ -86,55 +86,77 @@ func TestDesiredRoutePerMode(t *testing.T) {
 	}
 }
 
-func TestRouteMatchesIgnoresKernelFilledFields(t *testing.T) {
+func TestRouteSpecMatchesIgnoresKernelFilledFields(t *testing.T) {
 	e := Entry{Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2}
-	want := desiredRoute(e, routeParams{mode: ModeNative, mtu: 1500})
-	have := want
+	spec := specFor(e, routeParams{mode: ModeNative, mtu: 1500})
+	have := spec.route()
+	assert.True(t, spec.matches(have), "a spec matches its own route")
 	have.LinkIndex = 3  // resolved by the kernel
 	have.Priority = 0   // as dumped
 	have.Flags |= 0x100 // some other flag
-	assert.True(t, routeMatches(want, have))
+	assert.True(t, spec.matches(have))
 
 	for name, mutate := range map[string]func(r *netlink.Route){
-		"mtu":      func(r *netlink.Route) { r.MTU = 1400 },
-		"gateway":  func(r *netlink.Route) { r.Gw = net.ParseIP("192.168.0.4") },
+		"mtu":     func(r *netlink.Route) { r.MTU = 1400 },
+		"gateway": func(r *netlink.Route) { r.Gw = net.ParseIP("192.168.0.4") },
+		"no gw":   func(r *netlink.Route) { r.Gw = nil },
+		"via": func(r *netlink.Route) {
+			r.Gw, r.Via = nil, &netlink.Via{AddrFamily: unix.AF_INET, Addr: net.ParseIP("192.168.0.3").To4()}
+		},
 		"protocol": func(r *netlink.Route) { r.Protocol = unix.RTPROT_STATIC },
+		"table":    func(r *netlink.Route) { r.Table = 100 },
 		"scope":    func(r *netlink.Route) { r.Scope = netlink.SCOPE_LINK },
+		"type":     func(r *netlink.Route) { r.Type = unix.RTN_BLACKHOLE },
 		"multipath": func(r *netlink.Route) {
 			r.MultiPath = []*netlink.NexthopInfo{{Gw: net.ParseIP("192.168.0.3")}}
 		},
 	} {
-		h := want
+		h := spec.route()
 		mutate(&h)
-		assert.False(t, routeMatches(want, h), name)
+		assert.False(t, spec.matches(h), name)
 	}
 
 	// IPv6 routes read back with universe scope whatever was asked.
 	e6 := Entry{Prefix: mustPrefix("fd02::/64"), TunnelEndpoint: mustAddr("fd00::3"), ClusterID: 2}
-	w6 := desiredRoute(e6, routeParams{mode: ModeEBPF, linkIndex: 5, mtu: 1430})
-	h6 := w6
+	s6 := specFor(e6, routeParams{mode: ModeEBPF, linkIndex: 5, mtu: 1430})
+	h6 := s6.route()
 	h6.Scope = netlink.SCOPE_UNIVERSE
-	assert.True(t, routeMatches(w6, h6), "an IPv6 link route as the kernel reports it")
+	assert.True(t, s6.matches(h6), "an IPv6 link route as the kernel reports it")
 
-	ev := desiredRoute(e, routeParams{mode: ModeVXLAN, linkIndex: 5, mtu: 1450})
-	hv := ev
+	sv := specFor(e, routeParams{mode: ModeVXLAN, linkIndex: 5, mtu: 1450})
+	hv := sv.route()
+	assert.True(t, sv.matches(hv))
 	hv.LinkIndex = 6
-	assert.False(t, routeMatches(ev, hv), "a vxlan route on another link")
-	hv = ev
+	assert.False(t, sv.matches(hv), "a vxlan route on another link")
+	hv = sv.route()
 	hv.Flags = 0
-	assert.False(t, routeMatches(ev, hv), "a vxlan route without onlink")
+	assert.False(t, sv.matches(hv), "a vxlan route without onlink")
+
+	// Every shape of TestDesiredRoutePerMode matches its own route.
+	for _, c := range []struct {
+		e  Entry
+		rp routeParams
+	}{
+		{Entry{Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("fd00::3")}, routeParams{mode: ModeNative, mtu: 1500}},
+		{Entry{Prefix: mustPrefix("fd02::/64"), TunnelEndpoint: mustAddr("192.168.0.3")}, routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1450}},
+		{Entry{Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("fd00::3")}, routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1430}},
+		{Entry{Prefix: mustPrefix("fd02::/64"), TunnelEndpoint: mustAddr("fd00::3")}, routeParams{mode: ModeVXLAN, linkIndex: 7, mtu: 1430}},
+	} {
+		sp := specFor(c.e, c.rp)
+		assert.True(t, sp.matches(sp.route()), "%s %s via %s", c.rp.mode, c.e.Prefix, c.e.TunnelEndpoint)
+	}
 }
 
 func TestPlanRoutesAddsChangesAndPrunesOnlyWhatItMay(t *testing.T) {
-	rp := routeParams{mode: ModeNative, mtu: 1500}
+	spec := func(e Entry) routeSpec { return specFor(e, routeParams{mode: ModeNative, mtu: 1500}) }
 	route := func(p, gw string, mtu int) netlink.Route {
 		return desiredRoute(Entry{Prefix: mustPrefix(p), TunnelEndpoint: mustAddr(gw)}, routeParams{mode: ModeNative, mtu: mtu})
 	}
-	want := map[netip.Prefix]netlink.Route{
-		mustPrefix("10.2.0.0/24"):  desiredRoute(Entry{Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.3")}, rp),
-		mustPrefix("10.2.1.0/24"):  desiredRoute(Entry{Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: mustAddr("192.168.0.4")}, rp),
-		mustPrefix("10.2.0.77/32"): desiredRoute(Entry{Prefix: mustPrefix("10.2.0.77/32"), TunnelEndpoint: mustAddr("192.168.0.4")}, rp),
-		mustPrefix("10.9.0.0/24"):  desiredRoute(Entry{Prefix: mustPrefix("10.9.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.4")}, rp),
+	want := map[netip.Prefix]Entry{
+		mustPrefix("10.2.0.0/24"):  {Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.3")},
+		mustPrefix("10.2.1.0/24"):  {Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: mustAddr("192.168.0.4")},
+		mustPrefix("10.2.0.77/32"): {Prefix: mustPrefix("10.2.0.77/32"), TunnelEndpoint: mustAddr("192.168.0.4")},
+		mustPrefix("10.9.0.0/24"):  {Prefix: mustPrefix("10.9.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.4")},
 	}
 	ours := map[netip.Prefix]netlink.Route{
 		mustPrefix("10.2.0.0/24"): route("10.2.0.0/24", "192.168.0.3", 1500), // matches
@@ -146,7 +168,7 @@ func TestPlanRoutesAddsChangesAndPrunesOnlyWhatItMay(t *testing.T) {
 	foreignRoute.Protocol = unix.RTPROT_STATIC
 	foreign := map[netip.Prefix]netlink.Route{mustPrefix("10.9.0.0/24"): foreignRoute}
 
-	plan := planRoutes(want, ours, foreign, func(p netip.Prefix) bool { return p == mustPrefix("10.3.0.0/24") })
+	plan := planRoutes(want, spec, ours, foreign, func(p netip.Prefix) bool { return p == mustPrefix("10.3.0.0/24") })
 
 	var up, rm []netip.Prefix
 	for _, r := range plan.upsert {
@@ -161,6 +183,7 @@ func TestPlanRoutesAddsChangesAndPrunesOnlyWhatItMay(t *testing.T) {
 	assert.Equal(t, []netip.Prefix{mustPrefix("10.3.0.0/24")}, rm)
 	assert.Contains(t, plan.conflicts, mustPrefix("10.9.0.0/24"), "a foreign route is never replaced")
 	assert.Len(t, plan.conflicts, 1)
+	assert.Equal(t, 1500, plan.upsert[1].MTU, "the stale route is replaced by the wanted one")
 }
 
 func TestTunnelMACIsDerivedLocallyAdministeredAndDistinct(t *testing.T) {

@@ -181,13 +181,17 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		}
 	}
 	rp := routeParams{mode: ModeEBPF, linkIndex: idx, mtu: b.deviceMTU()}
-	wantRoutes := make(map[netip.Prefix]netlink.Route, len(wantIP))
-	for p := range wantIP {
-		wantRoutes[p] = desiredRoute(want[p], rp)
+	routed := want // the prefixes whose ipcache entry is in place
+	if len(failed) > 0 {
+		routed = make(map[netip.Prefix]Entry, len(wantIP))
+		for p := range wantIP {
+			routed[p] = want[p]
+		}
 	}
+	spec := func(e Entry) routeSpec { return specFor(e, rp) }
 	// A prefix whose ipcache update failed keeps whatever route it had.
 	routeCanDelete := func(p netip.Prefix) bool { return canDelete(p) && failed[p] == nil }
-	rfailed, removed, rw := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, routeCanDelete))
+	rfailed, removed, rw := applyRoutes(b.h, planRoutes(routed, spec, ours, foreign, routeCanDelete))
 	writes += rw
 	for p, err := range rfailed {
 		failed[p] = errors.Join(failed[p], err)

@@ -66,11 +66,8 @@ func (b *nativeBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.P
 		return syncResult{err: err}
 	}
 	rp := routeParams{mode: ModeNative, mtu: routeMTU(ModeNative, b.mtu, b.local)}
-	wantRoutes := make(map[netip.Prefix]netlink.Route, len(want))
-	for p, e := range want {
-		wantRoutes[p] = desiredRoute(e, rp)
-	}
-	failed, removed, writes := applyRoutes(b.h, planRoutes(wantRoutes, ours, foreign, canDelete))
+	spec := func(e Entry) routeSpec { return specFor(e, rp) }
+	failed, removed, writes := applyRoutes(b.h, planRoutes(want, spec, ours, foreign, canDelete))
 	return syncResult{failed: failed, removed: removed, writes: writes}
 }
 

@@ -121,11 +121,8 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 	}
 
 	rp := routeParams{mode: ModeVXLAN, linkIndex: idx, mtu: b.deviceMTU()}
-	wantRoutes := make(map[netip.Prefix]netlink.Route, len(want))
-	for p, e := range want {
-		wantRoutes[p] = desiredRoute(e, rp)
-	}
-	plan := planRoutes(wantRoutes, ours, foreign, canDelete)
+	spec := func(e Entry) routeSpec { return specFor(e, rp) }
+	plan := planRoutes(want, spec, ours, foreign, canDelete)
 	rfailed, removed, rw := applyRoutes(b.h, plan)
 	writes += rw
 	for p, err := range rfailed {
@@ -139,8 +136,9 @@ func (b *vxlanBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pr
 		removedSet[p] = true
 	}
 	usedGW := make(map[netip.Addr]bool)
-	for _, r := range wantRoutes {
-		usedGW[routeGateway(r)] = true
+	for _, e := range want {
+		gw, _ := vtep(e.Prefix, e.TunnelEndpoint)
+		usedGW[gw] = true
 	}
 	for p, r := range ours {
 		if !removedSet[p] && r.LinkIndex == idx {
