@@ -106,3 +106,76 @@ func TestFailedWritesAreRetriedUntilTheyLand(t *testing.T) {
 		require.Len(t, resp.Kvs, 1, "canary %s", kind)
 	}
 }
+
+// Keys the previous run left behind are deleted only after the listing of
+// their kind, before that kind's canary; keys of no kind (here a former
+// cluster name's heartbeat and config) go once every canary is written.
+func TestLeftoversAreDeletedAfterTheListingAndNotBefore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an embedded etcd")
+	}
+	ctx := t.Context()
+	log := logrus.New()
+	log.SetLevel(logrus.ErrorLevel)
+	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+
+	live := meshapi.EndpointKey("east", "default", "web-0")
+	gone := meshapi.EndpointKey("east", "default", "gone")
+	oldNode := meshapi.NodeKey("old", "n1")
+	oldHeartbeat := meshapi.HeartbeatKey("old")
+	oldConfig := meshapi.ClusterConfigKey("old")
+	for _, k := range []string{live, gone, oldNode, oldHeartbeat, oldConfig} {
+		_, err := e.Writer.Put(ctx, k, "left over")
+		require.NoError(t, err)
+	}
+	start, err := e.Writer.Get(ctx, "podmesh/")
+	require.NoError(t, err)
+	wctx, cancelWatch := context.WithCancel(ctx)
+	defer cancelWatch()
+	wch := e.Reader.Watch(wctx, meshapi.Root, clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1))
+
+	kube := fake.NewClientset(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-0"},
+		Spec:       corev1.PodSpec{NodeName: "n1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.1.1.5"}}},
+	})
+	s, err := kubesync.New(kubesync.Config{
+		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
+		Kube:    kube, Etcd: e.Writer, Log: log,
+	})
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// Follow etcd until the former cluster's keys are gone.
+	revs := map[string]int64{} // "PUT key" / "DELETE key" -> revision
+	deadline := time.After(60 * time.Second)
+	for revs["DELETE "+oldHeartbeat] == 0 || revs["DELETE "+oldConfig] == 0 {
+		select {
+		case resp := <-wch:
+			require.NoError(t, resp.Err())
+			for _, ev := range resp.Events {
+				revs[ev.Type.String()+" "+string(ev.Kv.Key)] = ev.Kv.ModRevision
+			}
+		case <-deadline:
+			t.Fatalf("leftovers not deleted; events %v", revs)
+		}
+	}
+	epCanary := revs["PUT "+meshapi.SyncedKey("east", meshapi.KindEndpoints)]
+	nodeCanary := revs["PUT "+meshapi.SyncedKey("east", meshapi.KindNodes)]
+	require.NotZero(t, epCanary)
+	require.NotZero(t, nodeCanary)
+	require.NotZero(t, revs["PUT "+live], "the live pod's value is rewritten")
+	require.Zero(t, revs["DELETE "+live], "the live pod is never deleted")
+	require.NotZero(t, revs["DELETE "+gone])
+	require.Less(t, revs["DELETE "+gone], epCanary, "stale endpoint deleted before the endpoints canary")
+	require.NotZero(t, revs["DELETE "+oldNode])
+	require.Less(t, revs["DELETE "+oldNode], nodeCanary, "stale node deleted before the nodes canary")
+	lastCanary := max(epCanary, nodeCanary, revs["PUT "+meshapi.SyncedKey("east", meshapi.KindServices)])
+	require.Greater(t, revs["DELETE "+oldHeartbeat], lastCanary, "keys of no kind go after every canary")
+	require.Greater(t, revs["DELETE "+oldConfig], lastCanary)
+}
