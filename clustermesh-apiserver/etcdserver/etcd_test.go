@@ -25,6 +25,7 @@ type testWriter struct{ tb testing.TB }
 func (w testWriter) Write(p []byte) (int, error) { w.tb.Log(string(p)); return len(p), nil }
 
 func TestRolesSeparateWriterAndReader(t *testing.T) {
+	skipShort(t)
 	ctx := t.Context()
 	s, err := Start(ctx, Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: testLog(t), EtcdLog: zap.NewNop()})
 	require.NoError(t, err)
@@ -53,6 +54,7 @@ func TestRolesSeparateWriterAndReader(t *testing.T) {
 }
 
 func TestRestartKeepsDataAndRotatesPasswords(t *testing.T) {
+	skipShort(t)
 	ctx := t.Context()
 	dir := t.TempDir()
 	s1, err := Start(ctx, Config{DataDir: dir, UnsafeNoFsync: true, Log: testLog(t), EtcdLog: zap.NewNop()})
@@ -81,6 +83,7 @@ func TestRestartKeepsDataAndRotatesPasswords(t *testing.T) {
 }
 
 func TestLostRootPasswordRebuildsDataDir(t *testing.T) {
+	skipShort(t)
 	ctx := t.Context()
 	dir := t.TempDir()
 	s1, err := Start(ctx, Config{DataDir: dir, UnsafeNoFsync: true, Log: testLog(t), EtcdLog: zap.NewNop()})
@@ -103,4 +106,11 @@ func TestStartRefusesNonLoopbackListen(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "loopback")
 	require.False(t, errors.Is(err, errRootLogin))
+}
+
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts an embedded etcd")
+	}
 }

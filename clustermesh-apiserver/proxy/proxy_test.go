@@ -32,6 +32,7 @@ func snapshot(t *testing.T, env *proxytest.Env) (int64, map[string]string) {
 }
 
 func TestProxyServesReads(t *testing.T) {
+	skipShort(t)
 	env := proxytest.Start(t, peer)
 	ctx := t.Context()
 	w := env.Etcd.Writer
@@ -97,6 +98,7 @@ func TestProxyServesReads(t *testing.T) {
 }
 
 func TestProxyRefusesWrites(t *testing.T) {
+	skipShort(t)
 	env := proxytest.Start(t, peer)
 	ctx := t.Context()
 	_, err := env.Etcd.Writer.Put(ctx, "podmesh/v1/nodes/east/n1", "v1")
@@ -197,6 +199,7 @@ func TestProxyRefusesWrites(t *testing.T) {
 }
 
 func TestProxyRefusesBadClients(t *testing.T) {
+	skipShort(t)
 	env := proxytest.Start(t, peer)
 	ctx := t.Context()
 	_, err := env.Etcd.Writer.Put(ctx, "podmesh/v1/nodes/east/n1", "v1")
@@ -242,4 +245,11 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))
 	return m.GetCounter().GetValue()
+}
+
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts an embedded etcd")
+	}
 }
