@@ -140,10 +140,11 @@ func TestMeshReconnectsAfterCertificateRotation(t *testing.T) {
 		}
 	}
 	dir.Set(t, files)
-	eventually(t, 20*time.Second, "east not ready with an untrusted certificate", func() bool {
+	eventually(t, 20*time.Second, "east refused at TLS with an untrusted certificate", func() bool {
 		st := m.remote(t, "east")
-		return !st.Ready && strings.Contains(st.LastError, "unreachable")
+		return !st.Ready && strings.Contains(st.LastError, "unreachable") && mentionsTLS(st.LastError)
 	})
+	t.Logf("with an untrusted certificate: %s", m.remote(t, "east").LastError)
 	east.PutNode(t, "e2", "192.168.1.2", "10.2.2.0/24")
 	require.Equal(t, want("east", 2, "10.2.1.0/24 via 192.168.1.1"), m.rec.Cluster("east"), "entries kept meanwhile")
 

@@ -3,6 +3,7 @@ package clustermesh_test
 import (
 	"maps"
 	"net/netip"
+	"strings"
 	"testing"
 
 	cmt "github.com/podmesh/podmesh/pkg/clustermesh/clustermeshtest"
@@ -31,4 +32,17 @@ func newConfigDirWith(t *testing.T, files map[string][]byte) *cmt.ConfigDir {
 	d := cmt.NewConfigDir(t)
 	d.Set(t, files)
 	return d
+}
+
+// tlsWords are what a refusal for a certificate problem must mention.
+var tlsWords = []string{"certificate", "x509", "tls", "authority", "not allowed"}
+
+func mentionsTLS(s string) bool {
+	s = strings.ToLower(s)
+	for _, w := range tlsWords {
+		if strings.Contains(s, w) {
+			return true
+		}
+	}
+	return false
 }

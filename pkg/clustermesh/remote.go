@@ -224,6 +224,13 @@ func (r *remote) session(ctx context.Context, gen uint64, cfg *kvstore.Config) (
 	cc, rev, err := r.readClusterConfig(sctx, cli)
 	if errors.Is(err, errRefused) {
 		r.mesh.refuse(r, gen)
+	} else if err != nil && sctx.Err() == nil {
+		// The client says only "deadline exceeded"; say why if it is TLS.
+		pctx, pcancel := context.WithTimeout(sctx, t.ProbeTimeout)
+		if perr := kvstore.ProbeTLS(pctx, cfg); perr != nil {
+			err = fmt.Errorf("unreachable: %w", perr)
+		}
+		pcancel()
 	}
 	if err != nil {
 		return false, nil, err
