@@ -427,7 +427,7 @@ func (r *Reconciler) reconcileFull(start time.Time) bool {
 	invalid := make(map[netip.Prefix]error)
 	for p, e := range snap.Entries {
 		if err := r.validate(e); err != nil {
-			invalid[p] = err
+			invalid[p.Masked()] = err
 			continue
 		}
 		want[p.Masked()] = e

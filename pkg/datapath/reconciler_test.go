@@ -266,3 +266,15 @@ func TestReconcilerDeltaPassesFollowTheJournalAndFallBackToFull(t *testing.T) {
 	assert.Equal(t, syncs+1, fb.syncs, "the journal was outrun: full pass")
 	assert.Equal(t, journalMax+1, r.Status().Programmed["d"])
 }
+
+func TestReconcilerCountsAnInvalidUnmaskedPrefixAsFailed(t *testing.T) {
+	d := NewDesired()
+	fb := newFakeBackend()
+	r, _ := newTestReconciler(t, d, fb)
+	d.Upsert(Entry{Prefix: mustPrefix("10.2.0.9/24"), TunnelEndpoint: mustAddr("192.168.0.1"), ClusterID: 2, Cluster: "b"}) // this node
+	assert.False(t, r.reconcile(true))
+	st := r.Status()
+	assert.Equal(t, map[string]int{"b": 1}, st.Failed)
+	assert.Empty(t, st.Programmed)
+	assert.Contains(t, st.Errors["10.2.0.0/24"], "is this node")
+}
