@@ -25,4 +25,8 @@
 //     (checked in VerifyConnection), so a peer whose CN was removed fails the
 //     handshake itself. Failed handshakes are counted by reason
 //     (unknown_authority, expired, peer_not_allowed, no_certificate, other).
+//   - ReloadingServerTLS re-reads the certificate, key and client CA (at most
+//     once a second, when a connection arrives), so a rotated Secret takes
+//     effect for new connections without a restart; established watches
+//     keep their session.
 package proxy

@@ -48,7 +48,7 @@ func New(cfg Config, restConfig *rest.Config, log logrus.FieldLogger) (*Server, 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	tlsCfg, err := proxy.LoadServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, cfg.AllowedPeers)
+	tlsCfg, err := proxy.ReloadingServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, cfg.AllowedPeers, log)
 	if err != nil {
 		return nil, err
 	}
