@@ -105,7 +105,9 @@ func Start(ctx context.Context, cfg Config) (_ *Proxy, err error) {
 
 	p := &Proxy{addr: lis.Addr(), server: srv, cancel: cancel, watchDone: watchDone, serveErr: make(chan error, 1)}
 	go func() {
-		p.serveErr <- srv.Serve(lis)
+		if err := srv.Serve(lis); err != nil {
+			p.serveErr <- fmt.Errorf("serve proxy: %w", err)
+		}
 	}()
 	go func() {
 		<-pctx.Done()
@@ -114,6 +116,10 @@ func Start(ctx context.Context, cfg Config) (_ *Proxy, err error) {
 	cfg.Log.WithField("address", p.addr.String()).Info("Read-only etcd proxy serving")
 	return p, nil
 }
+
+// Err delivers the error that stopped serving, if it stopped on its own
+// (not through Stop).
+func (p *Proxy) Err() <-chan error { return p.serveErr }
 
 // Addr is the address the proxy listens on.
 func (p *Proxy) Addr() string { return p.addr.String() }

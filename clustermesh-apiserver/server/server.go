@@ -237,6 +237,8 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 	case err := <-syncErr:
 		syncDone = true
 		return fmt.Errorf("kubernetes sync stopped: %w", err)
+	case err := <-p.Err():
+		return err
 	case err := <-healthErr:
 		return fmt.Errorf("health endpoint stopped: %w", err)
 	}
