@@ -243,7 +243,8 @@ func (s *Server) rootClient(ctx context.Context, stored []string) (*clientv3.Cli
 }
 
 // NewClient returns a new client authenticated as WriterUser or ReaderUser,
-// e.g. for a second proxy in front of the same etcd.
+// e.g. for a second proxy in front of the same etcd. The client lives until
+// it is closed (ctx only bounds the connection attempt).
 func (s *Server) NewClient(ctx context.Context, user string) (*clientv3.Client, error) {
 	pw, ok := s.passwords[user]
 	if !ok {
@@ -253,12 +254,14 @@ func (s *Server) NewClient(ctx context.Context, user string) (*clientv3.Client, 
 }
 
 func (s *Server) dial(ctx context.Context, user, password string) (*clientv3.Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("connect to embedded etcd as %q: %w", user, err)
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{s.Endpoint},
 		Username:    user,
 		Password:    password,
 		DialTimeout: dialTimeout,
-		Context:     ctx,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
