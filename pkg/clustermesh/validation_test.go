@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/pkg/clustermesh"
@@ -93,6 +94,31 @@ func TestMeshRefusesInvalidEntries(t *testing.T) {
 			eventually(t, 10*time.Second, "invalid entry forgotten", func() bool { return m.remote(t, "east").InvalidEntries == 0 })
 		})
 	}
+
+	t.Run("refusals are exported as metrics by reason", func(t *testing.T) {
+		reg := prometheus.NewPedanticRegistry()
+		require.NoError(t, reg.Register(m.Collector()))
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "podmesh_agent_remote_cluster_invalid_entries_total" {
+				continue
+			}
+			for _, mm := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range mm.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				require.Equal(t, "east", labels["cluster"])
+				got[labels["reason"]] = mm.GetCounter().GetValue()
+			}
+		}
+		for _, tt := range tests {
+			require.GreaterOrEqual(t, got[tt.reason], 1.0, "reason %s", tt.reason)
+		}
+		require.Equal(t, 2.0, got[clustermesh.ReasonTooLarge], "one oversized node and one oversized endpoint")
+	})
 
 	t.Run("a valid node that turns invalid is withdrawn", func(t *testing.T) {
 		east.PutNode(t, "flip", "192.168.1.77", "10.2.77.0/24")
