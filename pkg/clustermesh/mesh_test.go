@@ -241,10 +241,12 @@ func TestMeshMarksStaleHeartbeatNotReadyAndKeepsEntries(t *testing.T) {
 	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
 	dir := cmt.NewConfigDir(t)
 	dir.Add(t, east)
-	m := startMesh(t, dir)
+	const staleAfter = time.Second
+	m := startMesh(t, dir, func(o *clustermesh.Options) { o.Timing.HeartbeatStaleAfter = staleAfter })
 	m.waitReady(t, "east")
 
-	east.Heartbeat(t, time.Now().Add(-meshapi.HeartbeatStaleAfter-time.Second))
+	// The remote apiserver stops rewriting its heartbeat.
+	east.Heartbeat(t, time.Now().Add(-time.Minute))
 	eventually(t, 10*time.Second, "east not ready", func() bool {
 		st := m.remote(t, "east")
 		return !st.Ready && strings.HasPrefix(st.Reason, "heartbeat stale")
@@ -255,4 +257,34 @@ func TestMeshMarksStaleHeartbeatNotReadyAndKeepsEntries(t *testing.T) {
 
 	east.Heartbeat(t, time.Now())
 	m.waitReady(t, "east")
+}
+
+// TestMeshToleratesClockSkewOfALiveRemote: a remote whose clock is a minute
+// behind but which keeps rewriting its heartbeat stays ready.
+func TestMeshToleratesClockSkewOfALiveRemote(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	east.Heartbeat(t, time.Now().Add(-time.Minute))
+	dir := cmt.NewConfigDir(t)
+	dir.Add(t, east)
+	const staleAfter = 2 * time.Second
+	m := startMesh(t, dir, func(o *clustermesh.Options) { o.Timing.HeartbeatStaleAfter = staleAfter })
+	eventually(t, 10*time.Second, "east connected with a skewed heartbeat", func() bool {
+		return strings.HasPrefix(m.remote(t, "east").Reason, "heartbeat stale")
+	})
+
+	// Rewritten (skewed) heartbeats, one per staleAfter/10, for 3×staleAfter.
+	skew := -time.Minute
+	deadline := time.Now().Add(3 * staleAfter)
+	sawReady := false
+	for time.Now().Before(deadline) {
+		east.Heartbeat(t, time.Now().Add(skew))
+		st := m.remote(t, "east")
+		if st.Ready {
+			sawReady = true
+		} else if sawReady {
+			t.Fatalf("a live but skewed remote turned not ready: %s", st.Reason)
+		}
+		time.Sleep(staleAfter / 10) // the remote's rewrite period, not synchronisation
+	}
+	require.True(t, sawReady, "a live but skewed remote became ready")
 }

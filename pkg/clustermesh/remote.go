@@ -42,12 +42,15 @@ type remote struct {
 	// up is true while a session is connected, admitted and listed.
 	up bool
 	// phase says why the cluster is not up ("connecting", "refused: ...").
-	phase       string
-	clusterID   uint32
-	everSynced  bool
-	ready       bool
-	since       time.Time
-	heartbeat   time.Time
+	phase      string
+	clusterID  uint32
+	everSynced bool
+	ready      bool
+	since      time.Time
+	heartbeat  time.Time
+	// hbChanged is the local time the heartbeat value was last seen to
+	// change (zero until a change after the first read).
+	hbChanged   time.Time
 	hbErr       string
 	nodes       int
 	endpoints   int
@@ -141,7 +144,7 @@ func (r *remote) recordErrorLocked(err error) {
 
 // refreshReadyLocked recomputes readiness and records when it flipped.
 func (r *remote) refreshReadyLocked(now time.Time) {
-	ready := r.up && r.hbErr == "" && !r.heartbeat.IsZero() && now.Sub(r.heartbeat) <= r.mesh.opts.Timing.HeartbeatStaleAfter
+	ready := r.up && r.hbErr == "" && r.heartbeatFreshLocked(now)
 	if ready != r.ready {
 		r.ready = ready
 		r.since = now
@@ -156,10 +159,21 @@ func (r *remote) reasonLocked(now time.Time) string {
 		return r.hbErr
 	case r.heartbeat.IsZero():
 		return "no heartbeat published"
-	case now.Sub(r.heartbeat) > r.mesh.opts.Timing.HeartbeatStaleAfter:
+	case !r.heartbeatFreshLocked(now):
 		return fmt.Sprintf("heartbeat stale: last %s, older than %s", r.heartbeat.UTC().Format(time.RFC3339), r.mesh.opts.Timing.HeartbeatStaleAfter)
 	}
 	return ""
+}
+
+// heartbeatFreshLocked: the remote's timestamp is recent by the local clock,
+// or the value has changed recently (the remote apiserver is alive even if
+// the clusters' clocks disagree).
+func (r *remote) heartbeatFreshLocked(now time.Time) bool {
+	stale := r.mesh.opts.Timing.HeartbeatStaleAfter
+	if r.heartbeat.IsZero() {
+		return false
+	}
+	return now.Sub(r.heartbeat) <= stale || (!r.hbChanged.IsZero() && now.Sub(r.hbChanged) <= stale)
 }
 
 // run keeps one generation connected until ctx is done.
@@ -448,7 +462,12 @@ func (r *remote) probe(ctx context.Context, cancel context.CancelCauseFunc, gen 
 				hbErr = "invalid heartbeat: " + err.Error()
 			}
 		}
-		r.update(gen, func() { r.heartbeat, r.hbErr = hb, hbErr })
+		r.update(gen, func() {
+			if !r.heartbeat.IsZero() && !hb.Equal(r.heartbeat) {
+				r.hbChanged = r.mesh.now()
+			}
+			r.heartbeat, r.hbErr = hb, hbErr
+		})
 		select {
 		case <-ctx.Done():
 			return
