@@ -52,6 +52,9 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 	}
 	if len(spec.PodCIDRs) == 0 {
 		spec.PodCIDRs = []netip.Prefix{ClusterPodCIDR(i)}
+		if l.opts.DualStack {
+			spec.PodCIDRs = append(spec.PodCIDRs, ClusterPodCIDR6(i))
+		}
 	}
 	c = &Cluster{
 		lab:       l,

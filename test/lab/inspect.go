@@ -185,10 +185,15 @@ func (l *Lab) ExpectedPrefixes(n *Node, remotes []*Cluster) map[netip.Prefix]net
 	want := map[netip.Prefix]netip.Addr{}
 	for _, r := range remotes {
 		for _, m := range r.NodeList() {
-			want[m.PodCIDR] = m.IP
+			cidrs := m.PodCIDRs()
+			for _, c := range cidrs {
+				want[c] = m.IP
+			}
 			for _, p := range m.PodList() {
-				if !m.PodCIDR.Contains(p.IP) {
-					want[netip.PrefixFrom(p.IP, p.IP.BitLen())] = m.IP
+				for _, ip := range p.IPs() {
+					if !slices.ContainsFunc(cidrs, func(c netip.Prefix) bool { return c.Contains(ip) }) {
+						want[netip.PrefixFrom(ip, ip.BitLen())] = m.IP
+					}
 				}
 			}
 		}
@@ -293,6 +298,9 @@ func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 				}
 			}
 			if err := l.CheckNode(n, remotes); err != nil {
+				if dp := st.Datapath; dp != nil && (dp.LastError != "" || len(dp.Failed) > 0) {
+					err = fmt.Errorf("%w (agent datapath: failed %v, last error %q)", err, dp.Failed, dp.LastError)
+				}
 				errs = append(errs, err)
 			}
 		}
@@ -310,13 +318,15 @@ type PodRef struct {
 	Name    string
 	NetNS   string
 	IP      netip.Addr
+	// IP6 is set in a dual-stack lab.
+	IP6 netip.Addr
 }
 
 func (p PodRef) String() string { return p.Cluster + "/" + p.Name }
 
 // Ref returns the pod's PodRef.
 func (p *Pod) Ref() PodRef {
-	return PodRef{Cluster: p.Node.Cluster.Name, Name: p.Name, NetNS: p.NetNS, IP: p.IP}
+	return PodRef{Cluster: p.Node.Cluster.Name, Name: p.Name, NetNS: p.NetNS, IP: p.IP, IP6: p.IP6}
 }
 
 // Refs returns the PodRefs of pods.
@@ -377,4 +387,17 @@ func MatrixErrors(cells []MatrixCell) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// AsIPv6 returns the pods with their IPv6 address in IP, so Matrix probes
+// over IPv6; pods without one are left out.
+func AsIPv6(pods []PodRef) []PodRef {
+	var out []PodRef
+	for _, p := range pods {
+		if p.IP6.IsValid() {
+			p.IP = p.IP6
+			out = append(out, p)
+		}
+	}
+	return out
 }

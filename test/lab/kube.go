@@ -21,13 +21,17 @@ const PodNamespace = "default"
 // registerNode creates the Node object with its pod CIDR, then reports its
 // addresses and readiness through the status subresource, as a kubelet and
 // the node IPAM controller do.
-func registerNode(ctx context.Context, kc kubernetes.Interface, name string, ip netip.Addr, podCIDR netip.Prefix) error {
+func registerNode(ctx context.Context, kc kubernetes.Interface, name string, ip netip.Addr, podCIDRs []netip.Prefix) error {
+	cidrs := make([]string, len(podCIDRs))
+	for k, p := range podCIDRs {
+		cidrs[k] = p.String()
+	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   name,
 			Labels: map[string]string{"kubernetes.io/hostname": name, "podmesh.io/lab": "true"},
 		},
-		Spec: corev1.NodeSpec{PodCIDR: podCIDR.String(), PodCIDRs: []string{podCIDR.String()}},
+		Spec: corev1.NodeSpec{PodCIDR: cidrs[0], PodCIDRs: cidrs},
 	}
 	created, err := kc.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
@@ -83,14 +87,18 @@ func createPod(ctx context.Context, kc kubernetes.Interface, name, node string) 
 
 // reportPodRunning writes the pod's IP and phase Running through the status
 // subresource, as the kubelet does once the CNI plugin has returned the IP.
-func reportPodRunning(ctx context.Context, kc kubernetes.Interface, pod *corev1.Pod, ip, hostIP netip.Addr) error {
+func reportPodRunning(ctx context.Context, kc kubernetes.Interface, pod *corev1.Pod, ips []netip.Addr, hostIP netip.Addr) error {
 	now := metav1.NewTime(time.Now())
+	podIPs := make([]corev1.PodIP, len(ips))
+	for k, ip := range ips {
+		podIPs[k] = corev1.PodIP{IP: ip.String()}
+	}
 	pod.Status = corev1.PodStatus{
 		Phase:     corev1.PodRunning,
 		HostIP:    hostIP.String(),
 		HostIPs:   []corev1.HostIP{{IP: hostIP.String()}},
-		PodIP:     ip.String(),
-		PodIPs:    []corev1.PodIP{{IP: ip.String()}},
+		PodIP:     podIPs[0].IP,
+		PodIPs:    podIPs,
 		StartTime: &now,
 		Conditions: []corev1.PodCondition{
 			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},

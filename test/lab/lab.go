@@ -57,6 +57,10 @@ type Options struct {
 	Log logrus.FieldLogger
 	// Progress, when set, receives one line per slow step.
 	Progress io.Writer
+	// DualStack gives clusters, nodes and pods IPv6 pod addresses too (the
+	// underlay stays IPv4, as the tunnel endpoints are the nodes' IPv4
+	// InternalIPs).
+	DualStack bool
 }
 
 // Lab is one running multi-cluster lab. Its methods are safe for concurrent
@@ -109,6 +113,8 @@ type Node struct {
 	NetNS     string
 	IP        netip.Addr
 	PodCIDR   netip.Prefix
+	// PodCIDR6 is the IPv6 pod CIDR in a dual-stack lab (else invalid).
+	PodCIDR6  netip.Prefix
 	ConfigDir string
 	BPFRoot   string
 	LogPath   string
@@ -127,6 +133,8 @@ type Pod struct {
 	Name  string
 	NetNS string
 	IP    netip.Addr
+	// IP6 is the pod's IPv6 address in a dual-stack lab (else invalid).
+	IP6   netip.Addr
 	Serve *Proc
 	// ReportedAt is when the lab started writing the pod's Running status
 	// with its IP (the Kubernetes write remote agents react to); DeletedAt
@@ -165,7 +173,7 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 		nl.Out = io.Discard
 		o.Log = nl
 	}
-	l = &Lab{
+	lab := &Lab{
 		Names:    Names{Prefix: o.Prefix},
 		StateDir: filepath.Join(o.StateRoot, o.Prefix),
 		opts:     o,
@@ -173,6 +181,7 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 		start:    time.Now(),
 		clusters: make(map[int]*Cluster),
 	}
+	l = lab
 	// The CLI's own log files may already exist; anything else is debris.
 	leftovers, _ := Discover(o.Prefix, o.StateRoot)
 	leftovers.Files = nil
@@ -190,9 +199,10 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := writeState(l.StateDir, l.state); err != nil {
 		return nil, err
 	}
+	// "return nil, err" below clears l before this runs: close lab.
 	defer func() {
 		if err != nil {
-			_ = l.Close()
+			_ = lab.Close()
 			l = nil
 		}
 	}()
@@ -241,6 +251,9 @@ func (l *Lab) progress(format string, args ...any) {
 		fmt.Fprintf(l.opts.Progress, "[%5.1fs] %s\n", time.Since(l.start).Seconds(), fmt.Sprintf(format, args...))
 	}
 }
+
+// DualStack reports whether pods have IPv6 addresses too.
+func (l *Lab) DualStack() bool { return l.opts.DualStack }
 
 // RoutingMode is the mode new agents start in.
 func (l *Lab) RoutingMode() string { return l.opts.RoutingMode }

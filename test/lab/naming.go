@@ -94,6 +94,28 @@ func NodePodCIDR(i, j int) netip.Prefix { return netip.PrefixFrom(ip4(10, i, j, 
 // PodIP is the address of pod k on node j of cluster i.
 func PodIP(i, j, k int) netip.Addr { return ip4(10, i, j, 10+k) }
 
+// ClusterPodCIDR6 is cluster i's IPv6 pod range (dual-stack labs):
+// fd00:10:i::/48.
+func ClusterPodCIDR6(i int) netip.Prefix { return netip.PrefixFrom(ip6(i, 0, 0), 48) }
+
+// NodePodCIDR6 is node j's IPv6 pod CIDR: fd00:10:i:j::/64.
+func NodePodCIDR6(i, j int) netip.Prefix { return netip.PrefixFrom(ip6(i, j, 0), 64) }
+
+// PodIP6 is pod k's IPv6 address: fd00:10:i:j::(10+k).
+func PodIP6(i, j, k int) netip.Addr { return ip6(i, j, 10+k) }
+
+// PodGateway6 is the link-local next hop of every pod's IPv6 default route.
+var PodGateway6 = netip.MustParseAddr("fe80::1")
+
+func ip6(i, j, host int) netip.Addr {
+	var b [16]byte
+	b[0], b[1], b[3] = 0xfd, 0x00, 0x10
+	b[4], b[5] = byte(i>>8), byte(i)
+	b[6], b[7] = byte(j>>8), byte(j)
+	b[14], b[15] = byte(host>>8), byte(host)
+	return netip.AddrFrom16(b)
+}
+
 // ControlPlaneIP is cluster i's control-plane address on the underlay.
 func ControlPlaneIP(i int) netip.Addr { return ip4(192, 168, i, 1) }
 

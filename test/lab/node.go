@@ -32,6 +32,9 @@ func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
 		PodCIDR: NodePodCIDR(i, j),
 		Pods:    make(map[int]*Pod),
 	}
+	if l.opts.DualStack {
+		n.PodCIDR6 = NodePodCIDR6(i, j)
+	}
 	n.ConfigDir = filepath.Join(l.StateDir, "nodes", n.Name, "clustermesh")
 	n.BPFRoot = filepath.Join(l.bpfBase, n.NetNS)
 	n.LogPath = l.logPath("agent-" + n.Name)
@@ -50,7 +53,7 @@ func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
 		return nil, fmt.Errorf("create config dir: %w", err)
 	}
 	if kube := c.KubeServer(); c.ownsKube() {
-		if err := registerNode(ctx, kube.Client, n.Name, n.IP, n.PodCIDR); err != nil {
+		if err := registerNode(ctx, kube.Client, n.Name, n.IP, n.PodCIDRs()); err != nil {
 			return nil, err
 		}
 	}
@@ -67,7 +70,21 @@ func (l *Lab) plumbNode(ctx context.Context, n *Node) error {
 	if err := l.addUnderlayLink(ctx, fmt.Sprintf("c%dn%d", i, j), n.NetNS, n.IP, 2, i, j); err != nil {
 		return err
 	}
-	return setSysctl(n.NetNS, "net.ipv4.ip_forward", "1")
+	if err := setSysctl(n.NetNS, "net.ipv4.ip_forward", "1"); err != nil {
+		return err
+	}
+	if n.PodCIDR6.IsValid() {
+		return setSysctl(n.NetNS, "net.ipv6.conf.all.forwarding", "1")
+	}
+	return nil
+}
+
+// PodCIDRs are the node's pod CIDRs: IPv4, then IPv6 in a dual-stack lab.
+func (n *Node) PodCIDRs() []netip.Prefix {
+	if n.PodCIDR6.IsValid() {
+		return []netip.Prefix{n.PodCIDR, n.PodCIDR6}
+	}
+	return []netip.Prefix{n.PodCIDR}
 }
 
 // unplumbNode deletes the node's underlay veth (synchronously: the kernel

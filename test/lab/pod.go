@@ -17,6 +17,9 @@ type PodSpec struct {
 	// IP of the pod. It may lie outside the node's pod CIDR (inside the
 	// cluster's), as with cloud IPAM; podmesh then publishes it as a /32.
 	IP netip.Addr
+	// IP6 is the pod's IPv6 address in a dual-stack lab; zero takes the
+	// plan's.
+	IP6 netip.Addr
 }
 
 // AddPod plays scheduler, kubelet and CNI for one pod on node n: it creates
@@ -39,6 +42,12 @@ func (l *Lab) AddPod(ctx context.Context, n *Node, spec PodSpec) (*Pod, error) {
 	}
 	if !p.IP.IsValid() {
 		p.IP = PodIP(c.Index, n.Index, k)
+	}
+	if l.opts.DualStack {
+		p.IP6 = spec.IP6
+		if !p.IP6.IsValid() {
+			p.IP6 = PodIP6(c.Index, n.Index, k)
+		}
 	}
 	l.mu.Lock()
 	if _, ok := n.Pods[k]; ok {
@@ -65,7 +74,7 @@ func (l *Lab) AddPod(ctx context.Context, n *Node, spec PodSpec) (*Pod, error) {
 	}
 	if owned {
 		p.ReportedAt = time.Now()
-		if err := reportPodRunning(ctx, kube.Client, podObj, p.IP, n.IP); err != nil {
+		if err := reportPodRunning(ctx, kube.Client, podObj, p.IPs(), n.IP); err != nil {
 			return nil, err
 		}
 	}
@@ -111,20 +120,44 @@ func (l *Lab) plumbPod(ctx context.Context, p *Pod) error {
 	}
 	hostIf := fmt.Sprintf("vp%d", k)
 	hostMAC, podMAC := mac(3, i, j, k), mac(4, i, j, k)
-	if err := ipBatch(ctx, n.NetNS,
+	nodeCmds := []string{
 		fmt.Sprintf("link add %s address %s type veth peer name eth0 address %s netns %s", hostIf, hostMAC, podMAC, p.NetNS),
 		fmt.Sprintf("link set %s up", hostIf),
 		fmt.Sprintf("route add %s/32 dev %s scope link proto static", p.IP, hostIf),
 		fmt.Sprintf("neigh replace %s lladdr %s dev %s nud permanent", p.IP, podMAC, hostIf),
-	); err != nil {
-		return err
 	}
-	return ipBatch(ctx, p.NetNS,
+	podCmds := []string{
 		"link set eth0 up",
 		fmt.Sprintf("addr add %s/32 dev eth0", p.IP),
 		fmt.Sprintf("neigh replace %s lladdr %s dev eth0 nud permanent", PodGateway, hostMAC),
 		fmt.Sprintf("route add default via %s dev eth0 onlink", PodGateway),
-	)
+	}
+	if p.IP6.IsValid() {
+		// The same shape for IPv6: the pod's /128 with no DAD delay, a
+		// default route via fe80::1 (link-local, so no onlink needed) with
+		// a permanent neighbour entry, and the node's /128 route back.
+		nodeCmds = append(nodeCmds,
+			fmt.Sprintf("route add %s/128 dev %s proto static", p.IP6, hostIf),
+			fmt.Sprintf("neigh replace %s lladdr %s dev %s nud permanent", p.IP6, podMAC, hostIf),
+		)
+		podCmds = append(podCmds,
+			fmt.Sprintf("addr add %s/128 dev eth0 nodad", p.IP6),
+			fmt.Sprintf("neigh replace %s lladdr %s dev eth0 nud permanent", PodGateway6, hostMAC),
+			fmt.Sprintf("route add ::/0 via %s dev eth0", PodGateway6),
+		)
+	}
+	if err := ipBatch(ctx, n.NetNS, nodeCmds...); err != nil {
+		return err
+	}
+	return ipBatch(ctx, p.NetNS, podCmds...)
+}
+
+// IPs are the pod's addresses: IPv4, then IPv6 in a dual-stack lab.
+func (p *Pod) IPs() []netip.Addr {
+	if p.IP6.IsValid() {
+		return []netip.Addr{p.IP, p.IP6}
+	}
+	return []netip.Addr{p.IP}
 }
 
 // unplumbPod is the CNI DEL: it deletes the node side of the pod's veth

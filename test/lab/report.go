@@ -20,7 +20,11 @@ func (lay *Layout) Pods() []PodRef {
 				if err != nil {
 					continue
 				}
-				out = append(out, PodRef{Cluster: c.Name, Name: p.Name, NetNS: p.NetNS, IP: ip})
+				ref := PodRef{Cluster: c.Name, Name: p.Name, NetNS: p.NetNS, IP: ip}
+				if ip6, err := netip.ParseAddr(p.IP6); err == nil {
+					ref.IP6 = ip6
+				}
+				out = append(out, ref)
 			}
 		}
 	}

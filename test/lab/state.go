@@ -67,6 +67,7 @@ type PodLayout struct {
 	Name  string `json:"name"`
 	NetNS string `json:"netns"`
 	IP    string `json:"ip"`
+	IP6   string `json:"ip6,omitempty"`
 }
 
 const stateFile = "state.json"

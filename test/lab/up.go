@@ -38,12 +38,15 @@ func Up(ctx context.Context, o Options, t Topology) (l *Lab, err error) {
 	if err := checkBinaries(o.BinDir, need); err != nil {
 		return nil, err
 	}
-	if l, err = New(ctx, o); err != nil {
+	created, err := New(ctx, o)
+	if err != nil {
 		return nil, err
 	}
+	l = created
+	// "return nil, err" below clears l before this runs: close created.
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, l.Close())
+			err = errors.Join(err, created.Close())
 			l = nil
 		}
 	}()
@@ -156,7 +159,11 @@ func (l *Lab) recordLayout() error {
 			nl := NodeLayout{Name: n.Name, NetNS: n.NetNS, IP: n.IP.String(), PodCIDR: n.PodCIDR.String(),
 				StatusListen: n.StatusAddr(), ConfigDir: n.ConfigDir, BPFRoot: n.BPFRoot, AgentLog: n.LogPath}
 			for _, p := range n.PodList() {
-				nl.Pods = append(nl.Pods, PodLayout{Name: p.Name, NetNS: p.NetNS, IP: p.IP.String()})
+				pl := PodLayout{Name: p.Name, NetNS: p.NetNS, IP: p.IP.String()}
+				if p.IP6.IsValid() {
+					pl.IP6 = p.IP6.String()
+				}
+				nl.Pods = append(nl.Pods, pl)
 			}
 			cl.Nodes = append(cl.Nodes, nl)
 		}

@@ -126,6 +126,7 @@ func cmdUp(args []string) error {
 	mode := fs.String("mode", lab.ModeEBPF, "routing mode of the agents: ebpf, vxlan or native")
 	binDir := fs.String("bin-dir", "", "directory with podmesh-agent, clustermesh-apiserver, podmesh-lab, kube-apiserver, etcd (default: bin/ of the checkout, or $PODMESH_BIN)")
 	foreground := fs.Bool("foreground", false, "stay in the foreground; Ctrl-C tears the lab down")
+	dualStack := fs.Bool("dual-stack", false, "give pods IPv6 addresses too (fd00:10:<cluster>:<node>::/64 per node)")
 	noMesh := fs.Bool("no-mesh", false, "namespaces, links and pods only: no control planes, no agents (tests the lab itself)")
 	statusFD := fs.Int("status-fd", 0, "internal: report progress and readiness on this fd")
 	_ = fs.Parse(args)
@@ -163,9 +164,14 @@ func cmdUp(args []string) error {
 	log := newLogger(logFile, false)
 	l, err := lab.Up(ctx, lab.Options{
 		Prefix: c.prefix, StateRoot: c.stateRoot, BinDir: *binDir, RoutingMode: *mode,
-		Log: log, Progress: progress,
+		Log: log, Progress: progress, DualStack: *dualStack,
 	}, lab.Topology{Clusters: *clusters, Nodes: *nodes, Pods: *pods, NoMesh: *noMesh})
 	if err != nil {
+		if status != nil {
+			// The lab (and with it the log files) is gone: tell the
+			// waiting `up` directly.
+			fmt.Fprintf(status, "error: %v\n", err)
+		}
 		return err
 	}
 	if status != nil {
@@ -197,7 +203,7 @@ func upBackground(c common, args []string) error {
 		return err
 	}
 	errPath := filepath.Join(c.stateRoot, c.prefix+".supervisor.log")
-	errFile, err := os.Create(errPath)
+	errFile, err := os.OpenFile(errPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
@@ -219,10 +225,13 @@ func upBackground(c common, args []string) error {
 		}
 		fmt.Println(sc.Text())
 	}
-	// The pipe closed without "ready": the supervisor failed.
+	// The pipe closed without "ready": the supervisor failed (its error is
+	// among the lines above). Its stderr file may be unlinked by its own
+	// teardown already; read it through our handle.
 	werr := cmd.Wait()
-	data, _ := os.ReadFile(errPath)
-	return fmt.Errorf("lab supervisor failed (%v):\n%s", werr, strings.TrimSpace(string(data)))
+	_, _ = errFile.Seek(0, io.SeekStart)
+	data, _ := io.ReadAll(errFile)
+	return fmt.Errorf("lab supervisor failed (%v): %s", werr, strings.TrimSpace(string(data)))
 }
 
 func cmdDown(args []string) error {
@@ -286,7 +295,11 @@ func cmdStatus(args []string) error {
 		for _, n := range cl.Nodes {
 			var pods []string
 			for _, p := range n.Pods {
-				pods = append(pods, p.Name+"="+p.IP)
+				s := p.Name + "=" + p.IP
+				if p.IP6 != "" {
+					s += "," + p.IP6
+				}
+				pods = append(pods, s)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.IP, n.PodCIDR, strings.Join(pods, " "), agentSummary(ctx, n))
 		}
@@ -325,9 +338,17 @@ func cmdMatrix(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cells := lab.Matrix(ctx, st.Layout.Pods())
+	pods := st.Layout.Pods()
+	cells := lab.Matrix(ctx, pods)
 	lab.WriteMatrix(os.Stdout, cells)
-	return lab.MatrixErrors(cells)
+	err = lab.MatrixErrors(cells)
+	if v6 := lab.AsIPv6(pods); len(v6) > 0 {
+		fmt.Println("\nIPv6:")
+		cells6 := lab.Matrix(ctx, v6)
+		lab.WriteMatrix(os.Stdout, cells6)
+		err = errors.Join(err, lab.MatrixErrors(cells6))
+	}
+	return err
 }
 
 // resolveNS accepts a full lab netns name or a role (c1-n1) and refuses
