@@ -107,12 +107,12 @@ type Cluster struct {
 // Node is one emulated node: a namespace with an underlay link, running the
 // real podmesh-agent.
 type Node struct {
-	Cluster   *Cluster
-	Index     int
-	Name      string
-	NetNS     string
-	IP        netip.Addr
-	PodCIDR   netip.Prefix
+	Cluster *Cluster
+	Index   int
+	Name    string
+	NetNS   string
+	IP      netip.Addr
+	PodCIDR netip.Prefix
 	// PodCIDR6 is the IPv6 pod CIDR in a dual-stack lab (else invalid).
 	PodCIDR6  netip.Prefix
 	ConfigDir string
