@@ -26,9 +26,12 @@ tools: ## build the test-only kube-apiserver and etcd into bin/ (cached)
 	@test/tools/build.sh $(BIN)
 
 .PHONY: build
-build: ## build podmesh-agent, clustermesh-apiserver and podmesh-certs into bin/
+build: ## build podmesh-agent, clustermesh-apiserver, podmesh-certs and podmesh-lab into bin/
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./agent/... ./clustermesh-apiserver/... ./certs/...
+	$(GO) build -o $(BIN)/podmesh-agent ./agent
+	$(GO) build -o $(BIN)/clustermesh-apiserver ./clustermesh-apiserver
+	$(GO) build -o $(BIN)/podmesh-certs ./certs/cmd/podmesh-certs
+	$(GO) build -o $(BIN)/podmesh-lab ./test/lab/cmd/podmesh-lab
 
 .PHONY: test
 test: deps tools ## run unit, integration, privileged datapath and end-to-end tests (tiers 1-4)
