@@ -7,8 +7,11 @@ import (
 )
 
 // Backoff computes exponentially growing delays with jitter. The zero value
-// uses 200ms..30s, factor 2, jitter 20%. It is not safe for concurrent use;
-// each retry loop owns one.
+// uses 200ms..30s, factor 2, jitter 50%: each delay is drawn uniformly from
+// [d/2, d], so a thousand agents that lose the same proxy at the same moment
+// spread their reconnects over half the delay instead of arriving in
+// lock-step, and the spread widens with every attempt. It is not safe for
+// concurrent use; each retry loop owns one.
 type Backoff struct {
 	Min, Max time.Duration
 	// Jitter is the fraction (0..1) by which a delay is randomly shortened.
@@ -26,7 +29,7 @@ func (b *Backoff) Next() time.Duration {
 		hi = 30 * time.Second
 	}
 	if jitter <= 0 || jitter > 1 {
-		jitter = 0.2
+		jitter = 0.5
 	}
 	d := lo
 	for i := 0; i < b.attempt && d < hi; i++ {
