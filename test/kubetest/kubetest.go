@@ -84,7 +84,17 @@ func Start(tb testing.TB) *Server {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	s, err := StartServer(ctx, Options{Dir: tb.TempDir()})
+	// freePort's port (and the etcd peer port after it) can be taken by
+	// another process between picking and binding; try again then.
+	var s *Server
+	var err error
+	for attempt := 1; ; attempt++ {
+		s, err = StartServer(ctx, Options{Dir: tb.TempDir()})
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+		tb.Logf("start kube-apiserver: a picked port was taken meanwhile; retrying (attempt %d)", attempt)
+	}
 	if err != nil {
 		tb.Fatalf("start kube-apiserver: %v", err)
 	}
