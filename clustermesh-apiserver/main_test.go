@@ -1,14 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,14 +41,6 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func TestBinaryReportsStartErrorsAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts kube-apiserver")
@@ -58,10 +52,9 @@ func TestBinaryReportsStartErrorsAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.crt")
 	require.NoError(t, pki.Server.WriteFiles(certFile, keyFile, true))
 	require.NoError(t, os.WriteFile(caFile, pki.CA.CertPEM, 0o644))
-	health := freePort(t)
 	args := []string{
 		"--cluster-name=east", "--cluster-id=7", "--pod-cidrs=10.1.0.0/16",
-		"--kubeconfig=" + kube.Kubeconfig, "--listen=" + freePort(t), "--health-listen=" + health,
+		"--kubeconfig=" + kube.Kubeconfig, "--listen=127.0.0.1:0", "--health-listen=127.0.0.1:0",
 		"--tls-cert=" + certFile, "--tls-key=" + keyFile, "--tls-client-ca=" + caFile,
 		"--allowed-peers=remote-west", "--data-dir=" + filepath.Join(dir, "data"),
 	}
@@ -87,19 +80,53 @@ func TestBinaryReportsStartErrorsAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	require.Equal(t, 1, exit.ExitCode())
 	require.Contains(t, stderr.String(), "missing.crt")
 
-	// A good start: ready, then SIGTERM stops it with status 0.
-	stderr.Reset()
+	// A good start: ready, then SIGTERM stops it with status 0. The health
+	// address (port 0 above) is read from the start-up log line.
 	cmd = exec.Command(bin, args...)
-	cmd.Stderr = &stderr
+	stderrPipe, err := cmd.StderrPipe()
+	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
+	var logMu sync.Mutex
+	var logBuf strings.Builder
+	healthAddr := make(chan string, 1)
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		re := regexp.MustCompile(`health="?([0-9.]+:[0-9]+)`)
+		sc := bufio.NewScanner(stderrPipe)
+		for sc.Scan() {
+			logMu.Lock()
+			logBuf.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				healthAddr <- m[1]
+			}
+		}
+	}()
+	logText := func() string {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return logBuf.String()
+	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		<-scanned // Wait must not run before the pipe is drained
+		exited <- cmd.Wait()
+	}()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 			<-exited
 		}
 	})
+	var health string
+	select {
+	case health = <-healthAddr:
+	case err := <-exited:
+		t.Fatalf("exited before it started: %v\n%s", err, logText())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no start-up line:\n%s", logText())
+	}
 	require.Eventually(t, func() bool {
 		resp, err := http.Get("http://" + health + "/readyz")
 		if err != nil {
@@ -107,15 +134,15 @@ func TestBinaryReportsStartErrorsAndStopsCleanlyOnSIGTERM(t *testing.T) {
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	}, 60*time.Second, 50*time.Millisecond, "binary never became ready: %s", &stderr)
+	}, 60*time.Second, 50*time.Millisecond, "binary never became ready")
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-exited:
-		require.NoError(t, err, "exit after SIGTERM; log:\n%s", stderr.String())
+		require.NoError(t, err, "exit after SIGTERM; log:\n%s", logText())
 	case <-time.After(60 * time.Second):
-		t.Fatalf("no exit after SIGTERM; log:\n%s", stderr.String())
+		t.Fatalf("no exit after SIGTERM; log:\n%s", logText())
 	}
-	log := stderr.String()
+	log := logText()
 	require.True(t, strings.Contains(log, "stopped cleanly"), "log:\n%s", log)
 	require.NotContains(t, log, "level=error")
 }
