@@ -38,13 +38,11 @@ if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
 fi
 echo "    make tools   (test-only kube-apiserver and etcd; about 4 minutes the first time)"
 make --no-print-directory tools
-echo "    make build   (podmesh-agent, clustermesh-apiserver, podmesh-certs)"
+echo "    make build   (podmesh-agent, clustermesh-apiserver, podmesh-certs, podmesh-lab)"
 make --no-print-directory build >/dev/null
-# The lab runs the binaries by these names; building them again is a cache hit.
-go build -o "$bin/podmesh-agent" ./agent
-go build -o "$bin/clustermesh-apiserver" ./clustermesh-apiserver
-echo "    go build podmesh-lab (the lab: namespaces, kubelet/CNI emulation, probes)"
-go build -o "$bin/podmesh-lab" ./test/lab/cmd/podmesh-lab
+for b in podmesh-agent clustermesh-apiserver podmesh-lab; do
+  [ -x "$bin/$b" ] || { echo "make build did not produce $bin/$b" >&2; exit 1; }
+done
 lab=("$bin/podmesh-lab")
 p=(--prefix "$prefix")
 
@@ -86,7 +84,7 @@ if [ "$keep" = 1 ]; then
   $bin/podmesh-lab matrix ${p[*]}
   $bin/podmesh-lab exec ${p[*]} c1-n1 -- $bin/podmesh-agent status
   $bin/podmesh-lab exec ${p[*]} c1-n1 -- ip route show proto 150
-  $bin/podmesh-lab exec ${p[*]} c1-n1-p1 -- ping -c1 10.2.1.11
+  $bin/podmesh-lab exec ${p[*]} c1-n1 -- ip route get 10.2.1.11
   $bin/podmesh-lab probe ${p[*]} c1-n1-p1 10.3.2.12
   ls /run/podmesh-lab/$prefix/logs/          (every agent's and apiserver's log)
 and remove it with:
