@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -242,4 +241,3 @@ func TestCLIUpProbeExecDownAndCtrlC(t *testing.T) {
 	}
 }
 
-var _ = context.Background
