@@ -240,4 +240,3 @@ func TestCLIUpProbeExecDownAndCtrlC(t *testing.T) {
 		t.Fatalf("after Ctrl-C: %s (%v)", lo, err)
 	}
 }
-
