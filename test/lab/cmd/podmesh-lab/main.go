@@ -39,6 +39,7 @@ commands:
   up       bring a lab up: N clusters x M nodes x P pods (returns once ready;
            --foreground keeps it in this terminal until Ctrl-C)
   status   show clusters, nodes, pods and what every agent reports
+  list     list the labs under the state root and whether their supervisor runs
   matrix   probe every pod from every pod of the other clusters
   probe    probe one address from one lab namespace: probe <netns|role> <ip[:port]>
   exec     run a command in a lab namespace: exec <netns|role> -- cmd [args]
@@ -63,6 +64,8 @@ func main() {
 		err = cmdDown(args)
 	case "status":
 		err = cmdStatus(args)
+	case "list":
+		err = cmdList(args)
 	case "matrix":
 		err = cmdMatrix(args)
 	case "probe":
@@ -325,6 +328,50 @@ func agentSummary(ctx context.Context, n lab.NodeLayout) string {
 		return "no remotes"
 	}
 	return strings.Join(parts, "; ")
+}
+
+func cmdList(args []string) error {
+	fs := flag.NewFlagSet("list", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	_ = fs.Parse(args)
+	ents, err := os.ReadDir(c.stateRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		fmt.Println("no labs")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREFIX\tSUPERVISOR\tCREATED\tSHAPE")
+	for _, e := range ents {
+		if !e.IsDir() || lab.ValidatePrefix(e.Name()) != nil {
+			continue
+		}
+		st, err := lab.ReadState(filepath.Join(c.stateRoot, e.Name()))
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t?\t?\t%v\n", e.Name(), err)
+			continue
+		}
+		owner := fmt.Sprintf("pid %d", st.OwnerPID)
+		if !st.OwnerAlive() {
+			owner = "dead (run down)"
+		}
+		shape := "starting"
+		if st.Layout != nil {
+			nodes, pods := 0, 0
+			for _, cl := range st.Layout.Clusters {
+				nodes += len(cl.Nodes)
+				for _, n := range cl.Nodes {
+					pods += len(n.Pods)
+				}
+			}
+			shape = fmt.Sprintf("%d clusters, %d nodes, %d pods, %s", len(st.Layout.Clusters), nodes, pods, st.Layout.RoutingMode)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name(), owner, st.Created.Format(time.RFC3339), shape)
+	}
+	return tw.Flush()
 }
 
 func cmdMatrix(args []string) error {
