@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
@@ -172,6 +173,8 @@ func mustValue(t *testing.T, c *clientv3.Client, key string) string {
 	return v
 }
 
+var patientRetry = wait.Backoff{Steps: 50, Duration: 5 * time.Millisecond, Factor: 1.2, Jitter: 0.5, Cap: 200 * time.Millisecond}
+
 func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 	h := newHarness(t)
 	// A key is written at most once per coalesce window, so the number of
@@ -194,11 +197,11 @@ func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 	puts := h.srv.SyncMetrics().EtcdWrites.WithLabelValues("put")
 	before := counter(t, puts)
 
-	// Eight writers per pod patch its IP concurrently (merge patches do not
+	// Five writers per pod patch its IP concurrently (merge patches do not
 	// conflict); every update changes the exported value. Which update is
 	// last is up to the API server, so the expected final state is read
 	// back from Kubernetes afterwards.
-	const writersPerPod = 8
+	const writersPerPod = 5
 	var wg sync.WaitGroup
 	errs := make(chan error, pods*writersPerPod)
 	for i := range pods {
@@ -207,8 +210,8 @@ func TestBurstOfPodUpdatesIsCoalesced(t *testing.T) {
 				for u := range updates / pods / writersPerPod {
 					ip := fmt.Sprintf("10.1.%d.%d", 10+i, (w*(updates/pods/writersPerPod)+u)%250+1)
 					// The API server gives up on a patch after a few internal
-					// conflicts; eight concurrent writers hit that.
-					err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+					// conflicts; concurrent writers hit that, so retry patiently.
+					err := retry.RetryOnConflict(patientRetry, func() error {
 						return patchPodIPs(context.Background(), k, "default", fmt.Sprintf("p%d", i), ip)
 					})
 					if err != nil {
