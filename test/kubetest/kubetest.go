@@ -40,8 +40,9 @@ type Options struct {
 	// (inside NetNSPath).
 	Port int
 	// EtcdPort is the etcd client port on 127.0.0.1; 0 picks one as for Port.
-	// The peer port is EtcdPort+1.
 	EtcdPort int
+	// EtcdPeerPort is etcd's peer port on 127.0.0.1; 0 picks a free one.
+	EtcdPeerPort int
 	// NetNSPath, when set, runs both processes inside that network namespace.
 	NetNSPath string
 	// Log receives the processes' output; nil writes it to files in Dir.
@@ -150,15 +151,8 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 			return nil, fmt.Errorf("find test tool %s: %w (run `make tools`)", b, err)
 		}
 	}
-	if o.Port == 0 {
-		if o.Port, err = freePort(o); err != nil {
-			return nil, err
-		}
-	}
-	if o.EtcdPort == 0 {
-		if o.EtcdPort, err = freePort(o); err != nil {
-			return nil, err
-		}
+	if err := pickPorts(o, &o.Port, &o.EtcdPort, &o.EtcdPeerPort); err != nil {
+		return nil, err
 	}
 	s := &Server{dir: o.Dir}
 	defer func() {
@@ -173,7 +167,7 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 	s.CA = pki.ca
 
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", o.EtcdPort)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", o.EtcdPort+1)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", o.EtcdPeerPort)
 	if err := s.start(o, filepath.Join(bin, "etcd"), "etcd",
 		"--name=kubetest",
 		"--data-dir="+filepath.Join(o.Dir, "etcd"),
@@ -431,8 +425,29 @@ func writeKubeconfig(dir, url string, p *pki) (string, error) {
 	return path, nil
 }
 
-// freePort picks an unused TCP port: a free one on loopback in the host
-// namespace, or the next one from a counter inside a private namespace.
+// pickPorts fills each zero port with a free one, distinct from the others.
+func pickPorts(o Options, ports ...*int) error {
+	used := map[int]bool{}
+	for _, p := range ports {
+		used[*p] = *p != 0
+	}
+	for _, p := range ports {
+		for *p == 0 {
+			port, err := freePort(o)
+			if err != nil {
+				return err
+			}
+			if !used[port] {
+				*p, used[port] = port, true
+			}
+		}
+	}
+	return nil
+}
+
+// freePort asks the kernel for an unused TCP port in the namespace the
+// server will run in. The port is free when returned; a process that takes
+// it before etcd or kube-apiserver binds makes the start fail loudly.
 func freePort(o Options) (int, error) {
 	var port int
 	err := InNetNS(o.NetNSPath, func() error {
