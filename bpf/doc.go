@@ -37,6 +37,15 @@
 // byte and the padding (32 bits) plus the IP prefix length, so IPv4 and IPv6
 // prefixes never match each other.
 //
+// # Programming the ipcache
+//
+// Sync converges the ipcache on a whole set of entries (and, with prune,
+// deletes everything else); Apply upserts and deletes only the entries it is
+// given, in time proportional to them. Both keep one record of what the map
+// holds (a dump plus this Datapath's own writes) and diff against it instead
+// of reading the kernel every time; Recheck drops the record, and the next
+// Sync, Apply or Entries reads the map again.
+//
 // # Restarts and upgrades
 //
 // Load adopts the pinned maps, so the ipcache and the counters survive the

@@ -25,12 +25,14 @@ const (
 const keyPrefixBits = 32
 
 var (
-	// ErrInvalidEntry is returned (wrapped) by Sync for an entry that cannot be
-	// programmed: an invalid prefix or tunnel endpoint, or a cluster ID
-	// outside 1..MaxClusterID.
+	// ErrInvalidEntry is returned (wrapped) by Sync and Apply for an entry
+	// that cannot be programmed: an invalid prefix or tunnel endpoint, or a
+	// cluster ID outside 1..MaxClusterID; and by Apply for an invalid prefix
+	// to delete.
 	ErrInvalidEntry = errors.New("invalid ipcache entry")
-	// ErrConflictingEntries is returned (wrapped) by Sync when one prefix
-	// appears twice with different values.
+	// ErrConflictingEntries is returned (wrapped) by Sync and Apply when one
+	// prefix appears twice with different values, and by Apply when one
+	// prefix is both upserted and deleted.
 	ErrConflictingEntries = errors.New("conflicting entries for one prefix")
 	// errUndecodable marks a map entry written by something other than this
 	// version of the encoder (a garbled or foreign entry).
@@ -54,8 +56,9 @@ func (e Entry) String() string {
 // normalize returns e in the form Entries reports it: an IPv4-mapped IPv6
 // prefix or endpoint becomes plain IPv4, and the prefix is masked.
 func (e Entry) normalize() (Entry, error) {
-	if !e.Prefix.IsValid() {
-		return Entry{}, fmt.Errorf("%w: prefix %q", ErrInvalidEntry, e.Prefix)
+	p, err := normalizePrefix(e.Prefix)
+	if err != nil {
+		return Entry{}, err
 	}
 	if !e.TunnelEndpoint.IsValid() || e.TunnelEndpoint.IsUnspecified() {
 		return Entry{}, fmt.Errorf("%w: prefix %s: tunnel endpoint %q", ErrInvalidEntry, e.Prefix, e.TunnelEndpoint)
@@ -63,16 +66,24 @@ func (e Entry) normalize() (Entry, error) {
 	if e.ClusterID == 0 || e.ClusterID > MaxClusterID {
 		return Entry{}, fmt.Errorf("%w: prefix %s: cluster ID %d not in 1..%d", ErrInvalidEntry, e.Prefix, e.ClusterID, MaxClusterID)
 	}
-	p := e.Prefix
+	e.Prefix = p
+	e.TunnelEndpoint = e.TunnelEndpoint.Unmap().WithZone("")
+	return e, nil
+}
+
+// normalizePrefix returns p as the ipcache keys it: an IPv4-mapped IPv6
+// prefix becomes plain IPv4, and host bits are masked.
+func normalizePrefix(p netip.Prefix) (netip.Prefix, error) {
+	if !p.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("%w: prefix %q", ErrInvalidEntry, p)
+	}
 	if p.Addr().Is4In6() {
 		if p.Bits() < 96 {
-			return Entry{}, fmt.Errorf("%w: IPv4-mapped prefix %s shorter than /96", ErrInvalidEntry, p)
+			return netip.Prefix{}, fmt.Errorf("%w: IPv4-mapped prefix %s shorter than /96", ErrInvalidEntry, p)
 		}
 		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
-	e.Prefix = p.Masked()
-	e.TunnelEndpoint = e.TunnelEndpoint.Unmap().WithZone("")
-	return e, nil
+	return p.Masked(), nil
 }
 
 // encodeKey converts a (valid, normalized) prefix to its ipcache key.

@@ -33,7 +33,9 @@ type SyncStats struct {
 // ones diff against a record of what the map holds (that read plus this
 // Datapath's own writes), so a Sync costs time in proportion to the number
 // of entries given plus the changes, not to a kernel dump. After a failed
-// write, and after Recheck, the next Sync reads the kernel again.
+// write, and after Recheck, the next Sync reads the kernel again (unless an
+// Entries call in between did). For a few changes on a large ipcache, Apply
+// costs in proportion to the changes alone.
 func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -110,8 +112,8 @@ func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 			d.cache[k] = &cacheEntry{have: upVals[i], want: upVals[i], gen: gen}
 		}
 	}
-	deleted, err := deleteIpcache(d.objs.PodmeshIpcache, delKeys)
-	stats.Deleted = deleted
+	deleted, missing, err := deleteIpcache(d.objs.PodmeshIpcache, delKeys)
+	stats.Deleted = deleted + missing
 	if err != nil {
 		d.cache, d.foreign = nil, nil
 		return stats, err
@@ -139,9 +141,10 @@ type cacheEntry struct {
 	gen  uint64
 }
 
-// Recheck makes the next Sync read the whole ipcache from the kernel instead
-// of trusting its record of the map, so that changes made behind the
+// Recheck makes the next Sync or Apply read the whole ipcache from the kernel
+// instead of trusting its record of the map, so that changes made behind the
 // Datapath's back (another writer, an operator with bpftool) are repaired.
+// An Entries call in between does that read: its dump becomes the new record.
 // The reconciler calls it on its periodic re-check of the kernel.
 func (d *Datapath) Recheck() {
 	d.mu.Lock()
@@ -151,42 +154,70 @@ func (d *Datapath) Recheck() {
 
 // readIpcacheLocked replaces the record of the ipcache with a dump of it.
 func (d *Datapath) readIpcacheLocked() error {
-	cache := make(map[podmeshIpcacheKey]*cacheEntry)
-	var foreign []podmeshIpcacheKey
-	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
-		p, err := decodeKey(k)
-		if err != nil {
-			// Not ours to interpret, but in our map: a prune removes it.
-			foreign = append(foreign, k)
-			return
-		}
-		// The trie ignores bits past the prefix length, so a key with such
-		// bits names the same entry as the canonical one.
-		cache[encodeKey(p)] = &cacheEntry{have: v}
-	})
-	if err != nil {
+	r := newRecord()
+	if err := dumpIpcache(d.objs.PodmeshIpcache, r.add); err != nil {
 		return err
 	}
-	d.cache, d.foreign = cache, foreign
+	d.cache, d.foreign = r.cache, r.foreign
 	return nil
+}
+
+// record builds the record of the ipcache from a dump.
+type record struct {
+	cache   map[podmeshIpcacheKey]*cacheEntry
+	foreign []podmeshIpcacheKey
+}
+
+func newRecord() *record {
+	return &record{cache: make(map[podmeshIpcacheKey]*cacheEntry)}
+}
+
+func (r *record) add(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+	p, err := decodeKey(k)
+	if err != nil {
+		// Not ours to interpret, but in our map: a prune removes it.
+		r.foreign = append(r.foreign, k)
+		return
+	}
+	// The trie ignores bits past the prefix length, so a key with such
+	// bits names the same entry as the canonical one.
+	r.cache[encodeKey(p)] = &cacheEntry{have: v}
 }
 
 // Entries returns every entry of the ipcache, in map order. Entries that do
 // not decode (not written by this version) are left out; a Sync with prune
-// removes them.
+// removes them. Entries always reads the kernel. When the Datapath has no
+// record of the map (after Load, Recheck or a failed write), that read also
+// becomes the record, so Recheck, Entries and then Sync or Apply read the
+// ipcache once, not twice.
 func (d *Datapath) Entries() ([]Entry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil, ErrClosed
 	}
-	var out []Entry
+	var (
+		out []Entry
+		r   *record
+	)
+	if d.cache == nil {
+		r = newRecord()
+	}
 	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
 		if e, err := decodeEntry(k, v); err == nil {
 			out = append(out, e)
 		}
+		if r != nil {
+			r.add(k, v)
+		}
 	})
-	return out, err
+	if err != nil {
+		return out, err
+	}
+	if r != nil {
+		d.cache, d.foreign = r.cache, r.foreign
+	}
+	return out, nil
 }
 
 // dumpIpcache calls fn for every key and value in the ipcache, reading it in
@@ -247,10 +278,9 @@ func updateIpcache(m *ebpf.Map, keys []podmeshIpcacheKey, vals []podmeshIpcacheV
 	return nil
 }
 
-// deleteIpcache deletes keys, in batches where possible; a key that is
-// already gone counts as deleted.
-func deleteIpcache(m *ebpf.Map, keys []podmeshIpcacheKey) (int, error) {
-	deleted := 0
+// deleteIpcache deletes keys, in batches where possible. A key that is
+// already gone is not an error: it counts as missing, not as deleted.
+func deleteIpcache(m *ebpf.Map, keys []podmeshIpcacheKey) (deleted, missing int, err error) {
 	for len(keys) > 0 {
 		chunk := keys[:min(batchSize, len(keys))]
 		n, err := m.BatchDelete(chunk, nil)
@@ -260,21 +290,27 @@ func deleteIpcache(m *ebpf.Map, keys []podmeshIpcacheKey) (int, error) {
 			keys = keys[len(chunk):]
 		case errors.Is(err, ebpf.ErrKeyNotExist):
 			// The batch stops at the missing key: skip it and go on.
-			deleted += n + 1
+			deleted += n
+			missing++
 			keys = keys[n+1:]
 		case errors.Is(err, ebpf.ErrNotSupported) && n == 0:
 			for i := range chunk {
-				if err := m.Delete(&chunk[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-					return deleted, fmt.Errorf("delete ipcache entry %s: %w", keyString(chunk[i]), err)
+				err := m.Delete(&chunk[i])
+				switch {
+				case err == nil:
+					deleted++
+				case errors.Is(err, ebpf.ErrKeyNotExist):
+					missing++
+				default:
+					return deleted, missing, fmt.Errorf("delete ipcache entry %s: %w", keyString(chunk[i]), err)
 				}
-				deleted++
 			}
 			keys = keys[len(chunk):]
 		default:
-			return deleted + n, fmt.Errorf("delete ipcache entry %s: %w", keyString(chunk[n]), err)
+			return deleted + n, missing, fmt.Errorf("delete ipcache entry %s: %w", keyString(chunk[n]), err)
 		}
 	}
-	return deleted, nil
+	return deleted, missing, nil
 }
 
 func keyString(k podmeshIpcacheKey) string {

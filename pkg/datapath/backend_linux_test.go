@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podmesh/podmesh/bpf"
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
 
@@ -120,6 +121,25 @@ func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 			require.NoError(t, res.err)
 			assert.Equal(t, []netip.Prefix{mustPrefix("10.2.1.0/24")}, res.removed)
 			assert.Zero(t, b.sync(d1, always).writes, "the delta removal left the kernel exactly as a full prune would")
+			if mode == ModeEBPF {
+				// A delta deletes exactly the removed prefixes from the
+				// ipcache: an entry the desired set never had stays until a
+				// full pass may prune it.
+				dp := b.(*ebpfBackend).dp
+				other := bpf.Entry{Prefix: mustPrefix("10.2.77.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2}
+				_, err := dp.Apply([]bpf.Entry{other}, nil)
+				require.NoError(t, err)
+				res = b.apply(diffDesired(d1, d2))
+				require.NoError(t, res.err)
+				require.Empty(t, res.failed)
+				res = b.apply(diffDesired(d2, d1))
+				require.NoError(t, res.err)
+				assert.Equal(t, []netip.Prefix{mustPrefix("10.2.1.0/24")}, res.removed)
+				es, err := dp.Entries()
+				require.NoError(t, err)
+				assert.ElementsMatch(t, []bpf.Entry{ipcacheEntry(d1[mustPrefix("10.2.0.0/24")]), other}, es)
+				assert.Equal(t, 1, b.sync(d1, always).writes, "the full pass prunes it")
+			}
 
 			// A foreign route holding a wanted prefix is reported, not
 			// replaced: the delta pass asks for a full pass, which reports it.

@@ -27,9 +27,6 @@ type ebpfBackend struct {
 	dp       *bpf.Datapath
 	mac      net.HardwareAddr
 	attached int // ifindex the program was last attached to by this process
-	// keptAdopted are ipcache entries the last full sync found and was not
-	// allowed to delete; a delta pass's prune keeps them.
-	keptAdopted []bpf.Entry
 }
 
 func newEBPFBackend(bs base, cfg Config) (backend, error) {
@@ -154,9 +151,10 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		}
 		wantIP[p] = ipcacheEntry(e)
 	}
-	// This pass diffs against a fresh dump of the ipcache; Recheck makes the
-	// loader's own Sync re-read the map too instead of trusting its record of
-	// it, so an entry removed behind our back is written again.
+	// This pass diffs against a fresh dump of the ipcache; Recheck drops the
+	// loader's record of the map, and Entries' dump becomes the new record,
+	// so the Syncs below (and later delta passes) trust what the kernel held
+	// now and an entry removed behind our back is written again.
 	b.dp.Recheck()
 	have, err := b.dp.Entries()
 	if err != nil {
@@ -204,12 +202,6 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		_, stillWanted := want[p]
 		return canDelete(p) && !rf && !stillWanted
 	})
-	b.keptAdopted = b.keptAdopted[:0]
-	for _, e := range keep {
-		if _, ok := wantIP[e.Prefix]; !ok {
-			b.keptAdopted = append(b.keptAdopted, e)
-		}
-	}
 	var errs []error
 	if needPrune {
 		st, err := b.dp.Sync(keep, true)
@@ -249,10 +241,11 @@ func (b *ebpfBackend) apply(d delta) syncResult {
 		}
 	}
 	writes := 0
-	// Adds first: ipcache, then routes. The loader diffs against its record
-	// of the map, so this costs in proportion to the changes.
+	// Adds first: ipcache, then routes. Apply writes only the given entries
+	// (and skips those its record of the map says are in place), so this
+	// costs in proportion to the changes.
 	if len(up) > 0 {
-		st, err := b.dp.Sync(up, false)
+		st, err := b.dp.Apply(up, nil)
 		if err != nil {
 			err = fmt.Errorf("update ipcache: %w", err)
 			for _, e := range up {
@@ -269,25 +262,15 @@ func (b *ebpfBackend) apply(d delta) syncResult {
 	for p, err := range rfailed {
 		failed[p] = errors.Join(failed[p], err)
 	}
-	// Deletes last: the ipcache keeps the whole wanted set, the adopted
-	// entries and any prefix whose route could not be removed.
+	// Deletes last: the ipcache forgets exactly the prefixes whose route is
+	// gone; one whose route could not be removed keeps its entry. Nothing
+	// else is deleted here (adopted or foreign entries are the full pass's
+	// business), so this too costs in proportion to the changes.
 	var errs []error
 	if len(removed) > 0 {
-		keep := make([]bpf.Entry, 0, len(d.want)+len(b.keptAdopted))
-		for _, e := range d.want {
-			if checkClusterID(e) == nil {
-				keep = append(keep, ipcacheEntry(e))
-			}
-		}
-		keep = append(keep, b.keptAdopted...)
-		for _, e := range d.remove {
-			if _, bad := rfailed[e.Prefix]; bad {
-				keep = append(keep, ipcacheEntry(e))
-			}
-		}
-		st, err := b.dp.Sync(keep, true)
+		st, err := b.dp.Apply(nil, removed)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("prune ipcache: %w", err))
+			errs = append(errs, fmt.Errorf("delete ipcache entries: %w", err))
 		}
 		writes += st.Deleted
 	}
