@@ -39,6 +39,10 @@ test: deps tools ## run unit, integration, privileged datapath and end-to-end te
 	bpf/check-generated.sh
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+.PHONY: demo
+demo: deps ## bring up 3 clusters x 2 nodes x 2 pods, show the connectivity matrix and a node's status, tear down (KEEP=1 keeps it, MODE=vxlan|native)
+	test/lab/demo.sh
+
 .PHONY: test-unit
 test-unit: ## run the unit tests only (no root, no network, no tools)
 	$(GO) test -short -count=1 ./...
