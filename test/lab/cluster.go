@@ -218,7 +218,7 @@ func (l *Lab) WaitMeshReady(ctx context.Context, c *Cluster, timeout time.Durati
 	hc := HTTPClientIn(c.NetNS)
 	return waitFor(ctx, timeout, 100*time.Millisecond, "clustermesh-apiserver "+c.Name+" ready", func() (bool, error) {
 		if exited, err := c.Mesh.Exited(); exited {
-			return false, fmt.Errorf("clustermesh-apiserver %s exited: %v; log tail:\n%s", c.Name, err, TailLog(c.Mesh.LogPath, 20))
+			return false, permanent{fmt.Errorf("clustermesh-apiserver %s exited: %v; log tail:\n%s", c.Name, err, TailLog(c.Mesh.LogPath, 20))}
 		}
 		resp, err := hc.Get(c.MeshHealthURL() + "/readyz")
 		if err != nil {

@@ -280,7 +280,7 @@ func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 				continue
 			}
 			if exited, err := n.Agent.Exited(); exited {
-				return false, fmt.Errorf("agent on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))
+				return false, permanent{fmt.Errorf("agent on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))}
 			}
 			remotes := l.Remotes(n)
 			st, err := l.AgentStatus(ctx, n)

@@ -1,6 +1,12 @@
 package lab
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
 
 func TestNamesOwnOnlyTheirOwnLab(t *testing.T) {
 	n := Names{Prefix: "podmesh-lab"}
@@ -61,5 +67,22 @@ func TestAddressingPlanKeepsClustersApart(t *testing.T) {
 				t.Errorf("clusters %d and %d overlap", i, o)
 			}
 		}
+	}
+}
+
+func TestWaitForStopsAtOnceOnPermanentError(t *testing.T) {
+	calls := 0
+	err := waitFor(context.Background(), time.Hour, time.Millisecond, "a dead process", func() (bool, error) {
+		calls++
+		if calls < 3 {
+			return false, errors.New("not yet")
+		}
+		return false, permanent{errors.New("process exited")}
+	})
+	if err == nil || !strings.Contains(err.Error(), "process exited") {
+		t.Fatalf("waitFor = %v, want the permanent error", err)
+	}
+	if calls != 3 {
+		t.Fatalf("cond called %d times, want 3", calls)
 	}
 }

@@ -138,6 +138,12 @@ func ListenIn(netns, network, addr string) (net.Listener, error) {
 	return l, nil
 }
 
+// permanent marks a condition error that waiting cannot cure (a process
+// exited): waitFor returns it at once.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
 // waitFor polls cond until it reports true, the deadline passes or ctx ends.
 // It is how the lab and its tests wait for a condition (never a bare sleep).
 func waitFor(ctx context.Context, timeout, every time.Duration, what string, cond func() (bool, error)) error {
@@ -150,6 +156,9 @@ func waitFor(ctx context.Context, timeout, every time.Duration, what string, con
 		ok, err := cond()
 		if ok {
 			return nil
+		}
+		if p := (permanent{}); errors.As(err, &p) {
+			return fmt.Errorf("wait for %s: %w", what, p.error)
 		}
 		if err != nil {
 			last = err

@@ -96,7 +96,7 @@ func (l *Lab) startServe(ctx context.Context, p *Pod) error {
 	}
 	return waitFor(ctx, 20*time.Second, 20*time.Millisecond, "echo server in "+p.String(), func() (bool, error) {
 		if exited, err := p.Serve.Exited(); exited {
-			return false, fmt.Errorf("echo server exited: %v: %s", err, TailLog(p.Serve.LogPath, 5))
+			return false, permanent{fmt.Errorf("echo server exited: %v: %s", err, TailLog(p.Serve.LogPath, 5))}
 		}
 		res, err := Probe(ctx, n.NetNS, netip.AddrPortFrom(p.IP, ServeTCPPort), time.Second)
 		if err != nil {
