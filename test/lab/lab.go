@@ -114,7 +114,9 @@ type Node struct {
 	IP      netip.Addr
 	PodCIDR netip.Prefix
 	// PodCIDR6 is the IPv6 pod CIDR in a dual-stack lab (else invalid).
-	PodCIDR6  netip.Prefix
+	PodCIDR6 netip.Prefix
+	// DeletedAt is when RemoveNode started deleting the Node object.
+	DeletedAt time.Time
 	ConfigDir string
 	BPFRoot   string
 	LogPath   string
@@ -356,22 +358,24 @@ func (l *Lab) addUnderlayLink(ctx context.Context, brPort, netns string, ip neti
 // directory. It is safe to call more than once.
 func (l *Lab) Close() error {
 	var errs []error
-	for _, c := range l.Clusters() {
-		for _, n := range c.NodeList() {
-			errs = append(errs, n.Agent.Stop(5*time.Second))
-			for _, p := range n.PodList() {
-				errs = append(errs, p.Serve.Stop(2*time.Second))
-			}
+	nodes := l.Nodes()
+	errs = append(errs, parallel(len(nodes), func(k int) error {
+		n := nodes[k]
+		errs := []error{n.Agent.Stop(5 * time.Second)}
+		for _, p := range n.PodList() {
+			errs = append(errs, p.Serve.Stop(2*time.Second))
 		}
-	}
-	for _, c := range l.Clusters() {
-		errs = append(errs, c.Mesh.Stop(5*time.Second))
-	}
-	for _, c := range l.Clusters() {
+		return errors.Join(errs...)
+	}))
+	clusters := l.Clusters()
+	errs = append(errs, parallel(len(clusters), func(k int) error {
+		c := clusters[k]
+		err := c.Mesh.Stop(5 * time.Second)
 		if c.Kube != nil {
-			errs = append(errs, c.Kube.Stop())
+			err = errors.Join(err, c.Kube.Stop())
 		}
-	}
+		return err
+	}))
 	// Whatever is left (namespaces, stray processes, bpffs, mounts, the state
 	// directory) goes the same way as after a crash.
 	errs = append(errs, Down(l.opts.Prefix, l.opts.StateRoot, l.log))

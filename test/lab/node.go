@@ -148,6 +148,7 @@ func (l *Lab) RemoveNode(ctx context.Context, n *Node) error {
 	}
 	errs = append(errs, n.Agent.Stop(5*time.Second))
 	if kube := n.Cluster.KubeServer(); n.Cluster.ownsKube() {
+		n.DeletedAt = time.Now()
 		errs = append(errs, deleteNode(ctx, kube.Client, n.Name))
 	}
 	errs = append(errs, l.unplumbNode(ctx, n))
