@@ -527,6 +527,12 @@ func testConfigRemoved(t *testing.T, ctx context.Context, l *lab.Lab) {
 				t.Fatalf("node %s: c3's %s not withdrawn within 1s of its config file's removal: %v", n.Name, p, err)
 			}
 		}
+		// The routes go first, then the ipcache entries (ebpf): the whole
+		// kernel state must be clean within the same second.
+		if err := waitCond(time.Until(deadline), func() error { return l.CheckNode(n, []*lab.Cluster{c2}) }); err != nil {
+			t.Fatalf("node %s: kernel state not clean of c3 within 1s of its config file's removal: %v", n.Name, err)
+		}
+		t.Logf("node %s: routes and ipcache clean of c3 %s after the config swap (checked by polling)", n.Name, time.Since(swapped[n.Name]).Round(time.Millisecond))
 	}
 	var took latencies
 	for k, w := range watches {
