@@ -105,6 +105,17 @@ func testMatrix(t *testing.T, ctx context.Context, l *lab.Lab, mode string) {
 	if len(pods) != 12 {
 		t.Fatalf("lab has %d pods, want 12", len(pods))
 	}
+	const txMetric = "podmesh_datapath_tx_packets_total"
+	before := map[string]map[string]float64{}
+	if mode == lab.ModeEBPF {
+		for _, n := range l.Nodes() {
+			c, err := l.AgentCounters(ctx, n, txMetric)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[n.Name] = c
+		}
+	}
 	cells := lab.Matrix(ctx, pods)
 	var b strings.Builder
 	lab.WriteMatrix(&b, cells)
@@ -114,6 +125,36 @@ func testMatrix(t *testing.T, ctx context.Context, l *lab.Lab, mode string) {
 	}
 	if err := lab.MatrixErrors(cells); err != nil {
 		t.Fatal(err)
+	}
+	if mode == lab.ModeEBPF {
+		// The program counts what it tunnels per remote cluster: each node's
+		// two pods opened 8 connections to each other cluster, so at least
+		// 8 packets per remote cluster went through it. The agent exports
+		// the kernel's counters as read on its last reconcile pass (at least
+		// every 10 s), so the metric may lag: wait for it.
+		for _, n := range l.Nodes() {
+			var parts []string
+			err := waitCond(30*time.Second, func() error {
+				after, err := l.AgentCounters(ctx, n, txMetric)
+				if err != nil {
+					return err
+				}
+				parts = parts[:0]
+				var errs []error
+				for _, r := range l.Remotes(n) {
+					d := after[r.Name] - before[n.Name][r.Name]
+					parts = append(parts, fmt.Sprintf("%s +%.0f", r.Name, d))
+					if d < 8 {
+						errs = append(errs, fmt.Errorf("%s{cluster=%q} grew by %.0f, want >= 8", txMetric, r.Name, d))
+					}
+				}
+				return errors.Join(errs...)
+			})
+			if err != nil {
+				t.Errorf("node %s: eBPF tx counters after the matrix (waited 30s): %v", n.Name, err)
+			}
+			t.Logf("node %s: eBPF tx packets counted during the matrix: %s", n.Name, strings.Join(parts, ", "))
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,8 +9,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -400,4 +403,46 @@ func AsIPv6(pods []PodRef) []PodRef {
 		}
 	}
 	return out
+}
+
+// metricLineRE matches one sample of the Prometheus text format with a
+// cluster label: name{...cluster="c2"...} value.
+var metricLineRE = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}\s+(\S+)`)
+
+var clusterLabelRE = regexp.MustCompile(`(?:^|,)cluster="([^"]*)"`)
+
+// AgentCounters reads one per-cluster metric (a counter or gauge with a
+// "cluster" label) from the agent's /metrics, by cluster.
+func (l *Lab) AgentCounters(ctx context.Context, n *Node, metric string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.StatusAddr()+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := HTTPClientIn(n.NetNS).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: metrics: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("node %s: metrics: HTTP %d", n.Name, resp.StatusCode)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(io.LimitReader(resp.Body, 16<<20))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		m := metricLineRE.FindStringSubmatch(sc.Text())
+		if m == nil || m[1] != metric {
+			continue
+		}
+		c := clusterLabelRE.FindStringSubmatch(m[2])
+		if c == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: metric %s: %w", n.Name, metric, err)
+		}
+		out[c[1]] += v
+	}
+	return out, sc.Err()
 }
