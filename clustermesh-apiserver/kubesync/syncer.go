@@ -59,11 +59,12 @@ type KV interface {
 
 // Syncer mirrors Kubernetes into etcd. Create with New, start with Run.
 type Syncer struct {
-	cfg   Config
-	log   logrus.FieldLogger
-	m     *Metrics
-	queue workqueue.TypedRateLimitingInterface[string]
-	ready chan struct{}
+	cfg       Config
+	log       logrus.FieldLogger
+	m         *Metrics
+	queue     workqueue.TypedRateLimitingInterface[string]
+	ready     chan struct{}
+	readyOnce sync.Once // closes ready
 
 	// mu protects everything below.
 	mu sync.Mutex
@@ -454,12 +455,12 @@ func (s *Syncer) checkConvergence() {
 		for _, k := range strays {
 			s.queue.Add(k)
 		}
-		select {
-		case <-s.ready:
-		default:
+		// Several batch writers call this at once; the check-then-close
+		// above the lock raced (a double close panicked), so it is done once.
+		s.readyOnce.Do(func() {
 			s.log.Info("All kinds synced")
 			close(s.ready)
-		}
+		})
 	}
 }
 
