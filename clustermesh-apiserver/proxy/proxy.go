@@ -81,7 +81,13 @@ func Start(ctx context.Context, cfg Config) (_ *Proxy, err error) {
 			return nil, fmt.Errorf("start proxy: listen on %s: %w", cfg.Listen, err)
 		}
 	}
-	pctx, cancel := context.WithCancel(ctx)
+	// The watch proxy gets its own context, not ctx: when the caller shuts
+	// down, Stop must first close every client connection and only then
+	// cancel the upstream watches. The other way round, the watch proxy
+	// tells clients their watches were canceled ("context canceled"),
+	// instead of the connection simply going away, which clients resume
+	// from their last revision on their own.
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	g := &guard{metrics: cfg.Metrics, log: cfg.Log}
 	creds := &countingCreds{TransportCredentials: credentials.NewTLS(cfg.TLS), failures: cfg.Metrics.HandshakeFailures, log: cfg.Log}
 	srv := grpc.NewServer(
@@ -110,8 +116,11 @@ func Start(ctx context.Context, cfg Config) (_ *Proxy, err error) {
 		}
 	}()
 	go func() {
-		<-pctx.Done()
-		p.Stop()
+		select {
+		case <-ctx.Done():
+			p.Stop()
+		case <-pctx.Done():
+		}
 	}()
 	cfg.Log.WithField("address", p.addr.String()).Info("Read-only etcd proxy serving")
 	return p, nil
@@ -128,8 +137,8 @@ func (p *Proxy) Addr() string { return p.addr.String() }
 // proxy to finish.
 func (p *Proxy) Stop() {
 	p.stopOnce.Do(func() {
-		p.cancel()
 		p.server.Stop()
+		p.cancel()
 		<-p.watchDone
 	})
 }
