@@ -3,8 +3,6 @@ package bpf
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podmesh/podmesh/internal/netnsutil"
 )
 
 func requireRoot(t testing.TB) {
@@ -120,30 +120,5 @@ func newNetNS(t testing.TB) netns.NsHandle {
 	return r.ns
 }
 
-// inNetNS runs fn on a locked OS thread inside ns. If the thread cannot be
-// returned to its original namespace it stays locked and dies with the
-// goroutine.
-func inNetNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNetNS runs fn on a locked OS thread inside ns.
+func inNetNS(ns netns.NsHandle, fn func() error) error { return netnsutil.Do(ns, fn) }

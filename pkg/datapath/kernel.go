@@ -13,7 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/podmesh/podmesh/pkg/datapath/internal/netnsutil"
+	"github.com/podmesh/podmesh/internal/netnsutil"
 )
 
 // This file is the thin kernel edge shared by the backends: netlink dumps

@@ -27,7 +27,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/podmesh/podmesh/pkg/datapath/internal/netnsutil"
+	"github.com/podmesh/podmesh/internal/netnsutil"
 )
 
 // T is the part of testing.TB the helpers need; a benchmark harness outside
