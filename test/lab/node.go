@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
-
-	"sigs.k8s.io/yaml"
 
 	"github.com/podmesh/podmesh/certs"
 )
@@ -213,34 +212,19 @@ func (l *Lab) MeshConfigs(local *Cluster, remotes ...*Cluster) ([]RemoteConfig, 
 	return out, nil
 }
 
-// etcdClientConfig is the etcd-client YAML podmesh-agent reads.
-type etcdClientConfig struct {
-	Endpoints     []string `json:"endpoints"`
-	TrustedCAFile string   `json:"trusted-ca-file"`
-	CertFile      string   `json:"cert-file"`
-	KeyFile       string   `json:"key-file"`
-}
-
 // WriteMeshConfig (re)writes the node's clustermesh config directory as a
 // mounted Secret: the files of every remote in one atomic ..data swap, as
-// the kubelet updates a Secret volume. Remotes left out are removed.
+// the kubelet updates a Secret volume. Remotes left out are removed. The
+// keys are exactly those `podmesh-certs connect` renders (certs.MeshSecretFiles),
+// so every lab agent reads what an installed agent would.
 func (l *Lab) WriteMeshConfig(n *Node, remotes []RemoteConfig) error {
 	files := map[string][]byte{}
 	for _, r := range remotes {
-		cfg := etcdClientConfig{
-			Endpoints:     r.Endpoints,
-			TrustedCAFile: r.Name + ".ca.crt",
-			CertFile:      r.Name + ".crt",
-			KeyFile:       r.Name + ".key",
-		}
-		body, err := yaml.Marshal(cfg)
+		rf, err := certs.MeshSecretFiles(r.Name, r.Endpoints, r.CAPEM, r.CertPEM, r.KeyPEM)
 		if err != nil {
-			return fmt.Errorf("encode config of %s: %w", r.Name, err)
+			return fmt.Errorf("node %s: config of %s: %w", n.Name, r.Name, err)
 		}
-		files[r.Name] = body
-		files[cfg.TrustedCAFile] = r.CAPEM
-		files[cfg.CertFile] = r.CertPEM
-		files[cfg.KeyFile] = r.KeyPEM
+		maps.Copy(files, rf)
 	}
 	if err := certs.WriteSecretVolume(n.ConfigDir, files); err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
