@@ -50,6 +50,10 @@ type Capabilities struct {
 	Endpoints bool `json:"endpoints"`
 	// Services is true when service entries are published.
 	Services bool `json:"services"`
+	// ServiceExports is true when service entries follow ServicesFormat 2:
+	// only exported Services are published. A cluster without it publishes
+	// format-1 entries, which an importer must not treat as exports.
+	ServiceExports bool `json:"serviceExports,omitempty"`
 }
 
 // Node is the value at podmesh/v1/nodes/<cluster>/<node>.
@@ -74,6 +78,14 @@ type Endpoint struct {
 }
 
 // Service is the value at podmesh/v1/services/<cluster>/<namespace>/<name>.
+//
+// Since ServicesFormat 2 (capability "serviceExports" in the cluster config) a
+// cluster publishes a Service only while a ServiceExport of the same
+// namespace/name exists, and the value carries what the Multi-Cluster Services
+// API needs to merge exports across clusters (KEP-1645). The fields added in
+// format 2 are optional on the wire, so a format-1 reader ignores them and a
+// format-2 reader decodes a format-1 value with them zero; a consumer tells the
+// two apart by the publishing cluster's capabilities, never by guessing.
 type Service struct {
 	Cluster   string            `json:"cluster"`
 	ClusterID uint32            `json:"clusterID"`
@@ -82,21 +94,59 @@ type Service struct {
 	Headless  bool              `json:"headless"`
 	Ports     []ServicePort     `json:"ports"`
 	Endpoints []ServiceEndpoint `json:"endpoints"`
+
+	// ExportTime is the ServiceExport's creation time: the oldest export of a
+	// namespace/name in the clusterset wins conflicts. Format 2.
+	ExportTime time.Time `json:"exportTime,omitzero"`
+	// Type is ServiceTypeClusterSetIP or ServiceTypeHeadless. Format 2.
+	Type string `json:"type,omitempty"`
+	// SessionAffinity is "None" or "ClientIP", as in the Service. Format 2.
+	SessionAffinity string `json:"sessionAffinity,omitempty"`
+	// SessionAffinityTimeoutSeconds is the ClientIP affinity timeout, 0 when
+	// unset. Format 2.
+	SessionAffinityTimeoutSeconds int32 `json:"sessionAffinityTimeoutSeconds,omitempty"`
+	// IPFamilies lists "IPv4"/"IPv6" as in the Service's spec. Format 2.
+	IPFamilies []string `json:"ipFamilies,omitempty"`
 }
+
+// Service types of the Multi-Cluster Services API (ServiceImport spec.type).
+const (
+	ServiceTypeClusterSetIP = "ClusterSetIP"
+	ServiceTypeHeadless     = "Headless"
+)
+
+// ServicesFormat is the version of the service entries this package writes:
+// 1 published every Service with ports and ready endpoints; 2 publishes only
+// exported Services, with the format-2 fields of Service, ServicePort and
+// ServiceEndpoint.
+const ServicesFormat = 2
 
 // ServicePort is one port of a Service.
 type ServicePort struct {
 	Name     string `json:"name"`
 	Port     int32  `json:"port"`
 	Protocol string `json:"protocol"`
+	// AppProtocol is the port's appProtocol, empty when unset. Format 2.
+	AppProtocol string `json:"appProtocol,omitempty"`
 }
 
-// ServiceEndpoint is one backend of a Service.
+// ServiceEndpoint is one backend address of a Service, from an EndpointSlice.
 type ServiceEndpoint struct {
 	IP       netip.Addr `json:"ip"`
 	Hostname string     `json:"hostname"`
 	Node     string     `json:"node"`
-	Ready    bool       `json:"ready"`
+	// Ready is the EndpointSlice's ready condition, copied as is (so a
+	// Service with publishNotReadyAddresses publishes ready=true).
+	Ready bool `json:"ready"`
+	// Serving and Terminating are the EndpointSlice's conditions. Format 2.
+	Serving     bool `json:"serving,omitempty"`
+	Terminating bool `json:"terminating,omitempty"`
+	// Zone is the endpoint's zone, empty when unset. Format 2.
+	Zone string `json:"zone,omitempty"`
+	// Pod names the backing pod (targetRef) when the endpoint has one; the
+	// importer uses it as the DNS hostname of a headless endpoint without a
+	// hostname, as KEP-1645 asks. Format 2.
+	Pod string `json:"pod,omitempty"`
 }
 
 // FormatTime renders a heartbeat or canary value (RFC 3339, UTC).
