@@ -60,7 +60,7 @@ func (t Timing) withDefaults() Timing {
 
 // DesiredSet is the part of datapath.Desired the mesh writes to.
 type DesiredSet interface {
-	SetCluster(cluster string, entries []datapath.Entry)
+	SetCluster(cluster string, podCIDRs []netip.Prefix, entries []datapath.Entry)
 	RemoveCluster(cluster string)
 	AllowPrune()
 }
@@ -230,14 +230,15 @@ func (m *Mesh) removeLocked(r *remote) {
 	r.log.Info("Remote cluster file removed; withdrew its entries")
 }
 
-// push replaces a remote's entries if gen is still its current generation.
-func (m *Mesh) push(r *remote, gen uint64, entries []datapath.Entry) bool {
+// push replaces a remote's entries and declared pod CIDRs (from its
+// admitted cluster-config) if gen is still its current generation.
+func (m *Mesh) push(r *remote, gen uint64, podCIDRs []netip.Prefix, entries []datapath.Entry) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.remotes[r.name] != r || r.generation() != gen {
 		return false
 	}
-	m.opts.Desired.SetCluster(r.name, entries)
+	m.opts.Desired.SetCluster(r.name, podCIDRs, entries)
 	return true
 }
 

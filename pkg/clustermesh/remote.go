@@ -301,7 +301,7 @@ func (r *remote) session(ctx context.Context, gen uint64, cfg *kvstore.Config) (
 			continue
 		}
 		entries, st := ComputeEntries(r.name, cc.ID, r.mesh.opts.LocalTunnelIP, state.nodes, state.endpoints)
-		if !r.mesh.push(r, gen, entries) {
+		if !r.mesh.push(r, gen, cc.PodCIDRs, entries) {
 			return established, nil, sessionErr(sctx, errSuperseded)
 		}
 		r.update(gen, func() {
