@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -343,32 +342,22 @@ func (r *remote) applyLogged(state *clusterState, prefix string, ev kvstore.Even
 	r.mu.Unlock()
 }
 
-// readClusterConfig reads and checks the remote's cluster config.
+// readClusterConfig reads and checks the remote's own cluster config: exactly
+// its key, whatever else the remote's etcd holds (a cache tier holds the
+// configs of many clusters). When the key is missing but the remote
+// publishes configs for other clusters, the file points at the wrong
+// remote: that is a refusal naming a few of those clusters.
 func (r *remote) readClusterConfig(ctx context.Context, cli *clientv3.Client) (*meshapi.ClusterConfig, int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, r.mesh.opts.Timing.ProbeTimeout)
 	defer cancel()
-	resp, err := cli.Get(cctx, meshapi.ClusterConfigPrefix, clientv3.WithPrefix(), clientv3.WithLimit(64))
+	resp, err := cli.Get(cctx, meshapi.ClusterConfigKey(r.name))
 	if err != nil {
 		return nil, 0, fmt.Errorf("unreachable: read cluster config: %w", err)
 	}
-	var value []byte
-	var others []string
-	for _, kv := range resp.Kvs {
-		name := strings.TrimPrefix(string(kv.Key), meshapi.ClusterConfigPrefix)
-		if name == r.name {
-			value = kv.Value
-		} else {
-			others = append(others, name)
-		}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, r.missingClusterConfig(cctx, cli)
 	}
-	if value == nil {
-		if len(others) > 0 {
-			sort.Strings(others)
-			return nil, 0, fmt.Errorf("%w: %w: remote publishes cluster config for %s, not %s", errRefused, meshapi.ErrMismatch, strings.Join(others, ", "), r.name)
-		}
-		return nil, 0, fmt.Errorf("no cluster config published at %s", meshapi.ClusterConfigKey(r.name))
-	}
-	cc, err := meshapi.DecodeClusterConfig(value)
+	cc, err := meshapi.DecodeClusterConfig(resp.Kvs[0].Value)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: invalid cluster config: %w", errRefused, err)
 	}
@@ -376,6 +365,31 @@ func (r *remote) readClusterConfig(ctx context.Context, cli *clientv3.Client) (*
 		return nil, 0, fmt.Errorf("%w: %w: cluster config of file %s names cluster %s", errRefused, meshapi.ErrMismatch, r.name, cc.Name)
 	}
 	return cc, resp.Header.Revision, nil
+}
+
+// maxNamedOthers bounds how many other clusters a refusal names.
+const maxNamedOthers = 8
+
+// missingClusterConfig says why the remote's own config key is empty: it
+// publishes other clusters' configs (refused), or none yet (retried).
+func (r *remote) missingClusterConfig(ctx context.Context, cli *clientv3.Client) error {
+	resp, err := cli.Get(ctx, meshapi.ClusterConfigPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithLimit(maxNamedOthers), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return fmt.Errorf("unreachable: list cluster configs: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return fmt.Errorf("no cluster config published at %s", meshapi.ClusterConfigKey(r.name))
+	}
+	others := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		others = append(others, strings.TrimPrefix(string(kv.Key), meshapi.ClusterConfigPrefix))
+	}
+	list := strings.Join(others, ", ")
+	if resp.Count > int64(len(others)) {
+		list += fmt.Sprintf(" and %d more", resp.Count-int64(len(others)))
+	}
+	return fmt.Errorf("%w: %w: remote publishes cluster config for %s, not %s", errRefused, meshapi.ErrMismatch, list, r.name)
 }
 
 // watchClusterConfig ends the session when the cluster config changes.
