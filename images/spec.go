@@ -77,9 +77,10 @@ func Specs(tag string) []Spec {
 		Description: "the podmesh lab's echo-the-peer server",
 	}, {
 		// As upstream's image: /coredns, non-root, allowed to bind port 53
-		// by a file capability. With allowPrivilegeEscalation: false the
-		// kernel ignores file capabilities, so a manifest that sets it must
-		// run CoreDNS as uid 0 or lower net.ipv4.ip_unprivileged_port_start.
+		// by a file capability (cap_net_bind_service=+ep). Under
+		// allowPrivilegeEscalation: false the kernel grants a file
+		// capability only if the container already holds it, so a manifest
+		// that drops ALL must add NET_BIND_SERVICE back, as upstream's does.
 		Name: "coredns", File: "coredns", Path: "/coredns",
 		User: nonRoot, Caps: []int{capNetBind}, ExposedPorts: []string{"53/tcp", "53/udp"},
 		Source:      "https://github.com/coredns/coredns",

@@ -64,12 +64,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// dial connects to the server with a deadline for the whole test, so a
+// missing answer fails instead of hanging.
+func dial(t *testing.T, network, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial(network, addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	return conn
+}
+
 func TestTCPGreetsWithThePeerAddressThenEchoes(t *testing.T) {
 	tcp, _, _ := startServe(t)
-	conn, err := net.Dial("tcp", tcp)
-	require.NoError(t, err)
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	conn := dial(t, "tcp", tcp)
 	rd := bufio.NewReader(conn)
 
 	greeting, err := rd.ReadString('\n')
@@ -87,10 +95,7 @@ func TestTCPGreetsWithThePeerAddressThenEchoes(t *testing.T) {
 
 func TestUDPAnswersEachDatagramWithThePeerAddress(t *testing.T) {
 	_, udp, _ := startServe(t)
-	conn, err := net.Dial("udp", udp)
-	require.NoError(t, err)
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	conn := dial(t, "udp", udp)
 	buf := make([]byte, 256)
 	for _, payload := range []string{"a", "second datagram"} {
 		_, err := conn.Write([]byte(payload))
@@ -103,12 +108,9 @@ func TestUDPAnswersEachDatagramWithThePeerAddress(t *testing.T) {
 
 func TestServeReturnsNilAndClosesConnectionsWhenTheContextEnds(t *testing.T) {
 	tcp, _, stop := startServe(t)
-	conn, err := net.Dial("tcp", tcp)
-	require.NoError(t, err)
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	conn := dial(t, "tcp", tcp)
 	rd := bufio.NewReader(conn)
-	_, err = rd.ReadString('\n')
+	_, err := rd.ReadString('\n')
 	require.NoError(t, err)
 
 	require.NoError(t, stop())
