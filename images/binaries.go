@@ -17,12 +17,13 @@ import (
 func binaries(ctx context.Context, o Options, specs []Spec) ([]string, error) {
 	paths := make([]string, len(specs))
 	buildDir := filepath.Join(o.OutDir, "bin")
+	var build []int
+	// Find the given binaries first, so a missing one fails before minutes
+	// of building.
 	for i, s := range specs {
 		if o.GoBuild && s.Package != "" {
 			paths[i] = filepath.Join(buildDir, s.File)
-			if err := goBuildStatic(ctx, "", s.Package, paths[i]); err != nil {
-				return nil, err
-			}
+			build = append(build, i)
 			continue
 		}
 		if o.BinDir == "" {
@@ -35,6 +36,11 @@ func binaries(ctx context.Context, o Options, specs []Spec) ([]string, error) {
 				hint = "`make tools` builds it"
 			}
 			return nil, fmt.Errorf("image %s: %w (%s)", s.Name, err, hint)
+		}
+	}
+	for _, i := range build {
+		if err := goBuildStatic(ctx, "", specs[i].Package, paths[i]); err != nil {
+			return nil, err
 		}
 	}
 	return paths, nil
