@@ -21,12 +21,15 @@ stamp="$bin/.tools-stamp"
 # Bump when the flags below change, so every binary is rebuilt once.
 flags=static-v3
 
-modversion() { # module go.mod -> version
-  awk -v m="$1" '$1 == m { print $2; exit }' "$2"
+modversion() { # module go.mod -> version, from a require block or line
+  awk -v m="$1" '$1 == "require" && $2 == m { print $3; exit } $1 == m { print $2; exit }' "$2"
 }
 kube=$(modversion k8s.io/kubernetes "$here/go.mod")
 etcd=$(modversion go.etcd.io/etcd/server/v3 "$here/go.mod")
 coredns=$(modversion github.com/coredns/coredns "$here/coredns/go.mod")
+for v in "$kube" "$etcd" "$coredns"; do
+  [ -n "$v" ] || { echo "build.sh: a tool version is missing from $here/go.mod or $here/coredns/go.mod" >&2; exit 1; }
+done
 major=$(echo "$kube" | sed -E 's/^v([0-9]+)\..*/\1/')
 minor=$(echo "$kube" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
 v=k8s.io/component-base/version
