@@ -116,18 +116,36 @@ func writeArchive(s Spec, bin, dir string) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	tmp := res.Archive + ".tmp"
-	if err := tarball.WriteToFile(tmp, ref, img); err != nil {
-		os.Remove(tmp)
-		return Image{}, fmt.Errorf("write %s: %w", tmp, err)
+	// Written under a unique name and renamed, so that concurrent builds
+	// into one directory (test packages run in parallel) never see half an
+	// archive.
+	if err := atomicWrite(res.Archive, func(tmp string) error { return tarball.WriteToFile(tmp, ref, img) }); err != nil {
+		return Image{}, fmt.Errorf("write archive: %w", err)
 	}
-	if err := os.Rename(tmp, res.Archive); err != nil {
-		return Image{}, fmt.Errorf("rename archive: %w", err)
-	}
-	if err := os.WriteFile(keyFile, []byte(key), 0o644); err != nil {
+	if err := atomicWrite(keyFile, func(tmp string) error { return os.WriteFile(tmp, []byte(key), 0o644) }); err != nil {
 		return Image{}, fmt.Errorf("record inputs: %w", err)
 	}
 	return res, nil
+}
+
+// atomicWrite has write fill a new file in path's directory, then renames it
+// to path.
+func atomicWrite(path string, write func(tmp string) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	f.Close()
+	if err := write(tmp); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // recipeVersion changes whenever the way an image is assembled from its Spec

@@ -358,3 +358,24 @@ func TestDynamicallyLinkedBinariesAreRejected(t *testing.T) {
 	_, err = Build(t.Context(), Options{OutDir: t.TempDir(), BinDir: bin})
 	require.ErrorIs(t, err, errNotStatic)
 }
+
+func TestConcurrentBuildsIntoOneDirectoryAllSucceed(t *testing.T) {
+	bin, out := binDir(t), t.TempDir()
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := Build(t.Context(), Options{OutDir: out, BinDir: bin})
+			errs <- err
+		}()
+	}
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+	for _, img := range buildFromBinDir(t, bin, out) {
+		_, err := load(t, img).Digest()
+		require.NoError(t, err, "%s is a whole archive", img.Name)
+	}
+	leftovers, err := filepath.Glob(filepath.Join(out, ".*.tmp-*"))
+	require.NoError(t, err)
+	require.Empty(t, leftovers)
+}
