@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/client-go/kubernetes/fake"
+	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -27,7 +28,7 @@ func TestReadyClosesOnceUnderConcurrentConvergenceChecks(t *testing.T) {
 	log.SetOutput(io.Discard)
 	s, err := New(Config{
 		Cluster: Cluster{Name: "east", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
-		Kube:    fake.NewClientset(), Etcd: unusedKV{}, Log: log,
+		Kube:    fake.NewClientset(), MCS: mcsfake.NewSimpleClientset(), Etcd: unusedKV{}, Log: log,
 	})
 	require.NoError(t, err)
 	s.mu.Lock()

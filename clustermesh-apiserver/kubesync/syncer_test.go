@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
@@ -82,7 +83,7 @@ func TestFailedWritesAreRetriedUntilTheyLand(t *testing.T) {
 	m := kubesync.NewMetrics()
 	s, err := kubesync.New(kubesync.Config{
 		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
-		Kube:    kube, Etcd: kv, Metrics: m, Log: log,
+		Kube:    kube, MCS: mcsfake.NewSimpleClientset(), Etcd: kv, Metrics: m, Log: log,
 	})
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(ctx)
@@ -143,7 +144,7 @@ func TestLeftoversAreDeletedAfterTheListingAndNotBefore(t *testing.T) {
 	})
 	s, err := kubesync.New(kubesync.Config{
 		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
-		Kube:    kube, Etcd: e.Writer, Log: log,
+		Kube:    kube, MCS: mcsfake.NewSimpleClientset(), Etcd: e.Writer, Log: log,
 	})
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(ctx)
