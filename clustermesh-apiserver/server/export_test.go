@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
@@ -266,4 +267,54 @@ func TestPublishNotReadyAddressesEndpointIsPublishedReady(t *testing.T) {
 			`{"ip":"10.1.1.41","hostname":"db-1","node":"n1","ready":true,"serving":true,"pod":"db-1"}],`+
 			`"exportTime":"`+exportTime+`","type":"Headless","sessionAffinity":"None","ipFamilies":`+families(t, k, "default", "db")+`}`)
 	waitConditions(t, h, "default", "db", validTrue, readyExported)
+}
+
+// A burst of EndpointSlice updates of one exported service: few etcd writes,
+// and no ServiceExport status write at all (the conditions do not change).
+func TestBurstOfEndpointUpdatesOfAnExportIsCoalesced(t *testing.T) {
+	h := newHarness(t)
+	// As in TestBurstOfPodUpdatesIsCoalesced: a window long enough that the
+	// write count cannot approach the bound below however slow the burst.
+	h.cfg.CoalesceDelay = 500 * time.Millisecond
+	h.start(t)
+	c := h.client(t)
+	k := h.k
+	ctx := t.Context()
+	key := meshapi.ServiceKey(cluster, "default", "db")
+	createService(t, k, "default", "db", corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Port: 5432, Protocol: corev1.ProtocolTCP}}})
+	createSlice(t, k, "default", "db", "db-1", discoveryv1.Endpoint{Addresses: []string{"10.1.1.1"}})
+	createExport(t, h, "default", "db")
+	se := waitConditions(t, h, "default", "db", validTrue, readyExported)
+	mustEntryWithEndpoints(t, c, key, 1)
+	puts := h.srv.SyncMetrics().EtcdWrites.WithLabelValues("put")
+	before := counter(t, puts)
+
+	// Each update grows the slice's endpoint list by one address, as fast
+	// as the API server takes them; the last state has 201 endpoints.
+	const updates = 200
+	for i := range updates {
+		ip := fmt.Sprintf("10.1.%d.%d", 2+i/250, i%250+1)
+		err := retry.RetryOnConflict(patientRetry, func() error {
+			es, err := k.DiscoveryV1().EndpointSlices("default").Get(ctx, "db-1", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}})
+			_, err = k.DiscoveryV1().EndpointSlices("default").Update(ctx, es, metav1.UpdateOptions{})
+			return err
+		})
+		require.NoError(t, err)
+	}
+	mustEntryWithEndpoints(t, c, key, updates+1)
+	writes := counter(t, puts) - before
+	t.Logf("%d endpoint updates of one exported service caused %.0f etcd writes (heartbeats included)", updates, writes)
+	require.Less(t, writes, float64(updates)/4, "a burst of endpoint changes is coalesced")
+
+	// Barrier as in TestExportConditionsFollowTheService.
+	createService(t, k, "default", "later", corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}})
+	createExport(t, h, "default", "later")
+	waitConditions(t, h, "default", "later", validTrue, readyExported)
+	again, err := h.mcs.MulticlusterV1beta1().ServiceExports("default").Get(ctx, "db", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, se.ResourceVersion, again.ResourceVersion, "the burst wrote nothing to the ServiceExport")
 }
