@@ -1,20 +1,15 @@
 package kubesync
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes/fake"
-	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
-	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -25,25 +20,8 @@ import (
 // default 100 ms delay this measures what coalescing adds to an idle key.
 func BenchmarkSyncPathOfALoneChange(b *testing.B) {
 	ctx := b.Context()
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: b.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	require.NoError(b, err)
-	b.Cleanup(func() { e.Close() })
-	s, err := New(Config{
-		Cluster: Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		Kube:    fake.NewClientset(), MCS: mcsfake.NewSimpleClientset(), Etcd: e.Writer, Log: log,
-	})
-	require.NoError(b, err)
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	b.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-s.Ready():
-	case <-time.After(60 * time.Second):
-		b.Fatal("not ready")
-	}
+	e := StartTestEtcd(b)
+	s := RunTestSync(b, Config{Kube: fake.NewClientset(), Etcd: e.Writer})
 	wch := e.Reader.Watch(ctx, meshapi.EndpointsClusterPrefix("east"), clientv3.WithPrefix())
 
 	const keys = 200

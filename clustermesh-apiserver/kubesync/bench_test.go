@@ -7,15 +7,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
@@ -27,12 +24,7 @@ import (
 // so etcd's disk does not dominate), and waits until it is ready.
 func benchSync(b *testing.B, pods int) (*fake.Clientset, *etcdserver.Server, *kubesync.Metrics) {
 	b.Helper()
-	ctx := b.Context()
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: b.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	require.NoError(b, err)
-	b.Cleanup(func() { e.Close() })
+	e := kubesync.StartTestEtcd(b)
 	objs := make([]runtime.Object, 0, pods)
 	for i := range pods {
 		objs = append(objs, &corev1.Pod{
@@ -43,20 +35,7 @@ func benchSync(b *testing.B, pods int) (*fake.Clientset, *etcdserver.Server, *ku
 	}
 	kube := fake.NewClientset(objs...)
 	m := kubesync.NewMetrics()
-	s, err := kubesync.New(kubesync.Config{
-		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		Kube:    kube, MCS: mcsfake.NewSimpleClientset(), Etcd: e.Writer, Metrics: m, Log: log,
-	})
-	require.NoError(b, err)
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	b.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-s.Ready():
-	case <-time.After(60 * time.Second):
-		b.Fatal("not ready")
-	}
+	kubesync.RunTestSync(b, kubesync.Config{Kube: kube, Etcd: e.Writer, Metrics: m})
 	return kube, e, m
 }
 
