@@ -573,6 +573,9 @@ func (s *Syncer) writeBatch(ctx context.Context, batch []string) {
 		have, haveOK := s.actual[key]
 		switch {
 		case wantOK == haveOK && want == have:
+			if !wantOK {
+				delete(s.nextWrite, key) // set and unset again before its write
+			}
 			s.m.WritesSkipped.Inc()
 			s.queue.Forget(key)
 			s.queue.Done(key)
