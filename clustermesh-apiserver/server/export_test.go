@@ -205,11 +205,16 @@ func TestExportConditionsFollowTheService(t *testing.T) {
 	waitValue(t, c, key, "")
 	se = waitConditions(t, h, "default", "db", noService, readyFailed)
 	require.NotNil(t, meta.FindStatusCondition(se.Status.Conditions, string(mcsv1beta1.ServiceExportConditionConflict)), "the importer's condition is kept")
+	owners := map[string]string{} // field manager -> the status fields it owns
 	for _, mf := range se.ManagedFields {
-		if mf.Subresource == "status" && mf.Manager == "podmesh-importer" {
-			require.Contains(t, string(mf.FieldsV1.Raw), `Conflict`, "the importer still owns its condition")
+		if mf.Subresource == "status" && mf.FieldsV1 != nil {
+			owners[mf.Manager] = string(mf.FieldsV1.Raw)
 		}
 	}
+	require.Contains(t, owners["podmesh-importer"], `"k:{\"type\":\"Conflict\"}"`, "the importer still owns its condition")
+	require.NotContains(t, owners[kubesync.ExportFieldManager], `Conflict`, "the exporter never took it")
+	require.Contains(t, owners[kubesync.ExportFieldManager], `"k:{\"type\":\"Valid\"}"`)
+	require.Contains(t, owners[kubesync.ExportFieldManager], `"k:{\"type\":\"Ready\"}"`)
 	v, err := value(ctx, c, meshapi.ServiceKey(cluster, "default", "ext"))
 	require.NoError(t, err)
 	require.Empty(t, v, "an ExternalName service is never published")
