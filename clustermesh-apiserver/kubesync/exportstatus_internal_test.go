@@ -1,28 +1,17 @@
 package kubesync
 
 import (
-	"io"
-	"net/netip"
 	"testing"
 
-	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
 func TestExportConditionsFollowTheSyncState(t *testing.T) {
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	s, err := New(Config{
-		Cluster: Cluster{Name: "east", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
-		Kube:    fake.NewClientset(), MCS: mcsfake.NewSimpleClientset(), Etcd: unusedKV{}, Log: log,
-	})
-	require.NoError(t, err)
+	s := newIdleSyncer(t)
 	se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "db", Name: "pg", Generation: 3}}
 	key := meshapi.ServiceKey("east", "db", "pg")
 

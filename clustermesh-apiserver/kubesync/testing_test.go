@@ -2,13 +2,16 @@ package kubesync
 
 import (
 	"context"
+	"io"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes/fake"
 	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
@@ -30,6 +33,25 @@ func StartTestEtcd(tb testing.TB) *etcdserver.Server {
 	require.NoError(tb, err)
 	tb.Cleanup(func() { e.Close() })
 	return e
+}
+
+// unusedKV satisfies the etcd client interface for tests of a Syncer that
+// is never run.
+type unusedKV struct{ clientv3.KV }
+
+// newIdleSyncer returns a Syncer of cluster east (ID 1, pods in 10.1.0.0/16)
+// that is never run, logging at Info to nowhere, for tests of its state
+// machine.
+func newIdleSyncer(tb testing.TB) *Syncer {
+	tb.Helper()
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	s, err := New(Config{
+		Cluster: Cluster{Name: "east", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
+		Kube:    fake.NewClientset(), MCS: mcsfake.NewSimpleClientset(), Etcd: unusedKV{}, Log: log,
+	})
+	require.NoError(tb, err)
+	return s
 }
 
 // RunTestSync runs a Syncer with cfg until the test ends and waits until it
