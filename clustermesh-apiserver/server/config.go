@@ -56,7 +56,7 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "embedded etcd data directory, reused across restarts (required)")
 	fs.StringVar(&cfg.HealthListen, "health-listen", ":9880", "address of /healthz, /readyz and /metrics")
 	fs.StringVar(&cfg.EtcdListenClient, "etcd-listen-client", "127.0.0.1:0", "loopback address of the embedded etcd")
-	fs.DurationVar(&cfg.CoalesceDelay, "coalesce-delay", kubesync.DefaultCoalesceDelay, "how long a changed key waits before it is written (coalesces bursts)")
+	fs.DurationVar(&cfg.CoalesceDelay, "coalesce-delay", kubesync.DefaultCoalesceDelay, "shortest time between two writes of one key: an idle key is written at once, a busy one once per this window (coalesces bursts)")
 	fs.IntVar(&cfg.SyncWorkers, "sync-workers", kubesync.DefaultWorkers, "parallel etcd writers")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {

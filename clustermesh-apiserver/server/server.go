@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
@@ -29,6 +30,7 @@ type Server struct {
 	log          logrus.FieldLogger
 	tls          *tls.Config
 	kube         kubernetes.Interface
+	mcs          mcsclient.Interface
 	syncMetrics  *kubesync.Metrics
 	proxyMetrics *proxy.Metrics
 
@@ -70,11 +72,16 @@ func New(cfg Config, restConfig *rest.Config, log logrus.FieldLogger) (*Server, 
 	if err != nil {
 		return nil, fmt.Errorf("create Kubernetes client: %w", err)
 	}
+	mcs, err := mcsclient.NewForConfig(restConfig)
+	if err != nil {
+		return nil, fmt.Errorf("create Multi-Cluster Services client: %w", err)
+	}
 	return &Server{
 		cfg:          cfg,
 		log:          log.WithField("cluster", cfg.ClusterName),
 		tls:          tlsCfg,
 		kube:         kube,
+		mcs:          mcs,
 		syncMetrics:  kubesync.NewMetrics(),
 		proxyMetrics: proxy.NewMetrics(),
 		started:      make(chan struct{}),
@@ -181,6 +188,7 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 	syncer, err := kubesync.New(kubesync.Config{
 		Cluster:       kubesync.Cluster{Name: s.cfg.ClusterName, ID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs},
 		Kube:          s.kube,
+		MCS:           s.mcs,
 		Etcd:          e.Writer,
 		Workers:       s.cfg.SyncWorkers,
 		CoalesceDelay: s.cfg.CoalesceDelay,
