@@ -138,13 +138,8 @@ func TestSyncPrunesUndecodableEntries(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, good[:1], got, "undecodable entries are not reported")
 
-	// Sync trusts its record of the map until told to re-read the kernel.
-	stats, err := d.Sync(good, true)
-	require.NoError(t, err)
-	require.Equal(t, SyncStats{}, stats)
-	d.Recheck()
-
-	stats, err = d.Sync(good, false)
+	// Sync reads the map every time.
+	stats, err := d.Sync(good, false)
 	require.NoError(t, err)
 	require.Equal(t, SyncStats{Updated: 1}, stats, "a desired prefix with a bad value is rewritten")
 	stats, err = d.Sync(good, true)

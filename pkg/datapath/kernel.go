@@ -78,35 +78,6 @@ func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route
 	return ours, foreign, nil
 }
 
-// applyRoutes installs plan.upsert, then removes plan.remove (adds before
-// deletes, so a changed next hop never leaves a gap). It returns per-prefix
-// failures, the prefixes it removed and the number of routes it wrote.
-func applyRoutes(h *netlink.Handle, plan routePlan) (failed map[netip.Prefix]error, removed []netip.Prefix, writes int) {
-	failed = make(map[netip.Prefix]error)
-	for pfx, why := range plan.conflicts {
-		failed[pfx] = errors.New(why)
-	}
-	for i := range plan.upsert {
-		r := plan.upsert[i]
-		writes++
-		if err := h.RouteReplace(&r); err != nil {
-			pfx, _ := routeKey(r)
-			failed[pfx] = fmt.Errorf("replace route %s: %w", pfx, err)
-		}
-	}
-	for i := range plan.remove {
-		r := plan.remove[i]
-		pfx, _ := routeKey(r)
-		writes++
-		if err := deleteRoute(h, r); err != nil {
-			failed[pfx] = err
-			continue
-		}
-		removed = append(removed, pfx)
-	}
-	return failed, removed, writes
-}
-
 // deleteRoute removes one podmesh route; a route that is already gone is success.
 func deleteRoute(h *netlink.Handle, r netlink.Route) error {
 	// The scope must be the route's own: the kernel matches it on delete,

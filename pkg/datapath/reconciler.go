@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,18 +73,24 @@ type Status struct {
 	// name that are (or could not be) realised in the kernel.
 	Programmed map[string]int
 	Failed     map[string]int
-	// Errors holds one message per failed prefix (bounded).
+	// Errors holds the error of each failed object, by prefix (bounded).
 	Errors map[string]string
 	// LastError is the last reconcile's error, empty when it fully succeeded.
 	LastError     string
 	LastReconcile time.Time
 	// LastDuration is how long the last reconcile pass took, LastPass
-	// whether it was a "full" pass (re-read the kernel) or a "delta" pass.
+	// whether it was a "full" pass (re-read the kernel) or an "incremental"
+	// one (only the objects whose revision moved).
 	LastDuration time.Duration
 	LastPass     string
 	// LastWrites counts the kernel objects the last pass wrote or deleted;
 	// a pass over a converged kernel writes nothing.
-	LastWrites      int
+	LastWrites int
+	// LastOutOfSync is how many kernel objects the last full pass found
+	// missing, different or unwanted (and repaired); OutOfSyncTotal sums
+	// it over every full pass.
+	LastOutOfSync   int
+	OutOfSyncTotal  uint64
 	ReconcileErrors uint64
 	// AppliedVersion is the Desired version the kernel fully realises (0
 	// until one reconcile succeeded without failures).
@@ -110,11 +117,13 @@ type Reconciler struct {
 	status Status
 
 	// Owned by the Run goroutine.
-	applied        map[netip.Prefix]Entry // want of the last fully successful pass; nil: next pass is full
-	appliedPrune   bool                   // PruneAllowed of that pass
-	countBy        map[string]int         // entries of applied per cluster
-	owned          map[netip.Prefix]bool  // prefixes this process programmed
-	lastApplied    uint64
+	rev            uint64                     // desired revision the last pass processed
+	objs           map[netip.Prefix]objStatus // per-object status of every live desired object processed
+	count          map[string]*clusterCount   // objs summed per cluster
+	undeleted      map[netip.Prefix]error     // withdrawn objects whose delete failed; retried by every full pass
+	podCIDRs       map[string][]netip.Prefix  // the remote clusters' pod CIDRs as of the last full pass
+	pruneAllowed   bool                       // PruneAllowed as of the last full pass
+	lastOK         bool                       // the last pass left nothing failed; else the next one is full
 	rpFilterLogged bool
 	autoMTU        bool // Config.MTU was 0: follow the MTU of the link holding LocalIP
 	// sysctl is nsSysctl; unit tests replace it.
@@ -122,6 +131,15 @@ type Reconciler struct {
 	leftoversDone bool
 	clusterNames  map[uint32]string
 }
+
+// objStatus is the status of one desired object: its entry as last
+// processed, and the error that kept it from the kernel (nil: programmed).
+type objStatus struct {
+	entry Entry
+	err   error
+}
+
+type clusterCount struct{ programmed, failed int }
 
 // errorsKept bounds Status.Errors.
 const errorsKept = 64
@@ -213,7 +231,9 @@ func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
 		log:          log,
 		desired:      cfg.Desired,
 		ns:           nsRunner{ns: netns.None()},
-		owned:        make(map[netip.Prefix]bool),
+		objs:         make(map[netip.Prefix]objStatus),
+		count:        make(map[string]*clusterCount),
+		undeleted:    make(map[netip.Prefix]error),
 		clusterNames: make(map[uint32]string),
 		metrics:      newMetrics(),
 	}
@@ -297,227 +317,265 @@ func nextBackoff(cur, max time.Duration) time.Duration {
 	return min(cur, max)
 }
 
-// reconcile runs one convergence pass and reports whether it fully succeeded.
-// A full pass re-reads the kernel; otherwise, when the previous pass fully
-// succeeded under the same prune permission, only the delta is applied.
+// reconcile runs one pass and reports whether it left nothing failed. An
+// incremental pass handles the objects whose revision moved since the last
+// pass; it gives way to a full pass when the desired table can no longer
+// say what moved, when the prune permission or a cluster's pod CIDRs changed
+// (they decide what may be deleted and what is valid), or when asked.
 func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
-	if !full && r.applied != nil {
-		if ok, done := r.reconcileDelta(start); done {
-			return ok
+	if !full && r.lastOK {
+		ch, ok := r.desired.Changes(r.rev)
+		if ok && ch.PruneAllowed == r.pruneAllowed && podCIDRsEqual(ch.PodCIDRs, r.podCIDRs) {
+			return r.incremental(start, ch)
 		}
 	}
-	return r.reconcileFull(start)
+	return r.full(start)
 }
 
-// reconcileDelta applies the Desired changes since the last fully applied
-// version to the kernel without re-reading it, in time proportional to the
-// changes. done is false when it cannot (the change journal was outrun, the
-// prune permission changed, an entry is invalid, or the backend failed or
-// asked for it): the caller then runs a full pass, which re-reads the kernel
-// and reports per prefix.
-func (r *Reconciler) reconcileDelta(start time.Time) (ok, done bool) {
-	changes, version, prune, jok := r.desired.ChangesSince(r.lastApplied)
-	if !jok || prune != r.appliedPrune {
-		return false, false
-	}
-	var d delta
-	touched := make(map[netip.Prefix]Entry)
-	for _, c := range changes {
-		if c.Prefix != c.Prefix.Masked() {
-			return false, false
-		}
-		if c.Present {
-			if r.validate(c.Entry) != nil {
-				return false, false
-			}
-			touched[c.Prefix] = c.Entry
-		}
-	}
-	for _, c := range changes {
-		p := c.Prefix
-		old, had := r.applied[p]
-		if had {
-			r.countBy[old.Cluster]--
-			if r.countBy[old.Cluster] == 0 {
-				delete(r.countBy, old.Cluster)
-			}
-		}
-		if !c.Present {
-			if had {
-				d.remove = append(d.remove, old)
-				delete(r.applied, p)
-			}
+// incremental updates the changed objects and deletes the withdrawn ones,
+// without reading the kernel: its cost follows the changes, not the table.
+func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
+	upd := make(map[netip.Prefix]Entry)
+	var del []Entry
+	bad := make(map[netip.Prefix]Entry)
+	for _, o := range ch.Objects {
+		p := o.Entry.Prefix
+		if o.Deleted {
+			del = append(del, o.Entry)
 			continue
 		}
-		e := c.Entry
-		switch {
-		case !had:
-			d.add = append(d.add, e)
-		case old.TunnelEndpoint != e.TunnelEndpoint || old.ClusterID != e.ClusterID:
-			d.change = append(d.change, e)
-			d.stale = append(d.stale, old)
+		if err := r.validate(o.Entry); err != nil {
+			bad[p] = o.Entry
+			r.setStatus(p, o.Entry, err)
+			continue
 		}
-		r.applied[p] = e
-		r.countBy[e.Cluster]++
-		r.clusterNames[e.ClusterID] = e.Cluster
+		upd[p] = o.Entry
 	}
-	d.want = r.applied
-	sysErr := r.checkSysctls(touched)
-	var res syncResult
-	if !d.empty() {
-		res = r.b.apply(d)
+	// An object that turned invalid loses what an earlier pass programmed.
+	for p, e := range bad {
+		del = append(del, Entry{Prefix: p.Masked(), Cluster: e.Cluster})
 	}
-	for _, p := range res.removed {
-		delete(r.owned, p)
+	sysErr := r.checkSysctls(upd)
+	written, failed := r.b.update(nil, upd, r.programmed)
+	for p, e := range upd {
+		r.setStatus(p, e, failed[p])
 	}
-	if sysErr != nil || res.err != nil || res.needFull || len(res.failed) > 0 {
-		r.applied = nil
-		return false, false
-	}
-	for p := range touched {
-		r.owned[p] = true
-	}
-	traffic, drops, terr := r.b.traffic()
-	now := time.Now()
-	if version > r.lastApplied {
-		if t, found := r.desired.ChangedAfter(r.lastApplied); found {
-			r.metrics.convergence.Observe(now.Sub(t).Seconds())
+	dfailed := r.b.delete(del)
+	for _, e := range del {
+		if _, stillBad := bad[e.Prefix]; !stillBad {
+			r.forget(e.Prefix)
+		}
+		if err := dfailed[e.Prefix]; err != nil {
+			r.undeleted[e.Prefix] = err
+		} else {
+			delete(r.undeleted, e.Prefix)
 		}
 	}
-	r.lastApplied = version
-	programmed := maps.Clone(r.countBy)
-	r.metrics.setProgrammed(programmed, nil)
-	r.metrics.setTraffic(traffic, r.clusterNames, drops)
-	if terr != nil {
-		r.metrics.reconcileErrors.Inc()
-	}
-
-	r.mu.Lock()
-	r.status.Programmed = programmed
-	r.status.Failed = map[string]int{}
-	r.status.Errors = map[string]string{}
-	r.status.LastReconcile = now
-	r.status.LastDuration = now.Sub(start)
-	r.status.LastPass = "delta"
-	r.status.LastWrites = res.writes
-	r.status.AppliedVersion = version
-	if terr != nil {
-		r.status.LastError = terr.Error()
-		r.status.ReconcileErrors++
-	} else {
-		r.status.LastError = ""
-	}
-	if traffic != nil {
-		r.status.Traffic = traffic
-	}
-	if drops != nil {
-		r.status.Drops = drops
-	}
-	r.mu.Unlock()
-	r.log.WithFields(logrus.Fields{"pass": "delta", "version": version, "changes": len(changes), "writes": res.writes, "removed": len(res.removed), "duration": now.Sub(start)}).Debug("Datapath reconciled")
-	return terr == nil, true
+	r.rev = ch.Revision
+	return r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr))
 }
 
-// reconcileFull converges the whole desired set against a fresh read of the
-// kernel and recomputes the status from scratch.
-func (r *Reconciler) reconcileFull(start time.Time) bool {
+// full converges the whole desired table against a fresh read of the
+// kernel: update everything (writing only what the read shows missing or
+// different), delete what this process saw withdrawn, and prune what
+// podmesh owns and nobody wants once prune is allowed. What it had to write
+// or remove is the drift it found.
+func (r *Reconciler) full(start time.Time) bool {
+	ch, chOK := r.desired.Changes(r.rev)
 	snap := r.desired.Snapshot()
 	want := make(map[netip.Prefix]Entry, len(snap.Entries))
 	invalid := make(map[netip.Prefix]error)
+	r.podCIDRs = snap.PodCIDRs
 	for p, e := range snap.Entries {
 		if err := r.validate(e); err != nil {
-			invalid[p.Masked()] = err
+			invalid[p] = err
 			continue
 		}
-		want[p.Masked()] = e
+		want[p] = e
 		r.clusterNames[e.ClusterID] = e.Cluster
 	}
 	sysErr := r.checkSysctls(want)
-
-	canDelete := func(p netip.Prefix) bool {
-		if _, ok := want[p]; ok {
-			return false
-		}
-		return snap.PruneAllowed || r.owned[p]
-	}
 	if r.autoMTU {
 		r.followUnderlayMTU()
 	}
-	const kind = "full"
-	res := r.b.sync(want, canDelete)
-	for _, p := range res.removed {
-		delete(r.owned, p)
-	}
-	failed := make(map[netip.Prefix]error, len(res.failed)+len(invalid))
-	maps.Copy(failed, invalid)
-	for p, err := range res.failed {
-		if err != nil {
-			failed[p] = err
-		}
-	}
-	programmed := make(map[string]int)
-	failedBy := make(map[string]int)
-	for p, e := range snap.Entries {
-		p = p.Masked()
-		_, bad := failed[p]
-		if res.err != nil || bad {
-			failedBy[e.Cluster]++
-			if res.err != nil && !bad {
-				failed[p] = res.err
+
+	var (
+		written, removed int
+		failed           map[netip.Prefix]error
+		passErr          error
+	)
+	v, err := r.setupAndRead()
+	if err != nil {
+		passErr = err
+	} else {
+		written, failed = r.b.update(v, want, r.programmed)
+		// Withdrawn while this process ran: delete, even before prune is
+		// allowed.
+		var gone []Entry
+		for p, st := range r.objs {
+			if _, ok := snap.Entries[p]; !ok {
+				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
 			}
-			continue
 		}
-		programmed[e.Cluster]++
-		r.owned[p] = true
+		for p := range r.undeleted {
+			if _, ok := want[p]; !ok {
+				gone = append(gone, Entry{Prefix: p})
+			}
+		}
+		dfailed := r.b.delete(gone)
+		for _, e := range gone {
+			r.forget(e.Prefix)
+			if err := dfailed[e.Prefix]; err != nil {
+				r.undeleted[e.Prefix] = err
+			} else {
+				delete(r.undeleted, e.Prefix)
+			}
+		}
+		cidrs := clusterCIDRs(snap.PodCIDRs)
+		routed, routeErr := r.b.clusterRoutes(cidrs, snap.PruneAllowed)
+		var perr error
+		removed, perr = r.b.prune(v, want, snap.PruneAllowed)
+		removed += routed
+		passErr = errors.Join(routeErr, perr)
+	}
+	for p, e := range snap.Entries {
+		switch {
+		case invalid[p] != nil:
+			r.setStatus(p, e, invalid[p])
+		case passErr != nil && failed == nil:
+			r.setStatus(p, e, passErr)
+		default:
+			r.setStatus(p, e, failed[p])
+		}
+	}
+	if err == nil && passErr == nil && snap.PruneAllowed && len(failed) == 0 {
+		passErr = r.removeLeftovers()
+	}
+	r.rev, r.pruneAllowed = snap.Revision, snap.PruneAllowed
+	r.metrics.outOfSync.Add(float64(written + removed))
+	var oldest time.Time
+	if chOK {
+		oldest = ch.Oldest
+	}
+	return r.finish(start, passFull, written+removed, written+removed, oldest, errors.Join(passErr, sysErr))
+}
+
+// setupAndRead makes the shared objects match and reads the kernel.
+func (r *Reconciler) setupAndRead() (kernelView, error) {
+	if err := r.b.setup(); err != nil {
+		return nil, err
+	}
+	return r.b.read()
+}
+
+// programmed reports whether the last pass that handled prefix p put it in
+// the kernel (so the kernel object is podmesh's).
+func (r *Reconciler) programmed(p netip.Prefix) bool {
+	st, ok := r.objs[p]
+	return ok && st.err == nil
+}
+
+// setStatus records the status of one live object and keeps the per-cluster
+// sums.
+func (r *Reconciler) setStatus(p netip.Prefix, e Entry, err error) {
+	r.forget(p)
+	r.objs[p] = objStatus{entry: e, err: err}
+	c := r.count[e.Cluster]
+	if c == nil {
+		c = &clusterCount{}
+		r.count[e.Cluster] = c
+	}
+	if err != nil {
+		c.failed++
+	} else {
+		c.programmed++
+	}
+}
+
+// forget drops the status of an object.
+func (r *Reconciler) forget(p netip.Prefix) {
+	st, ok := r.objs[p]
+	if !ok {
+		return
+	}
+	delete(r.objs, p)
+	c := r.count[st.entry.Cluster]
+	if st.err != nil {
+		c.failed--
+	} else {
+		c.programmed--
+	}
+	if c.failed == 0 && c.programmed == 0 {
+		delete(r.count, st.entry.Cluster)
+	}
+}
+
+const (
+	passFull        = "full"
+	passIncremental = "incremental"
+)
+
+// finish publishes a pass's outcome to status, metrics and the log.
+func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int, oldest time.Time, passErr error) bool {
+	programmed := make(map[string]int, len(r.count))
+	failedBy := make(map[string]int)
+	nFailed := 0
+	for c, n := range r.count {
+		if n.programmed > 0 {
+			programmed[c] = n.programmed
+		}
+		if n.failed > 0 {
+			failedBy[c] = n.failed
+			nFailed += n.failed
+		}
+	}
+	errs := make(map[string]string)
+	if nFailed+len(r.undeleted) > 0 {
+		failed := make(map[netip.Prefix]error, nFailed+len(r.undeleted))
+		for p, st := range r.objs {
+			if st.err != nil {
+				failed[p.Masked()] = st.err
+			}
+		}
+		maps.Copy(failed, r.undeleted)
+		for _, p := range sortedPrefixes(failed) {
+			if len(errs) == errorsKept {
+				break
+			}
+			errs[p.String()] = failed[p].Error()
+		}
+		passErr = errors.Join(passErr, fmt.Errorf("%d prefixes failed", nFailed+len(r.undeleted)))
 	}
 	traffic, drops, terr := r.b.traffic()
-	var lerr error
-	if snap.PruneAllowed && res.err == nil && len(res.failed) == 0 {
-		lerr = r.removeLeftovers()
-	}
-
-	err := errors.Join(res.err, sysErr, terr, lerr)
-	if len(failed) > 0 && res.err == nil {
-		err = errors.Join(err, fmt.Errorf("%d prefixes failed", len(failed)))
-	}
+	err := errors.Join(passErr, terr)
 	ok := err == nil
+	r.lastOK = passErr == nil
 	now := time.Now()
-	if ok && snap.Version > r.lastApplied {
-		if t, found := r.desired.ChangedAfter(r.lastApplied); found {
-			r.metrics.convergence.Observe(now.Sub(t).Seconds())
-		}
+	if ok && !oldest.IsZero() {
+		r.metrics.convergence.Observe(now.Sub(oldest).Seconds())
 	}
-	if ok {
-		r.lastApplied = snap.Version
-		r.applied, r.appliedPrune, r.countBy = want, snap.PruneAllowed, maps.Clone(programmed)
-	} else {
-		r.applied = nil
-	}
-
 	r.metrics.setProgrammed(programmed, failedBy)
+	r.metrics.setTraffic(traffic, r.clusterNames, drops)
 	if !ok {
 		r.metrics.reconcileErrors.Inc()
 	}
-	r.metrics.setTraffic(traffic, r.clusterNames, drops)
 
 	r.mu.Lock()
 	r.status.Programmed = programmed
 	r.status.Failed = failedBy
-	r.status.Errors = make(map[string]string)
-	for _, p := range sortedPrefixes(failed) {
-		if len(r.status.Errors) == errorsKept {
-			break
-		}
-		r.status.Errors[p.String()] = failed[p].Error()
-	}
+	r.status.Errors = errs
 	r.status.LastReconcile = now
 	r.status.LastDuration = now.Sub(start)
 	r.status.LastPass = kind
-	r.status.LastWrites = res.writes
+	r.status.LastWrites = writes
+	if kind == passFull {
+		r.status.LastOutOfSync = outOfSync
+		r.status.OutOfSyncTotal += uint64(outOfSync)
+	}
 	if ok {
 		r.status.LastError = ""
-		r.status.AppliedVersion = snap.Version
+		r.status.AppliedVersion = r.rev
 	} else {
 		r.status.LastError = err.Error()
 		r.status.ReconcileErrors++
@@ -530,13 +588,34 @@ func (r *Reconciler) reconcileFull(start time.Time) bool {
 	}
 	r.mu.Unlock()
 
-	fields := logrus.Fields{"pass": kind, "version": snap.Version, "prefixes": len(want), "writes": res.writes, "removed": len(res.removed), "duration": time.Since(start)}
+	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.objs), "writes": writes, "duration": now.Sub(start)}
+	if kind == passFull {
+		fields["out_of_sync"] = outOfSync
+	}
 	if ok {
 		r.log.WithFields(fields).Debug("Datapath reconciled")
 	} else {
 		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
 	}
 	return ok
+}
+
+// clusterCIDRs is the sorted union of the remote clusters' pod CIDRs.
+func clusterCIDRs(by map[string][]netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ps := range by {
+		for _, p := range ps {
+			if p.IsValid() {
+				out = append(out, p.Masked())
+			}
+		}
+	}
+	sortPrefixes(out)
+	return slices.Compact(out)
+}
+
+func podCIDRsEqual(a, b map[string][]netip.Prefix) bool {
+	return maps.EqualFunc(a, b, func(x, y []netip.Prefix) bool { return slices.Equal(x, y) })
 }
 
 // followUnderlayMTU re-reads the MTU of the link holding LocalIP; when it
@@ -605,6 +684,14 @@ func (r *Reconciler) validate(e Entry) error {
 	}
 	if ep == r.cfg.LocalIP {
 		return fmt.Errorf("tunnel endpoint %s is this node", ep)
+	}
+	if e.Prefix != e.Prefix.Masked() {
+		return fmt.Errorf("prefix %s has host bits set", e.Prefix)
+	}
+	if r.cfg.Mode == ModeEBPF && !slices.ContainsFunc(r.podCIDRs[e.Cluster], func(c netip.Prefix) bool {
+		return c.Bits() <= e.Prefix.Bits() && c.Contains(e.Prefix.Addr())
+	}) {
+		return fmt.Errorf("prefix %s is not within the pod CIDRs cluster %s declares %v: no route leads to it", e.Prefix, e.Cluster, r.podCIDRs[e.Cluster])
 	}
 	return nil
 }
