@@ -63,6 +63,7 @@ type kernelView any
 // base holds what every backend shares.
 type base struct {
 	h     *netlink.Handle
+	rb    *routeBatcher // routes go through it, many to a system call
 	ns    nsRunner
 	log   logrus.FieldLogger
 	local netip.Addr

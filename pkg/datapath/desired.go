@@ -339,6 +339,21 @@ func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 	return c, true
 }
 
+// oldestSince returns when the oldest object changed after rev changed
+// (zero when none did), without copying them.
+func (d *Desired) oldestSince(rev uint64) time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var oldest time.Time
+	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
+	for _, s := range d.byRev[i:] {
+		if o := d.objects[s.prefix]; o != nil && o.Revision == s.rev && (oldest.IsZero() || o.changed.Before(oldest)) {
+			oldest = o.changed
+		}
+	}
+	return oldest
+}
+
 // Version is the table's revision; it increases on every change.
 func (d *Desired) Version() uint64 {
 	d.mu.Lock()

@@ -145,7 +145,7 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 	}
 	rp := routeParams{mode: ModeEBPF, linkIndex: b.attached, mtu: b.deviceMTU()}
 	spec := func(e Entry) routeSpec { return specFor(e, rp) }
-	written, failed := updateRoutes(b.h, rv, want, spec, nil)
+	written, failed := updateRoutes(b.rb, rv, want, spec, nil)
 	var errs []error
 	for _, p := range sortedPrefixes(failed) {
 		errs = append(errs, fmt.Errorf("cluster route %s: %w", p, failed[p]))
@@ -156,7 +156,7 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 			gone = append(gone, Entry{Prefix: c})
 		}
 	}
-	dfailed := deleteRoutes(b.h, gone, spec)
+	dfailed := deleteRoutes(b.rb, specRoutes(gone, spec))
 	written += len(gone) - len(dfailed)
 	for p, err := range dfailed {
 		errs = append(errs, fmt.Errorf("cluster route %s: %w", p, err))
@@ -173,7 +173,7 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 		b.routed = append(b.routed, p)
 	}
 	if prune {
-		n, err := pruneRoutes(b.h, rv, want, nil)
+		n, err := pruneRoutes(b.rb, rv, want)
 		written += n
 		if err != nil {
 			errs = append(errs, err)

@@ -78,18 +78,6 @@ func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route
 	return ours, foreign, nil
 }
 
-// deleteRoute removes one podmesh route; a route that is already gone is success.
-func deleteRoute(h *netlink.Handle, r netlink.Route) error {
-	// The scope must be the route's own: the kernel matches it on delete,
-	// and a mismatch reads as ESRCH, which would pass for "already gone".
-	del := netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: RouteProtocol, Family: r.Family, Priority: r.Priority, Tos: r.Tos, Scope: r.Scope, LinkIndex: r.LinkIndex}
-	if err := h.RouteDel(&del); err != nil && !isGone(err) {
-		pfx, _ := routeKey(r)
-		return fmt.Errorf("delete route %s: %w", pfx, err)
-	}
-	return nil
-}
-
 // linkMTUFor returns the MTU of the link holding addr.
 func linkMTUFor(h *netlink.Handle, addr netip.Addr) (int, error) {
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, family(addr)) })

@@ -21,16 +21,16 @@ func (b *nativeBackend) read() (kernelView, error) { return readRoutes(b.h) }
 
 func (b *nativeBackend) update(v kernelView, want map[netip.Prefix]Entry, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
 	rv, _ := v.(*routeView)
-	return updateRoutes(b.h, rv, want, b.spec, ours)
+	return updateRoutes(b.rb, rv, want, b.spec, ours)
 }
 
 func (b *nativeBackend) delete(es []Entry) map[netip.Prefix]error {
-	return deleteRoutes(b.h, es, b.spec)
+	return deleteRoutes(b.rb, specRoutes(es, b.spec))
 }
 
 func (b *nativeBackend) prune(v kernelView, want map[netip.Prefix]Entry, allowed bool) (int, error) {
 	if !allowed {
 		return 0, nil
 	}
-	return pruneRoutes(b.h, v.(*routeView), want, nil)
+	return pruneRoutes(b.rb, v.(*routeView), want)
 }

@@ -109,6 +109,7 @@ type Reconciler struct {
 	desired *Desired
 	b       backend
 	h       *netlink.Handle
+	rb      *routeBatcher
 	ns      nsRunner
 	metrics *metrics
 
@@ -210,7 +211,10 @@ func New(cfg Config) (_ *Reconciler, err error) {
 		return nil, fmt.Errorf("underlay mtu %d below %d", cfg.MTU, min)
 	}
 	r.cfg = cfg
-	bs := base{h: r.h, ns: r.ns, log: log, local: cfg.LocalIP, port: cfg.TunnelPort, mtu: cfg.MTU}
+	if r.rb, err = newRouteBatcher(r.ns.ns); err != nil {
+		return nil, err
+	}
+	bs := base{h: r.h, rb: r.rb, ns: r.ns, log: log, local: cfg.LocalIP, port: cfg.TunnelPort, mtu: cfg.MTU}
 	switch cfg.Mode {
 	case ModeNative:
 		r.b = &nativeBackend{base: bs}
@@ -264,6 +268,7 @@ func (r *Reconciler) closeHandles() {
 	if r.h != nil {
 		r.h.Close()
 	}
+	r.rb.close()
 	if r.ns.ns.IsOpen() {
 		r.ns.ns.Close()
 	}
@@ -326,17 +331,32 @@ func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
 	if !full && r.lastOK {
 		ch, ok := r.desired.Changes(r.rev)
-		if ok && ch.PruneAllowed == r.pruneAllowed && podCIDRsEqual(ch.PodCIDRs, r.podCIDRs) {
+		if ok && ch.PruneAllowed == r.pruneAllowed && r.incrementalCIDRs(ch.PodCIDRs) {
 			return r.incremental(start, ch)
 		}
 	}
 	return r.full(start)
 }
 
+// incrementalCIDRs reports whether an incremental pass can follow a change of
+// the clusters' pod CIDRs: the CIDRs decide which objects are valid (ebpf), so
+// a cluster whose CIDRs changed must either be new or gone (every object of
+// it is then among the changes) or have no object processed yet.
+func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
+	for c, ps := range now {
+		if !slices.Equal(ps, r.podCIDRs[c]) && r.count[c] != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // incremental updates the changed objects and deletes the withdrawn ones,
 // without reading the kernel: its cost follows the changes, not the table.
 func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
-	upd := make(map[netip.Prefix]Entry)
+	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
+	r.podCIDRs = ch.PodCIDRs
+	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
 	var del []Entry
 	bad := make(map[netip.Prefix]Entry)
 	for _, o := range ch.Objects {
@@ -361,6 +381,13 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	for p, e := range upd {
 		r.setStatus(p, e, failed[p])
 	}
+	// Cluster routes after the objects they lead to, before deletions.
+	var routeErr error
+	if cidrsMoved {
+		var n int
+		n, routeErr = r.b.clusterRoutes(clusterCIDRs(ch.PodCIDRs), false)
+		written += n
+	}
 	dfailed := r.b.delete(del)
 	for _, e := range del {
 		if _, stillBad := bad[e.Prefix]; !stillBad {
@@ -373,7 +400,7 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 		}
 	}
 	r.rev = ch.Revision
-	return r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr))
+	return r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr, routeErr))
 }
 
 // full converges the whole desired table against a fresh read of the
@@ -382,17 +409,18 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 // podmesh owns and nobody wants once prune is allowed. What it had to write
 // or remove is the drift it found.
 func (r *Reconciler) full(start time.Time) bool {
-	ch, chOK := r.desired.Changes(r.rev)
+	oldest := r.desired.oldestSince(r.rev)
 	snap := r.desired.Snapshot()
-	want := make(map[netip.Prefix]Entry, len(snap.Entries))
 	invalid := make(map[netip.Prefix]error)
+	invalidEntry := make(map[netip.Prefix]Entry)
 	r.podCIDRs = snap.PodCIDRs
-	for p, e := range snap.Entries {
+	want := snap.Entries // the valid ones, after this loop
+	for p, e := range want {
 		if err := r.validate(e); err != nil {
-			invalid[p] = err
+			invalid[p], invalidEntry[p] = err, e
+			delete(want, p)
 			continue
 		}
-		want[p] = e
 		r.clusterNames[e.ClusterID] = e.Cluster
 	}
 	sysErr := r.checkSysctls(want)
@@ -414,7 +442,8 @@ func (r *Reconciler) full(start time.Time) bool {
 		// allowed.
 		var gone []Entry
 		for p, st := range r.objs {
-			if _, ok := snap.Entries[p]; !ok {
+			_, ok := want[p]
+			if _, bad := invalid[p]; !ok && !bad {
 				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
 			}
 		}
@@ -439,13 +468,13 @@ func (r *Reconciler) full(start time.Time) bool {
 		removed += routed
 		passErr = errors.Join(routeErr, perr)
 	}
-	for p, e := range snap.Entries {
-		switch {
-		case invalid[p] != nil:
-			r.setStatus(p, e, invalid[p])
-		case passErr != nil && failed == nil:
+	for p, e := range invalidEntry {
+		r.setStatus(p, e, invalid[p])
+	}
+	for p, e := range want {
+		if passErr != nil && failed == nil {
 			r.setStatus(p, e, passErr)
-		default:
+		} else {
 			r.setStatus(p, e, failed[p])
 		}
 	}
@@ -454,10 +483,6 @@ func (r *Reconciler) full(start time.Time) bool {
 	}
 	r.rev, r.pruneAllowed = snap.Revision, snap.PruneAllowed
 	r.metrics.outOfSync.Add(float64(written + removed))
-	var oldest time.Time
-	if chOK {
-		oldest = ch.Oldest
-	}
 	return r.finish(start, passFull, written+removed, written+removed, oldest, errors.Join(passErr, sysErr))
 }
 
@@ -479,6 +504,9 @@ func (r *Reconciler) programmed(p netip.Prefix) bool {
 // setStatus records the status of one live object and keeps the per-cluster
 // sums.
 func (r *Reconciler) setStatus(p netip.Prefix, e Entry, err error) {
+	if st, ok := r.objs[p]; ok && st.entry == e && st.err == err {
+		return
+	}
 	r.forget(p)
 	r.objs[p] = objStatus{entry: e, err: err}
 	c := r.count[e.Cluster]

@@ -31,76 +31,96 @@ func readRoutes(h *netlink.Handle) (*routeView, error) {
 // create holds; podmesh leaves such a route alone.
 var errForeignRoute = errors.New("a route podmesh did not create holds this prefix")
 
-// updateRoutes installs the routes of want (spec per entry). With a view it
-// writes only the routes that are missing or different and reports a prefix
-// a foreign route holds as failed. Without one it writes every route: a
-// prefix ours says podmesh already routes is replaced in place; any other is
-// added exclusively, so a route someone else holds is never overwritten (the
-// add fails with EEXIST, and the full pass that follows the failure reads the
-// kernel and decides).
-func updateRoutes(h *netlink.Handle, v *routeView, want map[netip.Prefix]Entry, spec func(Entry) routeSpec, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error) {
+// updateRoutes installs the routes of want (spec per entry), in batches.
+// With a view it writes only the routes that are missing or different
+// (NLM_F_REPLACE, no read before) and reports a prefix a foreign route holds
+// as failed. Without one it writes every route: a prefix ours says podmesh
+// already routes is replaced in place; any other is added exclusively, so a
+// route someone else holds is never overwritten (the add fails with EEXIST,
+// and the full pass that follows the failure reads the kernel and decides).
+func updateRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry, spec func(Entry) routeSpec, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error) {
 	failed = make(map[netip.Prefix]error)
+	var ops []routeOp
 	if v != nil {
 		plan := planRoutes(want, spec, v.ours, v.foreign, func(netip.Prefix) bool { return false })
 		for p := range plan.conflicts {
 			failed[p] = errForeignRoute
 		}
-		for i := range plan.upsert {
-			r := &plan.upsert[i]
-			written++
-			if err := h.RouteReplace(r); err != nil {
-				p, _ := routeKey(*r)
-				failed[p] = fmt.Errorf("replace route %s: %w", p, err)
-			}
+		ops = make([]routeOp, len(plan.upsert))
+		for i, r := range plan.upsert {
+			ops[i] = routeOp{replace: true, route: r}
 		}
-		return written, failed
+	} else {
+		ops = make([]routeOp, 0, len(want))
+		for p, e := range want {
+			ops = append(ops, routeOp{replace: ours(p), route: spec(e).route()})
+		}
 	}
-	for p, e := range want {
-		r := spec(e).route()
-		written++
-		if ours(p) {
-			if err := h.RouteReplace(&r); err != nil {
-				failed[p] = fmt.Errorf("replace route %s: %w", p, err)
-			}
+	for i, err := range rb.run(ops) {
+		if err == nil {
 			continue
 		}
-		if err := h.RouteAdd(&r); err != nil {
-			if errors.Is(err, unix.EEXIST) {
-				err = fmt.Errorf("%w: %w", errRouteExists, err)
-			}
+		p, _ := routeKey(ops[i].route)
+		switch {
+		case ops[i].replace:
+			failed[p] = fmt.Errorf("replace route %s: %w", p, err)
+		case errors.Is(err, unix.EEXIST):
+			failed[p] = fmt.Errorf("add route %s: %w: %w", p, errRouteExists, err)
+		default:
 			failed[p] = fmt.Errorf("add route %s: %w", p, err)
 		}
 	}
-	return written, failed
+	return len(ops), failed
 }
 
 // errRouteExists: an exclusive add found a route in place. Whose it is, is
 // for the next full pass to find out.
 var errRouteExists = errors.New("a route already holds this prefix; the next full pass compares it")
 
-// deleteRoutes removes the routes of es. Removal names podmesh's protocol,
-// which the kernel matches, so it cannot remove a foreign route; one that is
-// already gone is success.
-func deleteRoutes(h *netlink.Handle, es []Entry, spec func(Entry) routeSpec) map[netip.Prefix]error {
+// deleteRoutes removes podmesh routes, in batches. Removal names podmesh's
+// protocol, which the kernel matches, so it cannot remove a foreign route;
+// one that is already gone is success.
+func deleteRoutes(rb *routeBatcher, rs []netlink.Route) map[netip.Prefix]error {
 	failed := make(map[netip.Prefix]error)
-	for _, e := range es {
-		if err := deleteRoute(h, spec(e).route()); err != nil {
-			failed[e.Prefix] = err
+	ops := make([]routeOp, len(rs))
+	for i, r := range rs {
+		// The scope must be the route's own: the kernel matches it on
+		// delete, and a mismatch reads as ESRCH, which would pass for
+		// "already gone".
+		ops[i] = routeOp{del: true, route: netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: RouteProtocol, Family: r.Family, Scope: r.Scope, LinkIndex: r.LinkIndex}}
+	}
+	for i, err := range rb.run(ops) {
+		if err != nil && !isGone(err) {
+			p, _ := routeKey(rs[i])
+			failed[p] = fmt.Errorf("delete route %s: %w", p, err)
 		}
 	}
 	return failed
 }
 
+// specRoutes converts entries into their routes.
+func specRoutes(es []Entry, spec func(Entry) routeSpec) []netlink.Route {
+	rs := make([]netlink.Route, len(es))
+	for i, e := range es {
+		rs[i] = spec(e).route()
+	}
+	return rs
+}
+
 // pruneRoutes removes the routes of the view that podmesh created and want
-// does not hold. keep, if not nil, spares more of them.
-func pruneRoutes(h *netlink.Handle, v *routeView, want map[netip.Prefix]Entry, keep func(netlink.Route) bool) (removed int, err error) {
-	var errs []error
+// does not hold.
+func pruneRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry) (removed int, err error) {
+	var gone []netlink.Route
 	for _, p := range sortedPrefixes(v.ours) {
-		r := v.ours[p]
-		if _, ok := want[p]; ok || (keep != nil && keep(r)) {
-			continue
+		if _, ok := want[p]; !ok {
+			gone = append(gone, v.ours[p])
 		}
-		if err := deleteRoute(h, r); err != nil {
+	}
+	failed := deleteRoutes(rb, gone)
+	var errs []error
+	for _, r := range gone {
+		p, _ := routeKey(r)
+		if err := failed[p]; err != nil {
 			errs = append(errs, err)
 			continue
 		}

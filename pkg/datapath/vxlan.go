@@ -144,7 +144,7 @@ func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours f
 	if v != nil {
 		rv = v.routeView
 	}
-	rw, failed := updateRoutes(b.h, rv, want, b.spec, ours)
+	rw, failed := updateRoutes(b.rb, rv, want, b.spec, ours)
 	for p, err := range pending {
 		failed[p] = errors.Join(err, failed[p])
 	}
@@ -168,7 +168,7 @@ func (v *vxlanView) neighOf(gw netip.Addr) (netlink.Neigh, bool) {
 }
 
 func (b *vxlanBackend) delete(es []Entry) map[netip.Prefix]error {
-	return deleteRoutes(b.h, es, b.spec)
+	return deleteRoutes(b.rb, specRoutes(es, b.spec))
 }
 
 // prune removes podmesh routes want does not hold (once allowed), then the
@@ -179,7 +179,7 @@ func (b *vxlanBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed
 	removed := 0
 	var errs []error
 	if allowed {
-		n, err := pruneRoutes(b.h, v.routeView, want, nil)
+		n, err := pruneRoutes(b.rb, v.routeView, want)
 		removed += n
 		errs = append(errs, err)
 	}
