@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 func entry(prefix, endpoint string, clusterID uint32) Entry {
@@ -24,7 +26,7 @@ func prefixes(ps ...string) []netip.Prefix {
 // sequence of Apply calls on one ipcache; after each, the map must hold
 // exactly the expected entries and the stats must say what changed.
 func TestApplyIsIncrementalIdempotentAndDeletesMissingKeysAsSuccess(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	base := []Entry{
 		entry("10.2.0.0/16", "192.168.1.2", 2),
@@ -91,7 +93,7 @@ func TestApplyIsIncrementalIdempotentAndDeletesMissingKeysAsSuccess(t *testing.T
 }
 
 func TestApplyRejectsBadInputWithoutTouchingTheMap(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	good := []Entry{entry("10.2.0.0/16", "192.168.1.2", 2), entry("fd00:2::/64", "fd77::2", 2)}
 	_, err := d.Sync(good, true)
@@ -137,7 +139,7 @@ func TestApplyRejectsBadInputWithoutTouchingTheMap(t *testing.T) {
 // batch holds, with missing keys in the middle of delete batches, and checks
 // that Sync repairs an entry deleted behind the Datapath's back.
 func TestApplyAcrossBatchesAndBehindItsBack(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	all := genEntries(3 * batchSize)
 	first, second := all[:2*batchSize], all[2*batchSize:]
@@ -184,7 +186,7 @@ func TestApplyAcrossBatchesAndBehindItsBack(t *testing.T) {
 // one, its deletion hands the traffic back, and deleting the last prefix
 // turns hits into misses. One table, both families.
 func TestProgramLookupsFollowApply(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	for _, tc := range []struct {
 		family         string
 		short, long    Entry
@@ -266,7 +268,7 @@ func TestProgramLookupsFollowApply(t *testing.T) {
 // 100,000-prefix ipcache, 1,000 changes (500 updated, 250 added, 250
 // deleted) given as upserts and deletes.
 func BenchmarkApplyChanges(b *testing.B) {
-	requireRoot(b)
+	testutils.RequireRoot(b)
 	const n = 100_000
 	all := genEntries(n + 250)
 	base := all[:n]
