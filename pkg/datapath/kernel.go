@@ -56,24 +56,28 @@ func isLinkNotFound(err error) bool {
 // them into podmesh's own (tagged with RouteProtocol) and foreign ones.
 func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
 	filter := &netlink.Route{Table: routeTable}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(unix.AF_UNSPEC, filter, netlink.RT_FILTER_TABLE)
-	})
+	// Iterate rather than list: the routes go straight into the maps, and
+	// no slice of every route is built on the way.
+	for range dumpRetries {
+		ours = make(map[netip.Prefix]netlink.Route)
+		foreign = make(map[netip.Prefix]netlink.Route)
+		err = h.RouteListFilteredIter(unix.AF_UNSPEC, filter, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
+			pfx, ok := routeKey(r)
+			switch {
+			case !ok:
+			case r.Protocol == RouteProtocol:
+				ours[pfx] = r
+			case r.Type == unix.RTN_UNICAST || r.Type == 0:
+				foreign[pfx] = r
+			}
+			return true
+		})
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("list routes: %w", err)
-	}
-	ours = make(map[netip.Prefix]netlink.Route)
-	foreign = make(map[netip.Prefix]netlink.Route)
-	for _, r := range routes {
-		pfx, ok := routeKey(r)
-		if !ok {
-			continue
-		}
-		if r.Protocol == RouteProtocol {
-			ours[pfx] = r
-		} else if r.Type == unix.RTN_UNICAST || r.Type == 0 {
-			foreign[pfx] = r
-		}
 	}
 	return ours, foreign, nil
 }

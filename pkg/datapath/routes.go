@@ -110,11 +110,16 @@ func specRoutes(es []Entry, spec func(Entry) routeSpec) []netlink.Route {
 // pruneRoutes removes the routes of the view that podmesh created and want
 // does not hold.
 func pruneRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry) (removed int, err error) {
-	var gone []netlink.Route
-	for _, p := range sortedPrefixes(v.ours) {
+	var goneP []netip.Prefix
+	for p := range v.ours {
 		if _, ok := want[p]; !ok {
-			gone = append(gone, v.ours[p])
+			goneP = append(goneP, p)
 		}
+	}
+	sortPrefixes(goneP) // a stable order for logs and tests
+	gone := make([]netlink.Route, len(goneP))
+	for i, p := range goneP {
+		gone[i] = v.ours[p]
 	}
 	failed := deleteRoutes(rb, gone)
 	var errs []error
