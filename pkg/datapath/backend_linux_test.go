@@ -77,9 +77,26 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 			writes, _ = fullPass(t, b, want, cidrs, false)
 			assert.Zero(t, writes, "an identical second full pass changes nothing")
 
-			ours, _, err := listRoutes(h)
+			ours, _, err := listRoutes(r.rb)
 			require.NoError(t, err)
 			require.Len(t, ours, routesFor(want))
+			// The lean dump decodes what the general decoder does, in
+			// every field podmesh compares.
+			all, err := h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+			require.NoError(t, err)
+			decoded := 0
+			for _, vr := range all {
+				p, ok := routeKey(vr)
+				if !ok || vr.Protocol != RouteProtocol {
+					continue
+				}
+				decoded++
+				lr := ours[p]
+				assert.Equal(t, vr.Gw.String(), lr.Gw.String(), "%s gateway", p)
+				assert.Equal(t, viaAddr(vr.Via), viaAddr(lr.Via), "%s via", p)
+				assert.Equal(t, []any{vr.LinkIndex, vr.MTU, vr.Scope, vr.Type, vr.Flags, vr.Table, vr.Family}, []any{lr.LinkIndex, lr.MTU, lr.Scope, lr.Type, lr.Flags, lr.Table, lr.Family}, "%s", p)
+			}
+			assert.Equal(t, len(ours), decoded)
 			// Remove one object behind the backend's back.
 			if mode == ModeEBPF {
 				_, err := b.(*ebpfBackend).dp.Apply(nil, []netip.Prefix{mustPrefix("10.2.5.77/32")})
@@ -94,13 +111,13 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 
 			writes, _ = fullPass(t, b, map[netip.Prefix]Entry{}, cidrs, false)
 			assert.Zero(t, writes, "nothing is removed while prune is not allowed")
-			ours, _, err = listRoutes(h)
+			ours, _, err = listRoutes(r.rb)
 			require.NoError(t, err)
 			assert.Len(t, ours, routesFor(want))
 
 			writes, _ = fullPass(t, b, map[netip.Prefix]Entry{}, nil, true)
 			assert.Positive(t, writes)
-			ours, foreignRoutes, err := listRoutes(h)
+			ours, foreignRoutes, err := listRoutes(r.rb)
 			require.NoError(t, err)
 			assert.Empty(t, ours, "prune removed every podmesh route")
 			assert.Contains(t, foreignRoutes, mustPrefix("10.99.0.0/24"), "prune kept the foreign route")
@@ -154,7 +171,7 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				assert.ErrorIs(t, failed[mustPrefix("10.2.9.0/24")], errRouteExists)
 				_, failed = fullPass(t, b, d3, cidrs, true)
 				assert.ErrorIs(t, failed[mustPrefix("10.2.9.0/24")], errForeignRoute)
-				_, foreignRoutes, err = listRoutes(h)
+				_, foreignRoutes, err = listRoutes(r.rb)
 				require.NoError(t, err)
 				assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.2.9.0/24")].Protocol, "the foreign route was not overwritten")
 			} else {
@@ -165,7 +182,7 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				require.NoError(t, b.setup())
 				_, err = b.clusterRoutes([]netip.Prefix{mustPrefix("10.3.0.0/16")}, true)
 				assert.ErrorIs(t, err, errForeignRoute)
-				_, foreignRoutes, err = listRoutes(h)
+				_, foreignRoutes, err = listRoutes(r.rb)
 				require.NoError(t, err)
 				assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.3.0.0/16")].Protocol)
 			}

@@ -135,7 +135,7 @@ func (b *ebpfBackend) setup() error {
 // routes of an older version, the CIDRs of clusters removed while the agent
 // was down). They are few, so it reads the table and compares every time.
 func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, error) {
-	rv, err := readRoutes(b.h)
+	rv, err := readRoutes(b.rb)
 	if err != nil {
 		return 0, err
 	}

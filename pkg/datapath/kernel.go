@@ -53,15 +53,14 @@ func isLinkNotFound(err error) bool {
 }
 
 // listRoutes dumps the routes of podmesh's table for both families and splits
-// them into podmesh's own (tagged with RouteProtocol) and foreign ones.
-func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
-	filter := &netlink.Route{Table: routeTable}
-	// Iterate rather than list: the routes go straight into the maps, and
-	// no slice of every route is built on the way.
+// them into podmesh's own (tagged with RouteProtocol) and foreign ones. It
+// retries a dump the kernel reports interrupted: an inconsistent read must
+// not drive a prune.
+func listRoutes(rb *routeBatcher) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
 	for range dumpRetries {
 		ours = make(map[netip.Prefix]netlink.Route)
 		foreign = make(map[netip.Prefix]netlink.Route)
-		err = h.RouteListFilteredIter(unix.AF_UNSPEC, filter, netlink.RT_FILTER_TABLE, func(r netlink.Route) bool {
+		err = rb.dumpRoutes(routeTable, func(r netlink.Route) {
 			pfx, ok := routeKey(r)
 			switch {
 			case !ok:
@@ -70,7 +69,6 @@ func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route
 			case r.Type == unix.RTN_UNICAST || r.Type == 0:
 				foreign[pfx] = r
 			}
-			return true
 		})
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break

@@ -17,7 +17,7 @@ func (b *nativeBackend) spec(e Entry) routeSpec {
 
 func (b *nativeBackend) setup() error { return nil }
 
-func (b *nativeBackend) read() (kernelView, error) { return readRoutes(b.h) }
+func (b *nativeBackend) read() (kernelView, error) { return readRoutes(b.rb) }
 
 func (b *nativeBackend) update(v kernelView, want map[netip.Prefix]Entry, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
 	rv, _ := v.(*routeView)

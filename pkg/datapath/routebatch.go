@@ -175,3 +175,147 @@ func encodeNoop(seq uint32, ack bool) []byte {
 	req.Seq = seq
 	return req.Serialize()
 }
+
+// dumpRoutes reads every route of the table (both families) in one
+// RTM_GETROUTE dump on the batcher's socket and calls fn for each, decoding
+// only the fields podmesh compares (routeSpec.matches) and deletes by. It is
+// the full pass's route read: at 100,000 routes the general-purpose decoder
+// costs several times as much. A dump the kernel marks interrupted
+// (NLM_F_DUMP_INTR: the table changed meanwhile) is reported as
+// netlink.ErrDumpInterrupted after it was read to the end.
+func (b *routeBatcher) dumpRoutes(table int, fn func(netlink.Route)) error {
+	b.seq++
+	seq := b.seq
+	req := nl.NewNetlinkRequest(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
+	req.Seq = seq
+	req.AddData(nl.NewRtMsg()) // family AF_UNSPEC: both families
+	if err := unix.Sendto(b.s.GetFd(), req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("send route dump: %w", err)
+	}
+	interrupted := false
+	for {
+		msgs, _, err := b.s.Receive()
+		if err != nil {
+			return fmt.Errorf("receive route dump: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != seq {
+				continue // a late reply to an earlier request
+			}
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				if interrupted {
+					return netlink.ErrDumpInterrupted
+				}
+				return nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
+						return fmt.Errorf("route dump: %w", unix.Errno(errno))
+					}
+				}
+			case unix.RTM_NEWROUTE:
+				if r, ok := decodeRoute(m.Data); ok && r.Table == table {
+					fn(r)
+				}
+			}
+		}
+	}
+}
+
+// decodeRoute decodes an RTM_NEWROUTE body: rtmsg, then attributes.
+func decodeRoute(b []byte) (netlink.Route, bool) {
+	if len(b) < unix.SizeofRtMsg {
+		return netlink.Route{}, false
+	}
+	r := netlink.Route{
+		Family:   int(b[0]),
+		Tos:      int(b[3]),
+		Table:    int(b[4]),
+		Protocol: netlink.RouteProtocol(b[5]),
+		Scope:    netlink.Scope(b[6]),
+		Type:     int(b[7]),
+		Flags:    int(binary.NativeEndian.Uint32(b[8:12])),
+	}
+	dstLen := int(b[1])
+	attrs := b[unix.SizeofRtMsg:]
+	for len(attrs) >= unix.SizeofRtAttr {
+		l := int(binary.NativeEndian.Uint16(attrs[0:2]))
+		t := binary.NativeEndian.Uint16(attrs[2:4]) &^ unix.NLA_F_NESTED
+		if l < unix.SizeofRtAttr || l > len(attrs) {
+			return netlink.Route{}, false
+		}
+		v := attrs[unix.SizeofRtAttr:l]
+		switch t {
+		case unix.RTA_TABLE:
+			if len(v) >= 4 {
+				r.Table = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_DST:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				r.Dst = prefixToIPNet(netip.PrefixFrom(a, dstLen))
+			}
+		case unix.RTA_GATEWAY:
+			r.Gw = append([]byte(nil), v...)
+		case unix.RTA_VIA:
+			if len(v) > 2 {
+				r.Via = &netlink.Via{AddrFamily: int(binary.NativeEndian.Uint16(v[:2])), Addr: append([]byte(nil), v[2:]...)}
+			}
+		case unix.RTA_OIF:
+			if len(v) >= 4 {
+				r.LinkIndex = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_PRIORITY:
+			if len(v) >= 4 {
+				r.Priority = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_METRICS:
+			r.MTU = metricMTU(v)
+		case unix.RTA_MULTIPATH:
+			// Only its presence matters: podmesh never installs one.
+			r.MultiPath = []*netlink.NexthopInfo{{}}
+		case unix.RTA_ENCAP:
+			r.Encap = foreignEncap{}
+		}
+		attrs = attrs[min(rtaAlign(l), len(attrs)):]
+	}
+	if r.Dst == nil {
+		// The default route carries no RTA_DST.
+		switch r.Family {
+		case unix.AF_INET:
+			r.Dst = prefixToIPNet(netip.PrefixFrom(netip.IPv4Unspecified(), dstLen))
+		case unix.AF_INET6:
+			r.Dst = prefixToIPNet(netip.PrefixFrom(netip.IPv6Unspecified(), dstLen))
+		}
+	}
+	return r, true
+}
+
+func metricMTU(b []byte) int {
+	for len(b) >= unix.SizeofRtAttr {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return 0
+		}
+		if binary.NativeEndian.Uint16(b[2:4]) == unix.RTAX_MTU && l >= unix.SizeofRtAttr+4 {
+			return int(binary.NativeEndian.Uint32(b[unix.SizeofRtAttr:]))
+		}
+		b = b[min(rtaAlign(l), len(b)):]
+	}
+	return 0
+}
+
+func rtaAlign(l int) int { return (l + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1) }
+
+// foreignEncap marks a route with lightweight-tunnel encapsulation, which
+// podmesh never installs; only its presence is compared.
+type foreignEncap struct{}
+
+func (foreignEncap) Type() int                { return 0 }
+func (foreignEncap) Decode([]byte) error      { return nil }
+func (foreignEncap) Encode() ([]byte, error)  { return nil, nil }
+func (foreignEncap) String() string           { return "encap" }
+func (foreignEncap) Equal(netlink.Encap) bool { return false }

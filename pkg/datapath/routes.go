@@ -19,8 +19,8 @@ type routeView struct {
 	ours, foreign map[netip.Prefix]netlink.Route
 }
 
-func readRoutes(h *netlink.Handle) (*routeView, error) {
-	ours, foreign, err := listRoutes(h)
+func readRoutes(rb *routeBatcher) (*routeView, error) {
+	ours, foreign, err := listRoutes(rb)
 	if err != nil {
 		return nil, err
 	}

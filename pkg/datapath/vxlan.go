@@ -78,7 +78,7 @@ type vxlanView struct {
 }
 
 func (b *vxlanBackend) read() (kernelView, error) {
-	rv, err := readRoutes(b.h)
+	rv, err := readRoutes(b.rb)
 	if err != nil {
 		return nil, err
 	}
