@@ -122,18 +122,26 @@ func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 // not decode (not written by this version) are left out; a Sync with prune
 // removes them.
 func (d *Datapath) Entries() ([]Entry, error) {
+	out, _, err := d.Read()
+	return out, err
+}
+
+// Read is Entries that also counts the entries it left out because they do
+// not decode, so a caller knows whether a pruning Sync has work to do.
+func (d *Datapath) Read() (entries []Entry, undecodable int, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
-	var out []Entry
-	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+	err = dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
 		if e, err := decodeEntry(k, v); err == nil {
-			out = append(out, e)
+			entries = append(entries, e)
+		} else {
+			undecodable++
 		}
 	})
-	return out, err
+	return entries, undecodable, err
 }
 
 // dumpIpcache calls fn for every key and value in the ipcache, reading it in

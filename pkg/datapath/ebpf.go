@@ -98,8 +98,12 @@ func ipcacheEntry(e Entry) bpf.Entry {
 	return bpf.Entry{Prefix: e.Prefix.Masked(), TunnelEndpoint: e.TunnelEndpoint.Unmap(), ClusterID: e.ClusterID}
 }
 
-// ipcacheView is a full pass's read of the ipcache, by prefix.
-type ipcacheView map[netip.Prefix]bpf.Entry
+// ipcacheView is a full pass's read of the ipcache: the decodable entries
+// by prefix, and how many entries did not decode.
+type ipcacheView struct {
+	have        map[netip.Prefix]bpf.Entry
+	undecodable int
+}
 
 // setup makes the device exist and match and the program attached.
 func (b *ebpfBackend) setup() error {
@@ -183,13 +187,13 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 }
 
 func (b *ebpfBackend) read() (kernelView, error) {
-	have, err := b.dp.Entries()
+	have, undecodable, err := b.dp.Read()
 	if err != nil {
 		return nil, fmt.Errorf("list ipcache: %w", err)
 	}
-	v := make(ipcacheView, len(have))
+	v := &ipcacheView{have: make(map[netip.Prefix]bpf.Entry, len(have)), undecodable: undecodable}
 	for _, e := range have {
-		v[e.Prefix] = e
+		v.have[e.Prefix] = e
 	}
 	return v, nil
 }
@@ -197,7 +201,10 @@ func (b *ebpfBackend) read() (kernelView, error) {
 // update writes the ipcache entries of want in one batched call: with a
 // view only those missing or different, without one all of them.
 func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	v, _ := kv.(ipcacheView)
+	var have map[netip.Prefix]bpf.Entry
+	if v, ok := kv.(*ipcacheView); ok {
+		have = v.have
+	}
 	failed := make(map[netip.Prefix]error)
 	up := make([]bpf.Entry, 0, len(want))
 	for p, e := range want {
@@ -206,7 +213,7 @@ func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(
 			continue
 		}
 		ie := ipcacheEntry(e)
-		if h, ok := v[p]; ok && h == ie {
+		if h, ok := have[p]; ok && h == ie {
 			continue
 		}
 		up = append(up, ie)
@@ -239,13 +246,30 @@ func (b *ebpfBackend) delete(es []Entry) map[netip.Prefix]error {
 }
 
 // prune removes the ipcache entries want does not hold, once allowed. The
-// ipcache is podmesh's own map: everything in it is podmesh's.
+// ipcache is podmesh's own map: everything in it is podmesh's. Entries that
+// do not decode (left by another writer) are rare: only when the read found
+// some does prune hand the whole set to a pruning bpf Sync, which reads the
+// map again and removes them too.
 func (b *ebpfBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed bool) (int, error) {
 	if !allowed {
 		return 0, nil
 	}
+	v := kv.(*ipcacheView)
+	if v.undecodable > 0 {
+		keep := make([]bpf.Entry, 0, len(want))
+		for _, e := range want {
+			if checkClusterID(e) == nil {
+				keep = append(keep, ipcacheEntry(e))
+			}
+		}
+		st, err := b.dp.Sync(keep, true)
+		if err != nil {
+			return st.Deleted, fmt.Errorf("prune ipcache: %w", err)
+		}
+		return st.Deleted, nil
+	}
 	var gone []netip.Prefix
-	for p := range kv.(ipcacheView) {
+	for p := range v.have {
 		if _, ok := want[p]; !ok {
 			gone = append(gone, p)
 		}
