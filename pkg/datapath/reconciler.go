@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -15,8 +16,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/podmesh/podmesh/bpf"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -61,47 +62,6 @@ const (
 	DefaultRecheckInterval = 10 * time.Second
 )
 
-// Counter is a packet and byte count.
-type Counter struct {
-	Packets, Bytes uint64
-}
-
-// Status is a point-in-time view of the reconciler.
-type Status struct {
-	Mode string
-	// Programmed and Failed count the desired prefixes per remote cluster
-	// name that are (or could not be) realised in the kernel.
-	Programmed map[string]int
-	Failed     map[string]int
-	// Errors holds the error of each failed object, by prefix (bounded).
-	Errors map[string]string
-	// LastError is the last reconcile's error, empty when it fully succeeded.
-	LastError     string
-	LastReconcile time.Time
-	// LastDuration is how long the last reconcile pass took, LastPass
-	// whether it was a "full" pass (re-read the kernel) or an "incremental"
-	// one (only the objects whose revision moved).
-	LastDuration time.Duration
-	LastPass     string
-	// LastWrites counts the kernel objects the last pass wrote or deleted;
-	// a pass over a converged kernel writes nothing.
-	LastWrites int
-	// LastOutOfSync is how many kernel objects the last full pass found
-	// missing, different or unwanted (and repaired); OutOfSyncTotal sums
-	// it over every full pass.
-	LastOutOfSync   int
-	OutOfSyncTotal  uint64
-	ReconcileErrors uint64
-	// AppliedVersion is the Desired version the kernel fully realises (0
-	// until one reconcile succeeded without failures).
-	AppliedVersion uint64
-	// Traffic holds tx counters per remote cluster ID (ebpf mode only).
-	Traffic map[uint32]Counter
-	// Drops holds the program's drop counters by reason: "miss" (no ipcache
-	// entry), "malformed", "tunnel_key", "not_configured" (ebpf mode only).
-	Drops map[string]Counter
-}
-
 // Reconciler makes the kernel match a Desired set. See the package doc.
 type Reconciler struct {
 	cfg     Config
@@ -132,18 +92,6 @@ type Reconciler struct {
 	leftoversDone bool
 	clusterNames  map[uint32]string
 }
-
-// objStatus is the status of one desired object: its entry as last
-// processed, and the error that kept it from the kernel (nil: programmed).
-type objStatus struct {
-	entry Entry
-	err   error
-}
-
-type clusterCount struct{ programmed, failed int }
-
-// errorsKept bounds Status.Errors.
-const errorsKept = 64
 
 // New validates cfg and opens the kernel handles of the chosen mode. It
 // changes nothing in the kernel; Run does.
@@ -178,7 +126,7 @@ func New(cfg Config) (_ *Reconciler, err error) {
 	log := cfg.Log
 	if log == nil {
 		l := logrus.New()
-		l.Out = discard{}
+		l.Out = io.Discard
 		log = l
 	}
 	log = log.WithField("mode", cfg.Mode)
@@ -246,24 +194,6 @@ func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
 	return r
 }
 
-// nsSysctl reads a sysctl in the reconciler's namespace and, when set is
-// not empty and differs, writes it; it returns the value found.
-func (r *Reconciler) nsSysctl(name, set string) (string, error) {
-	var v string
-	err := r.ns.do(func() error {
-		var err error
-		if v, err = readSysctl(name); err != nil || set == "" || v == set {
-			return err
-		}
-		return writeSysctl(name, set)
-	})
-	return v, err
-}
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
-
 func (r *Reconciler) closeHandles() {
 	if r.h != nil {
 		r.h.Close()
@@ -289,15 +219,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	<-retry.C
-	backoff := time.Duration(0)
+	backoff := r.retryBackoff()
 	full := true
 	for {
-		ok := r.reconcile(full)
-		if ok {
-			backoff = 0
+		if r.reconcile(full) {
+			backoff = r.retryBackoff()
 		} else {
-			backoff = nextBackoff(backoff, r.cfg.RecheckInterval)
-			retry.Reset(backoff)
+			retry.Reset(backoff.Step())
 		}
 		select {
 		case <-ctx.Done():
@@ -312,14 +240,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
-func nextBackoff(cur, max time.Duration) time.Duration {
-	const first = 100 * time.Millisecond
-	if cur == 0 {
-		cur = first
-	} else {
-		cur *= 2
-	}
-	return min(cur, max)
+// retryBackoff paces full passes after a failure: 100 ms, doubling, at most
+// the re-check interval.
+func (r *Reconciler) retryBackoff() *wait.Backoff {
+	return &wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Steps: math.MaxInt32, Cap: r.cfg.RecheckInterval}
 }
 
 // reconcile runs one pass and reports whether it left nothing failed. An
@@ -501,132 +425,10 @@ func (r *Reconciler) programmed(p netip.Prefix) bool {
 	return ok && st.err == nil
 }
 
-// setStatus records the status of one live object and keeps the per-cluster
-// sums.
-func (r *Reconciler) setStatus(p netip.Prefix, e Entry, err error) {
-	if st, ok := r.objs[p]; ok && st.entry == e && st.err == err {
-		return
-	}
-	r.forget(p)
-	r.objs[p] = objStatus{entry: e, err: err}
-	c := r.count[e.Cluster]
-	if c == nil {
-		c = &clusterCount{}
-		r.count[e.Cluster] = c
-	}
-	if err != nil {
-		c.failed++
-	} else {
-		c.programmed++
-	}
-}
-
-// forget drops the status of an object.
-func (r *Reconciler) forget(p netip.Prefix) {
-	st, ok := r.objs[p]
-	if !ok {
-		return
-	}
-	delete(r.objs, p)
-	c := r.count[st.entry.Cluster]
-	if st.err != nil {
-		c.failed--
-	} else {
-		c.programmed--
-	}
-	if c.failed == 0 && c.programmed == 0 {
-		delete(r.count, st.entry.Cluster)
-	}
-}
-
 const (
 	passFull        = "full"
 	passIncremental = "incremental"
 )
-
-// finish publishes a pass's outcome to status, metrics and the log.
-func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int, oldest time.Time, passErr error) bool {
-	programmed := make(map[string]int, len(r.count))
-	failedBy := make(map[string]int)
-	nFailed := 0
-	for c, n := range r.count {
-		if n.programmed > 0 {
-			programmed[c] = n.programmed
-		}
-		if n.failed > 0 {
-			failedBy[c] = n.failed
-			nFailed += n.failed
-		}
-	}
-	errs := make(map[string]string)
-	if nFailed+len(r.undeleted) > 0 {
-		failed := make(map[netip.Prefix]error, nFailed+len(r.undeleted))
-		for p, st := range r.objs {
-			if st.err != nil {
-				failed[p.Masked()] = st.err
-			}
-		}
-		maps.Copy(failed, r.undeleted)
-		for _, p := range sortedPrefixes(failed) {
-			if len(errs) == errorsKept {
-				break
-			}
-			errs[p.String()] = failed[p].Error()
-		}
-		passErr = errors.Join(passErr, fmt.Errorf("%d prefixes failed", nFailed+len(r.undeleted)))
-	}
-	traffic, drops, terr := r.b.traffic()
-	err := errors.Join(passErr, terr)
-	ok := err == nil
-	r.lastOK = passErr == nil
-	now := time.Now()
-	if ok && !oldest.IsZero() {
-		r.metrics.convergence.Observe(now.Sub(oldest).Seconds())
-	}
-	r.metrics.setProgrammed(programmed, failedBy)
-	r.metrics.setTraffic(traffic, r.clusterNames, drops)
-	if !ok {
-		r.metrics.reconcileErrors.Inc()
-	}
-
-	r.mu.Lock()
-	r.status.Programmed = programmed
-	r.status.Failed = failedBy
-	r.status.Errors = errs
-	r.status.LastReconcile = now
-	r.status.LastDuration = now.Sub(start)
-	r.status.LastPass = kind
-	r.status.LastWrites = writes
-	if kind == passFull {
-		r.status.LastOutOfSync = outOfSync
-		r.status.OutOfSyncTotal += uint64(outOfSync)
-	}
-	if ok {
-		r.status.LastError = ""
-		r.status.AppliedVersion = r.rev
-	} else {
-		r.status.LastError = err.Error()
-		r.status.ReconcileErrors++
-	}
-	if traffic != nil {
-		r.status.Traffic = traffic
-	}
-	if drops != nil {
-		r.status.Drops = drops
-	}
-	r.mu.Unlock()
-
-	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.objs), "writes": writes, "duration": now.Sub(start)}
-	if kind == passFull {
-		fields["out_of_sync"] = outOfSync
-	}
-	if ok {
-		r.log.WithFields(fields).Debug("Datapath reconciled")
-	} else {
-		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
-	}
-	return ok
-}
 
 // clusterCIDRs is the sorted union of the remote clusters' pod CIDRs.
 func clusterCIDRs(by map[string][]netip.Prefix) []netip.Prefix {
@@ -644,57 +446,6 @@ func clusterCIDRs(by map[string][]netip.Prefix) []netip.Prefix {
 
 func podCIDRsEqual(a, b map[string][]netip.Prefix) bool {
 	return maps.EqualFunc(a, b, func(x, y []netip.Prefix) bool { return slices.Equal(x, y) })
-}
-
-// followUnderlayMTU re-reads the MTU of the link holding LocalIP; when it
-// changed, the full pass that follows rewrites the device and route MTUs.
-func (r *Reconciler) followUnderlayMTU() {
-	mtu, err := linkMTUFor(r.h, r.cfg.LocalIP)
-	if err != nil {
-		r.log.WithError(err).Warn("Cannot re-read the underlay MTU; keeping the last one")
-		return
-	}
-	if old := r.b.underlayMTU(); mtu != old && mtu >= 576+encapOverhead(r.cfg.LocalIP) {
-		r.log.WithFields(logrus.Fields{"was": old, "now": mtu}).Info("Underlay MTU changed; updating tunnel and route MTUs")
-		r.b.setUnderlayMTU(mtu)
-	}
-}
-
-// removeLeftovers removes what another routing mode left behind (the agent
-// ran in another mode before): the bpf pins under BPFRoot unless the mode is
-// ebpf, and podmesh_vxlan in native mode. It runs once prune is allowed and a
-// full pass has put this mode's routes in place, so a mode switch withdraws
-// nothing the desired set still holds.
-func (r *Reconciler) removeLeftovers() error {
-	if r.leftoversDone {
-		return nil
-	}
-	ifindex := 0
-	if l, err := r.h.LinkByName(DeviceName); err == nil {
-		ifindex = l.Attrs().Index
-	} else if !isLinkNotFound(err) {
-		return fmt.Errorf("find %s: %w", DeviceName, err)
-	}
-	var errs []error
-	if r.cfg.Mode != ModeEBPF {
-		if _, err := os.Stat(r.cfg.BPFRoot); err == nil {
-			r.log.WithField("dir", r.cfg.BPFRoot).Info("Removing the ebpf datapath left by another routing mode")
-			if err := r.ns.do(func() error { return bpf.Remove(r.cfg.BPFRoot, ifindex) }); err != nil {
-				errs = append(errs, fmt.Errorf("remove bpf datapath under %s: %w", r.cfg.BPFRoot, err))
-			}
-		}
-	}
-	if r.cfg.Mode == ModeNative && ifindex != 0 {
-		r.log.WithField("device", DeviceName).Info("Removing the tunnel device left by another routing mode")
-		if err := r.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}); err != nil && !isGone(err) {
-			errs = append(errs, fmt.Errorf("delete %s: %w", DeviceName, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	r.leftoversDone = true
-	return nil
 }
 
 // validate rejects entries the datapath cannot realise; they are reported as
@@ -722,64 +473,6 @@ func (r *Reconciler) validate(e Entry) error {
 		return fmt.Errorf("prefix %s is not within the pod CIDRs cluster %s declares %v: no route leads to it", e.Prefix, e.Cluster, r.podCIDRs[e.Cluster])
 	}
 	return nil
-}
-
-// checkSysctls makes sure forwarding is on for every family the desired set
-// uses, on every pass (so a setting turned off by hand comes back). It
-// changes a setting only when it is off, and says so in the log. rp_filter
-// needs no change: tunnel-mode routes point at podmesh_vxlan, where
-// decapsulated return traffic arrives, and native routes at the underlay
-// link, so strict reverse-path checks pass; its value is logged once.
-func (r *Reconciler) checkSysctls(want map[netip.Prefix]Entry) error {
-	has4, has6 := false, false
-	for p := range want {
-		if p.Addr().Is4() {
-			has4 = true
-		} else {
-			has6 = true
-		}
-		if has4 && has6 {
-			break
-		}
-	}
-	var need []string
-	if has4 {
-		need = append(need, "net.ipv4.ip_forward")
-	}
-	if has6 {
-		need = append(need, "net.ipv6.conf.all.forwarding")
-	}
-	var errs []error
-	for _, name := range need {
-		v, err := r.sysctl(name, "")
-		if err == nil && v != "1" {
-			r.log.WithFields(logrus.Fields{"sysctl": name, "was": v}).Info("Enabling forwarding: remote pod traffic is routed through this node")
-			_, err = r.sysctl(name, "1")
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if !r.rpFilterLogged && len(want) > 0 {
-		r.rpFilterLogged = true
-		if v, err := r.sysctl("net.ipv4.conf.all.rp_filter", ""); err == nil {
-			r.log.WithField("rp_filter", v).Info("Remote prefix routes point at the device return traffic arrives on, so the reverse-path filter passes it")
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Status returns a copy of the current status.
-func (r *Reconciler) Status() Status {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.status
-	s.Programmed = maps.Clone(s.Programmed)
-	s.Failed = maps.Clone(s.Failed)
-	s.Errors = maps.Clone(s.Errors)
-	s.Traffic = maps.Clone(s.Traffic)
-	s.Drops = maps.Clone(s.Drops)
-	return s
 }
 
 // Collectors returns the reconciler's Prometheus collectors, for the caller

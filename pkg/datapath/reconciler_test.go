@@ -3,6 +3,7 @@ package datapath
 import (
 	"context"
 	"errors"
+	"io"
 	"maps"
 	"net/netip"
 	"sync"
@@ -98,7 +99,7 @@ func (f *fakeBackend) has(p string) bool {
 func newTestReconciler(t *testing.T, d *Desired, b backend) (*Reconciler, map[string]string) {
 	t.Helper()
 	log := logrus.New()
-	log.Out = discard{}
+	log.Out = io.Discard
 	r := newReconciler(Config{Mode: "fake", LocalIP: mustAddr("192.168.0.1"), Desired: d, RecheckInterval: time.Hour}, log)
 	r.b = b
 	r.leftoversDone = true
