@@ -384,4 +384,3 @@ func TestLeaderElection(t *testing.T) {
 	}, waitFor, 50*time.Millisecond)
 	assert.NotZero(t, b.m.Writes())
 }
-

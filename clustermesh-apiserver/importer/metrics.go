@@ -72,6 +72,9 @@ func (m *Metrics) Writes() float64 {
 	return n
 }
 
+// LeaderGauge is 1 while this instance writes.
+func (m *Metrics) LeaderGauge() prometheus.Gauge { return m.leader }
+
 func (m *Metrics) forget(cluster string) {
 	m.invalid.DeletePartialMatch(prometheus.Labels{"cluster": cluster})
 	m.failures.DeleteLabelValues(cluster)
