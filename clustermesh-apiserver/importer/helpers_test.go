@@ -22,6 +22,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 	"github.com/podmesh/podmesh/test/kubetest"
@@ -164,7 +165,15 @@ func (d configDir) unmount(t *testing.T, c *fakeCluster) {
 }
 
 // fastTiming makes sessions notice a cut quickly (the deadlines are guards).
-var fastTiming = Timing{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second, DialTimeout: time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond}
+var fastTiming = Timing{Timing: clustermesh.Timing{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second, DialTimeout: time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond}}
+
+// westAndSouth starts the two remotes most tests use and creates the
+// namespace ns locally.
+func westAndSouth(t *testing.T, k *kube, ns string) (west, south *fakeCluster) {
+	t.Helper()
+	k.namespace(t, ns)
+	return newFakeCluster(t, "west", 2, "10.2.0.0/16", true), newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
+}
 
 // runImporter starts an importer for the local cluster "east" (10.1.0.0/16)
 // and stops it when the returned function is called or the test ends.

@@ -40,9 +40,7 @@ var (
 func TestImportFromTwoRemotes(t *testing.T) {
 	k := startKube(t)
 	ctx := context.Background()
-	k.namespace(t, "shop")
-	west := newFakeCluster(t, "west", 2, "10.2.0.0/16", true)
-	south := newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
+	west, south := westAndSouth(t, k, "shop")
 	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", ""), ep("10.2.0.11", "")))
 	south.export(t, webExport("shop", t1, []meshapi.ServicePort{portHTTP, portHTTPS}, ep("10.3.0.10", "")))
 	dbEP := ep("10.2.0.20", "")
@@ -142,9 +140,7 @@ func TestImportFromTwoRemotes(t *testing.T) {
 func TestConflictsOldestWins(t *testing.T) {
 	k := startKube(t)
 	ctx := context.Background()
-	k.namespace(t, "app")
-	west := newFakeCluster(t, "west", 2, "10.2.0.0/16", true)
-	south := newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
+	west, south := westAndSouth(t, k, "app")
 	// The local cluster's own published state, read like the embedded
 	// etcd's: east exports a newer Headless "web".
 	east := newFakeCluster(t, "east", 1, "10.1.0.0/16", true)
@@ -226,10 +222,8 @@ func TestConflictsOldestWins(t *testing.T) {
 func TestUntrustedRemotes(t *testing.T) {
 	k := startKube(t)
 	ctx := context.Background()
-	k.namespace(t, "shop")
+	west, south := westAndSouth(t, k, "shop")
 	old := newFakeCluster(t, "north", 4, "10.4.0.0/16", false)
-	west := newFakeCluster(t, "west", 2, "10.2.0.0/16", true)
-	south := newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
 	old.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.4.0.10", "")))
 	// west lies: one endpoint in south's pod CIDR, one in nobody's.
 	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", ""), ep("10.3.0.66", ""), ep("192.168.7.7", "")))
@@ -270,9 +264,7 @@ func TestUntrustedRemotes(t *testing.T) {
 func TestRemoteFailures(t *testing.T) {
 	k := startKube(t)
 	ctx := context.Background()
-	k.namespace(t, "shop")
-	west := newFakeCluster(t, "west", 2, "10.2.0.0/16", true)
-	south := newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
+	west, south := westAndSouth(t, k, "shop")
 	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", ""), ep("10.2.0.11", "")))
 	south.export(t, webExport("shop", t1, []meshapi.ServicePort{portHTTP}, ep("10.3.0.10", "")))
 	dir := newConfigDir(t, west, south)

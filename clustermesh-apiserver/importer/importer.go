@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,20 +19,12 @@ import (
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
-// Timing tunes how fast the importer notices and retries. Zero fields take
-// DefaultTiming's.
+// Timing tunes how fast the importer notices and retries: the agents'
+// session timing (clustermesh.Timing; ScanInterval also bounds how long a
+// removed file's cluster stays imported, HeartbeatStaleAfter is unused) and
+// the writer's resync. Zero fields take DefaultTiming's.
 type Timing struct {
-	// ScanInterval is how often the config directory is read: a removed
-	// file withdraws its cluster within about one interval plus the writes.
-	ScanInterval time.Duration
-	// ProbeInterval is how often a connected cluster's heartbeat is read.
-	ProbeInterval time.Duration
-	// ProbeTimeout bounds one read; a failed read ends the session.
-	ProbeTimeout time.Duration
-	// DialTimeout bounds connecting to a remote.
-	DialTimeout time.Duration
-	// BackoffMin and BackoffMax bound the reconnect delay.
-	BackoffMin, BackoffMax time.Duration
+	clustermesh.Timing
 	// Resync re-reconciles every import this often (a missed event is
 	// then harmless).
 	Resync time.Duration
@@ -39,26 +32,26 @@ type Timing struct {
 
 // DefaultTiming is what clustermesh-apiserver runs with.
 var DefaultTiming = Timing{
-	ScanInterval:  250 * time.Millisecond,
-	ProbeInterval: 5 * time.Second,
-	ProbeTimeout:  5 * time.Second,
-	DialTimeout:   5 * time.Second,
-	BackoffMin:    time.Second,
-	BackoffMax:    time.Minute,
-	Resync:        10 * time.Minute,
+	Timing: clustermesh.Timing{
+		ScanInterval:  250 * time.Millisecond,
+		ProbeInterval: 5 * time.Second,
+		ProbeTimeout:  5 * time.Second,
+		DialTimeout:   5 * time.Second,
+		BackoffMin:    time.Second,
+		BackoffMax:    time.Minute,
+	},
+	Resync: 10 * time.Minute,
 }
 
 func (t Timing) withDefaults() Timing {
 	d := DefaultTiming
-	for _, f := range []struct{ v, def *time.Duration }{
-		{&t.ScanInterval, &d.ScanInterval}, {&t.ProbeInterval, &d.ProbeInterval},
-		{&t.ProbeTimeout, &d.ProbeTimeout}, {&t.DialTimeout, &d.DialTimeout},
-		{&t.BackoffMin, &d.BackoffMin}, {&t.BackoffMax, &d.BackoffMax}, {&t.Resync, &d.Resync},
-	} {
-		if *f.v <= 0 {
-			*f.v = *f.def
-		}
-	}
+	t.ScanInterval = cmp.Or(t.ScanInterval, d.ScanInterval)
+	t.ProbeInterval = cmp.Or(t.ProbeInterval, d.ProbeInterval)
+	t.ProbeTimeout = cmp.Or(t.ProbeTimeout, d.ProbeTimeout)
+	t.DialTimeout = cmp.Or(t.DialTimeout, d.DialTimeout)
+	t.BackoffMin = cmp.Or(t.BackoffMin, d.BackoffMin)
+	t.BackoffMax = cmp.Or(t.BackoffMax, d.BackoffMax)
+	t.Resync = cmp.Or(t.Resync, d.Resync)
 	return t
 }
 
@@ -215,18 +208,7 @@ func (imp *Importer) Run(ctx context.Context) error {
 	// The first scan completes before anything is written, so that a
 	// configured cluster is never mistaken for a removed one.
 	imp.scanDir(ctx)
-	wg.Go(func() {
-		t := time.NewTicker(imp.opts.Timing.ScanInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				imp.scanDir(ctx)
-			}
-		}
-	})
+	wg.Go(func() { every(ctx, imp.opts.Timing.ScanInterval, func() { imp.scanDir(ctx) }) })
 	defer imp.stopSources()
 
 	if imp.opts.LeaderElection == nil {
@@ -529,4 +511,18 @@ func (imp *Importer) allKeys() []Key {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
+}
+
+// every calls f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
 }

@@ -129,6 +129,16 @@ func (imp *Importer) write(ctx context.Context) error {
 		of.Shutdown()
 		mf.Shutdown()
 	}()
+	synced := make(chan struct{})
+	go func() {
+		select {
+		case <-synced:
+		case <-ctx.Done():
+		case <-time.After(30 * time.Second):
+			w.log.Warn("Informers have not synced after 30s; are the Multi-Cluster Services CRDs installed (daemonset/base/mcs-crds.yaml)?")
+		}
+	}()
+	defer close(synced)
 	if !cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced, siInf.Informer().HasSynced, seInf.Informer().HasSynced) {
 		return ctx.Err()
 	}
@@ -156,18 +166,7 @@ func (imp *Importer) write(ctx context.Context) error {
 			}
 		})
 	}
-	wg.Go(func() {
-		t := time.NewTicker(imp.opts.Timing.Resync)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				w.enqueueAll()
-			}
-		}
-	})
+	wg.Go(func() { every(ctx, imp.opts.Timing.Resync, w.enqueueAll) })
 	<-ctx.Done()
 	w.queue.ShutDown()
 	wg.Wait()
