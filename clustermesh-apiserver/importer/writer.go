@@ -138,8 +138,9 @@ func (imp *Importer) write(ctx context.Context) error {
 			w.log.Warn("Informers have not synced after 30s; are the Multi-Cluster Services CRDs installed (daemonset/base/mcs-crds.yaml)?")
 		}
 	}()
-	defer close(synced)
-	if !cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced, siInf.Informer().HasSynced, seInf.Informer().HasSynced) {
+	ok := cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced, siInf.Informer().HasSynced, seInf.Informer().HasSynced)
+	close(synced)
+	if !ok {
 		return ctx.Err()
 	}
 
