@@ -18,8 +18,9 @@
 //     then lists and watches podmesh/v1/services/<cluster>/.
 //   - Trust nothing. Every entry is decoded and checked (meshapi, plus
 //     Kubernetes' own name, port and protocol rules) before it can reach an
-//     object. An endpoint outside the cluster's declared pod CIDRs is
-//     dropped and counted; a slice is labelled with the cluster of the file
+//     object. An entry with an endpoint outside the cluster's declared pod
+//     CIDRs is refused whole and counted; a slice is labelled with the
+//     cluster of the file
 //     that delivered it, never with a name from the value; every object the
 //     importer writes carries app.kubernetes.io/managed-by=importer.podmesh.io
 //     and it never updates or deletes an object without that label.

@@ -42,9 +42,11 @@ type droppedEndpoint struct {
 
 // ExportFrom checks a service entry that arrived under key parts from the
 // cluster that declared cfg and converts it. The whole entry is refused when
-// its identity (names, cluster, ID) or its spec (names, ports, type,
-// affinity) is wrong; a single endpoint is dropped, and reported, when its
-// address lies outside cfg's pod CIDRs or repeats another.
+// its identity (names, cluster, ID), its spec (names, ports, type,
+// affinity) or any endpoint address (outside cfg's pod CIDRs: the exporter
+// publishes no such endpoint, so the cluster claims addresses that are not
+// its own) is wrong; an endpoint that repeats another is dropped and
+// reported.
 func ExportFrom(parts meshapi.ObjectKeyParts, s *meshapi.Service, cfg *meshapi.ClusterConfig) (*Export, []droppedEndpoint, error) {
 	if err := meshapi.ValidateServiceFor(parts, s, cfg); err != nil {
 		return nil, nil, err
@@ -100,13 +102,15 @@ func ExportFrom(parts meshapi.ObjectKeyParts, s *meshapi.Service, cfg *meshapi.C
 	}
 	e.Ports = ports
 
+	for _, ep := range s.Endpoints {
+		if !meshapi.AddrWithin(ep.IP, cfg.PodCIDRs) {
+			return nil, nil, fmt.Errorf("service %s: endpoint %s: %w %v", id, ep.IP, meshapi.ErrOutOfRange, cfg.PodCIDRs)
+		}
+	}
 	var dropped []droppedEndpoint
 	seen := make(map[netip.Addr]bool, len(s.Endpoints))
 	for _, ep := range s.Endpoints {
 		switch {
-		case !meshapi.AddrWithin(ep.IP, cfg.PodCIDRs):
-			dropped = append(dropped, droppedEndpoint{ep.IP, "out_of_range", fmt.Errorf("service %s: endpoint %s: %w %v", id, ep.IP, meshapi.ErrOutOfRange, cfg.PodCIDRs)})
-			continue
 		case seen[ep.IP]:
 			dropped = append(dropped, droppedEndpoint{ep.IP, "duplicate", fmt.Errorf("service %s: endpoint %s listed twice", id, ep.IP)})
 			continue

@@ -225,8 +225,13 @@ func TestUntrustedRemotes(t *testing.T) {
 	west, south := westAndSouth(t, k, "shop")
 	old := newFakeCluster(t, "north", 4, "10.4.0.0/16", false)
 	old.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.4.0.10", "")))
-	// west lies: one endpoint in south's pod CIDR, one in nobody's.
-	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", ""), ep("10.3.0.66", ""), ep("192.168.7.7", "")))
+	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", "")))
+	// west lies: endpoints in south's pod CIDR and in nobody's.
+	lies := webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.11", ""), ep("10.3.0.66", ""))
+	lies.Name = "lies"
+	west.export(t, lies)
+	lies.Name, lies.Endpoints = "more-lies", []meshapi.ServiceEndpoint{ep("192.168.7.7", "")}
+	west.export(t, lies)
 	// west also writes a value in south's name under its own key.
 	forged := webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.3.0.77", ""))
 	forged.Name, forged.Cluster, forged.ClusterID = "api", "south", 3
@@ -244,8 +249,10 @@ func TestUntrustedRemotes(t *testing.T) {
 	got := addrsOf(all.Items)
 	assert.Equal(t, map[string]bool{"10.2.0.10": true, "10.3.0.10": true}, got, "only addresses inside their own cluster's pod CIDRs")
 	assert.Empty(t, k.slicesOf(t, "shop", "web", "north"), "a format-1 remote exports nothing")
-	_, err = k.mcs.MulticlusterV1beta1().ServiceImports("shop").Get(ctx, "api", metav1.GetOptions{})
-	assert.True(t, apierrors.IsNotFound(err), "a value in another cluster's name is refused: %v", err)
+	for _, name := range []string{"api", "lies", "more-lies"} {
+		_, err = k.mcs.MulticlusterV1beta1().ServiceImports("shop").Get(ctx, name, metav1.GetOptions{})
+		assert.True(t, apierrors.IsNotFound(err), "%s: a lying entry is refused whole: %v", name, err)
+	}
 
 	st := imp.Status()
 	byName := map[string]ClusterStatus{}

@@ -106,6 +106,7 @@ func TestExportFromRefusesAndDrops(t *testing.T) {
 		{"unnamed port among several", func(s *meshapi.Service) { s.Ports = append(s.Ports, meshapi.ServicePort{Port: 81, Protocol: "TCP"}) }},
 		{"bad affinity", func(s *meshapi.Service) { s.SessionAffinity = "Sticky" }},
 		{"affinity timeout too long", func(s *meshapi.Service) { s.SessionAffinity, s.SessionAffinityTimeoutSeconds = "ClientIP", 86401 }},
+		{"an endpoint outside the pod CIDRs", func(s *meshapi.Service) { s.Endpoints = append(s.Endpoints, ep("10.3.0.1", "")) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := good()
@@ -116,12 +117,11 @@ func TestExportFromRefusesAndDrops(t *testing.T) {
 	}
 
 	s := good()
-	s.Endpoints = append(s.Endpoints, ep("10.3.0.1", ""), ep("10.2.0.1", ""), meshapi.ServiceEndpoint{IP: netip.MustParseAddr("10.2.0.2"), Hostname: "Not_A_Label", Node: "n", Zone: "z"})
+	s.Endpoints = append(s.Endpoints, ep("10.2.0.1", ""), meshapi.ServiceEndpoint{IP: netip.MustParseAddr("10.2.0.2"), Hostname: "Not_A_Label", Node: "n", Zone: "z"})
 	e, dropped, err = ExportFrom(parts, s, cfg)
 	require.NoError(t, err)
-	require.Len(t, dropped, 2)
-	assert.Equal(t, "out_of_range", dropped[0].Reason)
-	assert.Equal(t, "duplicate", dropped[1].Reason)
+	require.Len(t, dropped, 1)
+	assert.Equal(t, "duplicate", dropped[0].Reason)
 	require.Len(t, e.Endpoints, 2)
 	assert.Empty(t, e.Endpoints[1].Hostname, "an invalid hostname costs the endpoint its name, not its traffic")
 
