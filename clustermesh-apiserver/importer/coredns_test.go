@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
@@ -22,7 +23,7 @@ import (
 
 // corednsBinary finds a CoreDNS binary: $PODMESH_COREDNS, else coredns in
 // the test tools directory (kubetest.BinDir).
-func corednsBinary(t *testing.T) string {
+func corednsBinary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("PODMESH_COREDNS"); p != "" {
 		return p
@@ -40,7 +41,7 @@ func corednsBinary(t *testing.T) string {
 
 // startCoreDNS runs CoreDNS on 127.0.0.1 with the multicluster option
 // against the test apiserver and returns a resolver that asks it only.
-func startCoreDNS(t *testing.T, bin, kubeconfig string) *net.Resolver {
+func startCoreDNS(t testing.TB, bin, kubeconfig string) *net.Resolver {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -158,4 +159,61 @@ func TestCoreDNSResolvesImports(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return slices.Equal([]string{"10.3.0.23"}, lookup("db-2.south.db.shop.svc.clusterset.local"))
 	}, waitFor, 100*time.Millisecond)
+}
+
+// BenchmarkRemoteChangeToDNS measures the import half of "a pod becomes
+// ready in one cluster → its name resolves in another": from a remote's
+// etcd write of a new pod IP (what its clustermesh-apiserver does when the
+// EndpointSlice changes) to the real CoreDNS answering
+// <hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local with it, over 100
+// changes. DNS is polled every 5ms, so values are rounded up to that.
+//
+//	PODMESH_COREDNS=<coredns> PODMESH_BIN=/work/main/bin go test -run '^$' -bench RemoteChangeToDNS -benchtime 1x ./clustermesh-apiserver/importer
+func BenchmarkRemoteChangeToDNS(b *testing.B) {
+	bin := corednsBinary(b)
+	for range b.N {
+		k := startKube(b)
+		ctx := context.Background()
+		_, err := k.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{})
+		require.NoError(b, err)
+		west := newFakeCluster(b, "west", 2, "10.2.0.0/16", true)
+		export := func(ip string) {
+			e := ep(ip, "")
+			e.Pod = "db-0"
+			west.export(b, meshapi.Service{Namespace: "shop", Name: "db", Type: meshapi.ServiceTypeHeadless, Headless: true, ExportTime: t0,
+				Ports: []meshapi.ServicePort{{Name: "pg", Port: 5432, Protocol: "TCP"}}, Endpoints: []meshapi.ServiceEndpoint{e}})
+		}
+		export("10.2.1.0")
+		runImporter(b, k, newConfigDir(b, west), nil)
+		r := startCoreDNS(b, bin, k.Kubeconfig)
+		resolve := func() string {
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			a, err := r.LookupHost(qctx, "db-0.west.db.shop.svc.clusterset.local")
+			if err != nil || len(a) != 1 {
+				return ""
+			}
+			return a[0]
+		}
+		require.Eventually(b, func() bool { return resolve() == "10.2.1.0" }, waitFor, 10*time.Millisecond)
+		b.ResetTimer()
+		var lat []time.Duration
+		for i := 1; i <= 100; i++ {
+			ip := fmt.Sprintf("10.2.1.%d", i)
+			start := time.Now()
+			export(ip)
+			for resolve() != ip {
+				if time.Since(start) > waitFor {
+					b.Fatalf("%s never resolved", ip)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		b.StopTimer()
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Milliseconds()), "p99-ms")
+		b.ReportMetric(float64(lat[len(lat)-1].Milliseconds()), "max-ms")
+	}
 }

@@ -70,7 +70,7 @@ type kube struct {
 	mcs mcsclient.Interface
 }
 
-func startKube(t *testing.T) *kube {
+func startKube(t testing.TB) *kube {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs bin/kube-apiserver and bin/etcd (make tools); skipped in -short mode")
@@ -82,7 +82,7 @@ func startKube(t *testing.T) *kube {
 	return &kube{Server: s, mcs: mcs}
 }
 
-func (k *kube) namespace(t *testing.T, name string) {
+func (k *kube) namespace(t testing.TB, name string) {
 	t.Helper()
 	_, err := k.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -101,7 +101,7 @@ type fakeCluster struct {
 	dir  string
 }
 
-func newFakeCluster(t *testing.T, name string, id uint32, cidr string, exportsCapability bool) *fakeCluster {
+func newFakeCluster(t testing.TB, name string, id uint32, cidr string, exportsCapability bool) *fakeCluster {
 	t.Helper()
 	e := kvstoretest.StartEtcd(t, name)
 	fwd := kvstoretest.StartForwarder(t, e.Addr)
@@ -119,7 +119,7 @@ func newFakeCluster(t *testing.T, name string, id uint32, cidr string, exportsCa
 	return c
 }
 
-func (c *fakeCluster) put(t *testing.T, key string, v any) {
+func (c *fakeCluster) put(t testing.TB, key string, v any) {
 	t.Helper()
 	b, err := meshapi.Encode(v)
 	require.NoError(t, err)
@@ -127,7 +127,7 @@ func (c *fakeCluster) put(t *testing.T, key string, v any) {
 }
 
 // export publishes a format-2 service of this cluster.
-func (c *fakeCluster) export(t *testing.T, s meshapi.Service) {
+func (c *fakeCluster) export(t testing.TB, s meshapi.Service) {
 	t.Helper()
 	if s.Cluster == "" {
 		s.Cluster, s.ClusterID = c.name, c.id
@@ -138,7 +138,7 @@ func (c *fakeCluster) export(t *testing.T, s meshapi.Service) {
 	c.put(t, meshapi.ServiceKey(c.name, s.Namespace, s.Name), s)
 }
 
-func (c *fakeCluster) unexport(t *testing.T, namespace, name string) {
+func (c *fakeCluster) unexport(t testing.TB, namespace, name string) {
 	t.Helper()
 	c.etcd.Delete(t, meshapi.ServiceKey(c.name, namespace, name), false)
 }
@@ -146,7 +146,7 @@ func (c *fakeCluster) unexport(t *testing.T, namespace, name string) {
 // configDir is a directory of remote-cluster files.
 type configDir string
 
-func newConfigDir(t *testing.T, clusters ...*fakeCluster) configDir {
+func newConfigDir(t testing.TB, clusters ...*fakeCluster) configDir {
 	d := configDir(t.TempDir())
 	for _, c := range clusters {
 		d.mount(t, c)
@@ -154,12 +154,12 @@ func newConfigDir(t *testing.T, clusters ...*fakeCluster) configDir {
 	return d
 }
 
-func (d configDir) mount(t *testing.T, c *fakeCluster) {
+func (d configDir) mount(t testing.TB, c *fakeCluster) {
 	t.Helper()
 	require.NoError(t, os.WriteFile(filepath.Join(string(d), c.name), c.yaml, 0o600))
 }
 
-func (d configDir) unmount(t *testing.T, c *fakeCluster) {
+func (d configDir) unmount(t testing.TB, c *fakeCluster) {
 	t.Helper()
 	require.NoError(t, os.Remove(filepath.Join(string(d), c.name)))
 }
@@ -169,7 +169,7 @@ var fastTiming = Timing{Timing: clustermesh.Timing{ProbeInterval: 200 * time.Mil
 
 // westAndSouth starts the two remotes most tests use and creates the
 // namespace ns locally.
-func westAndSouth(t *testing.T, k *kube, ns string) (west, south *fakeCluster) {
+func westAndSouth(t testing.TB, k *kube, ns string) (west, south *fakeCluster) {
 	t.Helper()
 	k.namespace(t, ns)
 	return newFakeCluster(t, "west", 2, "10.2.0.0/16", true), newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
@@ -177,7 +177,7 @@ func westAndSouth(t *testing.T, k *kube, ns string) (west, south *fakeCluster) {
 
 // runImporter starts an importer for the local cluster "east" (10.1.0.0/16)
 // and stops it when the returned function is called or the test ends.
-func runImporter(t *testing.T, k *kube, dir configDir, mutate func(*Options)) (*Importer, func()) {
+func runImporter(t testing.TB, k *kube, dir configDir, mutate func(*Options)) (*Importer, func()) {
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
@@ -208,7 +208,7 @@ func runImporter(t *testing.T, k *kube, dir configDir, mutate func(*Options)) (*
 
 // slicesOf returns the imported slices of namespace/name from cluster, by
 // their labels.
-func (k *kube) slicesOf(t *testing.T, namespace, name, cluster string) []discoveryv1.EndpointSlice {
+func (k *kube) slicesOf(t testing.TB, namespace, name, cluster string) []discoveryv1.EndpointSlice {
 	t.Helper()
 	sel := fmt.Sprintf("%s=%s,%s=%s", LabelMCSServiceName, name, LabelSourceCluster, cluster)
 	l, err := k.Client.DiscoveryV1().EndpointSlices(namespace).List(context.Background(), metav1.ListOptions{LabelSelector: sel})
