@@ -3,7 +3,6 @@ package importer_test
 import (
 	"context"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -20,8 +19,8 @@ import (
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
-	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/importer"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy/proxytest"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/server"
 	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
 )
@@ -54,12 +53,9 @@ func TestRealClusterMeshAPIServerAsRemote(t *testing.T) {
 
 	// west: a real clustermesh-apiserver that admits remote-east.
 	dir := t.TempDir()
-	ca, err := certs.NewCA(certs.Options{CommonName: "podmesh-ca-west"})
-	require.NoError(t, err)
-	srvKP, err := ca.IssueServer(certs.Options{CommonName: "clustermesh-apiserver.west", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	require.NoError(t, err)
-	require.NoError(t, srvKP.WriteFiles(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), false))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644))
+	pki := proxytest.NewPKI(t)
+	require.NoError(t, pki.Server.WriteFiles(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), true))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), pki.CA.CertPEM, 0o644))
 	cfg, err := server.ParseFlags([]string{
 		"--cluster-name=west", "--cluster-id=2", "--pod-cidrs=10.2.0.0/16",
 		"--listen=127.0.0.1:0", "--health-listen=127.0.0.1:0",
@@ -90,11 +86,10 @@ func TestRealClusterMeshAPIServerAsRemote(t *testing.T) {
 
 	// east's config directory holds west's file, as podmesh-certs connect
 	// renders it.
-	clientKP, err := ca.IssueClient(certs.Options{CommonName: "remote-east"})
-	require.NoError(t, err)
+	clientKP := pki.IssueClient(t, "remote-east")
 	meshDir := importer.ConfigDir(t.TempDir())
 	require.NoError(t, clientKP.WriteFiles(filepath.Join(string(meshDir), "west.crt"), filepath.Join(string(meshDir), "west.key"), true))
-	require.NoError(t, os.WriteFile(filepath.Join(string(meshDir), "west.ca.crt"), ca.CertPEM, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(string(meshDir), "west.ca.crt"), pki.CA.CertPEM, 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(string(meshDir), "west"),
 		kvstoretest.ClientYAML("https://"+west.ProxyAddr(), "west.ca.crt", "west.crt", "west.key"), 0o600))
 
