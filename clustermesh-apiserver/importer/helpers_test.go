@@ -14,16 +14,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/mcs-api/config/crd"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	"sigs.k8s.io/yaml"
 
 	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
+	"github.com/podmesh/podmesh/pkg/mcscrd"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 	"github.com/podmesh/podmesh/test/kubetest"
 )
@@ -32,36 +28,11 @@ import (
 // timing assertion.
 const waitFor = 60 * time.Second
 
-var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
-// installMCSCRDs creates the ServiceExport and ServiceImport CRDs from
-// mcs-api's embedded YAML in the test apiserver and waits until they are
-// established. (The export branch has its own; the lead unifies them.)
+// installMCSCRDs installs the ServiceExport and ServiceImport CRDs from
+// mcs-api's embedded YAML, as the daemonset ships them.
 func installMCSCRDs(t testing.TB, cfg *rest.Config) {
 	t.Helper()
-	dyn, err := dynamic.NewForConfig(cfg)
-	require.NoError(t, err)
-	ctx := context.Background()
-	for _, doc := range [][]byte{crd.ServiceExportCRD, crd.ServiceImportCRD} {
-		var u unstructured.Unstructured
-		require.NoError(t, yaml.Unmarshal(doc, &u.Object))
-		_, err := dyn.Resource(crdGVR).Create(ctx, &u, metav1.CreateOptions{})
-		require.NoError(t, err)
-		require.Eventually(t, func() bool {
-			got, err := dyn.Resource(crdGVR).Get(ctx, u.GetName(), metav1.GetOptions{})
-			if err != nil {
-				return false
-			}
-			conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return true
-				}
-			}
-			return false
-		}, waitFor, 50*time.Millisecond, "CRD %s established", u.GetName())
-	}
+	require.NoError(t, mcscrd.Install(context.Background(), cfg))
 }
 
 // kube is a test apiserver with the MCS CRDs.
