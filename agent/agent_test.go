@@ -5,13 +5,13 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -129,18 +129,13 @@ func TestAgentServesStatusHealthAndMetrics(t *testing.T) {
 	code, _ := get(t, "http://"+a.addr+"/healthz")
 	require.Equal(t, http.StatusOK, code)
 
-	deadline := time.Now().Add(20 * time.Second)
 	var out bytes.Buffer
-	for {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		out.Reset()
 		err := statusCommand(context.Background(), []string{"--status-listen=" + a.addr}, &out, io.Discard)
-		require.NoError(t, err)
-		if strings.Contains(out.String(), "2/2") {
-			break
-		}
-		require.False(t, time.Now().After(deadline), "status never showed east programmed:\n%s", out.String())
-		time.Sleep(20 * time.Millisecond)
-	}
+		require.NoError(c, err)
+		assert.Contains(c, out.String(), "2/2", "status never showed east programmed")
+	}, 20*time.Second, 20*time.Millisecond)
 	t.Logf("podmesh-agent status:\n%s", out.String())
 	require.Regexp(t, `east\s+2\s+yes\s+\S+ ago\s+1\s+1\s+2/2\s+0\s+-`, out.String())
 	require.Contains(t, out.String(), "cluster west (id 1), node w1 (192.168.0.11), synced")
@@ -174,9 +169,7 @@ func TestAgentWaitsForItsNode(t *testing.T) {
 	dir := cmt.NewConfigDir(t)
 	go func() {
 		// The node appears after the agent has looked for it and not found it.
-		for deadline := time.Now().Add(30 * time.Second); len(kube.Actions()) == 0 && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
+		assert.Eventually(t, func() bool { return len(kube.Actions()) > 0 }, 30*time.Second, 10*time.Millisecond)
 		_, _ = kube.CoreV1().Nodes().Create(context.Background(), &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: "w1"},
 			Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "fd00::11"}}},

@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // EventKind says what an Event reports.
@@ -61,13 +62,15 @@ type ListWatcher struct {
 	Prefix string
 	// PageSize bounds the keys per listing request; DefaultPageSize when 0.
 	PageSize int64
-	// Backoff paces retries after a failed listing or a broken watch.
-	Backoff Backoff
+	// Backoff paces retries after a failed listing or a broken watch
+	// (NewBackoff(0, 0) when zero); it starts over after every success.
+	Backoff wait.Backoff
 	Log     logrus.FieldLogger
 
-	// known maps each key the consumer holds to its modification revision.
-	// Only Run's goroutine touches it.
+	// known maps each key the consumer holds to its modification revision,
+	// and bo is the current backoff. Only Run's goroutine touches them.
 	known map[string]int64
+	bo    wait.Backoff
 }
 
 // Run lists and watches until ctx is done, calling handle for every event
@@ -78,6 +81,10 @@ func (w *ListWatcher) Run(ctx context.Context, handle func(Event)) error {
 	if w.known == nil {
 		w.known = make(map[string]int64)
 	}
+	if w.Backoff.Duration <= 0 {
+		w.Backoff = NewBackoff(0, 0)
+	}
+	w.bo = w.Backoff
 	log := w.Log
 	if log == nil {
 		log = logrus.New()
@@ -90,7 +97,7 @@ func (w *ListWatcher) Run(ctx context.Context, handle func(Event)) error {
 				return ctx.Err()
 			}
 			log.WithError(err).Warn("Listing failed; retrying")
-			if err := Sleep(ctx, w.Backoff.Next()); err != nil {
+			if err := Sleep(ctx, w.bo.Step()); err != nil {
 				return err
 			}
 			continue
@@ -106,7 +113,7 @@ func (w *ListWatcher) Run(ctx context.Context, handle func(Event)) error {
 				break
 			}
 			log.WithError(err).WithField("revision", rev+1).Info("Watch ended; resuming")
-			if err := Sleep(ctx, w.Backoff.Next()); err != nil {
+			if err := Sleep(ctx, w.bo.Step()); err != nil {
 				return err
 			}
 		}
@@ -157,7 +164,7 @@ func (w *ListWatcher) list(ctx context.Context, handle func(Event)) (int64, erro
 			handle(Event{Kind: Delete, Key: k, Revision: rev})
 		}
 	}
-	w.Backoff.Reset()
+	w.bo = w.Backoff
 	return rev, nil
 }
 
@@ -189,7 +196,7 @@ func (w *ListWatcher) watch(ctx context.Context, rev *int64, handle func(Event))
 			}
 			*rev = max(*rev, ev.Kv.ModRevision)
 		}
-		w.Backoff.Reset()
+		w.bo = w.Backoff
 	}
 	if err := ctx.Err(); err != nil {
 		return err

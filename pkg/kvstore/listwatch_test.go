@@ -51,16 +51,10 @@ func (r *recorder) snapshot() (map[string]string, int, []kvstore.Event) {
 	return m, r.listed, append([]kvstore.Event(nil), r.events...)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor waits until cond holds, failing the test after d.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	require.Eventually(t, cond, d, 10*time.Millisecond, "waiting for %s", what)
 }
 
 // connect writes a client config for addr (through a forwarder or direct)
@@ -85,7 +79,7 @@ func run(t *testing.T, cfg *kvstore.Config, prefix string, page int64) *recorder
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	rec := newRecorder()
-	lw := &kvstore.ListWatcher{Client: cli, Prefix: prefix, PageSize: page, Backoff: kvstore.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}, Log: logrus.New()}
+	lw := &kvstore.ListWatcher{Client: cli, Prefix: prefix, PageSize: page, Backoff: kvstore.NewBackoff(20*time.Millisecond, 200*time.Millisecond), Log: logrus.New()}
 	done := make(chan error, 1)
 	go func() { done <- lw.Run(ctx, rec.handle) }()
 	t.Cleanup(func() {
