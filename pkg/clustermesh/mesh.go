@@ -23,12 +23,13 @@ type Timing struct {
 	// ProbeInterval is how often a connected remote's liveness (its
 	// heartbeat key) is read.
 	ProbeInterval time.Duration
-	// ProbeTimeout bounds one liveness read; a failed read ends the session
-	// and marks the remote not ready. A dead or cut remote is noticed within
-	// ProbeInterval + ProbeTimeout.
+	// ProbeTimeout bounds one liveness read; a failed read marks the remote
+	// not ready until a read succeeds. A dead or cut remote is reported
+	// within ProbeInterval + ProbeTimeout.
 	ProbeTimeout time.Duration
 	// RequestTimeout bounds the other reads of a session (cluster config,
-	// sync canaries), which may be larger.
+	// sync canaries), which may be larger; a session whose liveness reads
+	// go unanswered this long ends and reconnects.
 	RequestTimeout time.Duration
 	// DialTimeout bounds connecting to a remote.
 	DialTimeout time.Duration

@@ -97,6 +97,7 @@ func (m *Mesh) runRemote(ctx context.Context, r *remote, gen uint64, cfg *kvstor
 		}
 		r.rec.update(gen, func() {
 			r.rec.up = false
+			r.rec.probeErr = ""
 			r.rec.phase = err.Error()
 			if !changed { // a re-read, not a failure
 				r.rec.recordErrorLocked(err)

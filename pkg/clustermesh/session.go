@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -33,7 +34,7 @@ var errSessionClosed = errors.New("session closed")
 // In order it dials, reads and admits the cluster config, waits for the
 // sync canaries, then lists and watches nodes and endpoints, pushing the
 // computed entries to the desired set after every batch once both are
-// listed. A liveness probe runs beside it from admission on.
+// listed. A liveness probe runs beside it once the cluster is synced.
 type session struct {
 	mesh *Mesh
 	r    *remote
@@ -44,6 +45,9 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	donec  chan struct{}
+
+	// lastHeard is when the remote last answered, in Unix nanoseconds.
+	lastHeard atomic.Int64
 
 	// Set by run before donec is closed; read only after Done.
 	established bool
@@ -100,7 +104,6 @@ func (s *session) serve(wg *sync.WaitGroup, cfg *kvstore.Config) error {
 	if err != nil {
 		return err
 	}
-	wg.Go(func() { s.probe() })
 	wg.Go(func() { s.watchClusterConfig(rev) })
 	if err := s.waitCanaries(); err != nil {
 		return err
@@ -281,6 +284,7 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 		lw := &kvstore.ListWatcher{Client: s.cli, Prefix: prefix, Backoff: kvstore.NewBackoff(t.BackoffMin, t.BackoffMax), Log: s.log}
 		wg.Go(func() {
 			_ = lw.Run(s.ctx, func(ev kvstore.Event) {
+				s.alive()
 				select {
 				case events <- tagged{prefix, ev}:
 				case <-s.ctx.Done():
@@ -322,6 +326,9 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 		})
 		if !s.established {
 			s.established = true
+			// Liveness matters from now on: the cluster can be ready. (Before,
+			// a slow bootstrap is bounded by RequestTimeout and keepalive.)
+			wg.Go(func() { s.probe() })
 			s.log.WithFields(logrus.Fields{"nodes": len(state.nodes), "endpoints": len(state.endpoints), "prefixes": len(entries)}).Info("Remote cluster synced")
 			s.mesh.remoteSynced(s.r, s.gen)
 		}

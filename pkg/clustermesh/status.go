@@ -39,8 +39,10 @@ type record struct {
 	heartbeat  time.Time
 	// hbChanged is the local time the heartbeat value was last seen to
 	// change (zero until a change after the first read).
-	hbChanged   time.Time
-	hbErr       string
+	hbChanged time.Time
+	hbErr     string
+	// probeErr is set while the liveness read goes unanswered.
+	probeErr    string
 	nodes       int
 	endpoints   int
 	prefixes    int
@@ -65,6 +67,7 @@ func (r *record) nextGeneration() uint64 {
 	defer r.mu.Unlock()
 	r.gen++
 	r.up = false
+	r.probeErr = ""
 	return r.gen
 }
 
@@ -102,7 +105,7 @@ func (r *record) recordErrorLocked(err error) {
 
 // refreshReadyLocked recomputes readiness and records when it flipped.
 func (r *record) refreshReadyLocked(now time.Time) {
-	ready := r.up && r.hbErr == "" && r.heartbeatFreshLocked(now)
+	ready := r.up && r.probeErr == "" && r.hbErr == "" && r.heartbeatFreshLocked(now)
 	if ready != r.ready {
 		r.ready = ready
 		r.since = now
@@ -113,6 +116,8 @@ func (r *record) reasonLocked(now time.Time) string {
 	switch {
 	case !r.up:
 		return r.phase
+	case r.probeErr != "":
+		return r.probeErr
 	case r.hbErr != "":
 		return r.hbErr
 	case r.heartbeat.IsZero():
