@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/pkg/clustermesh"
@@ -124,22 +123,10 @@ func checkVerdict(t *testing.T, m *testMesh, winner, loser side, kind, rule stri
 	require.Nil(t, m.remote(t, winner.name).Conflict)
 	m.waitEntries(t, loser.name, nil)
 
-	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(m.Collector()))
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
 	var series []string
-	for _, mf := range mfs {
-		if mf.GetName() != "podmesh_agent_remote_cluster_conflict" {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range mt.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			series = append(series, fmt.Sprintf("%s %s %s %s %v", labels["cluster"], labels["kind"], labels["winner"], labels["rule"], mt.GetGauge().GetValue()))
-		}
+	for _, sm := range m.gather(t, "podmesh_agent_remote_cluster_conflict") {
+		l := sm.labels
+		series = append(series, fmt.Sprintf("%s %s %s %s %v", l["cluster"], l["kind"], l["winner"], l["rule"], sm.value))
 	}
 	require.Equal(t, []string{fmt.Sprintf("%s %s %s %s 1", loser.name, kind, winner.name, rule)}, series)
 }

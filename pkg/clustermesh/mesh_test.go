@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -270,4 +271,33 @@ func TestMeshToleratesClockSkewOfALiveRemote(t *testing.T) {
 		time.Sleep(staleAfter / 10) // the remote's rewrite period, not synchronisation
 	}
 	require.True(t, sawReady, "a live but skewed remote became ready")
+}
+
+// sample is one series of a gathered metric.
+type sample struct {
+	labels map[string]string
+	value  float64 // gauge or counter
+}
+
+// gather scrapes the mesh's collector and returns the series of metric name.
+func (m *testMesh) gather(t *testing.T, name string) []sample {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(m.Collector()))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var out []sample
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, mm := range mf.GetMetric() {
+			sm := sample{labels: map[string]string{}, value: mm.GetGauge().GetValue() + mm.GetCounter().GetValue()}
+			for _, l := range mm.GetLabel() {
+				sm.labels[l.GetName()] = l.GetValue()
+			}
+			out = append(out, sm)
+		}
+	}
+	return out
 }

@@ -23,13 +23,11 @@ var errRefused = errors.New("refused")
 // so the next session validates and admits it again.
 var errConfigChanged = errors.New("remote cluster config changed")
 
-// errSessionClosed ends a session its owner closed.
-var errSessionClosed = errors.New("session closed")
-
 // session is one connection to a remote cluster, in the manner of etcd's
 // concurrency.Session: it owns its client and its context, runs until the
 // connection fails, the remote's config changes, the registry displaces it
-// or its parent context ends, and then closes Done; Err says why.
+// or its parent context ends (the owner's way to close it), and then closes
+// Done; Err says why.
 //
 // In order it dials, reads and admits the cluster config, waits for the
 // sync canaries, then lists and watches nodes and endpoints, pushing the
@@ -81,12 +79,6 @@ func (s *session) Established() bool { return s.established }
 // Wake is closed when retrying may succeed earlier than the backoff (a
 // conflict that may have been lifted); nil when there is no such hope.
 func (s *session) Wake() <-chan struct{} { return s.wake }
-
-// Close ends the session and waits until it has.
-func (s *session) Close() {
-	s.cancel(errSessionClosed)
-	<-s.donec
-}
 
 func (s *session) run(cfg *kvstore.Config) {
 	defer close(s.donec)
