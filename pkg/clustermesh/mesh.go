@@ -242,8 +242,10 @@ func (m *Mesh) reconcileFiles(ctx context.Context) {
 	}
 	if !m.scanned {
 		m.scanned = true
-		for name := range m.remotes {
-			m.initial[name] = true
+		for name, r := range m.remotes {
+			if r.cancel != nil { // a session runs; a broken file presents nothing
+				m.initial[name] = true
+			}
 		}
 		m.presentedLocked("")
 	}

@@ -83,6 +83,8 @@ func (m *Mesh) runRemote(ctx context.Context, r *remote, gen uint64, cfg *kvstor
 		if err == nil {
 			<-s.Done()
 			established, wake, err = s.Established(), s.Wake(), s.Err()
+		} else {
+			m.presented(r.name) // no config to present this time
 		}
 		if ctx.Err() != nil {
 			return
