@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"sync"
@@ -182,4 +183,39 @@ func TestAgentWaitsForItsNode(t *testing.T) {
 func TestStatusCommandFailsClearlyWithoutAgent(t *testing.T) {
 	err := statusCommand(context.Background(), []string{"--status-listen=127.0.0.1:1"}, io.Discard, io.Discard)
 	require.ErrorContains(t, err, "query agent status at 127.0.0.1:1")
+}
+
+// failingDatapath fails as soon as it runs.
+type failingDatapath struct{ fakeDatapath }
+
+var errBoom = errors.New("boom")
+
+func (f *failingDatapath) Run(context.Context) error { return errBoom }
+
+// TestAgentStopsEveryPartWhenOnePartFails: a failing part ends the agent
+// with its error, named after the part, and the other parts stop with it.
+func TestAgentStopsEveryPartWhenOnePartFails(t *testing.T) {
+	cfg, err := parseFlags([]string{
+		"--node-name=w1", "--cluster-name=west", "--cluster-id=1", "--pod-cidrs=10.1.0.0/16",
+		"--clustermesh-config=" + cmt.NewConfigDir(t).Dir, "--status-listen=127.0.0.1:0",
+	}, func(string) string { return "" }, io.Discard)
+	require.NoError(t, err)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	kube := fake.NewSimpleClientset(&corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "w1"},
+		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.11"}}},
+	})
+	d := deps{kube: kube, log: log, newDatapath: func(c datapath.Config) (dataplane, error) {
+		return &failingDatapath{fakeDatapath{cfg: c}}, nil
+	}}
+	done := make(chan error, 1)
+	go func() { done <- run(context.Background(), cfg, d) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, errBoom)
+		require.ErrorContains(t, err, "datapath: boom")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent kept running after its datapath failed")
+	}
 }
