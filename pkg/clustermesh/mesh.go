@@ -74,7 +74,7 @@ func (t Timing) withDefaults() Timing {
 
 // DesiredSet is the part of datapath.Desired the mesh writes to.
 type DesiredSet interface {
-	SetCluster(cluster string, entries []datapath.Entry)
+	SetCluster(cluster string, podCIDRs []netip.Prefix, entries []datapath.Entry)
 	RemoveCluster(cluster string)
 	AllowPrune()
 }
@@ -267,14 +267,15 @@ func (m *Mesh) currentLocked(r *remote, gen uint64) bool {
 	return m.remotes[r.name] == r && r.rec.generation() == gen
 }
 
-// push replaces a remote's entries if gen is still its current generation.
-func (m *Mesh) push(r *remote, gen uint64, entries []datapath.Entry) bool {
+// push replaces a remote's entries and declared pod CIDRs (from its
+// admitted cluster-config) if gen is still its current generation.
+func (m *Mesh) push(r *remote, gen uint64, podCIDRs []netip.Prefix, entries []datapath.Entry) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.currentLocked(r, gen) || r.evict == nil { // superseded, or displaced
 		return false
 	}
-	m.opts.Desired.SetCluster(r.name, entries)
+	m.opts.Desired.SetCluster(r.name, podCIDRs, entries)
 	return true
 }
 

@@ -45,7 +45,7 @@ func BenchmarkDesiredChangesSince1kOf100k(b *testing.B) {
 	for _, e := range benchEntries(100_000) {
 		all = append(all, e)
 	}
-	d.SetCluster("b", all)
+	d.SetCluster("b", nil, all)
 	v := d.Version()
 	for i := range 1000 {
 		e := all[i]

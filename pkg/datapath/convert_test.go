@@ -315,7 +315,7 @@ func TestDiffDesiredSplitsAddsChangesAndRemovals(t *testing.T) {
 
 func TestDesiredChangesSinceReturnsCurrentStateOfTouchedPrefixes(t *testing.T) {
 	d := NewDesired()
-	d.SetCluster("b", []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
+	d.SetCluster("b", nil, []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
 	v1 := d.Version()
 	d.Upsert(entry("10.2.2.0/24", "192.168.0.5"))
 	d.Delete("b", mustPrefix("10.2.0.0/24"))
@@ -374,7 +374,7 @@ func TestDesiredChangesSinceFallsBackWhenTheJournalIsOutrun(t *testing.T) {
 		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
 		big[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2, Cluster: "c"}
 	}
-	d.SetCluster("c", big)
+	d.SetCluster("c", nil, big)
 	_, _, _, ok := d.ChangesSince(v)
 	assert.False(t, ok, "too many changes since v: the caller must take a snapshot")
 	v2 := d.Version()

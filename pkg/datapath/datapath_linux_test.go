@@ -92,11 +92,20 @@ func newMesh(t *testing.T, mode string, opts datapathtest.LabOptions) *mesh {
 		for _, o := range remote {
 			entries = append(entries, datapath.Entry{Prefix: o.PodCIDR, TunnelEndpoint: o.IP, ClusterID: o.ClusterID, Cluster: o.Cluster})
 		}
-		d.SetCluster(remote[0].Cluster, entries)
+		d.SetCluster(remote[0].Cluster, clusterCIDRs(remote[0].Cluster), entries)
 		m.desired[n] = d
 		m.bpfRoot[n] = root + "/" + n.Name
 	}
 	return m
+}
+
+// clusterCIDRs are the pod CIDRs cluster a (10.1.0.0/16) and cluster b
+// (10.2.0.0/16) declare in their cluster-config.
+func clusterCIDRs(cluster string) []netip.Prefix {
+	return map[string][]netip.Prefix{
+		"a": {netip.MustParsePrefix("10.1.0.0/16")},
+		"b": {netip.MustParsePrefix("10.2.0.0/16")},
+	}[cluster]
 }
 
 // podIP is the .10 of the node's pod CIDR.
@@ -607,7 +616,7 @@ func TestModeSwitchReplacesRoutesAndRemovesLeftoversOncePruneIsAllowed(t *testin
 	// native: routes replaced at once; device and pins stay until prune is allowed.
 	m.mode = datapath.ModeNative
 	m.desired[m.a1] = datapath.NewDesired()
-	m.desired[m.a1].SetCluster("b", []datapath.Entry{
+	m.desired[m.a1].SetCluster("b", clusterCIDRs("b"), []datapath.Entry{
 		{Prefix: m.b1.PodCIDR, TunnelEndpoint: m.b1.IP, ClusterID: 2, Cluster: "b"},
 		{Prefix: m.b2.PodCIDR, TunnelEndpoint: m.b2.IP, ClusterID: 2, Cluster: "b"},
 	})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -32,10 +33,11 @@ func (e Entry) String() string {
 // caller does store one prefix under two clusters, the cluster whose name
 // sorts first wins in Snapshot, so the result is deterministic.
 type Desired struct {
-	// mu protects byCluster, version, pruneAllowed, changes, journal and
+	// mu protects byCluster, podCIDRs, version, pruneAllowed, changes, journal and
 	// journalFrom.
 	mu           sync.Mutex
 	byCluster    map[string]map[netip.Prefix]Entry
+	podCIDRs     map[string][]netip.Prefix
 	version      uint64
 	pruneAllowed bool
 	changes      []change // bounded, oldest first; see ChangedAfter
@@ -51,13 +53,15 @@ type Desired struct {
 func NewDesired() *Desired {
 	return &Desired{
 		byCluster: make(map[string]map[netip.Prefix]Entry),
+		podCIDRs:  make(map[string][]netip.Prefix),
 		changed:   make(chan struct{}, 1),
 	}
 }
 
-// SetCluster replaces every entry of one cluster. Entries keep their Cluster
-// field as given; callers set it to cluster.
-func (d *Desired) SetCluster(cluster string, entries []Entry) {
+// SetCluster replaces every entry of one cluster and the pod CIDRs the
+// cluster declares (its cluster-config's, as the mesh admitted them).
+// Entries keep their Cluster field as given; callers set it to cluster.
+func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []Entry) {
 	m := make(map[netip.Prefix]Entry, len(entries))
 	for _, e := range entries {
 		m[e.Prefix] = e
@@ -65,10 +69,11 @@ func (d *Desired) SetCluster(cluster string, entries []Entry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old, ok := d.byCluster[cluster]
-	if ok && maps.Equal(old, m) {
+	if ok && maps.Equal(old, m) && slices.Equal(d.podCIDRs[cluster], podCIDRs) {
 		return
 	}
 	d.byCluster[cluster] = m
+	d.podCIDRs[cluster] = slices.Clone(podCIDRs)
 	d.bumpLocked()
 	var touched []netip.Prefix
 	for p, e := range m {
@@ -123,6 +128,7 @@ func (d *Desired) RemoveCluster(cluster string) {
 		return
 	}
 	delete(d.byCluster, cluster)
+	delete(d.podCIDRs, cluster)
 	d.bumpLocked()
 	touched := make([]netip.Prefix, 0, len(old))
 	for p := range old {

@@ -190,7 +190,7 @@ func TestEBPFAgentRestartsLoseNoPackets(t *testing.T) {
 			assert.Len(t, routesTo(t, m.a1, m.b1.PodCIDR), 1, "an empty desired set before prune is allowed withdraws nothing")
 			r0 := received.Load()
 			waitFor(t, convergeWithin, func() bool { return received.Load() > r0+500 }, func() string { return "stream stopped while the desired set was empty" })
-			m.desired[m.a1].SetCluster("b", full.ClusterEntries("b"))
+			m.desired[m.a1].SetCluster("b", clusterCIDRs("b"), full.ClusterEntries("b"))
 			m.desired[m.a1].AllowPrune()
 		}
 		m.waitApplied(m.a1)

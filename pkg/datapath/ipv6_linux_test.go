@@ -54,7 +54,7 @@ func TestDualStackPodsOverEitherUnderlayFamily(t *testing.T) {
 			for _, pair := range [][2]*datapathtest.Node{{a1, b1}, {b1, a1}} {
 				n, o := pair[0], pair[1]
 				d := datapath.NewDesired()
-				d.SetCluster(o.Cluster, []datapath.Entry{
+				d.SetCluster(o.Cluster, append(clusterCIDRs(o.Cluster), v6cidr[o]), []datapath.Entry{
 					{Prefix: o.PodCIDR, TunnelEndpoint: underlay(o), ClusterID: o.ClusterID, Cluster: o.Cluster},
 					{Prefix: v6cidr[o], TunnelEndpoint: underlay(o), ClusterID: o.ClusterID, Cluster: o.Cluster},
 				})

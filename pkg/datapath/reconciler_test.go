@@ -221,7 +221,7 @@ func TestReconcilerDeltaPassesFollowTheJournalAndFallBackToFull(t *testing.T) {
 	d := NewDesired()
 	fb := newFakeBackend()
 	r, _ := newTestReconciler(t, d, fb)
-	d.SetCluster("b", []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
+	d.SetCluster("b", nil, []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
 	require.True(t, r.reconcile(true))
 
 	// Move one prefix, add one of another cluster: a delta pass.
@@ -260,7 +260,7 @@ func TestReconcilerDeltaPassesFollowTheJournalAndFallBackToFull(t *testing.T) {
 		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
 		big[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 4, Cluster: "d"}
 	}
-	d.SetCluster("d", big)
+	d.SetCluster("d", nil, big)
 	syncs = fb.syncs
 	require.True(t, r.reconcile(false))
 	assert.Equal(t, syncs+1, fb.syncs, "the journal was outrun: full pass")

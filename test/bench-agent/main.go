@@ -362,8 +362,8 @@ func (w *watcher) expect(p netip.Prefix, present bool) <-chan time.Time {
 	return w.hit
 }
 
-func (w *watcher) SetCluster(cluster string, entries []datapath.Entry) {
-	w.Desired.SetCluster(cluster, entries)
+func (w *watcher) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []datapath.Entry) {
+	w.Desired.SetCluster(cluster, podCIDRs, entries)
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()

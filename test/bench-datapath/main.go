@@ -218,6 +218,10 @@ func cpuTime() time.Duration {
 }
 
 // bigPrefix is the i-th /32 of 100.64.0.0/10.
+// bigCIDR is the pod CIDR the remote cluster of the programming measurement
+// declares; every bigPrefix lies in it.
+var bigCIDR = netip.MustParsePrefix("100.64.0.0/10")
+
 func bigPrefix(i int) netip.Prefix {
 	base := netip.MustParseAddr("100.64.0.0").As4()
 	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
@@ -256,7 +260,7 @@ func measureProgramming(h *harness, mode string, n, changes, endpoints int) (pro
 		entries[i] = entry(i)
 	}
 	start, cpu0 := time.Now(), cpuTime()
-	d.SetCluster("b", entries)
+	d.SetCluster("b", []netip.Prefix{bigCIDR}, entries)
 	end, err := waitApplied(rr, d.Version(), 10*time.Minute)
 	if err != nil {
 		return res, err
@@ -329,7 +333,7 @@ func measureTraffic(h *harness, modes []string, duration time.Duration, rrCount 
 		for _, pair := range [][2]*datapathtest.Node{{a1, b1}, {b1, a1}} {
 			n, o := pair[0], pair[1]
 			d := datapath.NewDesired()
-			d.SetCluster(o.Cluster, []datapath.Entry{{Prefix: o.PodCIDR, TunnelEndpoint: o.IP, ClusterID: o.ClusterID, Cluster: o.Cluster}})
+			d.SetCluster(o.Cluster, []netip.Prefix{o.PodCIDR}, []datapath.Entry{{Prefix: o.PodCIDR, TunnelEndpoint: o.IP, ClusterID: o.ClusterID, Cluster: o.Cluster}})
 			d.AllowPrune()
 			bpfRoot := root + "/" + n.Name
 			rr, err := startReconciler(h, datapath.Config{Mode: mode, LocalIP: n.IP, NetNS: n.NS.Path, BPFRoot: bpfRoot,

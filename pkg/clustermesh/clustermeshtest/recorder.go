@@ -37,7 +37,7 @@ func NewRecorder() *Recorder {
 }
 
 // SetCluster records and forwards.
-func (r *Recorder) SetCluster(cluster string, entries []datapath.Entry) {
+func (r *Recorder) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []datapath.Entry) {
 	m := make(map[netip.Prefix]datapath.Entry, len(entries))
 	for _, e := range entries {
 		m[e.Prefix] = e
@@ -45,7 +45,7 @@ func (r *Recorder) SetCluster(cluster string, entries []datapath.Entry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recordLocked(cluster, m)
-	r.Desired.SetCluster(cluster, entries)
+	r.Desired.SetCluster(cluster, podCIDRs, entries)
 }
 
 // RemoveCluster records and forwards.
