@@ -7,29 +7,31 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
 // probe is the session's liveness check. It reads the heartbeat key every
-// ProbeInterval, each read bounded by ProbeTimeout. A read that fails while
-// nothing else (listing pages, watch events) has been heard from the remote
-// for ProbeTimeout marks it not ready at once ("unreachable"), and the next
-// read that succeeds makes it ready again; only when nothing has been heard
-// for RequestTimeout does the session end and reconnect. Its entries stay in
-// every case. A dead or cut remote is therefore reported within
-// ProbeInterval + ProbeTimeout:
+// ProbeInterval, one read at a time. A read unanswered after ProbeTimeout,
+// while nothing else (listing pages, watch events) has been heard from the
+// remote for as long, marks it not ready at once ("unreachable"); the read
+// that is answered next makes it ready again. Only a read unanswered for
+// RequestTimeout, with nothing heard meanwhile, ends the session (as a
+// single failed read did before). Its entries stay in every case. A dead or
+// cut remote is therefore reported within ProbeInterval + ProbeTimeout:
 //
 //   - a remote whose process died or whose connection was reset: the gRPC
 //     connection leaves READY at once, which triggers a read without
 //     waiting for the next tick; the read cannot complete before the
-//     client reconnects, so it fails after ProbeTimeout;
-//   - a path that silently drops packets: the next read times out.
+//     client reconnects, so it is unanswered after ProbeTimeout;
+//   - a path that silently drops packets: the next read is unanswered.
 //
 // A slow but live remote, or a busy local machine, only has to answer one
-// small Range within ProbeTimeout to stay ready, and a late answer costs a
-// moment of not-ready, never a reconnect and re-list. The freshness of the
+// small Range within ProbeTimeout to stay ready; a late answer costs a
+// moment of not-ready, never a reconnect and re-list, and an overloaded
+// remote is never sent more than one read at a time. The freshness of the
 // heartbeat's value is judged separately and far more leniently
 // (HeartbeatStaleAfter).
 func (s *session) probe() {
@@ -42,24 +44,16 @@ func (s *session) probe() {
 	defer ticker.Stop()
 	s.alive()
 	for {
-		pctx, pcancel := context.WithTimeout(s.ctx, t.ProbeTimeout)
-		resp, err := s.cli.Get(pctx, meshapi.HeartbeatKey(s.r.name))
-		pcancel()
+		resp, err := s.livenessRead()
 		if s.ctx.Err() != nil {
 			return
 		}
-		switch silent := s.silentFor(); {
-		case err == nil:
+		if err == nil {
 			s.alive()
 			s.heard(resp.Kvs)
-		case silent < t.ProbeTimeout:
-			// The read was slow, but the remote is streaming list or
-			// watch responses: it is alive, only busy.
-		case silent >= t.RequestTimeout:
+		} else if silent := s.silentFor(); silent >= t.RequestTimeout {
 			s.cancel(fmt.Errorf("unreachable: nothing heard for %s: %w", silent.Round(time.Millisecond), err))
 			return
-		default:
-			s.unanswered(fmt.Errorf("unreachable: no answer to the liveness read within %s: %w", t.ProbeTimeout, err))
 		}
 		select {
 		case <-s.ctx.Done():
@@ -68,6 +62,38 @@ func (s *session) probe() {
 		case <-kick:
 		}
 	}
+}
+
+// livenessRead reads the heartbeat key, waiting up to RequestTimeout for the
+// answer but marking the remote not ready as soon as ProbeTimeout passes
+// without it while nothing else was heard either (a slow answer then makes
+// it ready again). One read at a time: an overloaded remote is not sent
+// more.
+func (s *session) livenessRead() (*clientv3.GetResponse, error) {
+	t := s.mesh.opts.Timing
+	type result struct {
+		resp *clientv3.GetResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(s.ctx, t.RequestTimeout)
+		defer cancel()
+		resp, err := s.cli.Get(ctx, meshapi.HeartbeatKey(s.r.name))
+		done <- result{resp, err}
+	}()
+	timer := time.NewTimer(t.ProbeTimeout)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		return r.resp, r.err
+	case <-timer.C:
+	}
+	if s.silentFor() >= t.ProbeTimeout { // listing or watch traffic would prove it alive
+		s.unanswered(fmt.Errorf("unreachable: no answer to the liveness read within %s", t.ProbeTimeout))
+	}
+	r := <-done
+	return r.resp, r.err
 }
 
 // alive records that the remote answered just now (a liveness read, a

@@ -56,7 +56,7 @@ type session struct {
 // openSession dials the remote of cfg and starts a session under parent.
 func openSession(parent context.Context, m *Mesh, r *remote, gen uint64, cfg *kvstore.Config) (*session, error) {
 	t := m.opts.Timing
-	cli, err := kvstore.NewClient(cfg, kvstore.ClientOptions{DialTimeout: t.DialTimeout, KeepAlive: t.KeepAlive, KeepAliveTimeout: t.ProbeTimeout})
+	cli, err := kvstore.NewClient(cfg, kvstore.ClientOptions{DialTimeout: t.DialTimeout, KeepAlive: t.KeepAlive, KeepAliveTimeout: t.RequestTimeout})
 	if err != nil {
 		return nil, err
 	}
