@@ -9,27 +9,22 @@ import (
 
 // Apply changes the ipcache incrementally: it upserts every entry of upserts
 // and then deletes every prefix of deletes, leaving all other entries alone.
-// Its cost is proportional to len(upserts)+len(deletes), not to the size of
-// the ipcache, which makes it the call for a burst of changes on top of a
-// large set; Sync remains the call for converging on a whole set (and the
-// only one that prunes entries nobody asked to delete).
+// It does not read the map, so its cost is proportional to
+// len(upserts)+len(deletes), not to the size of the ipcache: the call for a
+// burst of changes on top of a large set. Sync remains the call for
+// converging on a whole set (and the only one that prunes entries nobody
+// asked to delete).
 //
 // Input is checked as in Sync (ErrInvalidEntry, ErrConflictingEntries) and
 // the map is touched only if all of it is valid; a prefix both upserted and
 // deleted is ErrConflictingEntries. Prefixes are masked and IPv4-mapped IPv6
 // addresses unmapped, as in Sync.
 //
-// Apply is idempotent. An upsert the record of the map says is already in
-// place is not written, so a repeated Apply reports no change. Deleting a
-// prefix that is not in the ipcache is success; Deleted counts only entries
-// the kernel actually removed. Deletes always go to the kernel, whatever the
-// record says. Writes go in batches where the kernel supports them,
-// upserts before deletes.
-//
-// Apply keeps the same record of the map as Sync, so Sync, Apply and Recheck
-// may be mixed freely. Like Sync, the first call after Load, after Recheck
-// (unless Entries read the map since) or after a failed write reads the
-// whole ipcache once to rebuild the record.
+// Apply is idempotent: an upsert overwrites whatever the map holds for the
+// prefix, so Added counts every upsert written. Deleting a prefix that is not
+// in the ipcache is success; Deleted counts only entries the kernel actually
+// removed. Writes go in batches where the kernel supports them, upserts
+// before deletes.
 func (d *Datapath) Apply(upserts []Entry, deletes []netip.Prefix) (SyncStats, error) {
 	upKeys, upVals, delKeys, err := planApply(upserts, deletes)
 	if err != nil {
@@ -41,54 +36,18 @@ func (d *Datapath) Apply(upserts []Entry, deletes []netip.Prefix) (SyncStats, er
 	if d.closed {
 		return SyncStats{}, ErrClosed
 	}
-	if d.cache == nil {
-		if err := d.readIpcacheLocked(); err != nil {
-			return SyncStats{}, err
-		}
-	}
-
-	var stats SyncStats
-	// Keep only the upserts that change the map.
-	w := 0
-	for i, k := range upKeys {
-		c, ok := d.cache[k]
-		switch {
-		case !ok:
-			stats.Added++
-		case c.have != upVals[i]:
-			stats.Updated++
-		default:
-			continue
-		}
-		upKeys[w], upVals[w] = k, upVals[i]
-		w++
-	}
-	upKeys, upVals = upKeys[:w], upVals[:w]
 	if err := updateIpcache(d.objs.PodmeshIpcache, upKeys, upVals); err != nil {
-		d.cache, d.foreign = nil, nil
 		return SyncStats{}, err
 	}
-	for i, k := range upKeys {
-		if c, ok := d.cache[k]; ok {
-			c.have = upVals[i]
-		} else {
-			d.cache[k] = &cacheEntry{have: upVals[i]}
-		}
-	}
-
+	stats := SyncStats{Added: len(upKeys)}
 	deleted, _, err := deleteIpcache(d.objs.PodmeshIpcache, delKeys)
 	stats.Deleted = deleted
 	if err != nil {
-		d.cache, d.foreign = nil, nil
 		return stats, err
-	}
-	for _, k := range delKeys {
-		delete(d.cache, k)
 	}
 	if stats != (SyncStats{}) {
 		d.log.WithFields(logrus.Fields{
-			"added":   stats.Added,
-			"updated": stats.Updated,
+			"written": stats.Added,
 			"deleted": stats.Deleted,
 		}).Debug("Applied ipcache changes")
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 func entry(prefix, endpoint string, clusterID uint32) Entry {
@@ -24,7 +26,7 @@ func prefixes(ps ...string) []netip.Prefix {
 // sequence of Apply calls on one ipcache; after each, the map must hold
 // exactly the expected entries and the stats must say what changed.
 func TestApplyIsIncrementalIdempotentAndDeletesMissingKeysAsSuccess(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	base := []Entry{
 		entry("10.2.0.0/16", "192.168.1.2", 2),
@@ -46,13 +48,14 @@ func TestApplyIsIncrementalIdempotentAndDeletesMissingKeysAsSuccess(t *testing.T
 		wantStats: SyncStats{Added: 2},
 		want:      append(slices.Clone(base), entry("10.2.3.0/24", "192.168.1.4", 4), entry("fd00:2::9/128", "fd77::4", 4)),
 	}, {
-		name:    "the same Apply again changes nothing",
-		upserts: []Entry{entry("10.2.3.0/24", "192.168.1.4", 4), entry("fd00:2::9/128", "fd77::4", 4)},
-		want:    append(slices.Clone(base), entry("10.2.3.0/24", "192.168.1.4", 4), entry("fd00:2::9/128", "fd77::4", 4)),
+		name:      "the same Apply again writes the same entries and leaves the map as it was",
+		upserts:   []Entry{entry("10.2.3.0/24", "192.168.1.4", 4), entry("fd00:2::9/128", "fd77::4", 4)},
+		wantStats: SyncStats{Added: 2},
+		want:      append(slices.Clone(base), entry("10.2.3.0/24", "192.168.1.4", 4), entry("fd00:2::9/128", "fd77::4", 4)),
 	}, {
-		name:      "a changed value is an update; unmasked and IPv4-mapped prefixes name the same entry",
+		name:      "a changed value overwrites; unmasked and IPv4-mapped prefixes name the same entry",
 		upserts:   []Entry{entry("10.2.3.77/24", "192.168.1.5", 5), entry("::ffff:10.3.0.0/112", "::ffff:192.168.1.3", 3)},
-		wantStats: SyncStats{Updated: 1},
+		wantStats: SyncStats{Added: 2},
 		want:      append(slices.Clone(base), entry("10.2.3.0/24", "192.168.1.5", 5), entry("fd00:2::9/128", "fd77::4", 4)),
 	}, {
 		name:      "deletes remove exactly the given prefixes; missing ones are success and not counted",
@@ -81,20 +84,16 @@ func TestApplyIsIncrementalIdempotentAndDeletesMissingKeysAsSuccess(t *testing.T
 		require.Equal(t, sortEntries(step.want), sortEntries(got), step.name)
 	}
 
-	// The record Apply kept is the map: a Sync of what the map holds
-	// changes nothing, and neither does one after a fresh read.
+	// Apply left the map as a Sync would: a Sync of what it holds changes
+	// nothing.
 	want := []Entry{entry("fd00:2::/64", "fd77::2", 2), entry("0.0.0.0/0", "192.168.1.6", 6)}
 	stats, err := d.Sync(want, true)
 	require.NoError(t, err)
 	require.Equal(t, SyncStats{}, stats, "Sync after Apply")
-	d.Recheck()
-	stats, err = d.Sync(want, true)
-	require.NoError(t, err)
-	require.Equal(t, SyncStats{}, stats, "Sync after Apply and Recheck")
 }
 
 func TestApplyRejectsBadInputWithoutTouchingTheMap(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	good := []Entry{entry("10.2.0.0/16", "192.168.1.2", 2), entry("fd00:2::/64", "fd77::2", 2)}
 	_, err := d.Sync(good, true)
@@ -136,11 +135,11 @@ func TestApplyRejectsBadInputWithoutTouchingTheMap(t *testing.T) {
 	require.ErrorIs(t, err, ErrClosed)
 }
 
-// TestApplyAcrossBatchesAndBehindTheRecord applies more changes than one
+// TestApplyAcrossBatchesAndBehindItsBack applies more changes than one
 // batch holds, with missing keys in the middle of delete batches, and checks
-// that Apply rebuilds its record after Recheck.
-func TestApplyAcrossBatchesAndBehindTheRecord(t *testing.T) {
-	requireRoot(t)
+// that Sync repairs an entry deleted behind the Datapath's back.
+func TestApplyAcrossBatchesAndBehindItsBack(t *testing.T) {
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	all := genEntries(3 * batchSize)
 	first, second := all[:2*batchSize], all[2*batchSize:]
@@ -170,17 +169,13 @@ func TestApplyAcrossBatchesAndBehindTheRecord(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, sortEntries(rest), sortEntries(got))
 
-	// An entry deleted behind the Datapath's back: Apply trusts its record
-	// and does not rewrite it; after Recheck it reads the map and does.
+	// An entry deleted behind the Datapath's back: Sync reads the map and
+	// writes exactly that one again.
 	gone := rest[0]
 	require.NoError(t, d.objs.PodmeshIpcache.Delete(encodeKey(gone.Prefix)))
-	stats, err = d.Apply([]Entry{gone}, nil)
+	stats, err = d.Sync(rest, false)
 	require.NoError(t, err)
-	require.Equal(t, SyncStats{}, stats, "the record says it is in place")
-	d.Recheck()
-	stats, err = d.Apply([]Entry{gone}, nil)
-	require.NoError(t, err)
-	require.Equal(t, SyncStats{Added: 1}, stats, "after Recheck the map is read again")
+	require.Equal(t, SyncStats{Added: 1}, stats, "Sync read the map and repaired the missing entry")
 	got, err = d.Entries()
 	require.NoError(t, err)
 	require.Equal(t, sortEntries(rest), sortEntries(got))
@@ -191,7 +186,7 @@ func TestApplyAcrossBatchesAndBehindTheRecord(t *testing.T) {
 // one, its deletion hands the traffic back, and deleting the last prefix
 // turns hits into misses. One table, both families.
 func TestProgramLookupsFollowApply(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	for _, tc := range []struct {
 		family         string
 		short, long    Entry
@@ -273,7 +268,7 @@ func TestProgramLookupsFollowApply(t *testing.T) {
 // 100,000-prefix ipcache, 1,000 changes (500 updated, 250 added, 250
 // deleted) given as upserts and deletes.
 func BenchmarkApplyChanges(b *testing.B) {
-	requireRoot(b)
+	testutils.RequireRoot(b)
 	const n = 100_000
 	all := genEntries(n + 250)
 	base := all[:n]
@@ -309,7 +304,7 @@ func BenchmarkApplyChanges(b *testing.B) {
 		}
 		stats, err := d.Apply(up, del)
 		require.NoError(b, err)
-		require.Equal(b, SyncStats{Added: 250, Updated: 500, Deleted: 250}, stats)
+		require.Equal(b, SyncStats{Added: 750, Deleted: 250}, stats)
 	}
 	b.ReportMetric(float64((cpuTime(b)-c0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 }

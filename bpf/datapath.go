@@ -85,19 +85,13 @@ type Datapath struct {
 	log    logrus.FieldLogger
 	mode   attachMode
 
-	// mu protects objs (against Close), links, closed, cache, gen and foreign,
-	// and serializes writers of the ipcache.
+	// mu protects objs (against Close), links and closed, and serializes
+	// writers of the ipcache. The Datapath keeps no copy of the ipcache:
+	// Sync reads the map, Apply writes without reading.
 	mu     sync.Mutex
 	objs   podmeshObjects
 	links  map[int]link.Link
 	closed bool
-	// cache is what the ipcache holds (canonical keys), as of the last dump
-	// plus this Datapath's writes since; nil means "read the kernel first".
-	cache map[podmeshIpcacheKey]*cacheEntry
-	// gen numbers Syncs; see Sync.
-	gen uint64
-	// foreign are undecodable keys the last dump found; a prune deletes them.
-	foreign []podmeshIpcacheKey
 }
 
 // Load loads the program and its maps. Maps pinned under o.PinDir are

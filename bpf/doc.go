@@ -39,12 +39,14 @@
 //
 // # Programming the ipcache
 //
-// Sync converges the ipcache on a whole set of entries (and, with prune,
-// deletes everything else); Apply upserts and deletes only the entries it is
-// given, in time proportional to them. Both keep one record of what the map
-// holds (a dump plus this Datapath's own writes) and diff against it instead
-// of reading the kernel every time; Recheck drops the record, and the next
-// Sync, Apply or Entries reads the map again.
+// The Datapath keeps no copy of the ipcache: the kernel's map is the only
+// record, so nothing can drift apart from it. Apply upserts and deletes only
+// the entries it is given, without reading the map, in batched system calls
+// (BPF_MAP_UPDATE_BATCH / DELETE_BATCH): the call for incremental work and
+// the datapath reconciler's update and delete operations. Entries reads the
+// whole map in batches (BPF_MAP_LOOKUP_BATCH): the reconciler's full-pass
+// read. Sync converges the map on a whole set in one call (read, diff,
+// write, and with prune delete the rest, undecodable entries included).
 //
 // # Restarts and upgrades
 //

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/sirupsen/logrus"
@@ -14,17 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podmesh/podmesh/internal/netnsutil"
+	"github.com/podmesh/podmesh/internal/testutils"
 )
-
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("skipped with -short: privileged datapath test (loads BPF, uses bpffs and network namespaces)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root to load BPF programs, pin to bpffs and create network namespaces")
-	}
-}
 
 func randomSuffix(t testing.TB) string {
 	t.Helper()
@@ -91,33 +81,10 @@ func loadTest(t testing.TB, localClusterID uint32) (*Datapath, string) {
 	return d, dir
 }
 
-// newNetNS creates a named network namespace with a unique random name and
-// deletes it when the test ends.
+// newNetNS creates a network namespace that is deleted when the test ends.
 func newNetNS(t testing.TB) netns.NsHandle {
 	t.Helper()
-	name := "podmesh-bpf-" + randomSuffix(t)
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result)
-	go func() {
-		// NewNamed moves this thread into the new namespace. The thread is
-		// never unlocked, so the runtime discards it when the goroutine ends
-		// and no other goroutine ever runs in the wrong namespace.
-		runtime.LockOSThread()
-		ns, err := netns.NewNamed(name)
-		ch <- result{ns, err}
-	}()
-	r := <-ch
-	require.NoError(t, r.err, "create netns %s", name)
-	t.Cleanup(func() {
-		r.ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return r.ns
+	return testutils.NewNetNS(t, "bpf").Handle
 }
 
 // inNetNS runs fn on a locked OS thread inside ns.

@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 const (
@@ -337,7 +339,7 @@ func isTimeout(err error) bool {
 }
 
 func TestNamespaceTunnel(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	for _, tc := range []struct {
 		name       string
 		v6Underlay bool

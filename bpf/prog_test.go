@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 // tc verdicts (linux/pkt_cls.h).
@@ -84,7 +86,7 @@ func drops(t testing.TB, d *Datapath) Drops {
 }
 
 func TestProgramHitIPv4RewritesMACsAndCounts(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	_, err := d.Sync([]Entry{{
 		Prefix:         netip.MustParsePrefix("10.2.0.0/16"),
@@ -105,7 +107,7 @@ func TestProgramHitIPv4RewritesMACsAndCounts(t *testing.T) {
 }
 
 func TestProgramHitIPv6(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	_, err := d.Sync([]Entry{{
 		Prefix:         netip.MustParsePrefix("fd00:2::/64"),
@@ -123,7 +125,7 @@ func TestProgramHitIPv6(t *testing.T) {
 }
 
 func TestProgramMissIsShotAndCounted(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	_, err := d.Sync([]Entry{{
 		Prefix:         netip.MustParsePrefix("10.2.0.0/16"),
@@ -142,7 +144,7 @@ func TestProgramMissIsShotAndCounted(t *testing.T) {
 }
 
 func TestProgramIPv4AndIPv6PrefixesDoNotMatchEachOther(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	// ::/0 must not catch IPv4, 0.0.0.0/0 must not catch IPv6: the family
 	// byte is part of every key.
@@ -166,7 +168,7 @@ func TestProgramIPv4AndIPv6PrefixesDoNotMatchEachOther(t *testing.T) {
 }
 
 func TestProgramLongestPrefixWins(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	_, err := d.Sync([]Entry{
 		{Prefix: netip.MustParsePrefix("10.2.3.0/24"), TunnelEndpoint: netip.MustParseAddr("192.168.1.2"), ClusterID: 2},
@@ -190,7 +192,7 @@ func TestProgramLongestPrefixWins(t *testing.T) {
 }
 
 func TestProgramCountersPerCluster(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	var entries []Entry
 	for id := uint32(1); id <= 4; id++ {
@@ -228,7 +230,7 @@ func TestProgramCountersPerCluster(t *testing.T) {
 }
 
 func TestProgramDropsMalformed(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	_, err := d.Sync([]Entry{{
 		Prefix:         netip.MustParsePrefix("0.0.0.0/0"),
@@ -251,7 +253,7 @@ func TestProgramDropsMalformed(t *testing.T) {
 }
 
 func TestProgramUnconfiguredDrops(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 7)
 	_, err := d.Sync([]Entry{{
 		Prefix:         netip.MustParsePrefix("0.0.0.0/0"),

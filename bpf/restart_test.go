@@ -17,6 +17,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 // stream sends numbered datagrams from client to server in lockstep: each
@@ -202,7 +204,7 @@ func restartAndStream(t *testing.T, a, b *node, afterLoad func(d *Datapath)) {
 }
 
 func TestRestartAdoptsMapsAndUpdatesLinkInPlace(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	a, b := setupPair(t, pairOptions{})
 	base, err := a.dp.Entries()
 	require.NoError(t, err)
@@ -222,7 +224,7 @@ func TestRestartAdoptsMapsAndUpdatesLinkInPlace(t *testing.T) {
 }
 
 func TestMigrationKeepsForwarding(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	// The "older" datapath: same program, an ipcache of smaller capacity.
 	const oldMax = 1024
 	a, b := setupPair(t, pairOptions{specHook: func(s *ebpf.CollectionSpec) {
@@ -259,7 +261,7 @@ func TestMigrationKeepsForwarding(t *testing.T) {
 }
 
 func TestLoadMigratesIncompatibleIpcache(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	valid := []Entry{
 		{Prefix: netip.MustParsePrefix("10.1.0.0/16"), TunnelEndpoint: netip.MustParseAddr("192.168.0.1"), ClusterID: 1, Flags: 7},
 		{Prefix: netip.MustParsePrefix("10.2.3.4/32"), TunnelEndpoint: netip.MustParseAddr("fd77::2"), ClusterID: 2},
@@ -340,7 +342,7 @@ func TestLoadMigratesIncompatibleIpcache(t *testing.T) {
 }
 
 func TestRemoveDetachesAndUnpins(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	for _, mode := range []attachMode{attachAuto, attachClsBPF} {
 		t.Run(map[attachMode]string{attachAuto: "tcx", attachClsBPF: "cls_bpf"}[mode], func(t *testing.T) {
 			a, _ := setupPair(t, pairOptions{mode: mode})
@@ -366,7 +368,7 @@ func TestRemoveDetachesAndUnpins(t *testing.T) {
 }
 
 func TestAttachAfterDeviceRecreated(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	a, b := setupPair(t, pairOptions{})
 	oldIdx := a.vxlanIdx
 	oldPin := a.dp.linkPath(oldIdx)
@@ -417,7 +419,7 @@ func TestAttachAfterDeviceRecreated(t *testing.T) {
 }
 
 func TestRestartClsBPFReplacesFilterInPlace(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	a, b := setupPair(t, pairOptions{mode: attachClsBPF})
 	filterProg := func() int {
 		var id int

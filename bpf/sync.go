@@ -11,118 +11,102 @@ import (
 // batchSize bounds one batch syscall (and the buffers it needs).
 const batchSize = 8192
 
-// SyncStats says what one Sync changed.
+// SyncStats says what one Sync or Apply changed.
 type SyncStats struct {
-	Added   int // prefixes that were missing
-	Updated int // prefixes whose value changed
-	Deleted int // prefixes removed because prune was set
+	Added   int // prefixes that were missing (Apply: every upsert it wrote)
+	Updated int // prefixes whose value changed (Apply: always 0)
+	Deleted int // prefixes removed
 }
 
-// Sync makes the ipcache equal entries. It upserts missing and changed
-// entries and, when prune is true, deletes every other entry (including ones
-// it cannot decode); with prune false it never deletes, which is how an agent
-// adopts the ipcache of its predecessor before every remote has synced.
-// Additions and updates happen before deletions. Calling Sync again with the
-// same entries changes nothing.
+// Sync makes the ipcache equal entries. It reads the whole ipcache once
+// (batched), upserts missing and changed entries and, when prune is true,
+// deletes every other entry (including ones it cannot decode); with prune
+// false it never deletes, which is how an agent adopts the ipcache of its
+// predecessor before every remote has synced. Additions and updates happen
+// before deletions. Calling Sync again with the same entries writes nothing,
+// and an entry removed or changed behind the Datapath's back is written
+// again: Sync trusts only what it has just read.
 //
 // Prefixes are masked and IPv4-mapped IPv6 addresses unmapped. An invalid
 // entry (ErrInvalidEntry) or one prefix with two different values
 // (ErrConflictingEntries) fails the whole Sync before the map is touched.
-//
-// The first Sync after Load reads the whole ipcache from the kernel; later
-// ones diff against a record of what the map holds (that read plus this
-// Datapath's own writes), so a Sync costs time in proportion to the number
-// of entries given plus the changes, not to a kernel dump. After a failed
-// write, and after Recheck, the next Sync reads the kernel again (unless an
-// Entries call in between did). For a few changes on a large ipcache, Apply
-// costs in proportion to the changes alone.
 func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return SyncStats{}, ErrClosed
-	}
-	if d.cache == nil {
-		if err := d.readIpcacheLocked(); err != nil {
-			return SyncStats{}, err
-		}
-	}
-	// One pass over entries: each is looked up once in the record and marked
-	// with this Sync's generation, so a prune needs no second set of the
-	// desired keys. Nothing is written before the pass has validated all.
-	d.gen++
-	gen := d.gen
-	var (
-		stats           SyncStats
-		upKeys, delKeys []podmeshIpcacheKey
-		upVals          []podmeshIpcacheValue
-		added           = make(map[podmeshIpcacheKey]podmeshIpcacheValue)
-	)
+	want := make(map[podmeshIpcacheKey]podmeshIpcacheValue, len(entries))
 	for _, e := range entries {
 		n, err := e.normalize()
 		if err != nil {
 			return SyncStats{}, err
 		}
 		k, v := encodeKey(n.Prefix), encodeValue(n)
-		c, ok := d.cache[k]
-		if !ok {
-			if old, dup := added[k]; dup {
-				if old != v {
-					return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
-				}
-				continue
+		if old, dup := want[k]; dup && old != v {
+			return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
+		}
+		want[k] = v
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return SyncStats{}, ErrClosed
+	}
+	var (
+		stats   SyncStats
+		have    = make(map[podmeshIpcacheKey]podmeshIpcacheValue, len(want))
+		delKeys []podmeshIpcacheKey
+	)
+	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+		p, err := decodeKey(k)
+		if err != nil {
+			// Not ours to interpret, but in our map: a prune removes it.
+			if prune {
+				delKeys = append(delKeys, k)
 			}
-			added[k] = v
-			upKeys = append(upKeys, k)
-			upVals = append(upVals, v)
+			return
+		}
+		// The trie ignores bits past the prefix length, so a key with
+		// such bits names the same entry as the canonical one.
+		if c := encodeKey(p); c != k {
+			if prune {
+				delKeys = append(delKeys, k)
+			}
+			k = c
+		}
+		have[k] = v
+	})
+	if err != nil {
+		return SyncStats{}, err
+	}
+	var (
+		upKeys []podmeshIpcacheKey
+		upVals []podmeshIpcacheValue
+	)
+	for k, v := range want {
+		h, ok := have[k]
+		switch {
+		case !ok:
 			stats.Added++
-			continue
-		}
-		if c.gen == gen {
-			// Seen before in this Sync: it must ask for the same value.
-			if c.want != v {
-				return SyncStats{}, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
-			}
-			continue
-		}
-		c.gen, c.want = gen, v
-		if c.have != v {
-			upKeys = append(upKeys, k)
-			upVals = append(upVals, v)
+		case h != v:
 			stats.Updated++
+		default:
+			continue
 		}
+		upKeys = append(upKeys, k)
+		upVals = append(upVals, v)
 	}
 	if prune {
-		delKeys = append(delKeys, d.foreign...)
-		for k, c := range d.cache {
-			if c.gen != gen {
+		for k := range have {
+			if _, ok := want[k]; !ok {
 				delKeys = append(delKeys, k)
 			}
 		}
 	}
-
 	if err := updateIpcache(d.objs.PodmeshIpcache, upKeys, upVals); err != nil {
-		d.cache, d.foreign = nil, nil
 		return SyncStats{}, err
-	}
-	for i, k := range upKeys {
-		if c, ok := d.cache[k]; ok {
-			c.have = upVals[i]
-		} else {
-			d.cache[k] = &cacheEntry{have: upVals[i], want: upVals[i], gen: gen}
-		}
 	}
 	deleted, missing, err := deleteIpcache(d.objs.PodmeshIpcache, delKeys)
 	stats.Deleted = deleted + missing
 	if err != nil {
-		d.cache, d.foreign = nil, nil
 		return stats, err
-	}
-	for _, k := range delKeys {
-		delete(d.cache, k)
-	}
-	if prune {
-		d.foreign = nil
 	}
 	if stats != (SyncStats{}) {
 		d.log.WithFields(logrus.Fields{
@@ -134,90 +118,30 @@ func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 	return stats, nil
 }
 
-// cacheEntry is the record of one ipcache entry.
-type cacheEntry struct {
-	have podmeshIpcacheValue // what the map holds
-	want podmeshIpcacheValue // what the Sync of generation gen asked for
-	gen  uint64
-}
-
-// Recheck makes the next Sync or Apply read the whole ipcache from the kernel
-// instead of trusting its record of the map, so that changes made behind the
-// Datapath's back (another writer, an operator with bpftool) are repaired.
-// An Entries call in between does that read: its dump becomes the new record.
-// The reconciler calls it on its periodic re-check of the kernel.
-func (d *Datapath) Recheck() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.cache, d.foreign = nil, nil
-}
-
-// readIpcacheLocked replaces the record of the ipcache with a dump of it.
-func (d *Datapath) readIpcacheLocked() error {
-	r := newRecord()
-	if err := dumpIpcache(d.objs.PodmeshIpcache, r.add); err != nil {
-		return err
-	}
-	d.cache, d.foreign = r.cache, r.foreign
-	return nil
-}
-
-// record builds the record of the ipcache from a dump.
-type record struct {
-	cache   map[podmeshIpcacheKey]*cacheEntry
-	foreign []podmeshIpcacheKey
-}
-
-func newRecord() *record {
-	return &record{cache: make(map[podmeshIpcacheKey]*cacheEntry)}
-}
-
-func (r *record) add(k podmeshIpcacheKey, v podmeshIpcacheValue) {
-	p, err := decodeKey(k)
-	if err != nil {
-		// Not ours to interpret, but in our map: a prune removes it.
-		r.foreign = append(r.foreign, k)
-		return
-	}
-	// The trie ignores bits past the prefix length, so a key with such
-	// bits names the same entry as the canonical one.
-	r.cache[encodeKey(p)] = &cacheEntry{have: v}
-}
-
 // Entries returns every entry of the ipcache, in map order. Entries that do
 // not decode (not written by this version) are left out; a Sync with prune
-// removes them. Entries always reads the kernel. When the Datapath has no
-// record of the map (after Load, Recheck or a failed write), that read also
-// becomes the record, so Recheck, Entries and then Sync or Apply read the
-// ipcache once, not twice.
+// removes them.
 func (d *Datapath) Entries() ([]Entry, error) {
+	out, _, err := d.Read()
+	return out, err
+}
+
+// Read is Entries that also counts the entries it left out because they do
+// not decode, so a caller knows whether a pruning Sync has work to do.
+func (d *Datapath) Read() (entries []Entry, undecodable int, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
-	var (
-		out []Entry
-		r   *record
-	)
-	if d.cache == nil {
-		r = newRecord()
-	}
-	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+	err = dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
 		if e, err := decodeEntry(k, v); err == nil {
-			out = append(out, e)
-		}
-		if r != nil {
-			r.add(k, v)
+			entries = append(entries, e)
+		} else {
+			undecodable++
 		}
 	})
-	if err != nil {
-		return out, err
-	}
-	if r != nil {
-		d.cache, d.foreign = r.cache, r.foreign
-	}
-	return out, nil
+	return entries, undecodable, err
 }
 
 // dumpIpcache calls fn for every key and value in the ipcache, reading it in

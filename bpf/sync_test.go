@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 // genEntries returns n distinct entries: /32s of 10.0.0.0/8 and /128s of
@@ -47,7 +49,7 @@ func sortEntries(es []Entry) []Entry {
 }
 
 func TestSync(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	entries := genEntries(20000) // more than two batches
 
@@ -94,7 +96,7 @@ func TestSync(t *testing.T) {
 }
 
 func TestSyncRejectsBadInputWithoutTouchingTheMap(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	good := append(genEntries(4), Entry{Prefix: netip.MustParsePrefix("10.5.0.0/24"), TunnelEndpoint: netip.MustParseAddr("192.168.0.5"), ClusterID: 5})
 	_, err := d.Sync(good, true)
@@ -122,7 +124,7 @@ func TestSyncRejectsBadInputWithoutTouchingTheMap(t *testing.T) {
 }
 
 func TestSyncPrunesUndecodableEntries(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	good := genEntries(2)
 	_, err := d.Sync(good, true)
@@ -138,13 +140,8 @@ func TestSyncPrunesUndecodableEntries(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, good[:1], got, "undecodable entries are not reported")
 
-	// Sync trusts its record of the map until told to re-read the kernel.
-	stats, err := d.Sync(good, true)
-	require.NoError(t, err)
-	require.Equal(t, SyncStats{}, stats)
-	d.Recheck()
-
-	stats, err = d.Sync(good, false)
+	// Sync reads the map every time.
+	stats, err := d.Sync(good, false)
 	require.NoError(t, err)
 	require.Equal(t, SyncStats{Updated: 1}, stats, "a desired prefix with a bad value is rewritten")
 	stats, err = d.Sync(good, true)
@@ -162,7 +159,7 @@ func TestSyncPrunesUndecodableEntries(t *testing.T) {
 }
 
 func TestClosedDatapath(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
 	require.NoError(t, d.Close())
 	require.NoError(t, d.Close(), "Close is idempotent")
@@ -176,7 +173,7 @@ func TestClosedDatapath(t *testing.T) {
 }
 
 func TestLoadValidatesOptions(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	dir := testPinDir(t)
 	_, err := Load(Options{PinDir: dir, LocalClusterID: 0})
 	require.ErrorIs(t, err, ErrInvalidClusterID)
@@ -202,7 +199,7 @@ func cpuTime(b *testing.B) time.Duration {
 }
 
 func benchmarkSyncEmpty(b *testing.B, n int) {
-	requireRoot(b)
+	testutils.RequireRoot(b)
 	entries := genEntries(n)
 	d, _ := loadTest(b, 1)
 	var cpu time.Duration
@@ -231,7 +228,7 @@ func BenchmarkSyncEmpty(b *testing.B) {
 // BenchmarkSyncChanges measures a Sync of a 100,000-prefix ipcache in which
 // 1,000 entries changed: 500 updated, 250 added, 250 removed (prune).
 func BenchmarkSyncChanges(b *testing.B) {
-	requireRoot(b)
+	testutils.RequireRoot(b)
 	const n = 100_000
 	all := genEntries(n + 250)
 	base := all[:n]
@@ -259,7 +256,7 @@ func BenchmarkSyncChanges(b *testing.B) {
 // BenchmarkSyncUnchanged measures the steady state: a Sync of 100,000
 // prefixes of which none changed.
 func BenchmarkSyncUnchanged(b *testing.B) {
-	requireRoot(b)
+	testutils.RequireRoot(b)
 	entries := genEntries(100_000)
 	d, _ := loadTest(b, 1)
 	_, err := d.Sync(entries, true)
@@ -275,7 +272,7 @@ func BenchmarkSyncUnchanged(b *testing.B) {
 }
 
 func TestMountBPFFSIsIdempotent(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	dir := filepath.Join(t.TempDir(), "bpffs")
 	require.NoError(t, MountBPFFS(dir))
 	t.Cleanup(func() { require.NoError(t, unix.Unmount(dir, unix.MNT_DETACH)) })

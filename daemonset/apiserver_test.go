@@ -8,10 +8,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 	authzv1 "k8s.io/api/authorization/v1"
@@ -19,6 +22,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -110,8 +114,20 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 	// Namespaced objects need their namespace: create it for real first.
 	base := render(t, "base")
 	require.NoError(t, a.apply(ctx, find(t, base, "Namespace", "podmesh-system"), false))
+	// The MCS CRDs for real first as well: dry-running a CRD registers
+	// nothing, and the RBAC checks and the importer below need the types.
+	for _, u := range base {
+		if u.GetKind() == "CustomResourceDefinition" {
+			require.NoError(t, a.apply(ctx, u, false))
+		}
+	}
+	waitForCRDs(t, a)
+	_, err := s.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-system"}}, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
+		require.NoError(t, err)
+	}
 
-	for _, dir := range kustomizations {
+	for _, dir := range append(slices.Clone(kustomizations), "coredns") {
 		t.Run("dry-run/"+dir, func(t *testing.T) {
 			for _, u := range render(t, dir) {
 				require.NoError(t, a.apply(ctx, u, true))
@@ -120,6 +136,9 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 					_, err := s.Client.CoreV1().ConfigMaps(u.GetNamespace()).Get(ctx, u.GetName(), metav1.GetOptions{})
 					require.Error(t, err, "a dry run stores nothing")
 				}
+			}
+			if dir == "coredns" {
+				return
 			}
 			for _, kind := range []struct{ kind, name string }{
 				{"DaemonSet", "podmesh-agent"}, {"Deployment", "clustermesh-apiserver"},
@@ -153,9 +172,9 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 	})
 
 	t.Run("rbac", func(t *testing.T) {
-		for _, u := range base {
+		for _, u := range append(base, render(t, "coredns")...) {
 			switch u.GetKind() {
-			case "ServiceAccount", "ClusterRole", "ClusterRoleBinding":
+			case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
 				require.NoError(t, a.apply(ctx, u, false))
 			}
 		}
@@ -190,6 +209,7 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 				{"update", "apps", "daemonsets", ns, false},
 			}, readSecrets...)},
 			{"clustermesh-apiserver", append([]access{
+				// Export: informers over what it publishes.
 				{"list", "", "nodes", "", true},
 				{"watch", "", "nodes", "", true},
 				{"list", "", "pods", "", true},
@@ -198,28 +218,66 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 				{"watch", "", "services", "", true},
 				{"list", "discovery.k8s.io", "endpointslices", "", true},
 				{"watch", "discovery.k8s.io", "endpointslices", "", true},
+				{"get", mcsGroup, "serviceexports", "shop", true},
+				{"list", mcsGroup, "serviceexports", "", true},
+				{"watch", mcsGroup, "serviceexports", "", true},
+				{"patch", mcsGroup, "serviceexports/status", "shop", true},
+				{"update", mcsGroup, "serviceexports/status", "shop", true},
+				{"create", "", "events", "shop", true},
+				// Import: ServiceImports, derived Services, imported slices.
+				{"create", mcsGroup, "serviceimports", "shop", true},
+				{"update", mcsGroup, "serviceimports", "shop", true},
+				{"delete", mcsGroup, "serviceimports", "shop", true},
+				{"list", mcsGroup, "serviceimports", "", true},
+				{"watch", mcsGroup, "serviceimports", "", true},
+				{"update", mcsGroup, "serviceimports/status", "shop", true},
+				{"create", "", "services", "shop", true},
+				{"update", "", "services", "shop", true},
+				{"delete", "", "services", "shop", true},
+				{"create", "discovery.k8s.io", "endpointslices", "shop", true},
+				{"update", "discovery.k8s.io", "endpointslices", "shop", true},
+				{"delete", "discovery.k8s.io", "endpointslices", "shop", true},
+				{"list", "", "namespaces", "", true},
+				{"watch", "", "namespaces", "", true},
+				{"create", "coordination.k8s.io", "leases", ns, true},
+				{"update", "coordination.k8s.io", "leases/podmesh-service-importer", ns, true},
+				// Never.
+				{"update", "coordination.k8s.io", "leases/kube-controller-manager", "kube-system", false},
+				{"create", "coordination.k8s.io", "leases", "kube-system", false},
+				{"update", "coordination.k8s.io", "leases/other", ns, false},
+				{"create", mcsGroup, "serviceexports", "shop", false},
+				{"update", mcsGroup, "serviceexports", "shop", false},
+				{"delete", mcsGroup, "serviceexports", "shop", false},
 				{"create", "", "pods", ns, false},
 				{"update", "", "pods", ns, false},
 				{"delete", "", "pods", ns, false},
 				{"update", "", "nodes", "", false},
-				{"create", "", "services", ns, false},
-				{"update", "discovery.k8s.io", "endpointslices", ns, false},
-				{"delete", "discovery.k8s.io", "endpointslices", ns, false},
+				{"delete", "", "namespaces", "shop", false},
+				{"create", "", "namespaces", "", false},
+				{"update", "", "services/status", "shop", false},
 				{"get", "", "configmaps", ns, false},
 				{"update", "apps", "deployments", ns, false},
-				{"create", "coordination.k8s.io", "leases", ns, false},
+				{"create", "rbac.authorization.k8s.io", "clusterrolebindings", "", false},
 			}, readSecrets...)},
+			{"kube-system:coredns", []access{
+				{"list", mcsGroup, "serviceimports", "", true},
+				{"watch", mcsGroup, "serviceimports", "", true},
+				{"create", mcsGroup, "serviceimports", "shop", false},
+				{"update", mcsGroup, "serviceimports", "shop", false},
+				{"list", mcsGroup, "serviceexports", "", false},
+			}},
 		} {
-			user := "system:serviceaccount:" + ns + ":" + tc.sa
+			sa, saNS := tc.sa, ns
+			if n, name, ok := strings.Cut(tc.sa, ":"); ok {
+				saNS, sa = n, name
+			}
+			user := "system:serviceaccount:" + saNS + ":" + sa
 			for _, c := range tc.checks {
 				t.Run(fmt.Sprintf("%s/%s %s/%s in %q", tc.sa, c.verb, c.group, c.resource, c.namespace), func(t *testing.T) {
 					sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-						User:   user,
-						Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
-						ResourceAttributes: &authzv1.ResourceAttributes{
-							Namespace: c.namespace, Verb: c.verb, Group: c.group,
-							Resource: resourceOf(c.resource), Subresource: subresourceOf(c.resource),
-						},
+						User:               user,
+						Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + saNS, "system:authenticated"},
+						ResourceAttributes: resourceAttributes(c.namespace, c.verb, c.group, c.resource),
 					}}
 					got, err := s.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
 					require.NoError(t, err)
@@ -228,7 +286,7 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 			}
 		}
 
-		t.Run("clustermesh-apiserver syncs with only its ClusterRole", func(t *testing.T) {
+		t.Run("clustermesh-apiserver syncs and imports with only its RBAC", func(t *testing.T) {
 			runAPIServerAs(t, s, "system:serviceaccount:"+ns+":clustermesh-apiserver",
 				[]string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"})
 		})
@@ -241,6 +299,8 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 func runAPIServerAs(t *testing.T, s *kubetest.Server, user string, groups []string) {
 	t.Helper()
 	dir := t.TempDir()
+	meshDir := filepath.Join(dir, "clustermesh")
+	require.NoError(t, os.Mkdir(meshDir, 0o755))
 	ca, err := certs.NewCA(certs.Options{CommonName: "podmesh-ca-east"})
 	require.NoError(t, err)
 	srvKP, err := ca.IssueServer(certs.Options{CommonName: "clustermesh-apiserver.east", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
@@ -253,6 +313,10 @@ func runAPIServerAs(t *testing.T, s *kubetest.Server, user string, groups []stri
 		"--tls-cert=" + filepath.Join(dir, "tls.crt"), "--tls-key=" + filepath.Join(dir, "tls.key"),
 		"--tls-client-ca=" + filepath.Join(dir, "ca.crt"), "--allowed-peers=remote-west",
 		"--data-dir=" + filepath.Join(dir, "data"),
+		// The importer: an empty remote directory still starts its writer
+		// (informers over ServiceImports, ServiceExports, Services, slices
+		// and namespaces) and takes the Lease.
+		"--clustermesh-config=" + meshDir, "--leader-election-namespace=podmesh-system", "--leader-election-id=pod-1",
 	}, io.Discard)
 	require.NoError(t, err)
 	cfg.UnsafeNoFsync = true
@@ -284,6 +348,38 @@ func runAPIServerAs(t *testing.T, s *kubetest.Server, user string, groups []stri
 	case <-time.After(90 * time.Second): // a guard against a hang, not a timing assertion
 		t.Fatalf("clustermesh-apiserver as %s never became ready: its permissions do not cover its informers", user)
 	}
+	// The importer holds the Lease: it could create and update it, and its
+	// informers synced (it writes only after that).
+	require.Eventually(t, func() bool {
+		imp := srv.Importer()
+		return imp != nil && imp.Status().Leader && testutil.ToFloat64(srv.ImportMetrics().LeaderGauge()) == 1
+	}, 90*time.Second, 100*time.Millisecond, "the importer as %s never led", user)
+	lease, err := k.CoordinationV1().Leases("podmesh-system").Get(t.Context(), "podmesh-service-importer", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, "pod-1", *lease.Spec.HolderIdentity)
+}
+
+const mcsGroup = "multicluster.x-k8s.io"
+
+// resourceAttributes reads "resource/subresource" and, for leases,
+// "leases/<name>" as a resource name.
+func resourceAttributes(namespace, verb, group, resource string) *authzv1.ResourceAttributes {
+	ra := &authzv1.ResourceAttributes{Namespace: namespace, Verb: verb, Group: group, Resource: resourceOf(resource), Subresource: subresourceOf(resource)}
+	if ra.Resource == "leases" && ra.Subresource != "" {
+		ra.Name, ra.Subresource = ra.Subresource, ""
+	}
+	return ra
+}
+
+// waitForCRDs waits until the MCS types are served (the applier's REST
+// mapper is refreshed, so later applies find them).
+func waitForCRDs(t *testing.T, a *applier) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		a.mapper.Reset()
+		_, err := a.mapper.RESTMapping(schema.GroupKind{Group: mcsGroup, Kind: "ServiceImport"}, "v1beta1")
+		return err == nil
+	}, 60*time.Second, 100*time.Millisecond, "MCS CRDs served")
 }
 
 func resourceOf(r string) string {

@@ -28,7 +28,8 @@ func expandArgs(t *testing.T, c corev1.Container, cm *corev1.ConfigMap) []string
 			require.True(t, ok, "env %s: ConfigMap %s has no key %s", e.Name, cm.Name, e.ValueFrom.ConfigMapKeyRef.Key)
 			env[e.Name] = v
 		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
-			env[e.Name] = "node-1"
+			env[e.Name] = map[string]string{"spec.nodeName": "node-1", "metadata.namespace": "podmesh-system", "metadata.name": "pod-1"}[e.ValueFrom.FieldRef.FieldPath]
+			require.NotEmpty(t, env[e.Name], "env %s: unexpected field %s", e.Name, e.ValueFrom.FieldRef.FieldPath)
 		default:
 			env[e.Name] = e.Value
 		}
@@ -72,6 +73,9 @@ func TestClusterMeshAPIServerAcceptsOverlayArgs(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, cm.Data["cluster-name"], cfg.ClusterName)
 			require.Equal(t, strings.Split(cm.Data["allowed-peers"], ","), cfg.AllowedPeers)
+			require.Equal(t, "/var/lib/podmesh/clustermesh", cfg.ClusterMeshConfig, "the importer reads the agents' Secret")
+			require.Equal(t, "podmesh-system", cfg.LeaderElectionNamespace)
+			require.Equal(t, "pod-1", cfg.LeaderElectionID)
 		})
 	}
 }

@@ -1,10 +1,15 @@
 package daemonset
 
 import (
+	"bytes"
+	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+	mcscrd "sigs.k8s.io/mcs-api/config/crd"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -77,11 +83,17 @@ func TestEveryObjectDecodesStrictly(t *testing.T) {
 	for _, dir := range kustomizations {
 		t.Run(dir, func(t *testing.T) {
 			for _, u := range render(t, dir) {
+				if u.GetKind() == "CustomResourceDefinition" {
+					// Not in client-go's scheme: TestMCSCRDsAreMCSAPIs and
+					// the dry run against a real API server check them.
+					require.Equal(t, "multicluster.x-k8s.io", u.Object["spec"].(map[string]any)["group"])
+					continue
+				}
 				obj, err := scheme.Scheme.New(u.GroupVersionKind())
 				require.NoError(t, err, "%s is not a built-in kind", u.GroupVersionKind())
 				require.NoError(t, k8sruntime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, obj, true),
 					"%s %s", u.GetKind(), u.GetName())
-				if u.GetKind() != "Namespace" && u.GetKind() != "ClusterRole" && u.GetKind() != "ClusterRoleBinding" {
+				if !slices.Contains([]string{"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}, u.GetKind()) {
 					require.Equal(t, "podmesh-system", u.GetNamespace(), "%s %s", u.GetKind(), u.GetName())
 				}
 				require.Equal(t, "podmesh", u.GetLabels()["app.kubernetes.io/part-of"], "%s %s", u.GetKind(), u.GetName())
@@ -206,6 +218,27 @@ func TestClusterMeshAPIServer(t *testing.T) {
 			require.NotNil(t, tlsVol)
 			require.Equal(t, "clustermesh-apiserver-tls", tlsVol.Secret.SecretName)
 
+			// The importer reads the agents' clustermesh Secret, read-only.
+			require.Contains(t, c.Args, "--clustermesh-config=/var/lib/podmesh/clustermesh")
+			var meshVol *corev1.Volume
+			for i, v := range spec.Volumes {
+				if v.Name == "clustermesh" {
+					meshVol = &spec.Volumes[i]
+				}
+			}
+			require.NotNil(t, meshVol)
+			require.Equal(t, "podmesh-clustermesh", meshVol.Secret.SecretName, "the Secret the agents mount")
+			require.True(t, meshVol.Secret.Optional != nil && *meshVol.Secret.Optional, "an unconnected cluster still runs")
+			var meshMount *corev1.VolumeMount
+			for i, m := range c.VolumeMounts {
+				if m.Name == "clustermesh" {
+					meshMount = &c.VolumeMounts[i]
+				}
+			}
+			require.NotNil(t, meshMount)
+			require.Equal(t, "/var/lib/podmesh/clustermesh", meshMount.MountPath)
+			require.True(t, meshMount.ReadOnly)
+
 			svc := typed[corev1.Service](t, find(t, objs, "Service", "clustermesh-apiserver"))
 			require.Equal(t, d.Spec.Template.Labels["app.kubernetes.io/name"], svc.Spec.Selector["app.kubernetes.io/name"])
 			require.Len(t, svc.Spec.Ports, 1)
@@ -281,16 +314,35 @@ func TestOverlaysDescribeDistinctClusters(t *testing.T) {
 	require.ElementsMatch(t, []string{"remote-east", "remote-west"}, clusters["south"].allowedPeers, "south serves both")
 }
 
-// TestClusterRolesOnlyRead is the static half of the RBAC check (the other
-// half asks a real API server): no wildcard, no write verb, no Secrets.
-func TestClusterRolesOnlyRead(t *testing.T) {
-	for _, dir := range kustomizations {
+// writeAllowed are the only resources a podmesh ClusterRole may write, and
+// only clustermesh-apiserver's: the Multi-Cluster Services objects it
+// imports (derived Services, imported slices, ServiceImports), the status of
+// ServiceExports, and Events.
+var writeAllowed = map[string]bool{
+	"services": true, "endpointslices": true, "serviceimports": true, "serviceimports/status": true,
+	"serviceexports/status": true, "events": true,
+}
+
+// TestRBACIsLeastPrivilege is the static half of the RBAC check (the other
+// half asks a real API server): no wildcard, no Secrets or ConfigMaps, the
+// agent only reads, clustermesh-apiserver writes only what the import
+// needs, and its one Role is the importer's Lease.
+func TestRBACIsLeastPrivilege(t *testing.T) {
+	for _, dir := range append(slices.Clone(kustomizations), "coredns") {
 		t.Run(dir, func(t *testing.T) {
 			roles := 0
 			for _, u := range render(t, dir) {
 				switch u.GetKind() {
 				case "Role":
-					t.Fatalf("unexpected Role %s: podmesh needs no namespaced permissions", u.GetName())
+					role := typed[rbacv1.Role](t, u)
+					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the only namespaced permission is the importer's Lease")
+					for _, r := range role.Rules {
+						require.Equal(t, []string{"coordination.k8s.io"}, r.APIGroups)
+						require.Equal(t, []string{"leases"}, r.Resources)
+						if !slices.Equal(r.Verbs, []string{"create"}) {
+							require.Equal(t, []string{"podmesh-service-importer"}, r.ResourceNames, "get/update only the importer's Lease")
+						}
+					}
 				case "ClusterRole":
 					roles++
 					role := typed[rbacv1.ClusterRole](t, u)
@@ -298,26 +350,88 @@ func TestClusterRolesOnlyRead(t *testing.T) {
 					for _, r := range role.Rules {
 						require.Empty(t, r.NonResourceURLs, role.Name)
 						require.Empty(t, r.ResourceNames, role.Name)
-						for _, v := range r.Verbs {
-							require.Contains(t, []string{"get", "list", "watch"}, v, "%s: verb %q", role.Name, v)
-						}
 						for _, res := range r.Resources {
 							require.NotEqual(t, "*", res, role.Name)
 							require.NotEqual(t, "secrets", res, role.Name)
 							require.NotEqual(t, "configmaps", res, role.Name)
+							for _, v := range r.Verbs {
+								require.NotEqual(t, "*", v, role.Name)
+								if v == "get" || v == "list" || v == "watch" {
+									continue
+								}
+								require.Equal(t, "podmesh-clustermesh-apiserver", role.Name, "%s: verb %q on %s", role.Name, v, res)
+								require.True(t, writeAllowed[res], "%s: verb %q on %s", role.Name, v, res)
+							}
 						}
 						for _, g := range r.APIGroups {
 							require.NotEqual(t, "*", g, role.Name)
 						}
 					}
-				case "ClusterRoleBinding":
-					b := typed[rbacv1.ClusterRoleBinding](t, u)
-					require.Len(t, b.Subjects, 1, b.Name)
-					require.Equal(t, "ServiceAccount", b.Subjects[0].Kind, "%s binds only a ServiceAccount", b.Name)
-					require.Equal(t, "podmesh-system", b.Subjects[0].Namespace, b.Name)
+				case "ClusterRoleBinding", "RoleBinding":
+					var subjects []rbacv1.Subject
+					if u.GetKind() == "RoleBinding" {
+						subjects = typed[rbacv1.RoleBinding](t, u).Subjects
+					} else {
+						subjects = typed[rbacv1.ClusterRoleBinding](t, u).Subjects
+					}
+					require.Len(t, subjects, 1, u.GetName())
+					require.Equal(t, "ServiceAccount", subjects[0].Kind, "%s binds only a ServiceAccount", u.GetName())
+					want := "podmesh-system"
+					if dir == "coredns" {
+						want = "kube-system"
+					}
+					require.Equal(t, want, subjects[0].Namespace, u.GetName())
 				}
 			}
-			require.Equal(t, 2, roles, "one ClusterRole per component")
+			if dir == "coredns" {
+				require.Equal(t, 1, roles, "CoreDNS' ServiceImport reader")
+			} else {
+				require.Equal(t, 2, roles, "one ClusterRole per component")
+			}
 		})
+	}
+}
+
+// updateCRDs rewrites base/mcs-crds.yaml from the mcs-api module.
+var updateCRDs = flag.Bool("update", false, "rewrite base/mcs-crds.yaml from the sigs.k8s.io/mcs-api module")
+
+// mcsCRDManifest is base/mcs-crds.yaml as the mcs-api module in go.mod
+// embeds it.
+func mcsCRDManifest(t *testing.T) []byte {
+	t.Helper()
+	m := regexp.MustCompile(`multicluster.x-k8s.io/release-version: "([^"]+)"`).FindSubmatch(mcscrd.ServiceExportCRD)
+	require.NotNil(t, m, "the mcs-api CRD names its release")
+	version := string(m[1])
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# Generated from sigs.k8s.io/mcs-api %s config/crd: do not edit.\n# Regenerate: go test ./daemonset -run TestMCSCRDsAreMCSAPIs -update\n---\n", version)
+	b.Write(mcscrd.ServiceExportCRD)
+	b.WriteString("---\n")
+	b.Write(mcscrd.ServiceImportCRD)
+	return b.Bytes()
+}
+
+// TestMCSCRDsAreMCSAPIs: the committed CRDs are exactly mcs-api's embedded
+// YAML, so an mcs-api upgrade in go.mod cannot leave the manifests behind.
+func TestMCSCRDsAreMCSAPIs(t *testing.T) {
+	path := filepath.Join(here(t), "base", "mcs-crds.yaml")
+	want := mcsCRDManifest(t)
+	if *updateCRDs {
+		require.NoError(t, os.WriteFile(path, want, 0o644))
+	}
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "base/mcs-crds.yaml differs from the mcs-api module; run go test ./daemonset -run TestMCSCRDsAreMCSAPIs -update")
+
+	// Both are in the base, served as v1alpha1 (CoreDNS) and v1beta1.
+	for _, name := range []string{"serviceexports.multicluster.x-k8s.io", "serviceimports.multicluster.x-k8s.io"} {
+		u := find(t, render(t, "base"), "CustomResourceDefinition", name)
+		versions, _ := u.Object["spec"].(map[string]any)["versions"].([]any)
+		var served []string
+		for _, v := range versions {
+			if m := v.(map[string]any); m["served"] == true {
+				served = append(served, m["name"].(string))
+			}
+		}
+		require.ElementsMatch(t, []string{"v1alpha1", "v1beta1"}, served, name)
 	}
 }

@@ -3,9 +3,11 @@ package kubesync
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -19,6 +21,8 @@ const (
 	ReasonFinished       = "finished"
 	ReasonIPOutside      = "ip_outside_cluster"
 	ReasonExternalName   = "external_name"
+	ReasonNotExported    = "no_service_export"
+	ReasonNoService      = "no_service"
 	ReasonInvalid        = "invalid"
 	ReasonUnparsableAddr = "unparsable_address"
 )
@@ -37,7 +41,7 @@ func (c Cluster) ClusterConfig() *meshapi.ClusterConfig {
 		ID:            c.ID,
 		PodCIDRs:      slices.Clone(c.PodCIDRs),
 		ServiceCIDRs:  []netip.Prefix{},
-		Capabilities:  meshapi.Capabilities{Endpoints: true, Services: true},
+		Capabilities:  meshapi.Capabilities{Endpoints: true, Services: true, ServiceExports: true},
 		FormatVersion: meshapi.FormatVersion,
 	}
 }
@@ -135,46 +139,62 @@ func (c Cluster) EndpointFor(p *corev1.Pod) (*meshapi.Endpoint, string) {
 	return out, ""
 }
 
-// ServiceFor converts a Service and its EndpointSlices. When the service is
-// not exported it returns nil and the reason.
-func (c Cluster) ServiceFor(s *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) (*meshapi.Service, string) {
+// ServiceFor converts an exported Service and its EndpointSlices into a
+// format-2 service entry; exportTime is its ServiceExport's creation time.
+// When the service cannot be published it returns nil and the reason.
+//
+// Endpoints are deduplicated by IP across slices (an address in two slices,
+// as during a slice migration, is ready, serving or terminating if any slice
+// says so) and sorted by IP. Addresses outside the cluster's pod CIDRs (a
+// host-network backend, a manually managed slice) are left out: other
+// clusters cannot route them, and their importers refuse a service that
+// lists one.
+func (c Cluster) ServiceFor(exportTime time.Time, s *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) (*meshapi.Service, string) {
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil, ReasonExternalName
 	}
+	headless := s.Spec.ClusterIP == corev1.ClusterIPNone
 	out := &meshapi.Service{
-		Cluster:   c.Name,
-		ClusterID: c.ID,
-		Namespace: s.Namespace,
-		Name:      s.Name,
-		Headless:  s.Spec.ClusterIP == corev1.ClusterIPNone,
-		Ports:     make([]meshapi.ServicePort, 0, len(s.Spec.Ports)),
-		Endpoints: []meshapi.ServiceEndpoint{},
+		Cluster:         c.Name,
+		ClusterID:       c.ID,
+		Namespace:       s.Namespace,
+		Name:            s.Name,
+		Headless:        headless,
+		Ports:           make([]meshapi.ServicePort, 0, len(s.Spec.Ports)),
+		Endpoints:       []meshapi.ServiceEndpoint{},
+		ExportTime:      exportTime.UTC(),
+		Type:            meshapi.ServiceTypeClusterSetIP,
+		SessionAffinity: string(s.Spec.SessionAffinity),
+	}
+	if headless {
+		out.Type = meshapi.ServiceTypeHeadless
+	}
+	if cfg := s.Spec.SessionAffinityConfig; s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP && cfg != nil && cfg.ClientIP != nil && cfg.ClientIP.TimeoutSeconds != nil {
+		out.SessionAffinityTimeoutSeconds = *cfg.ClientIP.TimeoutSeconds
+	}
+	for _, f := range s.Spec.IPFamilies {
+		out.IPFamilies = append(out.IPFamilies, string(f))
 	}
 	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, meshapi.ServicePort{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol)})
+		out.Ports = append(out.Ports, meshapi.ServicePort{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol), AppProtocol: ptr.Deref(p.AppProtocol, "")})
 	}
 	byIP := map[netip.Addr]int{}
 	for _, es := range endpointSlices {
 		for _, ep := range es.Endpoints {
-			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			node, hostname := "", ""
-			if ep.NodeName != nil {
-				node = *ep.NodeName
-			}
-			if ep.Hostname != nil {
-				hostname = *ep.Hostname
-			}
-			for _, s := range ep.Addresses {
-				ip, err := netip.ParseAddr(s)
-				if err != nil {
-					continue // FQDN slices carry names, not addresses
+			v := endpointFor(ep)
+			for _, a := range ep.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil || !meshapi.AddrWithin(ip, c.PodCIDRs) {
+					continue // FQDN slices carry names; see above for foreign IPs
 				}
 				if i, ok := byIP[ip]; ok {
-					out.Endpoints[i].Ready = out.Endpoints[i].Ready || ready
+					have := &out.Endpoints[i]
+					have.Ready, have.Serving, have.Terminating = have.Ready || v.Ready, have.Serving || v.Serving, have.Terminating || v.Terminating
 					continue
 				}
+				v.IP = ip
 				byIP[ip] = len(out.Endpoints)
-				out.Endpoints = append(out.Endpoints, meshapi.ServiceEndpoint{IP: ip, Hostname: hostname, Node: node, Ready: ready})
+				out.Endpoints = append(out.Endpoints, v)
 			}
 		}
 	}
@@ -183,4 +203,29 @@ func (c Cluster) ServiceFor(s *corev1.Service, endpointSlices []*discoveryv1.End
 		return nil, ReasonInvalid
 	}
 	return out, ""
+}
+
+// endpointFor copies one EndpointSlice endpoint's conditions and names, with
+// the API's defaults for unset conditions: ready and serving are true when
+// unknown (serving defers to ready), terminating is false. Ready is copied
+// as is, so a Service with publishNotReadyAddresses (whose slices say ready)
+// publishes ready endpoints.
+func endpointFor(ep discoveryv1.Endpoint) meshapi.ServiceEndpoint {
+	ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+	serving := ready
+	if ep.Conditions.Serving != nil {
+		serving = *ep.Conditions.Serving
+	}
+	v := meshapi.ServiceEndpoint{
+		Hostname:    ptr.Deref(ep.Hostname, ""),
+		Node:        ptr.Deref(ep.NodeName, ""),
+		Ready:       ready,
+		Serving:     serving,
+		Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
+		Zone:        ptr.Deref(ep.Zone, ""),
+	}
+	if ref := ep.TargetRef; ref != nil && ref.Kind == "Pod" && (ref.APIVersion == "" || ref.APIVersion == "v1") {
+		v.Pod = ref.Name
+	}
+	return v
 }

@@ -3,11 +3,13 @@ package kubesync
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -23,7 +25,7 @@ func encode(t *testing.T, v any) string {
 
 func TestClusterConfigEncodesDesignShape(t *testing.T) {
 	require.Equal(t,
-		`{"name":"east","id":7,"podCIDRs":["10.1.0.0/16","fd00:1::/48"],"serviceCIDRs":[],"capabilities":{"endpoints":true,"services":true},"formatVersion":1}`,
+		`{"name":"east","id":7,"podCIDRs":["10.1.0.0/16","fd00:1::/48"],"serviceCIDRs":[],"capabilities":{"endpoints":true,"services":true,"serviceExports":true},"formatVersion":1}`,
 		encode(t, east.ClusterConfig()))
 }
 
@@ -117,27 +119,52 @@ func TestEndpointFor(t *testing.T) {
 }
 
 func TestServiceFor(t *testing.T) {
-	ready, notReady := true, false
-	node, host := "n1", "web-0"
+	yes, no := true, false
+	node, host, zone := "n1", "web-0", "eu-1a"
+	exported := time.Date(2026, 11, 30, 3, 4, 5, 0, time.FixedZone("CET", 3600))
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
-		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{
-			{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", SessionAffinity: corev1.ServiceAffinityNone,
+			IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			Ports: []corev1.ServicePort{
+				{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, AppProtocol: ptr.To("kubernetes.io/h2c")},
+				{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}},
+	}
+	pod := func(name string) *corev1.ObjectReference {
+		return &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: name}
 	}
 	v4 := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{
-		{Addresses: []string{"10.1.1.9"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &notReady}},
-		{Addresses: []string{"10.1.1.10"}, NodeName: &node, Hostname: &host, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
+		{Addresses: []string{"10.1.1.9"}, NodeName: &node, TargetRef: pod("web-1"), Conditions: discoveryv1.EndpointConditions{Ready: &no, Serving: &no}},
+		{Addresses: []string{"10.1.1.10"}, NodeName: &node, Zone: &zone, Hostname: &host, TargetRef: pod("web-0"), Conditions: discoveryv1.EndpointConditions{Ready: &yes}},
+		// Terminating but still serving, as during a graceful shutdown.
+		{Addresses: []string{"10.1.1.11"}, NodeName: &node, TargetRef: pod("web-2"), Conditions: discoveryv1.EndpointConditions{Ready: &no, Serving: &yes, Terminating: &yes}},
+		// Outside the cluster's pod CIDRs (a host-network backend): left out.
+		{Addresses: []string{"192.168.1.10"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &yes}},
+		// Not a pod.
+		{Addresses: []string{"10.1.1.12"}, TargetRef: &corev1.ObjectReference{Kind: "Node", Name: "n1"}},
 	}}
 	// A second slice repeating one address (e.g. during a slice migration).
 	dup := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{
-		{Addresses: []string{"10.1.1.9"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
+		{Addresses: []string{"10.1.1.9"}, NodeName: &node, TargetRef: pod("web-1"), Conditions: discoveryv1.EndpointConditions{Ready: &yes}},
+	}}
+	v6 := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv6, Endpoints: []discoveryv1.Endpoint{
+		{Addresses: []string{"fd00:1::9"}, NodeName: &node, TargetRef: pod("web-1"), Conditions: discoveryv1.EndpointConditions{Ready: &no, Serving: &no}},
 	}}
 	fqdn := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeFQDN, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"example.com"}}}}
 	headless := svc.DeepCopy()
 	headless.Spec.ClusterIP = corev1.ClusterIPNone
+	affinity := svc.DeepCopy()
+	affinity.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	affinity.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
 	external := svc.DeepCopy()
 	external.Spec.Type = corev1.ServiceTypeExternalName
+	tooMany := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv4}
+	for i := range meshapi.MaxServiceEndpoints + 1 {
+		tooMany.Endpoints = append(tooMany.Endpoints, discoveryv1.Endpoint{Addresses: []string{netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}).String()}})
+	}
 
+	const ports = `"ports":[{"name":"http","port":80,"protocol":"TCP","appProtocol":"kubernetes.io/h2c"},{"name":"dns","port":53,"protocol":"UDP"}]`
+	const tail = `"exportTime":"2026-11-30T02:04:05Z",`
 	cases := []struct {
 		name   string
 		svc    *corev1.Service
@@ -146,21 +173,33 @@ func TestServiceFor(t *testing.T) {
 		reason string
 	}{
 		{"no endpoints", svc, nil,
-			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":false,"ports":[{"name":"http","port":80,"protocol":"TCP"},{"name":"dns","port":53,"protocol":"UDP"}],"endpoints":[]}`, ""},
-		{"endpoints sorted, deduplicated, ready if any slice says so", headless, []*discoveryv1.EndpointSlice{v4, dup, fqdn},
-			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":true,"ports":[{"name":"http","port":80,"protocol":"TCP"},{"name":"dns","port":53,"protocol":"UDP"}],` +
-				`"endpoints":[{"ip":"10.1.1.9","hostname":"","node":"n1","ready":true},{"ip":"10.1.1.10","hostname":"web-0","node":"n1","ready":true}]}`, ""},
+			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":false,` + ports + `,"endpoints":[],` +
+				tail + `"type":"ClusterSetIP","sessionAffinity":"None","ipFamilies":["IPv4","IPv6"]}`, ""},
+		{"conditions copied, sorted, deduplicated, foreign addresses left out", headless, []*discoveryv1.EndpointSlice{v4, dup, v6, fqdn},
+			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":true,` + ports + `,"endpoints":[` +
+				`{"ip":"10.1.1.9","hostname":"","node":"n1","ready":true,"serving":true,"pod":"web-1"},` +
+				`{"ip":"10.1.1.10","hostname":"web-0","node":"n1","ready":true,"serving":true,"zone":"eu-1a","pod":"web-0"},` +
+				`{"ip":"10.1.1.11","hostname":"","node":"n1","ready":false,"serving":true,"terminating":true,"pod":"web-2"},` +
+				`{"ip":"10.1.1.12","hostname":"","node":"","ready":true,"serving":true},` +
+				`{"ip":"fd00:1::9","hostname":"","node":"n1","ready":false,"pod":"web-1"}],` +
+				tail + `"type":"Headless","sessionAffinity":"None","ipFamilies":["IPv4","IPv6"]}`, ""},
+		{"client IP affinity", affinity, nil,
+			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":false,` + ports + `,"endpoints":[],` +
+				tail + `"type":"ClusterSetIP","sessionAffinity":"ClientIP","sessionAffinityTimeoutSeconds":600,"ipFamilies":["IPv4","IPv6"]}`, ""},
 		{"external name", external, nil, "", ReasonExternalName},
+		{"more endpoints than the wire format allows", svc, []*discoveryv1.EndpointSlice{tooMany}, "", ReasonInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, reason := east.ServiceFor(tc.svc, tc.slices)
+			got, reason := east.ServiceFor(exported, tc.svc, tc.slices)
 			require.Equal(t, tc.reason, reason)
 			if tc.want == "" {
 				require.Nil(t, got)
 				return
 			}
 			require.Equal(t, tc.want, encode(t, got))
+			_, err := meshapi.DecodeService([]byte(tc.want))
+			require.NoError(t, err, "what is published decodes")
 		})
 	}
 }

@@ -1,16 +1,21 @@
 // Package kubesync mirrors one cluster's Kubernetes state into its embedded
 // etcd in wire format v1 (package meshapi): Nodes, Pods (as endpoints) and
-// Services with their EndpointSlices, plus the cluster config, the heartbeat
-// and one sync canary per kind.
+// exported Services (those with a ServiceExport) with their EndpointSlices,
+// plus the cluster config, the heartbeat and one sync canary per kind. It
+// also writes the Valid and Ready conditions of every ServiceExport.
 //
 // Design decisions a newcomer would otherwise trip on:
 //
 //   - Level-triggered. Informer events only record the desired value of an
 //     etcd key (or its absence) in a map and put the key on a work queue.
 //     A worker takes a key, reads the latest desired value, and makes etcd
-//     match. A burst of updates of one object therefore costs one write: the
-//     queue holds a key at most once, every key waits CoalesceDelay before
-//     it is processed, and the worker reads the value at processing time.
+//     match. The queue holds a key at most once and the worker reads the
+//     value at processing time. Coalescing costs nothing when there is
+//     nothing to coalesce: a key that was not written within CoalesceDelay
+//     is queued at once (a lone change reaches etcd in well under a
+//     millisecond of sync time); a key written more recently waits for the
+//     rest of that window, so a burst of updates of one object costs one
+//     write per window with its latest value.
 //     Keys that are ready together are written together: one dispatcher
 //     batches them (up to etcd's 128 operations per transaction) and the
 //     workers commit each batch as one transaction.
@@ -34,7 +39,22 @@
 //     IP, finished pods (phase Succeeded or Failed, whose IPs may already be
 //     reused), and pods with an IP outside --pod-cidrs; ExternalName
 //     services. Anything that fails meshapi's own validation is "invalid".
-//   - Services: every Service except ExternalName is published with its
-//     ports and the endpoints of all its EndpointSlices (deduplicated by IP,
-//     sorted, ready if any slice says so).
+//   - Services (Multi-Cluster Services API, KEP-1645): a Service is
+//     published only while a ServiceExport (multicluster.x-k8s.io/v1beta1,
+//     the stored version) of the same namespace/name exists; otherwise its
+//     key is absent, and the listing-time cleanup deletes what a previous
+//     run left. The entry is meshapi's service format 2: export time, type,
+//     ports with appProtocol, session affinity, IP families, and the
+//     endpoints of all its EndpointSlices with their conditions copied as
+//     they are (ready, serving, terminating), hostname, node, zone and pod;
+//     deduplicated by IP, sorted, addresses outside the pod CIDRs left out.
+//   - ServiceExport conditions are written by server-side apply of the
+//     status subresource under field manager "podmesh-exporter", and only
+//     the types this package owns (Valid, Ready), so the importer's Conflict
+//     condition (its own field manager) is never touched. A write happens
+//     only when the computed conditions differ from the cached object, and
+//     not again while the cache has not seen the previous write yet.
+//   - When the API server does not serve ServiceExports at start (CRDs not
+//     installed), nothing is exported and a warning says so; installing the
+//     CRDs later needs a restart.
 package kubesync

@@ -21,6 +21,9 @@ type Metrics struct {
 	NotExported *prometheus.GaugeVec
 	// Synced is 1 once the kind's canary is written in this run.
 	Synced *prometheus.GaugeVec
+	// ExportStatusWrites counts ServiceExport status writes, by result
+	// (ok, error).
+	ExportStatusWrites *prometheus.CounterVec
 	// QueueDepth is the number of keys waiting to be written.
 	QueueDepth prometheus.GaugeFunc
 	// depth is set by the Syncer that owns these metrics.
@@ -50,6 +53,10 @@ func NewMetrics() *Metrics {
 			Namespace: "podmesh", Subsystem: "apiserver", Name: "objects_not_exported",
 			Help: "Kubernetes objects that are not exported, by kind and reason.",
 		}, []string{"kind", "reason"}),
+		ExportStatusWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "podmesh", Subsystem: "apiserver", Name: "serviceexport_status_writes_total",
+			Help: "Server-side applies of ServiceExport conditions (Valid, Ready), by result.",
+		}, []string{"result"}),
 		Synced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "podmesh", Subsystem: "apiserver", Name: "synced",
 			Help: "1 once the sync canary of the kind has been written since start.",
@@ -69,5 +76,5 @@ func NewMetrics() *Metrics {
 
 // Collectors returns every metric, for registration.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.EtcdWrites, m.EtcdTxns, m.EtcdWriteErrors, m.WritesSkipped, m.NotExported, m.Synced, m.QueueDepth}
+	return []prometheus.Collector{m.EtcdWrites, m.EtcdTxns, m.EtcdWriteErrors, m.WritesSkipped, m.NotExported, m.ExportStatusWrites, m.Synced, m.QueueDepth}
 }

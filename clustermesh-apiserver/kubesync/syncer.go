@@ -11,12 +11,15 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -34,14 +37,19 @@ type Config struct {
 	Cluster Cluster
 	// Kube is the local cluster's API.
 	Kube kubernetes.Interface
+	// MCS is the local cluster's Multi-Cluster Services API: ServiceExports
+	// are read and their Valid and Ready conditions written through it.
+	MCS mcsclient.Interface
 	// Etcd is the writer client (etcdserver.Server.Writer).
 	Etcd KV
 	// Workers write batches of keys to etcd in parallel, one transaction
 	// per batch; default DefaultWorkers.
 	Workers int
-	// CoalesceDelay is how long a changed key waits before it is written,
-	// so that a burst of updates of one object costs one write. Default
-	// DefaultCoalesceDelay; negative means no delay.
+	// CoalesceDelay is the shortest time between two writes of one key.
+	// A change of a key that was not written within it is written at once;
+	// further changes wait until it has passed, so a burst of updates of
+	// one object costs one write per CoalesceDelay. Default
+	// DefaultCoalesceDelay; negative means no limit.
 	CoalesceDelay time.Duration
 	// HeartbeatInterval defaults to meshapi.HeartbeatInterval.
 	HeartbeatInterval time.Duration
@@ -85,6 +93,12 @@ type Syncer struct {
 	// notExported remembers why each object is not exported (for the gauge
 	// and to log a reason only when it changes).
 	notExported map[string]reasonKey
+	// nextWrite is, per key, the earliest time it may be written again: the
+	// time it was last taken for a write plus CoalesceDelay.
+	nextWrite map[string]time.Time
+	// status is told about written service keys; nil when ServiceExports
+	// are not served.
+	status *exportStatus
 }
 
 type reasonKey struct{ kind, reason string }
@@ -95,8 +109,8 @@ func New(cfg Config) (*Syncer, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("new sync: %w", err)
 	}
-	if cfg.Kube == nil || cfg.Etcd == nil {
-		return nil, errors.New("new sync: Kubernetes and etcd clients are required")
+	if cfg.Kube == nil || cfg.MCS == nil || cfg.Etcd == nil {
+		return nil, errors.New("new sync: Kubernetes, MCS and etcd clients are required")
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = DefaultWorkers
@@ -128,6 +142,7 @@ func New(cfg Config) (*Syncer, error) {
 		listed:      map[string]bool{},
 		canaried:    map[string]bool{},
 		notExported: map[string]reasonKey{},
+		nextWrite:   map[string]time.Time{},
 	}
 	depth := func() float64 { return float64(s.queue.Len()) }
 	s.m.depth.Store(&depth)
@@ -159,17 +174,35 @@ func (s *Syncer) Run(ctx context.Context) error {
 		return fmt.Errorf("index endpoint slices: %w", err)
 	}
 	svc := &serviceSource{s: s, services: services.GetStore(), slices: slices.GetIndexer()}
-	regs := map[string][]cache.ResourceEventHandlerRegistration{}
-	for _, h := range []struct {
+	type watch struct {
 		kind     string
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
-	}{
+	}
+	watches := []watch{
 		{meshapi.KindNodes, nodes, handler(s.updateNode, s.deleteNode)},
 		{meshapi.KindEndpoints, pods, handler(s.updatePod, s.deletePod)},
-		{meshapi.KindServices, services, handler(svc.updateService, svc.deleteService)},
+		{meshapi.KindServices, services, handler(svc.updateService, svc.updateService)},
 		{meshapi.KindServices, slices, handler(svc.updateSlice, svc.updateSlice)},
-	} {
+	}
+	served, err := serviceExportsServed(s.cfg.MCS.Discovery())
+	if err != nil {
+		return err
+	}
+	mcsFactory := mcsinformers.NewSharedInformerFactoryWithOptions(s.cfg.MCS, 0, mcsinformers.WithTransform(stripManagedFields))
+	if served {
+		exports := mcsFactory.Multicluster().V1beta1().ServiceExports().Informer()
+		svc.exports = exports.GetStore()
+		svc.status = newExportStatus(s, s.cfg.MCS, svc.exports)
+		s.mu.Lock()
+		s.status = svc.status
+		s.mu.Unlock()
+		watches = append(watches, watch{meshapi.KindServices, exports, handler(svc.updateExport, svc.updateExport)})
+	} else {
+		s.log.WithField("crd", mcsv1beta1.ServiceExportFullName).Warn("ServiceExports are not served in " + mcsv1beta1.GroupVersion.String() + "; no Service is exported (install the MCS CRDs and restart)")
+	}
+	regs := map[string][]cache.ResourceEventHandlerRegistration{}
+	for _, h := range watches {
 		reg, err := h.informer.AddEventHandler(h.handler)
 		if err != nil {
 			return fmt.Errorf("watch %s: %w", h.kind, err)
@@ -180,8 +213,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer factory.Shutdown()
+	defer mcsFactory.Shutdown()
 	defer s.queue.ShutDown() // before wg.Wait: stops the workers
 	factory.Start(ctx.Done())
+	mcsFactory.Start(ctx.Done())
 	batches := make(chan []string)
 	wg.Go(func() { s.dispatch(batches) })
 	for range s.cfg.Workers {
@@ -199,6 +234,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 			}
 			if cache.WaitForCacheSync(ctx.Done(), synced...) {
 				s.markListed(kind)
+				if kind == meshapi.KindServices && svc.status != nil {
+					svc.status.run(ctx)
+				}
 			}
 		})
 	}
@@ -278,30 +316,44 @@ func kindOf(key string) string {
 	return kindMeta
 }
 
-// set records the desired value of key and queues it.
+// set records the desired value of key and queues it; with coalesce, not
+// sooner than CoalesceDelay after its previous write.
 func (s *Syncer) set(key, value string, coalesce bool) {
 	s.mu.Lock()
 	s.desired[key] = value
 	s.markLocked(key)
+	wait := s.waitLocked(key, coalesce)
 	s.mu.Unlock()
-	s.enqueue(key, coalesce)
+	s.enqueue(key, wait)
 }
 
-// unset records that key should not exist and queues it.
+// unset records that key should not exist and queues it like set.
 func (s *Syncer) unset(key string) {
 	s.mu.Lock()
 	_, had := s.desired[key]
 	delete(s.desired, key)
 	s.markLocked(key)
+	wait := s.waitLocked(key, true)
 	s.mu.Unlock()
 	if had {
-		s.enqueue(key, true)
+		s.enqueue(key, wait)
 	}
 }
 
-func (s *Syncer) enqueue(key string, coalesce bool) {
-	if coalesce && s.cfg.CoalesceDelay > 0 {
-		s.queue.AddAfter(key, s.cfg.CoalesceDelay)
+// waitLocked is how long a changed key must wait before its write: zero when
+// it was not written within CoalesceDelay (an idle key goes at once), else
+// the rest of that window (a busy key is written once per window, with its
+// latest value).
+func (s *Syncer) waitLocked(key string, coalesce bool) time.Duration {
+	if !coalesce || s.cfg.CoalesceDelay <= 0 {
+		return 0
+	}
+	return time.Until(s.nextWrite[key])
+}
+
+func (s *Syncer) enqueue(key string, wait time.Duration) {
+	if wait > 0 {
+		s.queue.AddAfter(key, wait)
 		return
 	}
 	s.queue.Add(key)
@@ -358,7 +410,7 @@ func (s *Syncer) noteReason(kind, key, reason string) {
 	s.m.NotExported.WithLabelValues(kind, reason).Inc()
 	entry := s.log.WithFields(logrus.Fields{"kind": kind, "key": key, "reason": reason})
 	switch reason {
-	case ReasonHostNetwork, ReasonNoIP, ReasonFinished, ReasonExternalName:
+	case ReasonHostNetwork, ReasonNoIP, ReasonFinished, ReasonExternalName, ReasonNotExported, ReasonNoService:
 		entry.Debug("Not exported")
 	default:
 		entry.Warn("Not exported")
@@ -482,22 +534,27 @@ func (s *Syncer) dispatch(batches chan<- []string) {
 		if shutdown {
 			return
 		}
-		batch, size := []string{key}, s.sizeOf(key)
+		batch, size := []string{key}, s.take(key)
 		for len(batch) < maxBatchOps && size < maxBatchBytes && s.queue.Len() > 0 {
 			key, shutdown := s.queue.Get() // does not block: this is the only consumer
 			if shutdown {
 				return
 			}
 			batch = append(batch, key)
-			size += s.sizeOf(key)
+			size += s.take(key)
 		}
 		batches <- batch
 	}
 }
 
-func (s *Syncer) sizeOf(key string) int {
+// take notes that key is being written now, which opens its next coalescing
+// window, and returns the size its write adds to a batch.
+func (s *Syncer) take(key string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cfg.CoalesceDelay > 0 {
+		s.nextWrite[key] = time.Now().Add(s.cfg.CoalesceDelay)
+	}
 	return len(key) + len(s.desired[key])
 }
 
@@ -516,6 +573,9 @@ func (s *Syncer) writeBatch(ctx context.Context, batch []string) {
 		have, haveOK := s.actual[key]
 		switch {
 		case wantOK == haveOK && want == have:
+			if !wantOK {
+				delete(s.nextWrite, key) // set and unset again before its write
+			}
 			s.m.WritesSkipped.Inc()
 			s.queue.Forget(key)
 			s.queue.Done(key)
@@ -547,15 +607,24 @@ func (s *Syncer) writeBatch(ctx context.Context, batch []string) {
 		return
 	}
 	s.mu.Lock()
+	status := s.status
 	for _, w := range writes {
 		if w.del {
 			delete(s.actual, w.key)
+			delete(s.nextWrite, w.key)
 		} else {
 			s.actual[w.key] = w.value
 		}
 		s.markLocked(w.key)
 	}
 	s.mu.Unlock()
+	if status != nil {
+		for _, w := range writes {
+			if isServiceKey(w.key) {
+				status.enqueueKey(w.key)
+			}
+		}
+	}
 	for _, w := range writes {
 		s.m.EtcdWrites.WithLabelValues(opName(w.del)).Inc()
 		s.queue.Forget(w.key)
@@ -570,60 +639,4 @@ func opName(del bool) string {
 		return "delete"
 	}
 	return "put"
-}
-
-// serviceSource turns Service and EndpointSlice events into service keys.
-type serviceSource struct {
-	s        *Syncer
-	services cache.Store
-	slices   cache.Indexer
-}
-
-func sliceServiceIndex(obj any) ([]string, error) {
-	es, ok := obj.(*discoveryv1.EndpointSlice)
-	if !ok {
-		return nil, nil
-	}
-	name := es.Labels[discoveryv1.LabelServiceName]
-	if name == "" {
-		return nil, nil
-	}
-	return []string{es.Namespace + "/" + name}, nil
-}
-
-func (v *serviceSource) updateService(svc *corev1.Service) { v.refresh(svc.Namespace, svc.Name) }
-
-func (v *serviceSource) deleteService(svc *corev1.Service) { v.refresh(svc.Namespace, svc.Name) }
-
-func (v *serviceSource) updateSlice(es *discoveryv1.EndpointSlice) {
-	if name := es.Labels[discoveryv1.LabelServiceName]; name != "" {
-		v.refresh(es.Namespace, name)
-	}
-}
-
-// refresh recomputes one service from the informer caches (level-triggered:
-// the event only says which service to look at).
-func (v *serviceSource) refresh(namespace, name string) {
-	key := meshapi.ServiceKey(v.s.cfg.Cluster.Name, namespace, name)
-	obj, exists, err := v.services.GetByKey(namespace + "/" + name)
-	if err != nil || !exists {
-		v.s.exported(meshapi.KindServices, key, nil, "")
-		return
-	}
-	svc := obj.(*corev1.Service)
-	objs, err := v.slices.ByIndex(serviceIndex, namespace+"/"+name)
-	if err != nil {
-		v.s.log.WithError(err).WithField("key", key).Error("Cannot look up endpoint slices")
-		return
-	}
-	slices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
-	for _, o := range objs {
-		slices = append(slices, o.(*discoveryv1.EndpointSlice))
-	}
-	out, reason := v.s.cfg.Cluster.ServiceFor(svc, slices)
-	if out == nil {
-		v.s.exported(meshapi.KindServices, key, nil, reason)
-		return
-	}
-	v.s.exported(meshapi.KindServices, key, out, "")
 }

@@ -3,22 +3,18 @@ package kubesync_test
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -52,7 +48,7 @@ func (t *flakyTxn) Commit() (*clientv3.TxnResponse, error) {
 	return t.Txn.Commit()
 }
 
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
 	t.Helper()
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))
@@ -66,12 +62,7 @@ func TestFailedWritesAreRetriedUntilTheyLand(t *testing.T) {
 		t.Skip("starts an embedded etcd")
 	}
 	ctx := t.Context()
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
-
+	e := kubesync.StartTestEtcd(t)
 	kube := fake.NewClientset(&corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-0"},
 		Spec:       corev1.PodSpec{NodeName: "n1"},
@@ -80,21 +71,7 @@ func TestFailedWritesAreRetriedUntilTheyLand(t *testing.T) {
 	kv := &flakyKV{KV: e.Writer}
 	kv.failures.Store(5)
 	m := kubesync.NewMetrics()
-	s, err := kubesync.New(kubesync.Config{
-		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
-		Kube:    kube, Etcd: kv, Metrics: m, Log: log,
-	})
-	require.NoError(t, err)
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	select {
-	case <-s.Ready():
-	case <-time.After(60 * time.Second):
-		t.Fatal("not ready")
-	}
+	kubesync.RunTestSync(t, kubesync.Config{Kube: kube, Etcd: kv, Metrics: m})
 	require.GreaterOrEqual(t, counterValue(t, m.EtcdWriteErrors.WithLabelValues("put")), 5.0, "every injected failure was seen")
 	resp, err := e.Reader.Get(ctx, meshapi.EndpointKey("east", "default", "web-0"))
 	require.NoError(t, err)
@@ -115,12 +92,7 @@ func TestLeftoversAreDeletedAfterTheListingAndNotBefore(t *testing.T) {
 		t.Skip("starts an embedded etcd")
 	}
 	ctx := t.Context()
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
-
+	e := kubesync.StartTestEtcd(t)
 	live := meshapi.EndpointKey("east", "default", "web-0")
 	gone := meshapi.EndpointKey("east", "default", "gone")
 	oldNode := meshapi.NodeKey("old", "n1")
@@ -141,15 +113,7 @@ func TestLeftoversAreDeletedAfterTheListingAndNotBefore(t *testing.T) {
 		Spec:       corev1.PodSpec{NodeName: "n1"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.1.1.5"}}},
 	})
-	s, err := kubesync.New(kubesync.Config{
-		Cluster: kubesync.Cluster{Name: "east", ID: 7, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}},
-		Kube:    kube, Etcd: e.Writer, Log: log,
-	})
-	require.NoError(t, err)
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	kubesync.RunTestSync(t, kubesync.Config{Kube: kube, Etcd: e.Writer})
 
 	// Follow etcd until the former cluster's keys are gone.
 	revs := map[string]int64{} // "PUT key" / "DELETE key" -> revision

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,15 @@ type Config struct {
 	EtcdListenClient string
 	CoalesceDelay    time.Duration
 	SyncWorkers      int
+	// ClusterMeshConfig is the directory of per-remote etcd-client YAML
+	// files (the agents' format); when set, the apiserver imports the
+	// remotes' exported services (package importer).
+	ClusterMeshConfig string
+	// LeaderElectionNamespace holds the importer's Lease; empty disables
+	// leader election (one replica only). LeaderElectionID names this
+	// instance (the pod name).
+	LeaderElectionNamespace string
+	LeaderElectionID        string
 	// UnsafeNoFsync turns etcd's fsync off (tests and benchmarks only).
 	UnsafeNoFsync bool
 	LogLevel      string
@@ -56,8 +66,11 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "embedded etcd data directory, reused across restarts (required)")
 	fs.StringVar(&cfg.HealthListen, "health-listen", ":9880", "address of /healthz, /readyz and /metrics")
 	fs.StringVar(&cfg.EtcdListenClient, "etcd-listen-client", "127.0.0.1:0", "loopback address of the embedded etcd")
-	fs.DurationVar(&cfg.CoalesceDelay, "coalesce-delay", kubesync.DefaultCoalesceDelay, "how long a changed key waits before it is written (coalesces bursts)")
+	fs.DurationVar(&cfg.CoalesceDelay, "coalesce-delay", kubesync.DefaultCoalesceDelay, "shortest time between two writes of one key: an idle key is written at once, a busy one once per this window (coalesces bursts)")
 	fs.IntVar(&cfg.SyncWorkers, "sync-workers", kubesync.DefaultWorkers, "parallel etcd writers")
+	fs.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of per-remote etcd-client YAML files (the agents' format); when set, import the remotes' exported services into this cluster")
+	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the service importer's Lease (one writer among replicas); empty disables leader election")
+	fs.StringVar(&cfg.LeaderElectionID, "leader-election-id", defaultIdentity(), "this instance's identity in the Lease (the pod name)")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -138,6 +151,9 @@ func (c *Config) validate(checkID bool) error {
 	} else if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
 		errs = append(errs, fmt.Errorf("--etcd-listen-client %q: must be a loopback IP address", c.EtcdListenClient))
 	}
+	if c.ClusterMeshConfig != "" && c.LeaderElectionNamespace != "" && c.LeaderElectionID == "" {
+		errs = append(errs, errors.New("--leader-election-id: required with --leader-election-namespace"))
+	}
 	if c.SyncWorkers < 1 {
 		errs = append(errs, fmt.Errorf("--sync-workers %d: must be at least 1", c.SyncWorkers))
 	}
@@ -152,4 +168,12 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+func defaultIdentity() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return h
 }

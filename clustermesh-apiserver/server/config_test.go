@@ -128,3 +128,20 @@ func TestNewRefusesUnreadableCertificates(t *testing.T) {
 	_, err = New(cfg, nil, log)
 	require.ErrorContains(t, err, "--kubeconfig")
 }
+
+func TestParseFlagsImporterFlags(t *testing.T) {
+	t.Setenv("POD_NAMESPACE", "podmesh-system")
+	t.Setenv("POD_NAME", "clustermesh-apiserver-abc")
+	cfg, err := ParseFlags(with(validArgs(), "--clustermesh-config=/var/lib/podmesh/clustermesh"), io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, "/var/lib/podmesh/clustermesh", cfg.ClusterMeshConfig)
+	require.Equal(t, "podmesh-system", cfg.LeaderElectionNamespace, "the Lease lives in the pod's namespace by default")
+	require.Equal(t, "clustermesh-apiserver-abc", cfg.LeaderElectionID, "the pod's name by default")
+
+	cfg, err = ParseFlags(validArgs(), io.Discard)
+	require.NoError(t, err)
+	require.Empty(t, cfg.ClusterMeshConfig, "no import without the flag")
+
+	_, err = ParseFlags(with(validArgs(), "--clustermesh-config=/d", "--leader-election-id="), io.Discard)
+	require.ErrorContains(t, err, "--leader-election-id: required")
+}

@@ -18,12 +18,16 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy/proxytest"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/server"
+	"github.com/podmesh/podmesh/pkg/mcscrd"
 	"github.com/podmesh/podmesh/test/kubetest"
 )
 
@@ -36,14 +40,18 @@ const (
 
 // harness runs a real kube-apiserver and clustermesh-apiserver in-process.
 type harness struct {
-	kube    *kubetest.Server
-	k       kubernetes.Interface
-	pki     *proxytest.PKI
-	cfg     server.Config
-	srv     *server.Server
-	cancel  context.CancelFunc
-	done    chan error
-	clients []*clientv3.Client
+	kube *kubetest.Server
+	k    kubernetes.Interface
+	mcs  mcsclient.Interface
+	// asServer is the REST config clustermesh-apiserver runs with: the
+	// test's identity exporterUser, which holds exactly exporterRules.
+	asServer *rest.Config
+	pki      *proxytest.PKI
+	cfg      server.Config
+	srv      *server.Server
+	cancel   context.CancelFunc
+	done     chan error
+	clients  []*clientv3.Client
 }
 
 func newHarness(t *testing.T) *harness {
@@ -52,6 +60,10 @@ func newHarness(t *testing.T) *harness {
 		t.Skip("starts kube-apiserver, etcd and clustermesh-apiserver")
 	}
 	kube := kubetest.Start(t)
+	require.NoError(t, mcscrd.Install(t.Context(), kube.Config))
+	mcs, err := mcsclient.NewForConfig(kube.Config)
+	require.NoError(t, err)
+	asServer := grantExporterRBAC(t, kube)
 	pki := proxytest.NewPKI(t)
 	dir := t.TempDir()
 	cfg := server.Config{
@@ -65,7 +77,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	require.NoError(t, pki.Server.WriteFiles(cfg.TLSCert, cfg.TLSKey, true))
 	require.NoError(t, os.WriteFile(cfg.TLSClientCA, pki.CA.CertPEM, 0o644))
-	h := &harness{kube: kube, k: kube.Client, pki: pki, cfg: cfg}
+	h := &harness{kube: kube, k: kube.Client, mcs: mcs, asServer: asServer, pki: pki, cfg: cfg}
 	t.Cleanup(func() {
 		for _, c := range h.clients {
 			c.Close()
@@ -84,7 +96,7 @@ func (h *harness) start(t *testing.T) {
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	log.SetOutput(testLogWriter{t})
-	s, err := server.New(h.cfg, h.kube.Config, log)
+	s, err := server.New(h.cfg, h.asServer, log)
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
 	for _, c := range s.Collectors() {
@@ -123,6 +135,36 @@ func (h *harness) client(t *testing.T) *clientv3.Client {
 	})
 	require.NoError(t, err)
 	h.clients = append(h.clients, c)
+	return c
+}
+
+// exporterRules is the Kubernetes RBAC clustermesh-apiserver needs, as
+// docs/apiserver.md lists it; the harness runs the server with exactly this.
+var exporterRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{""}, Resources: []string{"nodes", "pods", "services"}, Verbs: []string{"list", "watch"}},
+	{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+	{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports"}, Verbs: []string{"list", "watch"}},
+	{APIGroups: []string{"multicluster.x-k8s.io"}, Resources: []string{"serviceexports/status"}, Verbs: []string{"patch"}},
+}
+
+const exporterUser = "system:serviceaccount:kube-system:clustermesh-apiserver"
+
+// grantExporterRBAC binds exporterRules to exporterUser and returns a
+// config that acts as that user.
+func grantExporterRBAC(t *testing.T, kube *kubetest.Server) *rest.Config {
+	t.Helper()
+	ctx := t.Context()
+	_, err := kube.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "clustermesh-apiserver"}, Rules: exporterRules}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = kube.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "clustermesh-apiserver"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "clustermesh-apiserver"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: exporterUser}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	c := rest.CopyConfig(kube.Config)
+	c.Impersonate = rest.ImpersonationConfig{UserName: exporterUser}
 	return c
 }
 

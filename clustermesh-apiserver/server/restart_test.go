@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -33,6 +34,13 @@ func TestRestartRebuildsFromKubernetesWithoutSpuriousDeletions(t *testing.T) {
 		waitValue(t, c, epKey(fmt.Sprintf("p%d", i)),
 			fmt.Sprintf(`{"cluster":"east","clusterID":7,"namespace":"default","name":"p%d","node":"n1","ips":["10.1.1.%d"],"hostname":"","subdomain":""}`, i, i))
 	}
+	svcKey := func(name string) string { return meshapi.ServiceKey(cluster, "default", name) }
+	for _, name := range []string{"web", "db"} {
+		createService(t, k, "default", name, corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}})
+		createExport(t, h, "default", name)
+	}
+	mustEntryWithEndpoints(t, c, svcKey("web"), 0)
+	mustEntryWithEndpoints(t, c, svcKey("db"), 0)
 	list, err := c.Get(t.Context(), meshapi.Root, clientv3.WithPrefix())
 	require.NoError(t, err)
 
@@ -47,6 +55,7 @@ func TestRestartRebuildsFromKubernetesWithoutSpuriousDeletions(t *testing.T) {
 	deletePod(t, k, "default", "p2")
 	setPodIPs(t, k, "default", "p3", "10.1.1.33")
 	createPod(t, k, "default", "p6", "n1", podOpts{}, "10.1.1.6")
+	deleteExport(t, h, "default", "db") // the Service stays, unexported
 	h.start(t)
 
 	// Collect events until all three canaries have been rewritten.
@@ -70,7 +79,7 @@ func TestRestartRebuildsFromKubernetesWithoutSpuriousDeletions(t *testing.T) {
 		}
 	}
 
-	alive := []string{epKey("p3"), epKey("p4"), epKey("p5"), epKey("p6"), meshapi.NodeKey(cluster, "n1")}
+	alive := []string{epKey("p3"), epKey("p4"), epKey("p5"), epKey("p6"), meshapi.NodeKey(cluster, "n1"), svcKey("web")}
 	deleted := map[string]int64{}
 	puts := map[string]int64{}
 	for _, ev := range events {
@@ -90,6 +99,8 @@ func TestRestartRebuildsFromKubernetesWithoutSpuriousDeletions(t *testing.T) {
 	for _, key := range []string{epKey("p1"), epKey("p2")} {
 		require.Less(t, deleted[key], epCanary, "%s deleted before the endpoints canary", key)
 	}
+	require.Contains(t, deleted, svcKey("db"), "a service whose export went while down is withdrawn")
+	require.Less(t, deleted[svcKey("db")], canaries[meshapi.SyncedKey(cluster, meshapi.KindServices)], "before the services canary")
 	for _, key := range []string{epKey("p3"), epKey("p6")} {
 		require.Less(t, puts[key], epCanary, "%s written before the endpoints canary", key)
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,26 +18,31 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/importer"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy"
 )
 
 // Server is one clustermesh-apiserver.
 type Server struct {
-	cfg          Config
-	log          logrus.FieldLogger
-	tls          *tls.Config
-	kube         kubernetes.Interface
-	syncMetrics  *kubesync.Metrics
-	proxyMetrics *proxy.Metrics
+	cfg           Config
+	log           logrus.FieldLogger
+	tls           *tls.Config
+	kube          kubernetes.Interface
+	mcs           mcsclient.Interface
+	syncMetrics   *kubesync.Metrics
+	importMetrics *importer.Metrics
+	proxyMetrics  *proxy.Metrics
 
 	started chan struct{}
 	ready   chan struct{}
 	// mu protects the fields below, set while starting.
 	mu         sync.Mutex
 	etcd       *etcdserver.Server
+	importer   *importer.Importer
 	proxyAddr  string
 	healthAddr string
 }
@@ -70,15 +76,21 @@ func New(cfg Config, restConfig *rest.Config, log logrus.FieldLogger) (*Server, 
 	if err != nil {
 		return nil, fmt.Errorf("create Kubernetes client: %w", err)
 	}
+	mcs, err := mcsclient.NewForConfig(restConfig)
+	if err != nil {
+		return nil, fmt.Errorf("create Multi-Cluster Services client: %w", err)
+	}
 	return &Server{
-		cfg:          cfg,
-		log:          log.WithField("cluster", cfg.ClusterName),
-		tls:          tlsCfg,
-		kube:         kube,
-		syncMetrics:  kubesync.NewMetrics(),
-		proxyMetrics: proxy.NewMetrics(),
-		started:      make(chan struct{}),
-		ready:        make(chan struct{}),
+		mcs:           mcs,
+		importMetrics: importer.NewMetrics(),
+		cfg:           cfg,
+		log:           log.WithField("cluster", cfg.ClusterName),
+		tls:           tlsCfg,
+		kube:          kube,
+		syncMetrics:   kubesync.NewMetrics(),
+		proxyMetrics:  proxy.NewMetrics(),
+		started:       make(chan struct{}),
+		ready:         make(chan struct{}),
 	}, nil
 }
 
@@ -99,11 +111,26 @@ func loadKubeconfig(path string) (*rest.Config, error) {
 
 // Collectors returns the server's metrics for the caller to register.
 func (s *Server) Collectors() []prometheus.Collector {
-	return append(s.syncMetrics.Collectors(), s.proxyMetrics.Collectors()...)
+	out := append(s.syncMetrics.Collectors(), s.proxyMetrics.Collectors()...)
+	if s.cfg.ClusterMeshConfig != "" {
+		out = append(out, s.importMetrics.Collectors()...)
+	}
+	return out
 }
 
 // SyncMetrics exposes the sync's metrics (tests and benchmarks read them).
 func (s *Server) SyncMetrics() *kubesync.Metrics { return s.syncMetrics }
+
+// ImportMetrics exposes the service importer's metrics.
+func (s *Server) ImportMetrics() *importer.Metrics { return s.importMetrics }
+
+// Importer is the service importer (after Started), nil without
+// --clustermesh-config.
+func (s *Server) Importer() *importer.Importer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.importer
+}
 
 // ProxyMetrics exposes the proxy's metrics.
 func (s *Server) ProxyMetrics() *proxy.Metrics { return s.proxyMetrics }
@@ -181,6 +208,7 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 	syncer, err := kubesync.New(kubesync.Config{
 		Cluster:       kubesync.Cluster{Name: s.cfg.ClusterName, ID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs},
 		Kube:          s.kube,
+		MCS:           s.mcs,
 		Etcd:          e.Writer,
 		Workers:       s.cfg.SyncWorkers,
 		CoalesceDelay: s.cfg.CoalesceDelay,
@@ -222,8 +250,37 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 		s.log.Info("Proxy stopped")
 	}()
 
+	var imp *importer.Importer
+	importErr := make(chan error, 1)
+	if s.cfg.ClusterMeshConfig != "" {
+		opts := importer.Options{
+			LocalCluster: s.cfg.ClusterName, LocalClusterID: s.cfg.ClusterID, LocalPodCIDRs: s.cfg.PodCIDRs,
+			ConfigDir: s.cfg.ClusterMeshConfig, Local: e.Reader, Kube: s.kube, MCS: s.mcs,
+			Metrics: s.importMetrics, Log: s.log,
+		}
+		if s.cfg.LeaderElectionNamespace != "" {
+			opts.LeaderElection = &importer.LeaderElection{Namespace: s.cfg.LeaderElectionNamespace, Name: "podmesh-service-importer", Identity: s.cfg.LeaderElectionID}
+		}
+		if imp, err = importer.New(opts); err != nil {
+			return err
+		}
+		importCtx, stopImport := context.WithCancel(ctx)
+		importDone := make(chan struct{})
+		go func() {
+			defer close(importDone)
+			if err := imp.Run(importCtx); err != nil && importCtx.Err() == nil {
+				importErr <- err
+			}
+		}()
+		defer func() {
+			stopImport()
+			<-importDone
+			s.log.Info("Service importer stopped")
+		}()
+	}
+
 	s.mu.Lock()
-	s.etcd, s.proxyAddr, s.healthAddr = e, p.Addr(), healthLis.Addr().String()
+	s.etcd, s.importer, s.proxyAddr, s.healthAddr = e, imp, p.Addr(), healthLis.Addr().String()
 	s.mu.Unlock()
 	close(s.started)
 	s.log.WithFields(logrus.Fields{"proxy": p.Addr(), "health": healthLis.Addr().String()}).Info("clustermesh-apiserver started")
@@ -241,6 +298,8 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 		return err
 	case err := <-healthErr:
 		return fmt.Errorf("health endpoint stopped: %w", err)
+	case err := <-importErr:
+		return fmt.Errorf("service importer stopped: %w", err)
 	}
 }
 
@@ -256,6 +315,17 @@ func (s *Server) healthMux(gatherer prometheus.Gatherer) *http.ServeMux {
 		default:
 			http.Error(w, "not ready: sync canaries not written yet", http.StatusServiceUnavailable)
 		}
+	})
+	mux.HandleFunc("/status/imports", func(w http.ResponseWriter, _ *http.Request) {
+		imp := s.Importer()
+		if imp == nil {
+			http.Error(w, "service import is off (no --clustermesh-config) or not started", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(imp.Status())
 	})
 	if gatherer != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))

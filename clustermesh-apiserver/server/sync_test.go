@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/pkg/meshapi"
@@ -32,7 +33,7 @@ func TestKubernetesObjectsAppearThroughTheProxyAsWireFormatV1(t *testing.T) {
 
 	// The cluster's own entries.
 	waitValue(t, c, meshapi.ClusterConfigKey(cluster),
-		`{"name":"east","id":7,"podCIDRs":["10.1.0.0/16","fd00:1::/48"],"serviceCIDRs":[],"capabilities":{"endpoints":true,"services":true},"formatVersion":1}`)
+		`{"name":"east","id":7,"podCIDRs":["10.1.0.0/16","fd00:1::/48"],"serviceCIDRs":[],"capabilities":{"endpoints":true,"services":true,"serviceExports":true},"formatVersion":1}`)
 	for _, kind := range meshapi.SyncedKinds {
 		v, err := value(ctx, c, meshapi.SyncedKey(cluster, kind))
 		require.NoError(t, err)
@@ -104,30 +105,17 @@ func TestKubernetesObjectsAppearThroughTheProxyAsWireFormatV1(t *testing.T) {
 	deletePod(t, k, "default", "plain")
 	waitValue(t, c, meshapi.EndpointKey(cluster, "default", "plain"), "")
 
-	// Services with their EndpointSlices.
-	_, err = k.CoreV1().Services("default").Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
-		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "web"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
-	}, metav1.CreateOptions{})
-	require.NoError(t, err)
-	waitValue(t, c, meshapi.ServiceKey(cluster, "default", "web"),
-		`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":true,"ports":[{"name":"http","port":80,"protocol":"TCP"}],"endpoints":[]}`)
-	node, hostname, ready, notReady := "n1", "web-0", true, false
-	_, err = k.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-abc", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints: []discoveryv1.Endpoint{
-			{Addresses: []string{"10.1.1.9"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &notReady}},
-			{Addresses: []string{"10.1.1.6"}, NodeName: &node, Hostname: &hostname, Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
-		},
-	}, metav1.CreateOptions{})
-	require.NoError(t, err)
+	// Services: see export_test.go; one exported service here so that the
+	// check below covers a service entry too.
+	createService(t, k, "default", "web", corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone,
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}})
+	createSlice(t, k, "default", "web", "web-abc", discoveryv1.Endpoint{Addresses: []string{"10.1.1.6"}, NodeName: ptr.To("n1"),
+		Hostname: ptr.To("web-0"), Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	exportTime := createExport(t, h, "default", "web")
 	waitValue(t, c, meshapi.ServiceKey(cluster, "default", "web"),
 		`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":true,"ports":[{"name":"http","port":80,"protocol":"TCP"}],`+
-			`"endpoints":[{"ip":"10.1.1.6","hostname":"web-0","node":"n1","ready":true},{"ip":"10.1.1.9","hostname":"","node":"n1","ready":false}]}`)
-	require.NoError(t, k.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{}))
-	waitValue(t, c, meshapi.ServiceKey(cluster, "default", "web"), "")
+			`"endpoints":[{"ip":"10.1.1.6","hostname":"web-0","node":"n1","ready":true,"serving":true}],`+
+			`"exportTime":"`+exportTime+`","type":"Headless","sessionAffinity":"None","ipFamilies":`+families(t, k, "default", "web")+`}`)
 
 	// Everything published decodes and validates as an agent would check it.
 	resp, err := c.Get(ctx, meshapi.Root, clientv3.WithPrefix())

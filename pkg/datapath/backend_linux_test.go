@@ -1,31 +1,45 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
-	"os"
+	"path/filepath"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podmesh/podmesh/bpf"
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
 
-// Backend-level contract, per mode, in a namespace of its own: sync is
-// idempotent (a second identical sync writes nothing), repairs what was
+// fullPass runs a backend's full-pass operations as the reconciler does:
+// setup, read, update with the view, cluster routes, prune.
+func fullPass(t *testing.T, b backend, want map[netip.Prefix]Entry, cidrs []netip.Prefix, allowed bool) (writes int, failed map[netip.Prefix]error) {
+	t.Helper()
+	require.NoError(t, b.setup())
+	v, err := b.read()
+	require.NoError(t, err)
+	writes, failed = b.update(v, want, nil)
+	routed, err := b.clusterRoutes(cidrs, allowed)
+	require.NoError(t, err)
+	removed, err := b.prune(v, want, allowed)
+	require.NoError(t, err)
+	return writes + routed + removed, failed
+}
+
+// Backend-level contract, per mode, in a namespace of its own: a full pass
+// is idempotent (a second identical one writes nothing), repairs what was
 // removed by hand, deletes nothing it may not, removes only podmesh objects
-// when it may, and deleting a route that is already gone is success.
-func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
-	if testing.Short() {
-		t.Skip("skipped in -short mode: privileged datapath test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root to create network namespaces, links and routes")
-	}
+// when it may; an incremental update and delete leave the kernel exactly as
+// a full pass would; deleting what is already gone is success; a foreign
+// route holding a wanted prefix is reported and never overwritten.
+func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
+	testutils.RequireRoot(t)
 	for _, mode := range []string{ModeNative, ModeVXLAN, ModeEBPF} {
 		t.Run(mode, func(t *testing.T) {
 			root := datapathtest.BPFRoot(t) // never the host's default
@@ -40,8 +54,15 @@ func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 			})
 			b := r.b
 			h := node.NS.NL
-			never := func(netip.Prefix) bool { return false }
-			always := func(netip.Prefix) bool { return true }
+			cidrs := []netip.Prefix{mustPrefix("10.2.0.0/16")}
+			// podmesh routes expected per wanted prefix set: per prefix,
+			// except in ebpf mode (one per cluster CIDR).
+			routesFor := func(want map[netip.Prefix]Entry) int {
+				if mode == ModeEBPF {
+					return len(cidrs)
+				}
+				return len(want)
+			}
 
 			eth, err := h.LinkByName("eth0")
 			require.NoError(t, err)
@@ -52,37 +73,65 @@ func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				mustPrefix("10.2.0.0/24"):  {Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"},
 				mustPrefix("10.2.5.77/32"): {Prefix: mustPrefix("10.2.5.77/32"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"},
 			}
-			res := b.sync(want, never)
-			require.NoError(t, res.err)
-			require.Empty(t, res.failed)
-			assert.Positive(t, res.writes)
+			writes, failed := fullPass(t, b, want, cidrs, false)
+			require.Empty(t, failed)
+			assert.Positive(t, writes)
 
-			res = b.sync(want, never)
-			require.NoError(t, res.err)
-			assert.Zero(t, res.writes, "an identical second sync changes nothing")
+			writes, _ = fullPass(t, b, want, cidrs, false)
+			assert.Zero(t, writes, "an identical second full pass changes nothing")
 
-			ours, _, err := listRoutes(h)
+			ours, _, err := listRoutes(r.rb)
 			require.NoError(t, err)
-			require.Len(t, ours, 2)
-			gone := ours[mustPrefix("10.2.5.77/32")]
-			require.NoError(t, deleteRoute(h, gone))
-			require.NoError(t, deleteRoute(h, gone), "deleting a route that is already gone is success")
-
-			res = b.sync(want, never)
-			require.NoError(t, res.err)
-			assert.Equal(t, 1, res.writes, "the sync repairs exactly the missing route")
-
-			res = b.sync(map[netip.Prefix]Entry{}, never)
-			require.NoError(t, res.err)
-			assert.Empty(t, res.removed, "nothing is removed while deletion is not allowed")
-			ours, foreignRoutes, err := listRoutes(h)
+			require.Len(t, ours, routesFor(want))
+			// The lean dump decodes what the general decoder does, in
+			// every field podmesh compares.
+			all, err := h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 			require.NoError(t, err)
-			assert.Len(t, ours, 2)
+			decoded := 0
+			for _, vr := range all {
+				p, ok := routeKey(vr)
+				if !ok || vr.Protocol != RouteProtocol {
+					continue
+				}
+				decoded++
+				lr := ours[p]
+				assert.Equal(t, vr.Gw.String(), lr.Gw.String(), "%s gateway", p)
+				assert.Equal(t, viaAddr(vr.Via), viaAddr(lr.Via), "%s via", p)
+				assert.Equal(t, []any{vr.LinkIndex, vr.MTU, vr.Scope, vr.Type, vr.Flags, vr.Table, vr.Family}, []any{lr.LinkIndex, lr.MTU, lr.Scope, lr.Type, lr.Flags, lr.Table, lr.Family}, "%s", p)
+			}
+			assert.Equal(t, len(ours), decoded)
+			// Remove one object behind the backend's back.
+			if mode == ModeEBPF {
+				_, err := b.(*ebpfBackend).dp.Apply(nil, []netip.Prefix{mustPrefix("10.2.5.77/32")})
+				require.NoError(t, err)
+			} else {
+				gone := ours[mustPrefix("10.2.5.77/32")]
+				require.Empty(t, deleteRoutes(r.rb, []netlink.Route{gone}))
+				require.Empty(t, deleteRoutes(r.rb, []netlink.Route{gone}), "deleting a route that is already gone is success")
+			}
+			writes, _ = fullPass(t, b, want, cidrs, false)
+			assert.Equal(t, 1, writes, "the full pass repairs exactly the missing object")
 
-			res = b.sync(map[netip.Prefix]Entry{}, always)
-			require.NoError(t, res.err)
-			assert.Len(t, res.removed, 2)
-			ours, foreignRoutes, err = listRoutes(h)
+			writes, _ = fullPass(t, b, map[netip.Prefix]Entry{}, cidrs, false)
+			assert.Zero(t, writes, "nothing is removed while prune is not allowed")
+			ours, _, err = listRoutes(r.rb)
+			require.NoError(t, err)
+			assert.Len(t, ours, routesFor(want))
+
+			if mode == ModeEBPF {
+				// An entry another writer left that this version cannot
+				// decode (family 42) is podmesh's map's, so prune removes it.
+				m, err := ebpf.LoadPinnedMap(filepath.Join(root, "ipcache"), nil)
+				require.NoError(t, err)
+				key := make([]byte, m.KeySize())
+				binary.NativeEndian.PutUint32(key, 32+16)
+				key[4] = 42
+				require.NoError(t, m.Put(key, make([]byte, m.ValueSize())))
+				m.Close()
+			}
+			writes, _ = fullPass(t, b, map[netip.Prefix]Entry{}, nil, true)
+			assert.Positive(t, writes)
+			ours, foreignRoutes, err := listRoutes(r.rb)
 			require.NoError(t, err)
 			assert.Empty(t, ours, "prune removed every podmesh route")
 			assert.Contains(t, foreignRoutes, mustPrefix("10.99.0.0/24"), "prune kept the foreign route")
@@ -98,69 +147,60 @@ func TestBackendSyncIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				}
 			}
 			if mode == ModeEBPF {
-				es, err := b.(*ebpfBackend).dp.Entries()
+				es, undecodable, err := b.(*ebpfBackend).dp.Read()
 				require.NoError(t, err)
 				assert.Empty(t, es, "ipcache pruned")
+				assert.Zero(t, undecodable, "the undecodable entry pruned too")
 			}
 
-			// Delta passes: add, change, remove without re-reading the kernel.
+			// Incremental: add, change, remove without reading the kernel.
 			d1 := map[netip.Prefix]Entry{mustPrefix("10.2.0.0/24"): want[mustPrefix("10.2.0.0/24")]}
-			res = b.sync(d1, always)
-			require.NoError(t, res.err)
+			fullPass(t, b, d1, cidrs, true)
 			third := lab.AddNode("n3", "b", 2, "10.2.1.0/24")
 			d2 := map[netip.Prefix]Entry{
 				mustPrefix("10.2.0.0/24"): {Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: third.IP, ClusterID: 2, Cluster: "b"},
 				mustPrefix("10.2.1.0/24"): {Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: third.IP, ClusterID: 2, Cluster: "b"},
 			}
-			res = b.apply(diffDesired(d1, d2))
-			require.NoError(t, res.err)
-			require.Empty(t, res.failed)
-			require.False(t, res.needFull)
-			assert.Zero(t, b.sync(d2, never).writes, "the delta left the kernel exactly as a full sync would")
-			res = b.apply(diffDesired(d2, d1))
-			require.NoError(t, res.err)
-			assert.Equal(t, []netip.Prefix{mustPrefix("10.2.1.0/24")}, res.removed)
-			assert.Zero(t, b.sync(d1, always).writes, "the delta removal left the kernel exactly as a full prune would")
-			if mode == ModeEBPF {
-				// A delta deletes exactly the removed prefixes from the
-				// ipcache: an entry the desired set never had stays until a
-				// full pass may prune it.
-				dp := b.(*ebpfBackend).dp
-				other := bpf.Entry{Prefix: mustPrefix("10.2.77.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2}
-				_, err := dp.Apply([]bpf.Entry{other}, nil)
-				require.NoError(t, err)
-				res = b.apply(diffDesired(d1, d2))
-				require.NoError(t, res.err)
-				require.Empty(t, res.failed)
-				res = b.apply(diffDesired(d2, d1))
-				require.NoError(t, res.err)
-				assert.Equal(t, []netip.Prefix{mustPrefix("10.2.1.0/24")}, res.removed)
-				es, err := dp.Entries()
-				require.NoError(t, err)
-				assert.ElementsMatch(t, []bpf.Entry{ipcacheEntry(d1[mustPrefix("10.2.0.0/24")]), other}, es)
-				assert.Equal(t, 1, b.sync(d1, always).writes, "the full pass prunes it")
+			inD1 := func(p netip.Prefix) bool { _, ok := d1[p]; return ok }
+			_, failed = b.update(nil, d2, inD1)
+			require.Empty(t, failed)
+			writes, _ = fullPass(t, b, d2, cidrs, false)
+			if mode == ModeVXLAN {
+				assert.Equal(t, 2, writes, "the incremental update left the kernel as a full pass would, but for the neighbour and FDB entry of the endpoint no prefix uses any more (prune's)")
+			} else {
+				assert.Zero(t, writes, "the incremental update left the kernel exactly as a full pass would")
 			}
+			require.Empty(t, b.delete([]Entry{d2[mustPrefix("10.2.1.0/24")]}))
+			require.Empty(t, b.delete([]Entry{d2[mustPrefix("10.2.1.0/24")]}), "deleting what is already gone is success")
+			writes, _ = fullPass(t, b, map[netip.Prefix]Entry{mustPrefix("10.2.0.0/24"): d2[mustPrefix("10.2.0.0/24")]}, cidrs, true)
+			assert.Zero(t, writes, "the incremental delete left the kernel exactly as a full prune would")
 
-			// A foreign route holding a wanted prefix is reported, not
-			// replaced: the delta pass asks for a full pass, which reports it.
-			clash0 := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 2, 8, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
-			require.NoError(t, h.RouteAdd(&clash0))
-			d3 := map[netip.Prefix]Entry{mustPrefix("10.2.8.0/24"): {Prefix: mustPrefix("10.2.8.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"}}
-			res = b.apply(diffDesired(d1, d3))
-			assert.True(t, res.needFull)
-			_, foreignRoutes, err = listRoutes(h)
-			require.NoError(t, err)
-			assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.2.8.0/24")].Protocol, "the delta did not overwrite the foreign route")
-
-			// A foreign route holding a wanted prefix is reported, not replaced.
-			clash := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 2, 9, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
-			require.NoError(t, h.RouteAdd(&clash))
-			res = b.sync(map[netip.Prefix]Entry{mustPrefix("10.2.9.0/24"): {Prefix: mustPrefix("10.2.9.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"}}, always)
-			require.NoError(t, res.err)
-			assert.Contains(t, res.failed, mustPrefix("10.2.9.0/24"))
-			_, foreignRoutes, err = listRoutes(h)
-			require.NoError(t, err)
-			assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.2.9.0/24")].Protocol)
+			if mode != ModeEBPF {
+				// A foreign route holding a wanted prefix: the incremental
+				// update fails exclusively instead of overwriting it, and
+				// the full pass reports it.
+				clash := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 2, 9, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
+				require.NoError(t, h.RouteAdd(&clash))
+				d3 := map[netip.Prefix]Entry{mustPrefix("10.2.9.0/24"): {Prefix: mustPrefix("10.2.9.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"}}
+				_, failed = b.update(nil, d3, func(netip.Prefix) bool { return false })
+				assert.ErrorIs(t, failed[mustPrefix("10.2.9.0/24")], errRouteExists)
+				_, failed = fullPass(t, b, d3, cidrs, true)
+				assert.ErrorIs(t, failed[mustPrefix("10.2.9.0/24")], errForeignRoute)
+				_, foreignRoutes, err = listRoutes(r.rb)
+				require.NoError(t, err)
+				assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.2.9.0/24")].Protocol, "the foreign route was not overwritten")
+			} else {
+				// A foreign route holding a cluster CIDR is reported, not
+				// replaced.
+				clash := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 3, 0, 0), Mask: net.CIDRMask(16, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
+				require.NoError(t, h.RouteAdd(&clash))
+				require.NoError(t, b.setup())
+				_, err = b.clusterRoutes([]netip.Prefix{mustPrefix("10.3.0.0/16")}, true)
+				assert.ErrorIs(t, err, errForeignRoute)
+				_, foreignRoutes, err = listRoutes(r.rb)
+				require.NoError(t, err)
+				assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), foreignRoutes[mustPrefix("10.3.0.0/16")].Protocol)
+			}
 		})
 	}
 }

@@ -39,7 +39,7 @@ func BenchmarkPlanRoutesConverged100k(b *testing.B) {
 	}
 }
 
-func BenchmarkDesiredChangesSince1kOf100k(b *testing.B) {
+func BenchmarkDesiredChanges1kOf100k(b *testing.B) {
 	d := NewDesired()
 	all := make([]Entry, 0, 100_000)
 	for _, e := range benchEntries(100_000) {
@@ -54,9 +54,9 @@ func BenchmarkDesiredChangesSince1kOf100k(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		changes, _, _, ok := d.ChangesSince(v)
-		if !ok || len(changes) != 1000 {
-			b.Fatalf("ok=%v changes=%d", ok, len(changes))
+		ch, ok := d.Changes(v)
+		if !ok || len(ch.Objects) != 1000 {
+			b.Fatalf("ok=%v changes=%d", ok, len(ch.Objects))
 		}
 	}
 }

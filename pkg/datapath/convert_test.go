@@ -3,16 +3,12 @@ package datapath
 import (
 	"net"
 	"net/netip"
-	"runtime"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/podmesh/podmesh/bpf"
 )
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
@@ -228,26 +224,6 @@ func TestVXLANNeighbourAndFDBPointAtThePeer(t *testing.T) {
 	assert.False(t, neighMatches(n, have), "a learnt entry is replaced by a permanent one")
 }
 
-func TestPlanIpcacheKeepsAdoptedEntriesUntilPruneIsAllowed(t *testing.T) {
-	want := map[netip.Prefix]bpf.Entry{
-		mustPrefix("10.2.0.0/24"): {Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2},
-		mustPrefix("10.2.1.0/24"): {Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: mustAddr("192.168.0.4"), ClusterID: 2},
-	}
-	have := []bpf.Entry{
-		{Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2},
-		{Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: mustAddr("192.168.0.9"), ClusterID: 2},
-		{Prefix: mustPrefix("10.3.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.5"), ClusterID: 3},
-	}
-	add, keep, prune := planIpcache(want, have, func(netip.Prefix) bool { return false })
-	assert.Equal(t, []bpf.Entry{want[mustPrefix("10.2.1.0/24")]}, add)
-	assert.Len(t, keep, 3)
-	assert.False(t, prune)
-
-	_, keep, prune = planIpcache(want, have, func(netip.Prefix) bool { return true })
-	assert.Len(t, keep, 2)
-	assert.True(t, prune)
-}
-
 func TestIPNetRoundTrip(t *testing.T) {
 	for _, s := range []string{"10.2.0.0/24", "10.2.0.77/32", "fd02::/64", "fd02::5/128", "0.0.0.0/0"} {
 		p := mustPrefix(s)
@@ -258,140 +234,4 @@ func TestIPNetRoundTrip(t *testing.T) {
 	got, ok := ipNetToPrefix(prefixToIPNet(mustPrefix("10.2.0.9/24")))
 	require.True(t, ok)
 	assert.Equal(t, mustPrefix("10.2.0.0/24"), got, "prefixes are masked")
-}
-
-func TestDesiredChangedAfterReportsTheFirstUnappliedChange(t *testing.T) {
-	d := NewDesired()
-	_, found := d.ChangedAfter(0)
-	assert.False(t, found, "nothing changed yet")
-
-	before := time.Now()
-	d.Upsert(Entry{Prefix: mustPrefix("10.2.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2, Cluster: "b"})
-	at1, found := d.ChangedAfter(0)
-	require.True(t, found)
-	assert.False(t, at1.Before(before.Add(-changeCoalesce)))
-
-	v := d.Version()
-	_, found = d.ChangedAfter(v)
-	assert.False(t, found, "no change after the current version")
-
-	// A later change, once the coalescing window has passed, gets its own record.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Since(at1) <= changeCoalesce && time.Now().Before(deadline) {
-		runtime.Gosched()
-	}
-	d.Upsert(Entry{Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: mustAddr("192.168.0.4"), ClusterID: 2, Cluster: "b"})
-	at2, found := d.ChangedAfter(v)
-	require.True(t, found)
-	assert.True(t, at2.After(at1))
-	first, _ := d.ChangedAfter(0)
-	assert.Equal(t, at1, first, "the first unapplied change is still the oldest one")
-}
-
-func TestDiffDesiredSplitsAddsChangesAndRemovals(t *testing.T) {
-	e := func(p, ep string, id uint32) Entry {
-		return Entry{Prefix: mustPrefix(p), TunnelEndpoint: mustAddr(ep), ClusterID: id, Cluster: "b"}
-	}
-	prev := map[netip.Prefix]Entry{
-		mustPrefix("10.2.0.0/24"): e("10.2.0.0/24", "192.168.0.3", 2),
-		mustPrefix("10.2.1.0/24"): e("10.2.1.0/24", "192.168.0.4", 2),
-		mustPrefix("10.2.2.0/24"): e("10.2.2.0/24", "192.168.0.5", 2),
-	}
-	renamed := e("10.2.0.0/24", "192.168.0.3", 2)
-	renamed.Cluster = "b-renamed"
-	next := map[netip.Prefix]Entry{
-		mustPrefix("10.2.0.0/24"): renamed,                            // same kernel view
-		mustPrefix("10.2.1.0/24"): e("10.2.1.0/24", "192.168.0.9", 2), // moved
-		mustPrefix("10.2.3.0/24"): e("10.2.3.0/24", "192.168.0.5", 2), // new
-	}
-	d := diffDesired(prev, next)
-	assert.Equal(t, []Entry{next[mustPrefix("10.2.3.0/24")]}, d.add)
-	assert.Equal(t, []Entry{next[mustPrefix("10.2.1.0/24")]}, d.change)
-	assert.Equal(t, []Entry{prev[mustPrefix("10.2.1.0/24")]}, d.stale)
-	assert.Equal(t, []Entry{prev[mustPrefix("10.2.2.0/24")]}, d.remove)
-	assert.False(t, d.empty())
-	assert.True(t, diffDesired(next, next).empty())
-}
-
-func TestDesiredChangesSinceReturnsCurrentStateOfTouchedPrefixes(t *testing.T) {
-	d := NewDesired()
-	d.SetCluster("b", nil, []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
-	v1 := d.Version()
-	d.Upsert(entry("10.2.2.0/24", "192.168.0.5"))
-	d.Delete("b", mustPrefix("10.2.0.0/24"))
-	d.Upsert(entry("10.2.1.0/24", "192.168.0.9"))
-	d.Delete("b", mustPrefix("10.2.9.0/24")) // missing: no version, no change
-	// Another cluster holding the same prefix: the name that sorts first wins.
-	c := entry("10.2.2.0/24", "192.168.0.7")
-	c.Cluster = "a"
-	d.Upsert(c)
-
-	changes, v, prune, ok := d.ChangesSince(v1)
-	require.True(t, ok)
-	assert.Equal(t, d.Version(), v)
-	assert.False(t, prune)
-	got := map[netip.Prefix]Change{}
-	for _, ch := range changes {
-		_, dup := got[ch.Prefix]
-		assert.False(t, dup, "each prefix once")
-		got[ch.Prefix] = ch
-	}
-	assert.Len(t, got, 3)
-	assert.False(t, got[mustPrefix("10.2.0.0/24")].Present)
-	assert.Equal(t, mustAddr("192.168.0.9"), got[mustPrefix("10.2.1.0/24")].Entry.TunnelEndpoint)
-	assert.Equal(t, "a", got[mustPrefix("10.2.2.0/24")].Entry.Cluster)
-	snap := d.Snapshot()
-	for p, ch := range got {
-		e, present := snap.Entries[p]
-		assert.Equal(t, present, ch.Present, "%s agrees with Snapshot", p)
-		if present {
-			assert.Equal(t, e, ch.Entry, "%s agrees with Snapshot", p)
-		}
-	}
-
-	changes, _, _, ok = d.ChangesSince(d.Version())
-	require.True(t, ok)
-	assert.Empty(t, changes)
-
-	d.AllowPrune()
-	changes, _, prune, ok = d.ChangesSince(v)
-	require.True(t, ok)
-	assert.Empty(t, changes)
-	assert.True(t, prune)
-
-	d.RemoveCluster("b")
-	changes, _, _, ok = d.ChangesSince(v)
-	require.True(t, ok)
-	assert.Len(t, changes, 2, "the two prefixes cluster b still held")
-}
-
-func TestDesiredChangesSinceFallsBackWhenTheJournalIsOutrun(t *testing.T) {
-	d := NewDesired()
-	d.Upsert(entry("10.2.0.0/24", "192.168.0.3"))
-	v := d.Version()
-	big := make([]Entry, journalMax+1)
-	for i := range big {
-		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
-		big[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2, Cluster: "c"}
-	}
-	d.SetCluster("c", nil, big)
-	_, _, _, ok := d.ChangesSince(v)
-	assert.False(t, ok, "too many changes since v: the caller must take a snapshot")
-	v2 := d.Version()
-	d.Upsert(entry("10.2.1.0/24", "192.168.0.4"))
-	changes, _, _, ok := d.ChangesSince(v2)
-	require.True(t, ok, "later versions are journaled again")
-	assert.Len(t, changes, 1)
-
-	// Many small changes: old versions fall out, recent ones stay.
-	for i := range journalMax + 10 {
-		a := netip.AddrFrom4([4]byte{100, 100 + byte(i>>16), byte(i >> 8), byte(i)})
-		d.Upsert(Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 2, Cluster: "d"})
-	}
-	_, _, _, ok = d.ChangesSince(v2)
-	assert.False(t, ok)
-	recent := d.Version() - 5
-	changes, _, _, ok = d.ChangesSince(recent)
-	require.True(t, ok)
-	assert.Len(t, changes, 5)
 }

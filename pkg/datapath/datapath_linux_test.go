@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/pkg/datapath"
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
@@ -37,18 +38,8 @@ const (
 
 var modes = []string{datapath.ModeNative, datapath.ModeVXLAN, datapath.ModeEBPF}
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("skipped in -short mode: privileged datapath test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root to create network namespaces, links, routes and BPF programs")
-	}
-}
-
 func forEachMode(t *testing.T, fn func(t *testing.T, mode string)) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) { fn(t, mode) })
 	}
@@ -106,6 +97,16 @@ func clusterCIDRs(cluster string) []netip.Prefix {
 		"a": {netip.MustParsePrefix("10.1.0.0/16")},
 		"b": {netip.MustParsePrefix("10.2.0.0/16")},
 	}[cluster]
+}
+
+// routed is the prefix a1's kernel routes for node n: n's pod CIDR, or in
+// ebpf mode the pod CIDR n's cluster declares (one route per cluster; the
+// ipcache holds the per-node detail).
+func (m *mesh) routed(n *datapathtest.Node) netip.Prefix {
+	if m.mode == datapath.ModeEBPF {
+		return clusterCIDRs(n.Cluster)[0]
+	}
+	return n.PodCIDR
 }
 
 // podIP is the .10 of the node's pod CIDR.
@@ -211,31 +212,15 @@ func statusString(s datapath.Status) string {
 	return fmt.Sprintf("last error: %s; per prefix: %v", s.LastError, s.Errors)
 }
 
-// eventually polls cond until it holds or the deadline passes and reports
-// whether it held.
-func eventually(within time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		tick := time.NewTimer(10 * time.Millisecond)
-		<-tick.C
-	}
-	return true
-}
-
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor waits until cond holds, failing the test with msg's account of
+// the last state when it does not within the given time.
 func waitFor(t *testing.T, within time.Duration, cond func() bool, msg func() string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %s", within, msg())
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		if !cond() {
+			c.Errorf("condition not met: %s", msg())
 		}
-		tick := time.NewTimer(10 * time.Millisecond)
-		<-tick.C
-	}
+	}, within, 10*time.Millisecond)
 }
 
 func (m *mesh) identServers() {
@@ -447,15 +432,20 @@ func TestDriftIsRepairedAndPruneRemovesOnlyPodmeshRoutes(t *testing.T) {
 		require.Len(t, fr, 1, "prune keeps the foreign route")
 		assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), fr[0].Protocol)
 
-		// A podmesh route deleted by hand comes back within a recheck period.
+		// A podmesh route deleted by hand comes back with the next full
+		// pass, which counts it as out of sync.
 		target := netip.MustParsePrefix("10.2.0.0/24")
-		rs := routesTo(t, m.a1, target)
+		route := m.routed(m.b1)
+		rs := routesTo(t, m.a1, route)
 		require.Len(t, rs, 1)
+		outOfSync := m.running[m.a1].r.Status().OutOfSyncTotal
 		require.NoError(t, h.RouteDel(&rs[0]))
-		require.Empty(t, routesTo(t, m.a1, target))
-		waitFor(t, convergeWithin, func() bool { return len(routesTo(t, m.a1, target)) == 1 },
-			func() string { return "route " + target.String() + " not repaired" })
-		assert.Equal(t, datapath.RouteProtocol, routesTo(t, m.a1, target)[0].Protocol)
+		require.Empty(t, routesTo(t, m.a1, route))
+		waitFor(t, convergeWithin, func() bool { return len(routesTo(t, m.a1, route)) == 1 },
+			func() string { return "route " + route.String() + " not repaired" })
+		assert.Equal(t, datapath.RouteProtocol, routesTo(t, m.a1, route)[0].Protocol)
+		waitFor(t, convergeWithin, func() bool { return m.running[m.a1].r.Status().OutOfSyncTotal > outOfSync },
+			func() string { return "the repair was not counted as out of sync" })
 
 		switch mode {
 		case datapath.ModeVXLAN:
@@ -487,7 +477,7 @@ func TestDriftIsRepairedAndPruneRemovesOnlyPodmeshRoutes(t *testing.T) {
 			require.NoError(t, h.LinkDel(vx))
 			waitFor(t, convergeWithin, func() bool {
 				l, err := h.LinkByName(datapath.DeviceName)
-				return err == nil && l.Attrs().Index != vx.Attrs().Index && len(routesTo(t, m.a1, target)) == 1
+				return err == nil && l.Attrs().Index != vx.Attrs().Index && len(routesTo(t, m.a1, route)) == 1
 			}, func() string { return datapath.DeviceName + " and its routes not repaired" })
 			got, err := datapathtest.TCPIdent(m.pod(m.a1), to(m.pod(m.b1), identPort), dialTimeout)
 			require.NoError(t, err, "traffic flows through the recreated device")
@@ -523,7 +513,7 @@ func TestPathMTUDiscoveryAndFullSizeTCP(t *testing.T) {
 		m.identServers()
 		m.startAll()
 
-		rs := routesTo(t, m.a1, m.b1.PodCIDR)
+		rs := routesTo(t, m.a1, m.routed(m.b1))
 		require.Len(t, rs, 1)
 		assert.Equal(t, wantMTU, rs[0].MTU, "the remote prefix route carries the tunnel MTU")
 
@@ -579,7 +569,7 @@ func TestPathMTUDiscoveryAndFullSizeTCP(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, m.a1.NS.NL.LinkSetMTU(eth, opts.UnderlayMTU-100))
 		waitFor(t, convergeWithin, func() bool {
-			rs := routesTo(t, m.a1, m.b1.PodCIDR)
+			rs := routesTo(t, m.a1, m.routed(m.b1))
 			return len(rs) == 1 && rs[0].MTU == wantMTU-100
 		}, func() string { return "route MTU did not follow the underlay MTU" })
 		if mode != datapath.ModeNative {
@@ -604,7 +594,7 @@ func controlErr(sc interface{ Control(func(uintptr)) error }, fn func(fd int) er
 // AllowPrune. (Only a1's own kernel objects are checked: the other nodes are
 // not started, as a mesh must run one mode.)
 func TestModeSwitchReplacesRoutesAndRemovesLeftoversOncePruneIsAllowed(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	m := newMesh(t, datapath.ModeEBPF, datapathtest.LabOptions{})
 	m.start(m.a1)
 	m.waitApplied(m.a1)
@@ -642,4 +632,47 @@ func TestModeSwitchReplacesRoutesAndRemovesLeftoversOncePruneIsAllowed(t *testin
 func ipOf(ip net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(ip)
 	return a.Unmap()
+}
+
+func TestAFailingObjectDoesNotBlockTheOthersAndShowsInStatus(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		m := newMesh(t, mode, datapathtest.LabOptions{})
+		m.identServers()
+		bad := netip.MustParsePrefix("10.2.7.0/24")
+		e := datapath.Entry{Prefix: bad, TunnelEndpoint: m.b1.IP, ClusterID: 2, Cluster: "b"}
+		if mode == datapath.ModeEBPF {
+			// The ipcache holds cluster IDs up to bpf.MaxClusterID only.
+			e.ClusterID = 999
+		} else {
+			// A route podmesh did not create holds the prefix.
+			eth, err := m.a1.NS.NL.LinkByName("eth0")
+			require.NoError(t, err)
+			foreign := netlink.Route{Dst: ipnet(bad.String()), Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC, Table: unix.RT_TABLE_MAIN}
+			require.NoError(t, m.a1.NS.NL.RouteAdd(&foreign))
+		}
+		m.desired[m.a1].Upsert(e)
+		for _, n := range m.lab.Nodes {
+			m.start(n)
+		}
+		for _, n := range []*datapathtest.Node{m.a2, m.b1, m.b2} {
+			m.waitApplied(n)
+		}
+		rr := m.running[m.a1]
+		waitFor(t, convergeWithin, func() bool {
+			s := rr.r.Status()
+			return s.Errors[bad.String()] != "" && s.Programmed["b"] == 2
+		}, func() string { return statusString(rr.r.Status()) })
+		s := rr.r.Status()
+		assert.Equal(t, map[string]int{"b": 1}, s.Failed)
+		assert.Len(t, s.Errors, 1, "only the failing object is in error")
+		t.Logf("status error of %s: %s", bad, s.Errors[bad.String()])
+		got, err := datapathtest.TCPIdent(m.pod(m.a1), to(m.pod(m.b1), identPort), dialTimeout)
+		require.NoError(t, err, "the other objects carry traffic")
+		assert.Equal(t, m.pod(m.a1).IP, got)
+		if mode != datapath.ModeEBPF {
+			rs := routesTo(t, m.a1, bad)
+			require.Len(t, rs, 1)
+			assert.Equal(t, netlink.RouteProtocol(unix.RTPROT_STATIC), rs[0].Protocol, "the foreign route is left alone")
+		}
+	})
 }

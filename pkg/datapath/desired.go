@@ -23,38 +23,65 @@ func (e Entry) String() string {
 	return fmt.Sprintf("%s via %s (cluster %s/%d)", e.Prefix, e.TunnelEndpoint, e.Cluster, e.ClusterID)
 }
 
-// Desired is the hand-off between the agent's mesh state and the datapath:
-// the full desired set of remote prefixes, kept per remote cluster. The agent
-// writes it; the reconciler reads snapshots of it and is woken through
+// Object is one prefix of the desired table as the reconciler sees it: the
+// entry that wins for the prefix, the revision of its last change and, for a
+// prefix no cluster holds any more, Deleted (a tombstone, so that the
+// incremental pass learns about the withdrawal).
+type Object struct {
+	Entry    Entry
+	Revision uint64
+	Deleted  bool
+	changed  time.Time
+}
+
+// Desired is the hand-off between the agent's mesh state and the datapath: a
+// table of desired objects, one per remote prefix, each with the revision of
+// its last change (the cilium/statedb shape). The agent writes it per remote
+// cluster; the reconciler reads the objects whose revision moved since its
+// last pass (Changes) or all of them (Snapshot), and is woken through
 // Changed. It is safe for concurrent use.
 //
 // Prefixes of different clusters never overlap (the agent refuses a cluster
 // whose pod CIDRs overlap another's), so a prefix has at most one owner; if a
 // caller does store one prefix under two clusters, the cluster whose name
-// sorts first wins in Snapshot, so the result is deterministic.
+// sorts first wins, so the result is deterministic.
 type Desired struct {
-	// mu protects byCluster, podCIDRs, version, pruneAllowed, changes, journal and
-	// journalFrom.
-	mu           sync.Mutex
-	byCluster    map[string]map[netip.Prefix]Entry
-	podCIDRs     map[string][]netip.Prefix
-	version      uint64
+	// mu protects every field below except changed.
+	mu       sync.Mutex
+	clusters map[string]*desiredCluster
+	objects  map[netip.Prefix]*Object // live objects and tombstones
+	// byRev indexes objects by revision, oldest first. A slot whose object
+	// has moved on to a later revision is stale and skipped; compactLocked
+	// drops stale slots and old tombstones.
+	byRev        []revSlot
+	tombstones   int
+	forgotten    uint64 // tombstones up to this revision were dropped
+	revision     uint64
 	pruneAllowed bool
-	changes      []change // bounded, oldest first; see ChangedAfter
-	// journal lists the prefixes each version touched, oldest first; it
-	// holds every change with a version above journalFrom (ChangesSince).
-	journal     []journalEntry
-	journalFrom uint64
 
 	changed chan struct{}
 }
 
+type desiredCluster struct {
+	podCIDRs []netip.Prefix
+	entries  map[netip.Prefix]Entry
+}
+
+type revSlot struct {
+	rev    uint64
+	prefix netip.Prefix
+}
+
+// tombstonesKept bounds the withdrawn prefixes Desired remembers; a reader
+// that falls further behind is told to take a Snapshot.
+const tombstonesKept = 1 << 16
+
 // NewDesired returns an empty desired set in which pruning is not yet allowed.
 func NewDesired() *Desired {
 	return &Desired{
-		byCluster: make(map[string]map[netip.Prefix]Entry),
-		podCIDRs:  make(map[string][]netip.Prefix),
-		changed:   make(chan struct{}, 1),
+		clusters: make(map[string]*desiredCluster),
+		objects:  make(map[netip.Prefix]*Object),
+		changed:  make(chan struct{}, 1),
 	}
 }
 
@@ -68,78 +95,84 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old, ok := d.byCluster[cluster]
-	if ok && maps.Equal(old, m) && slices.Equal(d.podCIDRs[cluster], podCIDRs) {
+	old := d.clusters[cluster]
+	if old != nil && maps.Equal(old.entries, m) && slices.Equal(old.podCIDRs, podCIDRs) {
 		return
 	}
-	d.byCluster[cluster] = m
-	d.podCIDRs[cluster] = slices.Clone(podCIDRs)
-	d.bumpLocked()
-	var touched []netip.Prefix
-	for p, e := range m {
-		if o, ok := old[p]; !ok || o != e {
-			touched = append(touched, p)
+	d.clusters[cluster] = &desiredCluster{podCIDRs: slices.Clone(podCIDRs), entries: m}
+	now := time.Now()
+	moved := false
+	for p := range m {
+		moved = d.resolveLocked(p, now) || moved
+	}
+	if old != nil {
+		for p := range old.entries {
+			if _, ok := m[p]; !ok {
+				moved = d.resolveLocked(p, now) || moved
+			}
 		}
 	}
-	for p := range old {
-		if _, ok := m[p]; !ok {
-			touched = append(touched, p)
-		}
+	if moved || old == nil || !slices.Equal(old.podCIDRs, podCIDRs) {
+		d.bumpLocked(moved)
 	}
-	d.journalLocked(touched...)
 }
 
 // Upsert adds or replaces one entry of e.Cluster.
 func (d *Desired) Upsert(e Entry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	m := d.byCluster[e.Cluster]
-	if m == nil {
-		m = make(map[netip.Prefix]Entry)
-		d.byCluster[e.Cluster] = m
+	c := d.clusters[e.Cluster]
+	if c == nil {
+		c = &desiredCluster{entries: make(map[netip.Prefix]Entry)}
+		d.clusters[e.Cluster] = c
 	}
-	if old, ok := m[e.Prefix]; ok && old == e {
+	if old, ok := c.entries[e.Prefix]; ok && old == e {
 		return
 	}
-	m[e.Prefix] = e
-	d.bumpLocked()
-	d.journalLocked(e.Prefix)
+	c.entries[e.Prefix] = e
+	if d.resolveLocked(e.Prefix, time.Now()) {
+		d.bumpLocked(true)
+	}
 }
 
 // Delete removes one prefix of a cluster. Deleting a missing prefix is a no-op.
 func (d *Desired) Delete(cluster string, p netip.Prefix) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	m := d.byCluster[cluster]
-	if _, ok := m[p]; !ok {
+	c := d.clusters[cluster]
+	if c == nil {
 		return
 	}
-	delete(m, p)
-	d.bumpLocked()
-	d.journalLocked(p)
+	if _, ok := c.entries[p]; !ok {
+		return
+	}
+	delete(c.entries, p)
+	if d.resolveLocked(p, time.Now()) {
+		d.bumpLocked(true)
+	}
 }
 
-// RemoveCluster withdraws every entry of a cluster.
+// RemoveCluster withdraws every entry of a cluster and its pod CIDRs.
 func (d *Desired) RemoveCluster(cluster string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old, ok := d.byCluster[cluster]
+	old, ok := d.clusters[cluster]
 	if !ok {
 		return
 	}
-	delete(d.byCluster, cluster)
-	delete(d.podCIDRs, cluster)
-	d.bumpLocked()
-	touched := make([]netip.Prefix, 0, len(old))
-	for p := range old {
-		touched = append(touched, p)
+	delete(d.clusters, cluster)
+	now := time.Now()
+	moved := false
+	for p := range old.entries {
+		moved = d.resolveLocked(p, now) || moved
 	}
-	d.journalLocked(touched...)
+	d.bumpLocked(moved && len(old.podCIDRs) == 0)
 }
 
 // AllowPrune is called once every remote has synced (or the sync timeout has
-// passed). Until then a reconciler adopts and adds, but deletes nothing it
-// finds in the kernel, so an agent restart withdraws no route.
+// passed). Until then a reconciler adopts and adds, and deletes only what the
+// desired set withdrew, never what it merely finds in the kernel, so an agent
+// restart withdraws no route.
 func (d *Desired) AllowPrune() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -147,185 +180,187 @@ func (d *Desired) AllowPrune() {
 		return
 	}
 	d.pruneAllowed = true
-	d.bumpLocked()
+	d.bumpLocked(false)
 }
 
-// Snapshot is a consistent copy of the desired set.
-type Snapshot struct {
-	Entries      map[netip.Prefix]Entry
-	Version      uint64
-	PruneAllowed bool
-}
-
-// Snapshot returns a copy of the whole desired set.
-func (d *Desired) Snapshot() Snapshot {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	n := 0
-	for _, m := range d.byCluster {
-		n += len(m)
-	}
-	out := make(map[netip.Prefix]Entry, n)
-	for cluster, m := range d.byCluster {
-		for p, e := range m {
-			if old, ok := out[p]; ok && old.Cluster < cluster {
-				continue
-			}
-			out[p] = e
-		}
-	}
-	return Snapshot{Entries: out, Version: d.version, PruneAllowed: d.pruneAllowed}
-}
-
-// ClusterEntries returns a copy of one cluster's entries.
-func (d *Desired) ClusterEntries(cluster string) []Entry {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make([]Entry, 0, len(d.byCluster[cluster]))
-	for _, e := range d.byCluster[cluster] {
-		out = append(out, e)
-	}
-	return out
-}
-
-// Version increases on every change.
-func (d *Desired) Version() uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.version
-}
-
-// Changed receives a value after one or more changes. It never blocks the
-// writer: changes made while a signal is pending coalesce into it.
-func (d *Desired) Changed() <-chan struct{} { return d.changed }
-
-type journalEntry struct {
-	version uint64
-	prefix  netip.Prefix
-}
-
-// journalMax bounds the journal; a reader that falls further behind takes a
-// Snapshot instead.
-const journalMax = 1 << 16
-
-// journalLocked records that the current version touched prefixes.
-func (d *Desired) journalLocked(prefixes ...netip.Prefix) {
-	if len(prefixes) > journalMax {
-		d.journal, d.journalFrom = d.journal[:0], d.version
-		return
-	}
-	for len(d.journal)+len(prefixes) > journalMax {
-		// Drop the oldest half, cutting between two versions.
-		cut := max(len(d.journal)/2, 1)
-		for cut < len(d.journal) && cut > 0 && d.journal[cut].version == d.journal[cut-1].version {
-			cut++
-		}
-		if cut == len(d.journal) {
-			d.journal, d.journalFrom = d.journal[:0], d.version-1
-			break
-		}
-		d.journalFrom = d.journal[cut-1].version
-		d.journal = append(d.journal[:0], d.journal[cut:]...)
-	}
-	for _, p := range prefixes {
-		d.journal = append(d.journal, journalEntry{version: d.version, prefix: p})
-	}
-}
-
-// Change is the current state of one prefix that changed: its entry, or
-// Present false when no cluster holds it any more.
-type Change struct {
-	Prefix  netip.Prefix
-	Entry   Entry
-	Present bool
-}
-
-// ChangesSince returns the current state of every prefix that changed after
-// version v, the current version and whether pruning is allowed, in one
-// consistent view. ok is false when the journal no longer reaches back to v
-// (more than about 65,000 prefix changes since); the caller then takes a
-// Snapshot. It lets a reader keep a copy of the set up to date in time
-// proportional to the changes rather than to the set.
-func (d *Desired) ChangesSince(v uint64) (changes []Change, version uint64, pruneAllowed bool, ok bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if v > d.version || v < d.journalFrom {
-		return nil, d.version, d.pruneAllowed, false
-	}
-	i := sort.Search(len(d.journal), func(i int) bool { return d.journal[i].version > v })
-	seen := make(map[netip.Prefix]bool, len(d.journal)-i)
-	for _, j := range d.journal[i:] {
-		if seen[j.prefix] {
-			continue
-		}
-		seen[j.prefix] = true
-		e, present := d.lookupLocked(j.prefix)
-		changes = append(changes, Change{Prefix: j.prefix, Entry: e, Present: present})
-	}
-	return changes, d.version, d.pruneAllowed, true
-}
-
-// lookupLocked resolves a prefix as Snapshot does: the cluster whose name
-// sorts first wins.
-func (d *Desired) lookupLocked(p netip.Prefix) (Entry, bool) {
+// resolveLocked recomputes the object of prefix p from the clusters' entries
+// (the cluster whose name sorts first wins) and gives it a new revision if it
+// changed. It reports whether it did.
+func (d *Desired) resolveLocked(p netip.Prefix, now time.Time) bool {
 	var (
-		best        Entry
-		bestCluster string
-		found       bool
+		best  Entry
+		owner string
+		found bool
 	)
-	for cluster, m := range d.byCluster {
-		e, ok := m[p]
-		if ok && (!found || cluster < bestCluster) {
-			best, bestCluster, found = e, cluster, true
+	for name, c := range d.clusters {
+		if e, ok := c.entries[p]; ok && (!found || name < owner) {
+			best, owner, found = e, name, true
 		}
 	}
-	return best, found
-}
-
-// change records when a run of versions began: changes within
-// changeCoalesce of the previous record share it, so a burst of many
-// upserts costs one record.
-type change struct {
-	first uint64
-	at    time.Time
-}
-
-const (
-	changesKept    = 1024
-	changeCoalesce = time.Millisecond
-)
-
-// ChangedAfter returns when the first change after version v was made, for
-// the convergence-latency metric (accurate to about a millisecond). found is
-// false when no change after v is recorded. When the record of that change
-// has been dropped (more than changesKept bursts ago), the oldest record is
-// returned, which underestimates.
-func (d *Desired) ChangedAfter(v uint64) (at time.Time, found bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if v >= d.version || len(d.changes) == 0 {
-		return time.Time{}, false
+	o := d.objects[p]
+	switch {
+	case o == nil && !found:
+		return false
+	case o == nil:
+		o = &Object{}
+		d.objects[p] = o
+	case !o.Deleted && found && o.Entry == best:
+		return false
+	case o.Deleted && !found:
+		return false
 	}
-	// Last record whose run starts at or before v+1.
-	i := sort.Search(len(d.changes), func(i int) bool { return d.changes[i].first > v+1 })
-	if i == 0 {
-		return d.changes[0].at, true
+	if o.Deleted {
+		d.tombstones--
 	}
-	return d.changes[i-1].at, true
+	d.revision++
+	o.Entry, o.Deleted, o.Revision, o.changed = best, !found, d.revision, now
+	if !found {
+		o.Entry.Prefix = p
+		d.tombstones++
+	}
+	d.byRev = append(d.byRev, revSlot{rev: d.revision, prefix: p})
+	if len(d.byRev) > 2*len(d.objects)+1024 || d.tombstones > tombstonesKept {
+		d.compactLocked()
+	}
+	return true
 }
 
-func (d *Desired) bumpLocked() {
-	d.version++
-	now := time.Now()
-	if n := len(d.changes); n == 0 || now.Sub(d.changes[n-1].at) > changeCoalesce {
-		if n == changesKept {
-			copy(d.changes, d.changes[1:])
-			d.changes = d.changes[:n-1]
+// compactLocked drops stale revision slots and, when there are too many, the
+// older half of the tombstones.
+func (d *Desired) compactLocked() {
+	if d.tombstones > tombstonesKept {
+		var revs []uint64
+		for _, o := range d.objects {
+			if o.Deleted {
+				revs = append(revs, o.Revision)
+			}
 		}
-		d.changes = append(d.changes, change{first: d.version, at: now})
+		slices.Sort(revs)
+		cut := revs[len(revs)/2]
+		for p, o := range d.objects {
+			if o.Deleted && o.Revision <= cut {
+				delete(d.objects, p)
+				d.tombstones--
+			}
+		}
+		d.forgotten = max(d.forgotten, cut)
+	}
+	live := d.byRev[:0]
+	for _, s := range d.byRev {
+		if o := d.objects[s.prefix]; o != nil && o.Revision == s.rev {
+			live = append(live, s)
+		}
+	}
+	d.byRev = live
+}
+
+// bumpLocked wakes the reader after a change. A change that moved no
+// object (pod CIDRs, the prune permission) still gets a revision of its own,
+// so a reader sees it.
+func (d *Desired) bumpLocked(objectsMoved bool) {
+	if !objectsMoved {
+		d.revision++
 	}
 	select {
 	case d.changed <- struct{}{}:
 	default:
 	}
 }
+
+// Snapshot is a consistent copy of the desired table.
+type Snapshot struct {
+	// Entries holds every live object.
+	Entries map[netip.Prefix]Entry
+	// PodCIDRs are the pod CIDRs every remote cluster declares, by cluster.
+	PodCIDRs     map[string][]netip.Prefix
+	Revision     uint64
+	PruneAllowed bool
+}
+
+// Snapshot returns a copy of the whole desired table.
+func (d *Desired) Snapshot() Snapshot {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[netip.Prefix]Entry, len(d.objects)-d.tombstones)
+	for p, o := range d.objects {
+		if !o.Deleted {
+			out[p] = o.Entry
+		}
+	}
+	return Snapshot{Entries: out, PodCIDRs: d.podCIDRsLocked(), Revision: d.revision, PruneAllowed: d.pruneAllowed}
+}
+
+func (d *Desired) podCIDRsLocked() map[string][]netip.Prefix {
+	out := make(map[string][]netip.Prefix, len(d.clusters))
+	for name, c := range d.clusters {
+		if len(c.podCIDRs) > 0 {
+			out[name] = slices.Clone(c.podCIDRs)
+		}
+	}
+	return out
+}
+
+// Changes is what moved in the desired table after a revision.
+type Changes struct {
+	// Objects are the objects whose revision is above the one asked for,
+	// tombstones included, in revision order.
+	Objects []Object
+	// PodCIDRs, Revision and PruneAllowed are as in Snapshot.
+	PodCIDRs     map[string][]netip.Prefix
+	Revision     uint64
+	PruneAllowed bool
+	// Oldest is when the oldest of Objects changed (zero without objects),
+	// for the convergence-latency metric.
+	Oldest time.Time
+}
+
+// Changes returns the objects whose revision moved after rev, in time
+// proportional to them. ok is false when tombstones the caller has not seen
+// were already forgotten (more than about 65,000 withdrawals since rev); the
+// caller then takes a Snapshot.
+func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if rev > d.revision || rev < d.forgotten {
+		return Changes{}, false
+	}
+	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
+	for _, s := range d.byRev[i:] {
+		o := d.objects[s.prefix]
+		if o == nil || o.Revision != s.rev {
+			continue
+		}
+		if c.Oldest.IsZero() || o.changed.Before(c.Oldest) {
+			c.Oldest = o.changed
+		}
+		c.Objects = append(c.Objects, *o)
+	}
+	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
+	return c, true
+}
+
+// oldestSince returns when the oldest object changed after rev changed
+// (zero when none did), without copying them.
+func (d *Desired) oldestSince(rev uint64) time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var oldest time.Time
+	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
+	for _, s := range d.byRev[i:] {
+		if o := d.objects[s.prefix]; o != nil && o.Revision == s.rev && (oldest.IsZero() || o.changed.Before(oldest)) {
+			oldest = o.changed
+		}
+	}
+	return oldest
+}
+
+// Version is the table's revision; it increases on every change.
+func (d *Desired) Version() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.revision
+}
+
+// Changed receives a value after one or more changes. It never blocks the
+// writer: changes made while a signal is pending coalesce into it.
+func (d *Desired) Changed() <-chan struct{} { return d.changed }

@@ -16,26 +16,44 @@
 //
 // # Design notes: why the kernel objects look as they do
 //
-// Reconciliation. The reconciler is level-triggered: a Desired change, the
-// periodic re-check (default 10 s) or a retry after a failure only wakes it;
-// each pass takes a snapshot of the whole desired set, reads the kernel, and
-// converges — adds and changes first, deletions last, errors collected per
-// prefix rather than stopping at the first. A missed wake-up is therefore
-// harmless, drift (a route, neighbour, FDB or ipcache entry removed by hand,
-// the device deleted, the program detached) is repaired within one re-check
-// period, and a restart is just another pass. Between re-checks, a Desired
-// change is applied as a delta against the last fully applied set, without
-// re-reading the kernel, so a burst of changes costs in proportion to the
-// changes.
-// Until Desired.AllowPrune, a pass adopts what it finds and deletes only what
-// this process itself added and the agent then withdrew; so an agent restart,
-// whose desired set fills up over seconds, withdraws nothing that still
-// exists. Kernel state is left in place when Run returns.
+// Reconciliation. The reconciler has the shape of cilium/statedb's: Desired
+// is a table of objects (one per remote prefix) that each carry the revision
+// of their last change; a withdrawn prefix stays as a tombstone. Every mode
+// implements the same operations: update (idempotent), delete (a missing
+// object is success) and prune (remove the podmesh-owned kernel objects the
+// full desired set does not hold, nothing else). Events only wake the
+// reconciler: a Desired change runs an incremental pass over the objects
+// whose revision moved since the last pass (update the live ones, delete the
+// tombstones), without reading the kernel, so a burst of changes costs in
+// proportion to the changes. The periodic re-check (default 10 s), a retry
+// after any failure, a change of the prune permission or of a processed
+// cluster's pod CIDRs run a full pass instead: read the kernel once, update
+// every object against that read (writing only what is missing or
+// different), delete what this process saw withdrawn, prune. What a full
+// pass had to write or remove is the drift it found: it is counted
+// (Status.LastOutOfSync, OutOfSyncTotal, podmesh_datapath_out_of_sync_total)
+// and a pass over a converged kernel writes nothing. Each object keeps its
+// own status (nil or the error that kept it from the kernel): a failing
+// object does not stop the others, and the statuses sum up to the per
+// cluster Programmed and Failed counts and the per-prefix Errors of Status.
+// Nothing keeps a copy of kernel state between passes: a full pass's read
+// is used by that pass and dropped; the kernel is the only record.
+// Until Desired.AllowPrune, prune removes nothing, and only what the desired
+// set withdrew while this process ran is deleted; so an agent restart, whose
+// desired set fills up over seconds, withdraws nothing that still exists.
+// Kernel state is left in place when Run returns.
+//
+// Kernel work is batched: ipcache writes and deletes go through
+// BPF_MAP_UPDATE_BATCH / DELETE_BATCH, the full-pass read through
+// BPF_MAP_LOOKUP_BATCH; routes go to the kernel 256 requests per sendmsg
+// over one rtnetlink socket, NLM_F_REPLACE (or NLM_F_EXCL for a prefix this
+// process has not programmed, so a foreign route is never overwritten)
+// without a read before, acknowledged once per batch.
 //
 // Ownership. Every route podmesh installs carries rtm_protocol 150
 // (RouteProtocol; not among iproute2's reserved numbers) and lives in the main
 // table, because every pod must reach remote prefixes without policy routing.
-// Prune considers only routes with that tag, deletes them one by one (never a
+// Prune considers only routes with that tag, deletes them by name (never a
 // flush), and a wanted prefix already held by someone else's route is
 // reported as failed and left alone. The only link podmesh creates is
 // podmesh_vxlan; neighbour and FDB entries are only ever touched on it; BPF
@@ -70,17 +88,24 @@
 // ebpf (the default). A collect-metadata ("external") VXLAN device
 // podmesh_vxlan on TunnelPort, NOARP, carrying the mesh-wide bpf.DeviceMAC,
 // MTU underlay minus overhead, with the bpf package's program at its egress
-// (TCX link pinned under BPFRoot). Per prefix "<prefix> dev podmesh_vxlan
-// scope link proto 150 mtu <tunnel MTU>" and an ipcache entry prefix →
-// {endpoint, cluster ID}. The route only steers traffic to the device; the
-// program picks the endpoint, so one device serves every peer. NOARP makes the
-// kernel use the device's own MAC as the inner destination, which is the
-// receiver's MAC too (shared), so the frame is PACKET_HOST there; the program
-// rewrites the inner source MAC so the receiver's loop check passes. The
-// ipcache learns a prefix before its route appears and forgets it after the
-// route is gone. A restart loads the program again, adopts the pinned maps
-// and swaps the program on the pinned link atomically; device and routes are
-// left untouched, so no packet is lost.
+// (TCX link pinned under BPFRoot). Kernel routes are O(remote clusters): one
+// "<cluster pod CIDR> dev podmesh_vxlan scope link proto 150 mtu <tunnel
+// MTU>" per pod CIDR a remote cluster declares in its cluster-config (as the
+// mesh admitted it; Desired.SetCluster carries them). Per-node and per-pod
+// detail lives only in the ipcache, one entry prefix → {endpoint, cluster ID}
+// per desired object. The route only steers traffic to the device; the
+// program looks every packet up in the ipcache and picks the endpoint, so one
+// device and one route per cluster serve every peer, and a prefix no cluster
+// declares gets no route at all (an entry outside its cluster's pod CIDRs is
+// refused with a status error). A packet to a declared CIDR without a more
+// specific ipcache entry is dropped by the program and counted ("miss").
+// NOARP makes the kernel use the device's own MAC as the inner destination,
+// which is the receiver's MAC too (shared), so the frame is PACKET_HOST
+// there; the program rewrites the inner source MAC so the receiver's loop
+// check passes. A pass updates the ipcache before it adds cluster routes and
+// removes routes before ipcache entries. A restart loads the program again,
+// adopts the pinned maps and swaps the program on the pinned link
+// atomically; device and routes are left untouched, so no packet is lost.
 //
 // MTU. Remote prefix routes carry the tunnel MTU so that a 1500-MTU pod's
 // DF packet is answered with "fragmentation needed" by its own node (the

@@ -15,18 +15,25 @@ import (
 
 // ebpfBackend is the default mode: a collect-metadata ("external") VXLAN
 // device podmesh_vxlan (NOARP, bpf.DeviceMAC, tunnel MTU), the bpf package's
-// program at its egress, and per remote prefix
+// program at its egress, one route per remote cluster pod CIDR
 //
-//	<prefix> dev podmesh_vxlan scope link proto podmesh mtu <underlay-overhead>
+//	<cluster pod CIDR> dev podmesh_vxlan scope link proto podmesh mtu <underlay-overhead>
+//
+// and per remote prefix one object, its ipcache entry
+//
 //	ipcache[<prefix>] = {endpoint, cluster ID}
 //
 // The route only steers the packet to the device; the program picks the
-// tunnel endpoint from the ipcache.
+// tunnel endpoint from the ipcache. Kernel routes are O(remote clusters),
+// map entries O(prefixes).
 type ebpfBackend struct {
 	base
 	dp       *bpf.Datapath
 	mac      net.HardwareAddr
 	attached int // ifindex the program was last attached to by this process
+	// routed are the cluster CIDRs this process routed, so that one the
+	// desired set withdraws loses its route even before prune is allowed.
+	routed []netip.Prefix
 }
 
 func newEBPFBackend(bs base, cfg Config) (backend, error) {
@@ -91,41 +98,22 @@ func ipcacheEntry(e Entry) bpf.Entry {
 	return bpf.Entry{Prefix: e.Prefix.Masked(), TunnelEndpoint: e.TunnelEndpoint.Unmap(), ClusterID: e.ClusterID}
 }
 
-// planIpcache compares the ipcache with want. add holds the entries to
-// upsert (missing or different); keep is the complete set the ipcache must
-// hold afterwards: want plus the entries that may not be deleted yet.
-func planIpcache(want map[netip.Prefix]bpf.Entry, have []bpf.Entry, canDelete func(netip.Prefix) bool) (add, keep []bpf.Entry, needPrune bool) {
-	haveBy := make(map[netip.Prefix]bpf.Entry, len(have))
-	for _, h := range have {
-		haveBy[h.Prefix] = h
-	}
-	for p, w := range want {
-		keep = append(keep, w)
-		if h, ok := haveBy[p]; !ok || h != w {
-			add = append(add, w)
-		}
-	}
-	for p, h := range haveBy {
-		if _, ok := want[p]; ok {
-			continue
-		}
-		if canDelete(p) {
-			needPrune = true
-			continue
-		}
-		keep = append(keep, h)
-	}
-	return add, keep, needPrune
+// ipcacheView is a full pass's read of the ipcache: the decodable entries
+// by prefix, and how many entries did not decode.
+type ipcacheView struct {
+	have        map[netip.Prefix]bpf.Entry
+	undecodable int
 }
 
-func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult {
+// setup makes the device exist and match and the program attached.
+func (b *ebpfBackend) setup() error {
 	wd := b.wantDevice()
 	link, err := ensureDevice(b.h, b.log, wd, func(l netlink.Link) bool {
 		vx, ok := l.(*netlink.Vxlan)
 		return ok && ebpfDeviceCompatible(wd, vx)
 	}, true)
 	if err != nil {
-		return syncResult{err: err}
+		return err
 	}
 	idx := link.Attrs().Index
 	if b.attached == idx && !b.programAttached(idx) {
@@ -137,144 +125,163 @@ func (b *ebpfBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Pre
 		// it once per process (and again if the device was recreated) keeps
 		// the newest program attached without a gap.
 		if err := b.ns.do(func() error { return b.dp.Attach(idx) }); err != nil {
-			return syncResult{err: fmt.Errorf("attach program to %s: %w", DeviceName, err)}
+			return fmt.Errorf("attach program to %s: %w", DeviceName, err)
 		}
 		b.attached = idx
 	}
+	return nil
+}
 
+// clusterRoutes converges the cluster routes: one "<cluster pod CIDR> dev
+// podmesh_vxlan scope link proto podmesh mtu <tunnel MTU>" per CIDR a remote
+// cluster declares. A CIDR routed before and withdrawn since loses its
+// route; with prune, so does every other podmesh route (the per-prefix
+// routes of an older version, the CIDRs of clusters removed while the agent
+// was down). They are few, so it reads the table and compares every time.
+func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, error) {
+	rv, err := readRoutes(b.rb)
+	if err != nil {
+		return 0, err
+	}
+	want := make(map[netip.Prefix]Entry, len(cidrs))
+	for _, c := range cidrs {
+		want[c.Masked()] = Entry{Prefix: c.Masked()}
+	}
+	rp := routeParams{mode: ModeEBPF, linkIndex: b.attached, mtu: b.deviceMTU()}
+	spec := func(e Entry) routeSpec { return specFor(e, rp) }
+	written, failed := updateRoutes(b.rb, rv, want, spec, nil)
+	var errs []error
+	for _, p := range sortedPrefixes(failed) {
+		errs = append(errs, fmt.Errorf("cluster route %s: %w", p, failed[p]))
+	}
+	var gone []Entry
+	for _, c := range b.routed {
+		if _, ok := want[c]; !ok {
+			gone = append(gone, Entry{Prefix: c})
+		}
+	}
+	dfailed := deleteRoutes(b.rb, specRoutes(gone, spec))
+	written += len(gone) - len(dfailed)
+	for p, err := range dfailed {
+		errs = append(errs, fmt.Errorf("cluster route %s: %w", p, err))
+	}
+	// What is routed now: the wanted CIDRs, and the withdrawn ones whose
+	// delete failed (tried again next time).
+	b.routed = b.routed[:0]
+	for p := range want {
+		if failed[p] == nil {
+			b.routed = append(b.routed, p)
+		}
+	}
+	for p := range dfailed {
+		b.routed = append(b.routed, p)
+	}
+	if prune {
+		n, err := pruneRoutes(b.rb, rv, want)
+		written += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return written, errors.Join(errs...)
+}
+
+func (b *ebpfBackend) read() (kernelView, error) {
+	have, undecodable, err := b.dp.Read()
+	if err != nil {
+		return nil, fmt.Errorf("list ipcache: %w", err)
+	}
+	v := &ipcacheView{have: make(map[netip.Prefix]bpf.Entry, len(have)), undecodable: undecodable}
+	for _, e := range have {
+		v.have[e.Prefix] = e
+	}
+	return v, nil
+}
+
+// update writes the ipcache entries of want in one batched call: with a
+// view only those missing or different, without one all of them.
+func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	var have map[netip.Prefix]bpf.Entry
+	if v, ok := kv.(*ipcacheView); ok {
+		have = v.have
+	}
 	failed := make(map[netip.Prefix]error)
-	wantIP := make(map[netip.Prefix]bpf.Entry, len(want))
+	up := make([]bpf.Entry, 0, len(want))
 	for p, e := range want {
 		if err := checkClusterID(e); err != nil {
 			failed[p] = err
 			continue
 		}
-		wantIP[p] = ipcacheEntry(e)
+		ie := ipcacheEntry(e)
+		if h, ok := have[p]; ok && h == ie {
+			continue
+		}
+		up = append(up, ie)
 	}
-	// This pass diffs against a fresh dump of the ipcache; Recheck drops the
-	// loader's record of the map, and Entries' dump becomes the new record,
-	// so the Syncs below (and later delta passes) trust what the kernel held
-	// now and an entry removed behind our back is written again.
-	b.dp.Recheck()
-	have, err := b.dp.Entries()
-	if err != nil {
-		return syncResult{err: fmt.Errorf("list ipcache: %w", err)}
+	if len(up) == 0 {
+		return 0, failed
 	}
-	ours, foreign, err := listRoutes(b.h)
-	if err != nil {
-		return syncResult{err: err}
-	}
-
-	// Adds first: the ipcache learns a prefix before a route sends traffic
-	// for it to the device.
-	add, _, _ := planIpcache(wantIP, have, func(netip.Prefix) bool { return false })
-	writes := len(add)
-	if len(add) > 0 {
-		if _, err := b.dp.Sync(add, false); err != nil {
-			err = fmt.Errorf("update ipcache: %w", err)
-			for _, e := range add {
-				failed[e.Prefix] = err
-				delete(wantIP, e.Prefix)
-			}
+	if _, err := b.dp.Apply(up, nil); err != nil {
+		err = fmt.Errorf("update ipcache: %w", err)
+		for _, e := range up {
+			failed[e.Prefix] = err
 		}
 	}
-	rp := routeParams{mode: ModeEBPF, linkIndex: idx, mtu: b.deviceMTU()}
-	routed := want // the prefixes whose ipcache entry is in place
-	if len(failed) > 0 {
-		routed = make(map[netip.Prefix]Entry, len(wantIP))
-		for p := range wantIP {
-			routed[p] = want[p]
-		}
-	}
-	spec := func(e Entry) routeSpec { return specFor(e, rp) }
-	// A prefix whose ipcache update failed keeps whatever route it had.
-	routeCanDelete := func(p netip.Prefix) bool { return canDelete(p) && failed[p] == nil }
-	rfailed, removed, rw := applyRoutes(b.h, planRoutes(routed, spec, ours, foreign, routeCanDelete))
-	writes += rw
-	for p, err := range rfailed {
-		failed[p] = errors.Join(failed[p], err)
-	}
-
-	// Deletes last: the ipcache forgets a prefix once no route leads to it.
-	// A prefix whose route could not be removed keeps its entry.
-	_, keep, needPrune := planIpcache(wantIP, have, func(p netip.Prefix) bool {
-		_, rf := rfailed[p]
-		_, stillWanted := want[p]
-		return canDelete(p) && !rf && !stillWanted
-	})
-	var errs []error
-	if needPrune {
-		st, err := b.dp.Sync(keep, true)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("prune ipcache: %w", err))
-		}
-		writes += st.Deleted
-	}
-	return syncResult{failed: failed, removed: removed, writes: writes, err: errors.Join(errs...)}
+	return len(up), failed
 }
 
-func (b *ebpfBackend) apply(d delta) syncResult {
-	idx := b.attached
-	if idx == 0 {
-		return syncResult{needFull: true}
-	}
+func (b *ebpfBackend) delete(es []Entry) map[netip.Prefix]error {
 	failed := make(map[netip.Prefix]error)
-	valid := func(e Entry) bool {
-		if err := checkClusterID(e); err != nil {
-			failed[e.Prefix] = err
-			return false
-		}
-		return true
+	ps := make([]netip.Prefix, len(es))
+	for i, e := range es {
+		ps[i] = e.Prefix.Masked()
 	}
-	var up []bpf.Entry
-	var add, change []Entry
-	for _, e := range d.add {
-		if valid(e) {
-			up = append(up, ipcacheEntry(e))
-			add = append(add, e)
+	if _, err := b.dp.Apply(nil, ps); err != nil {
+		err = fmt.Errorf("delete ipcache entries: %w", err)
+		for _, p := range ps {
+			failed[p] = err
 		}
 	}
-	for _, e := range d.change {
-		if valid(e) {
-			up = append(up, ipcacheEntry(e))
-			change = append(change, e)
-		}
+	return failed
+}
+
+// prune removes the ipcache entries want does not hold, once allowed. The
+// ipcache is podmesh's own map: everything in it is podmesh's. Entries that
+// do not decode (left by another writer) are rare: only when the read found
+// some does prune hand the whole set to a pruning bpf Sync, which reads the
+// map again and removes them too.
+func (b *ebpfBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed bool) (int, error) {
+	if !allowed {
+		return 0, nil
 	}
-	writes := 0
-	// Adds first: ipcache, then routes. Apply writes only the given entries
-	// (and skips those its record of the map says are in place), so this
-	// costs in proportion to the changes.
-	if len(up) > 0 {
-		st, err := b.dp.Apply(up, nil)
-		if err != nil {
-			err = fmt.Errorf("update ipcache: %w", err)
-			for _, e := range up {
-				failed[e.Prefix] = err
+	v := kv.(*ipcacheView)
+	if v.undecodable > 0 {
+		keep := make([]bpf.Entry, 0, len(want))
+		for _, e := range want {
+			if checkClusterID(e) == nil {
+				keep = append(keep, ipcacheEntry(e))
 			}
-			return syncResult{failed: failed, needFull: true}
 		}
-		writes += st.Added + st.Updated
-	}
-	rp := routeParams{mode: ModeEBPF, linkIndex: idx, mtu: b.deviceMTU()}
-	rd := delta{add: add, change: change, remove: d.remove, want: d.want}
-	rfailed, removed, rw, needFull := applyRouteDelta(b.h, rd, func(e Entry) netlink.Route { return desiredRoute(e, rp) })
-	writes += rw
-	for p, err := range rfailed {
-		failed[p] = errors.Join(failed[p], err)
-	}
-	// Deletes last: the ipcache forgets exactly the prefixes whose route is
-	// gone; one whose route could not be removed keeps its entry. Nothing
-	// else is deleted here (adopted or foreign entries are the full pass's
-	// business), so this too costs in proportion to the changes.
-	var errs []error
-	if len(removed) > 0 {
-		st, err := b.dp.Apply(nil, removed)
+		st, err := b.dp.Sync(keep, true)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("delete ipcache entries: %w", err))
+			return st.Deleted, fmt.Errorf("prune ipcache: %w", err)
 		}
-		writes += st.Deleted
+		return st.Deleted, nil
 	}
-	return syncResult{failed: failed, removed: removed, writes: writes, needFull: needFull, err: errors.Join(errs...)}
+	var gone []netip.Prefix
+	for p := range v.have {
+		if _, ok := want[p]; !ok {
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	st, err := b.dp.Apply(nil, gone)
+	if err != nil {
+		return st.Deleted, fmt.Errorf("prune ipcache: %w", err)
+	}
+	return st.Deleted, nil
 }
 
 func (b *ebpfBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {

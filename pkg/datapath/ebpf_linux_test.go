@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/bpf"
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/pkg/datapath"
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
@@ -93,7 +96,7 @@ func detachProgramAndWaitForRepair(t *testing.T, m *mesh) {
 // receiver. The second restart starts, like a real agent, with an empty
 // desired set that is filled (and prune allowed) only after the first pass.
 func TestEBPFAgentRestartsLoseNoPackets(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	m := newMesh(t, datapath.ModeEBPF, datapathtest.LabOptions{})
 	for _, d := range m.desired {
 		d.AllowPrune()
@@ -187,10 +190,10 @@ func TestEBPFAgentRestartsLoseNoPackets(t *testing.T) {
 		rr := m.start(m.a1) // New: Load adopts the pins; Run: Attach swaps the program
 		if i == 1 {
 			waitFor(t, convergeWithin, func() bool { return !rr.r.Status().LastReconcile.IsZero() }, func() string { return "no first pass" })
-			assert.Len(t, routesTo(t, m.a1, m.b1.PodCIDR), 1, "an empty desired set before prune is allowed withdraws nothing")
+			assert.Len(t, routesTo(t, m.a1, m.routed(m.b1)), 1, "an empty desired set before prune is allowed withdraws nothing")
 			r0 := received.Load()
 			waitFor(t, convergeWithin, func() bool { return received.Load() > r0+500 }, func() string { return "stream stopped while the desired set was empty" })
-			m.desired[m.a1].SetCluster("b", clusterCIDRs("b"), full.ClusterEntries("b"))
+			m.desired[m.a1].SetCluster("b", clusterCIDRs("b"), slices.Collect(maps.Values(full.Snapshot().Entries)))
 			m.desired[m.a1].AllowPrune()
 		}
 		m.waitApplied(m.a1)
@@ -206,7 +209,7 @@ func TestEBPFAgentRestartsLoseNoPackets(t *testing.T) {
 	require.NoError(t, <-sendDone)
 	total := sent.Load()
 	// Wait for the tail of the stream; a shortfall is reported below as loss.
-	eventually(convergeWithin, func() bool { return uint64(received.Load()) >= total })
+	assert.Eventually(t, func() bool { return uint64(received.Load()) >= total }, convergeWithin, 10*time.Millisecond)
 	rc.Close()
 	<-recvDone
 

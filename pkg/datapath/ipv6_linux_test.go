@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/pkg/datapath"
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
@@ -17,7 +18,7 @@ import (
 // underlay. Native mode has no IPv6-prefix-over-IPv4-next-hop route, so it
 // runs over the IPv6 underlay only (its IPv4 prefixes then use RTA_VIA).
 func TestDualStackPodsOverEitherUnderlayFamily(t *testing.T) {
-	requireRoot(t)
+	testutils.RequireRoot(t)
 	cases := []struct {
 		mode       string
 		underlay6  bool

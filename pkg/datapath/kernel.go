@@ -53,70 +53,31 @@ func isLinkNotFound(err error) bool {
 }
 
 // listRoutes dumps the routes of podmesh's table for both families and splits
-// them into podmesh's own (tagged with RouteProtocol) and foreign ones.
-func listRoutes(h *netlink.Handle) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
-	filter := &netlink.Route{Table: routeTable}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(unix.AF_UNSPEC, filter, netlink.RT_FILTER_TABLE)
-	})
+// them into podmesh's own (tagged with RouteProtocol) and foreign ones. It
+// retries a dump the kernel reports interrupted: an inconsistent read must
+// not drive a prune.
+func listRoutes(rb *routeBatcher) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
+	for range dumpRetries {
+		ours = make(map[netip.Prefix]netlink.Route)
+		foreign = make(map[netip.Prefix]netlink.Route)
+		err = rb.dumpRoutes(routeTable, func(r netlink.Route) {
+			pfx, ok := routeKey(r)
+			switch {
+			case !ok:
+			case r.Protocol == RouteProtocol:
+				ours[pfx] = r
+			case r.Type == unix.RTN_UNICAST || r.Type == 0:
+				foreign[pfx] = r
+			}
+		})
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("list routes: %w", err)
 	}
-	ours = make(map[netip.Prefix]netlink.Route)
-	foreign = make(map[netip.Prefix]netlink.Route)
-	for _, r := range routes {
-		pfx, ok := routeKey(r)
-		if !ok {
-			continue
-		}
-		if r.Protocol == RouteProtocol {
-			ours[pfx] = r
-		} else if r.Type == unix.RTN_UNICAST || r.Type == 0 {
-			foreign[pfx] = r
-		}
-	}
 	return ours, foreign, nil
-}
-
-// applyRoutes installs plan.upsert, then removes plan.remove (adds before
-// deletes, so a changed next hop never leaves a gap). It returns per-prefix
-// failures, the prefixes it removed and the number of routes it wrote.
-func applyRoutes(h *netlink.Handle, plan routePlan) (failed map[netip.Prefix]error, removed []netip.Prefix, writes int) {
-	failed = make(map[netip.Prefix]error)
-	for pfx, why := range plan.conflicts {
-		failed[pfx] = errors.New(why)
-	}
-	for i := range plan.upsert {
-		r := plan.upsert[i]
-		writes++
-		if err := h.RouteReplace(&r); err != nil {
-			pfx, _ := routeKey(r)
-			failed[pfx] = fmt.Errorf("replace route %s: %w", pfx, err)
-		}
-	}
-	for i := range plan.remove {
-		r := plan.remove[i]
-		pfx, _ := routeKey(r)
-		writes++
-		if err := deleteRoute(h, r); err != nil {
-			failed[pfx] = err
-			continue
-		}
-		removed = append(removed, pfx)
-	}
-	return failed, removed, writes
-}
-
-// deleteRoute removes one podmesh route; a route that is already gone is success.
-func deleteRoute(h *netlink.Handle, r netlink.Route) error {
-	// The scope must be the route's own: the kernel matches it on delete,
-	// and a mismatch reads as ESRCH, which would pass for "already gone".
-	del := netlink.Route{Dst: r.Dst, Table: r.Table, Protocol: RouteProtocol, Family: r.Family, Priority: r.Priority, Tos: r.Tos, Scope: r.Scope, LinkIndex: r.LinkIndex}
-	if err := h.RouteDel(&del); err != nil && !isGone(err) {
-		pfx, _ := routeKey(r)
-		return fmt.Errorf("delete route %s: %w", pfx, err)
-	}
-	return nil
 }
 
 // linkMTUFor returns the MTU of the link holding addr.

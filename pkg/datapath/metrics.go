@@ -12,6 +12,7 @@ import (
 // itself.
 type metrics struct {
 	reconcileErrors prometheus.Counter
+	outOfSync       prometheus.Counter
 	programmed      *prometheus.GaugeVec
 	failed          *prometheus.GaugeVec
 	convergence     prometheus.Histogram
@@ -23,6 +24,10 @@ func newMetrics() *metrics {
 		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "podmesh", Subsystem: "datapath", Name: "reconcile_errors_total",
 			Help: "Reconcile passes that did not fully realise the desired set.",
+		}),
+		outOfSync: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "podmesh", Subsystem: "datapath", Name: "out_of_sync_total",
+			Help: "Kernel objects a periodic full pass found missing, different or unwanted, and repaired.",
 		}),
 		programmed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "podmesh", Subsystem: "datapath", Name: "prefixes_programmed",
@@ -49,7 +54,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.reconcileErrors, m.programmed, m.failed, m.convergence, m.traffic}
+	return []prometheus.Collector{m.reconcileErrors, m.outOfSync, m.programmed, m.failed, m.convergence, m.traffic}
 }
 
 func (m *metrics) setProgrammed(programmed, failed map[string]int) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"math"
 	"net/netip"
-	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,8 +16,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/podmesh/podmesh/bpf"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -60,41 +62,6 @@ const (
 	DefaultRecheckInterval = 10 * time.Second
 )
 
-// Counter is a packet and byte count.
-type Counter struct {
-	Packets, Bytes uint64
-}
-
-// Status is a point-in-time view of the reconciler.
-type Status struct {
-	Mode string
-	// Programmed and Failed count the desired prefixes per remote cluster
-	// name that are (or could not be) realised in the kernel.
-	Programmed map[string]int
-	Failed     map[string]int
-	// Errors holds one message per failed prefix (bounded).
-	Errors map[string]string
-	// LastError is the last reconcile's error, empty when it fully succeeded.
-	LastError     string
-	LastReconcile time.Time
-	// LastDuration is how long the last reconcile pass took, LastPass
-	// whether it was a "full" pass (re-read the kernel) or a "delta" pass.
-	LastDuration time.Duration
-	LastPass     string
-	// LastWrites counts the kernel objects the last pass wrote or deleted;
-	// a pass over a converged kernel writes nothing.
-	LastWrites      int
-	ReconcileErrors uint64
-	// AppliedVersion is the Desired version the kernel fully realises (0
-	// until one reconcile succeeded without failures).
-	AppliedVersion uint64
-	// Traffic holds tx counters per remote cluster ID (ebpf mode only).
-	Traffic map[uint32]Counter
-	// Drops holds the program's drop counters by reason: "miss" (no ipcache
-	// entry), "malformed", "tunnel_key", "not_configured" (ebpf mode only).
-	Drops map[string]Counter
-}
-
 // Reconciler makes the kernel match a Desired set. See the package doc.
 type Reconciler struct {
 	cfg     Config
@@ -102,6 +69,7 @@ type Reconciler struct {
 	desired *Desired
 	b       backend
 	h       *netlink.Handle
+	rb      *routeBatcher
 	ns      nsRunner
 	metrics *metrics
 
@@ -110,11 +78,13 @@ type Reconciler struct {
 	status Status
 
 	// Owned by the Run goroutine.
-	applied        map[netip.Prefix]Entry // want of the last fully successful pass; nil: next pass is full
-	appliedPrune   bool                   // PruneAllowed of that pass
-	countBy        map[string]int         // entries of applied per cluster
-	owned          map[netip.Prefix]bool  // prefixes this process programmed
-	lastApplied    uint64
+	rev            uint64                     // desired revision the last pass processed
+	objs           map[netip.Prefix]objStatus // per-object status of every live desired object processed
+	count          map[string]*clusterCount   // objs summed per cluster
+	undeleted      map[netip.Prefix]error     // withdrawn objects whose delete failed; retried by every full pass
+	podCIDRs       map[string][]netip.Prefix  // the remote clusters' pod CIDRs as of the last full pass
+	pruneAllowed   bool                       // PruneAllowed as of the last full pass
+	lastOK         bool                       // the last pass left nothing failed; else the next one is full
 	rpFilterLogged bool
 	autoMTU        bool // Config.MTU was 0: follow the MTU of the link holding LocalIP
 	// sysctl is nsSysctl; unit tests replace it.
@@ -122,9 +92,6 @@ type Reconciler struct {
 	leftoversDone bool
 	clusterNames  map[uint32]string
 }
-
-// errorsKept bounds Status.Errors.
-const errorsKept = 64
 
 // New validates cfg and opens the kernel handles of the chosen mode. It
 // changes nothing in the kernel; Run does.
@@ -159,7 +126,7 @@ func New(cfg Config) (_ *Reconciler, err error) {
 	log := cfg.Log
 	if log == nil {
 		l := logrus.New()
-		l.Out = discard{}
+		l.Out = io.Discard
 		log = l
 	}
 	log = log.WithField("mode", cfg.Mode)
@@ -192,7 +159,10 @@ func New(cfg Config) (_ *Reconciler, err error) {
 		return nil, fmt.Errorf("underlay mtu %d below %d", cfg.MTU, min)
 	}
 	r.cfg = cfg
-	bs := base{h: r.h, ns: r.ns, log: log, local: cfg.LocalIP, port: cfg.TunnelPort, mtu: cfg.MTU}
+	if r.rb, err = newRouteBatcher(r.ns.ns); err != nil {
+		return nil, err
+	}
+	bs := base{h: r.h, rb: r.rb, ns: r.ns, log: log, local: cfg.LocalIP, port: cfg.TunnelPort, mtu: cfg.MTU}
 	switch cfg.Mode {
 	case ModeNative:
 		r.b = &nativeBackend{base: bs}
@@ -213,7 +183,9 @@ func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
 		log:          log,
 		desired:      cfg.Desired,
 		ns:           nsRunner{ns: netns.None()},
-		owned:        make(map[netip.Prefix]bool),
+		objs:         make(map[netip.Prefix]objStatus),
+		count:        make(map[string]*clusterCount),
+		undeleted:    make(map[netip.Prefix]error),
 		clusterNames: make(map[uint32]string),
 		metrics:      newMetrics(),
 	}
@@ -222,28 +194,11 @@ func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
 	return r
 }
 
-// nsSysctl reads a sysctl in the reconciler's namespace and, when set is
-// not empty and differs, writes it; it returns the value found.
-func (r *Reconciler) nsSysctl(name, set string) (string, error) {
-	var v string
-	err := r.ns.do(func() error {
-		var err error
-		if v, err = readSysctl(name); err != nil || set == "" || v == set {
-			return err
-		}
-		return writeSysctl(name, set)
-	})
-	return v, err
-}
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
-
 func (r *Reconciler) closeHandles() {
 	if r.h != nil {
 		r.h.Close()
 	}
+	r.rb.close()
 	if r.ns.ns.IsOpen() {
 		r.ns.ns.Close()
 	}
@@ -264,15 +219,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	<-retry.C
-	backoff := time.Duration(0)
+	backoff := r.retryBackoff()
 	full := true
 	for {
-		ok := r.reconcile(full)
-		if ok {
-			backoff = 0
+		if r.reconcile(full) {
+			backoff = r.retryBackoff()
 		} else {
-			backoff = nextBackoff(backoff, r.cfg.RecheckInterval)
-			retry.Reset(backoff)
+			retry.Reset(backoff.Step())
 		}
 		select {
 		case <-ctx.Done():
@@ -287,307 +240,212 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
-func nextBackoff(cur, max time.Duration) time.Duration {
-	const first = 100 * time.Millisecond
-	if cur == 0 {
-		cur = first
-	} else {
-		cur *= 2
-	}
-	return min(cur, max)
+// retryBackoff paces full passes after a failure: 100 ms, doubling, at most
+// the re-check interval.
+func (r *Reconciler) retryBackoff() *wait.Backoff {
+	return &wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Steps: math.MaxInt32, Cap: r.cfg.RecheckInterval}
 }
 
-// reconcile runs one convergence pass and reports whether it fully succeeded.
-// A full pass re-reads the kernel; otherwise, when the previous pass fully
-// succeeded under the same prune permission, only the delta is applied.
+// reconcile runs one pass and reports whether it left nothing failed. An
+// incremental pass handles the objects whose revision moved since the last
+// pass; it gives way to a full pass when the desired table can no longer
+// say what moved, when the prune permission or a cluster's pod CIDRs changed
+// (they decide what may be deleted and what is valid), or when asked.
 func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
-	if !full && r.applied != nil {
-		if ok, done := r.reconcileDelta(start); done {
-			return ok
+	if !full && r.lastOK {
+		ch, ok := r.desired.Changes(r.rev)
+		if ok && ch.PruneAllowed == r.pruneAllowed && r.incrementalCIDRs(ch.PodCIDRs) {
+			return r.incremental(start, ch)
 		}
 	}
-	return r.reconcileFull(start)
+	return r.full(start)
 }
 
-// reconcileDelta applies the Desired changes since the last fully applied
-// version to the kernel without re-reading it, in time proportional to the
-// changes. done is false when it cannot (the change journal was outrun, the
-// prune permission changed, an entry is invalid, or the backend failed or
-// asked for it): the caller then runs a full pass, which re-reads the kernel
-// and reports per prefix.
-func (r *Reconciler) reconcileDelta(start time.Time) (ok, done bool) {
-	changes, version, prune, jok := r.desired.ChangesSince(r.lastApplied)
-	if !jok || prune != r.appliedPrune {
-		return false, false
-	}
-	var d delta
-	touched := make(map[netip.Prefix]Entry)
-	for _, c := range changes {
-		if c.Prefix != c.Prefix.Masked() {
-			return false, false
-		}
-		if c.Present {
-			if r.validate(c.Entry) != nil {
-				return false, false
-			}
-			touched[c.Prefix] = c.Entry
+// incrementalCIDRs reports whether an incremental pass can follow a change of
+// the clusters' pod CIDRs: the CIDRs decide which objects are valid (ebpf), so
+// a cluster whose CIDRs changed must either be new or gone (every object of
+// it is then among the changes) or have no object processed yet.
+func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
+	for c, ps := range now {
+		if !slices.Equal(ps, r.podCIDRs[c]) && r.count[c] != nil {
+			return false
 		}
 	}
-	for _, c := range changes {
-		p := c.Prefix
-		old, had := r.applied[p]
-		if had {
-			r.countBy[old.Cluster]--
-			if r.countBy[old.Cluster] == 0 {
-				delete(r.countBy, old.Cluster)
-			}
-		}
-		if !c.Present {
-			if had {
-				d.remove = append(d.remove, old)
-				delete(r.applied, p)
-			}
+	return true
+}
+
+// incremental updates the changed objects and deletes the withdrawn ones,
+// without reading the kernel: its cost follows the changes, not the table.
+func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
+	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
+	r.podCIDRs = ch.PodCIDRs
+	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
+	var del []Entry
+	bad := make(map[netip.Prefix]Entry)
+	for _, o := range ch.Objects {
+		p := o.Entry.Prefix
+		if o.Deleted {
+			del = append(del, o.Entry)
 			continue
 		}
-		e := c.Entry
-		switch {
-		case !had:
-			d.add = append(d.add, e)
-		case old.TunnelEndpoint != e.TunnelEndpoint || old.ClusterID != e.ClusterID:
-			d.change = append(d.change, e)
-			d.stale = append(d.stale, old)
+		if err := r.validate(o.Entry); err != nil {
+			bad[p] = o.Entry
+			r.setStatus(p, o.Entry, err)
+			continue
 		}
-		r.applied[p] = e
-		r.countBy[e.Cluster]++
-		r.clusterNames[e.ClusterID] = e.Cluster
+		upd[p] = o.Entry
 	}
-	d.want = r.applied
-	sysErr := r.checkSysctls(touched)
-	var res syncResult
-	if !d.empty() {
-		res = r.b.apply(d)
+	// An object that turned invalid loses what an earlier pass programmed.
+	for p, e := range bad {
+		del = append(del, Entry{Prefix: p.Masked(), Cluster: e.Cluster})
 	}
-	for _, p := range res.removed {
-		delete(r.owned, p)
+	sysErr := r.checkSysctls(upd)
+	written, failed := r.b.update(nil, upd, r.programmed)
+	for p, e := range upd {
+		r.setStatus(p, e, failed[p])
 	}
-	if sysErr != nil || res.err != nil || res.needFull || len(res.failed) > 0 {
-		r.applied = nil
-		return false, false
+	// Cluster routes after the objects they lead to, before deletions.
+	var routeErr error
+	if cidrsMoved {
+		var n int
+		n, routeErr = r.b.clusterRoutes(clusterCIDRs(ch.PodCIDRs), false)
+		written += n
 	}
-	for p := range touched {
-		r.owned[p] = true
-	}
-	traffic, drops, terr := r.b.traffic()
-	now := time.Now()
-	if version > r.lastApplied {
-		if t, found := r.desired.ChangedAfter(r.lastApplied); found {
-			r.metrics.convergence.Observe(now.Sub(t).Seconds())
+	dfailed := r.b.delete(del)
+	for _, e := range del {
+		if _, stillBad := bad[e.Prefix]; !stillBad {
+			r.forget(e.Prefix)
+		}
+		if err := dfailed[e.Prefix]; err != nil {
+			r.undeleted[e.Prefix] = err
+		} else {
+			delete(r.undeleted, e.Prefix)
 		}
 	}
-	r.lastApplied = version
-	programmed := maps.Clone(r.countBy)
-	r.metrics.setProgrammed(programmed, nil)
-	r.metrics.setTraffic(traffic, r.clusterNames, drops)
-	if terr != nil {
-		r.metrics.reconcileErrors.Inc()
-	}
-
-	r.mu.Lock()
-	r.status.Programmed = programmed
-	r.status.Failed = map[string]int{}
-	r.status.Errors = map[string]string{}
-	r.status.LastReconcile = now
-	r.status.LastDuration = now.Sub(start)
-	r.status.LastPass = "delta"
-	r.status.LastWrites = res.writes
-	r.status.AppliedVersion = version
-	if terr != nil {
-		r.status.LastError = terr.Error()
-		r.status.ReconcileErrors++
-	} else {
-		r.status.LastError = ""
-	}
-	if traffic != nil {
-		r.status.Traffic = traffic
-	}
-	if drops != nil {
-		r.status.Drops = drops
-	}
-	r.mu.Unlock()
-	r.log.WithFields(logrus.Fields{"pass": "delta", "version": version, "changes": len(changes), "writes": res.writes, "removed": len(res.removed), "duration": now.Sub(start)}).Debug("Datapath reconciled")
-	return terr == nil, true
+	r.rev = ch.Revision
+	return r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr, routeErr))
 }
 
-// reconcileFull converges the whole desired set against a fresh read of the
-// kernel and recomputes the status from scratch.
-func (r *Reconciler) reconcileFull(start time.Time) bool {
+// full converges the whole desired table against a fresh read of the
+// kernel: update everything (writing only what the read shows missing or
+// different), delete what this process saw withdrawn, and prune what
+// podmesh owns and nobody wants once prune is allowed. What it had to write
+// or remove is the drift it found.
+func (r *Reconciler) full(start time.Time) bool {
+	oldest := r.desired.oldestSince(r.rev)
 	snap := r.desired.Snapshot()
-	want := make(map[netip.Prefix]Entry, len(snap.Entries))
 	invalid := make(map[netip.Prefix]error)
-	for p, e := range snap.Entries {
+	invalidEntry := make(map[netip.Prefix]Entry)
+	r.podCIDRs = snap.PodCIDRs
+	want := snap.Entries // the valid ones, after this loop
+	for p, e := range want {
 		if err := r.validate(e); err != nil {
-			invalid[p.Masked()] = err
+			invalid[p], invalidEntry[p] = err, e
+			delete(want, p)
 			continue
 		}
-		want[p.Masked()] = e
 		r.clusterNames[e.ClusterID] = e.Cluster
 	}
 	sysErr := r.checkSysctls(want)
-
-	canDelete := func(p netip.Prefix) bool {
-		if _, ok := want[p]; ok {
-			return false
-		}
-		return snap.PruneAllowed || r.owned[p]
-	}
 	if r.autoMTU {
 		r.followUnderlayMTU()
 	}
-	const kind = "full"
-	res := r.b.sync(want, canDelete)
-	for _, p := range res.removed {
-		delete(r.owned, p)
-	}
-	failed := make(map[netip.Prefix]error, len(res.failed)+len(invalid))
-	maps.Copy(failed, invalid)
-	for p, err := range res.failed {
-		if err != nil {
-			failed[p] = err
-		}
-	}
-	programmed := make(map[string]int)
-	failedBy := make(map[string]int)
-	for p, e := range snap.Entries {
-		p = p.Masked()
-		_, bad := failed[p]
-		if res.err != nil || bad {
-			failedBy[e.Cluster]++
-			if res.err != nil && !bad {
-				failed[p] = res.err
-			}
-			continue
-		}
-		programmed[e.Cluster]++
-		r.owned[p] = true
-	}
-	traffic, drops, terr := r.b.traffic()
-	var lerr error
-	if snap.PruneAllowed && res.err == nil && len(res.failed) == 0 {
-		lerr = r.removeLeftovers()
-	}
 
-	err := errors.Join(res.err, sysErr, terr, lerr)
-	if len(failed) > 0 && res.err == nil {
-		err = errors.Join(err, fmt.Errorf("%d prefixes failed", len(failed)))
-	}
-	ok := err == nil
-	now := time.Now()
-	if ok && snap.Version > r.lastApplied {
-		if t, found := r.desired.ChangedAfter(r.lastApplied); found {
-			r.metrics.convergence.Observe(now.Sub(t).Seconds())
-		}
-	}
-	if ok {
-		r.lastApplied = snap.Version
-		r.applied, r.appliedPrune, r.countBy = want, snap.PruneAllowed, maps.Clone(programmed)
-	} else {
-		r.applied = nil
-	}
-
-	r.metrics.setProgrammed(programmed, failedBy)
-	if !ok {
-		r.metrics.reconcileErrors.Inc()
-	}
-	r.metrics.setTraffic(traffic, r.clusterNames, drops)
-
-	r.mu.Lock()
-	r.status.Programmed = programmed
-	r.status.Failed = failedBy
-	r.status.Errors = make(map[string]string)
-	for _, p := range sortedPrefixes(failed) {
-		if len(r.status.Errors) == errorsKept {
-			break
-		}
-		r.status.Errors[p.String()] = failed[p].Error()
-	}
-	r.status.LastReconcile = now
-	r.status.LastDuration = now.Sub(start)
-	r.status.LastPass = kind
-	r.status.LastWrites = res.writes
-	if ok {
-		r.status.LastError = ""
-		r.status.AppliedVersion = snap.Version
-	} else {
-		r.status.LastError = err.Error()
-		r.status.ReconcileErrors++
-	}
-	if traffic != nil {
-		r.status.Traffic = traffic
-	}
-	if drops != nil {
-		r.status.Drops = drops
-	}
-	r.mu.Unlock()
-
-	fields := logrus.Fields{"pass": kind, "version": snap.Version, "prefixes": len(want), "writes": res.writes, "removed": len(res.removed), "duration": time.Since(start)}
-	if ok {
-		r.log.WithFields(fields).Debug("Datapath reconciled")
-	} else {
-		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
-	}
-	return ok
-}
-
-// followUnderlayMTU re-reads the MTU of the link holding LocalIP; when it
-// changed, the full pass that follows rewrites the device and route MTUs.
-func (r *Reconciler) followUnderlayMTU() {
-	mtu, err := linkMTUFor(r.h, r.cfg.LocalIP)
+	var (
+		written, removed int
+		failed           map[netip.Prefix]error
+		passErr          error
+	)
+	v, err := r.setupAndRead()
 	if err != nil {
-		r.log.WithError(err).Warn("Cannot re-read the underlay MTU; keeping the last one")
-		return
+		passErr = err
+	} else {
+		written, failed = r.b.update(v, want, r.programmed)
+		// Withdrawn while this process ran: delete, even before prune is
+		// allowed.
+		var gone []Entry
+		for p, st := range r.objs {
+			_, ok := want[p]
+			if _, bad := invalid[p]; !ok && !bad {
+				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
+			}
+		}
+		for p := range r.undeleted {
+			if _, ok := want[p]; !ok {
+				gone = append(gone, Entry{Prefix: p})
+			}
+		}
+		dfailed := r.b.delete(gone)
+		for _, e := range gone {
+			r.forget(e.Prefix)
+			if err := dfailed[e.Prefix]; err != nil {
+				r.undeleted[e.Prefix] = err
+			} else {
+				delete(r.undeleted, e.Prefix)
+			}
+		}
+		cidrs := clusterCIDRs(snap.PodCIDRs)
+		routed, routeErr := r.b.clusterRoutes(cidrs, snap.PruneAllowed)
+		var perr error
+		removed, perr = r.b.prune(v, want, snap.PruneAllowed)
+		removed += routed
+		passErr = errors.Join(routeErr, perr)
 	}
-	if old := r.b.underlayMTU(); mtu != old && mtu >= 576+encapOverhead(r.cfg.LocalIP) {
-		r.log.WithFields(logrus.Fields{"was": old, "now": mtu}).Info("Underlay MTU changed; updating tunnel and route MTUs")
-		r.b.setUnderlayMTU(mtu)
+	for p, e := range invalidEntry {
+		r.setStatus(p, e, invalid[p])
 	}
+	for p, e := range want {
+		if passErr != nil && failed == nil {
+			r.setStatus(p, e, passErr)
+		} else {
+			r.setStatus(p, e, failed[p])
+		}
+	}
+	if err == nil && passErr == nil && snap.PruneAllowed && len(failed) == 0 {
+		passErr = r.removeLeftovers()
+	}
+	r.rev, r.pruneAllowed = snap.Revision, snap.PruneAllowed
+	r.metrics.outOfSync.Add(float64(written + removed))
+	return r.finish(start, passFull, written+removed, written+removed, oldest, errors.Join(passErr, sysErr))
 }
 
-// removeLeftovers removes what another routing mode left behind (the agent
-// ran in another mode before): the bpf pins under BPFRoot unless the mode is
-// ebpf, and podmesh_vxlan in native mode. It runs once prune is allowed and a
-// full pass has put this mode's routes in place, so a mode switch withdraws
-// nothing the desired set still holds.
-func (r *Reconciler) removeLeftovers() error {
-	if r.leftoversDone {
-		return nil
+// setupAndRead makes the shared objects match and reads the kernel.
+func (r *Reconciler) setupAndRead() (kernelView, error) {
+	if err := r.b.setup(); err != nil {
+		return nil, err
 	}
-	ifindex := 0
-	if l, err := r.h.LinkByName(DeviceName); err == nil {
-		ifindex = l.Attrs().Index
-	} else if !isLinkNotFound(err) {
-		return fmt.Errorf("find %s: %w", DeviceName, err)
-	}
-	var errs []error
-	if r.cfg.Mode != ModeEBPF {
-		if _, err := os.Stat(r.cfg.BPFRoot); err == nil {
-			r.log.WithField("dir", r.cfg.BPFRoot).Info("Removing the ebpf datapath left by another routing mode")
-			if err := r.ns.do(func() error { return bpf.Remove(r.cfg.BPFRoot, ifindex) }); err != nil {
-				errs = append(errs, fmt.Errorf("remove bpf datapath under %s: %w", r.cfg.BPFRoot, err))
+	return r.b.read()
+}
+
+// programmed reports whether the last pass that handled prefix p put it in
+// the kernel (so the kernel object is podmesh's).
+func (r *Reconciler) programmed(p netip.Prefix) bool {
+	st, ok := r.objs[p]
+	return ok && st.err == nil
+}
+
+const (
+	passFull        = "full"
+	passIncremental = "incremental"
+)
+
+// clusterCIDRs is the sorted union of the remote clusters' pod CIDRs.
+func clusterCIDRs(by map[string][]netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ps := range by {
+		for _, p := range ps {
+			if p.IsValid() {
+				out = append(out, p.Masked())
 			}
 		}
 	}
-	if r.cfg.Mode == ModeNative && ifindex != 0 {
-		r.log.WithField("device", DeviceName).Info("Removing the tunnel device left by another routing mode")
-		if err := r.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}); err != nil && !isGone(err) {
-			errs = append(errs, fmt.Errorf("delete %s: %w", DeviceName, err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	r.leftoversDone = true
-	return nil
+	sortPrefixes(out)
+	return slices.Compact(out)
+}
+
+func podCIDRsEqual(a, b map[string][]netip.Prefix) bool {
+	return maps.EqualFunc(a, b, func(x, y []netip.Prefix) bool { return slices.Equal(x, y) })
 }
 
 // validate rejects entries the datapath cannot realise; they are reported as
@@ -606,65 +464,15 @@ func (r *Reconciler) validate(e Entry) error {
 	if ep == r.cfg.LocalIP {
 		return fmt.Errorf("tunnel endpoint %s is this node", ep)
 	}
+	if e.Prefix != e.Prefix.Masked() {
+		return fmt.Errorf("prefix %s has host bits set", e.Prefix)
+	}
+	if r.cfg.Mode == ModeEBPF && !slices.ContainsFunc(r.podCIDRs[e.Cluster], func(c netip.Prefix) bool {
+		return c.Bits() <= e.Prefix.Bits() && c.Contains(e.Prefix.Addr())
+	}) {
+		return fmt.Errorf("prefix %s is not within the pod CIDRs cluster %s declares %v: no route leads to it", e.Prefix, e.Cluster, r.podCIDRs[e.Cluster])
+	}
 	return nil
-}
-
-// checkSysctls makes sure forwarding is on for every family the desired set
-// uses, on every pass (so a setting turned off by hand comes back). It
-// changes a setting only when it is off, and says so in the log. rp_filter
-// needs no change: tunnel-mode routes point at podmesh_vxlan, where
-// decapsulated return traffic arrives, and native routes at the underlay
-// link, so strict reverse-path checks pass; its value is logged once.
-func (r *Reconciler) checkSysctls(want map[netip.Prefix]Entry) error {
-	has4, has6 := false, false
-	for p := range want {
-		if p.Addr().Is4() {
-			has4 = true
-		} else {
-			has6 = true
-		}
-		if has4 && has6 {
-			break
-		}
-	}
-	var need []string
-	if has4 {
-		need = append(need, "net.ipv4.ip_forward")
-	}
-	if has6 {
-		need = append(need, "net.ipv6.conf.all.forwarding")
-	}
-	var errs []error
-	for _, name := range need {
-		v, err := r.sysctl(name, "")
-		if err == nil && v != "1" {
-			r.log.WithFields(logrus.Fields{"sysctl": name, "was": v}).Info("Enabling forwarding: remote pod traffic is routed through this node")
-			_, err = r.sysctl(name, "1")
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if !r.rpFilterLogged && len(want) > 0 {
-		r.rpFilterLogged = true
-		if v, err := r.sysctl("net.ipv4.conf.all.rp_filter", ""); err == nil {
-			r.log.WithField("rp_filter", v).Info("Remote prefix routes point at the device return traffic arrives on, so the reverse-path filter passes it")
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Status returns a copy of the current status.
-func (r *Reconciler) Status() Status {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.status
-	s.Programmed = maps.Clone(s.Programmed)
-	s.Failed = maps.Clone(s.Failed)
-	s.Errors = maps.Clone(s.Errors)
-	s.Traffic = maps.Clone(s.Traffic)
-	s.Drops = maps.Clone(s.Drops)
-	return s
 }
 
 // Collectors returns the reconciler's Prometheus collectors, for the caller

@@ -3,6 +3,8 @@ package datapath
 import (
 	"context"
 	"errors"
+	"io"
+	"maps"
 	"net/netip"
 	"sync"
 	"testing"
@@ -14,73 +16,78 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// fakeBackend is an in-memory kernel: a map of prefix → entry that sync and
-// apply converge like the real backends do.
+// fakeBackend is an in-memory kernel: a map of prefix → entry that the
+// operations change like the real backends do.
 type fakeBackend struct {
-	mu     sync.Mutex
-	kernel map[netip.Prefix]Entry
-	fail   map[netip.Prefix]error // prefixes whose writes fail
-	syncs  int
-	deltas int
+	base
+	mu      sync.Mutex
+	kernel  map[netip.Prefix]Entry
+	fail    map[netip.Prefix]error // prefixes whose writes fail
+	reads   int                    // full passes
+	updates int                    // update calls without a view (incremental passes)
 }
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{kernel: map[netip.Prefix]Entry{}, fail: map[netip.Prefix]error{}}
+	return &fakeBackend{base: base{mtu: 1500}, kernel: map[netip.Prefix]Entry{}, fail: map[netip.Prefix]error{}}
 }
 
 func (f *fakeBackend) mode() string { return "fake" }
-
-func (f *fakeBackend) write(e Entry, res *syncResult) {
-	if err := f.fail[e.Prefix]; err != nil {
-		res.failed[e.Prefix] = err
-		return
-	}
-	res.writes++
-	f.kernel[e.Prefix] = e
-}
-
-func (f *fakeBackend) sync(want map[netip.Prefix]Entry, canDelete func(netip.Prefix) bool) syncResult {
+func (f *fakeBackend) setup() error { return nil }
+func (f *fakeBackend) read() (kernelView, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.syncs++
-	res := syncResult{failed: map[netip.Prefix]error{}}
+	f.reads++
+	v := make(map[netip.Prefix]Entry, len(f.kernel))
+	maps.Copy(v, f.kernel)
+	return v, nil
+}
+
+func (f *fakeBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, _ := kv.(map[netip.Prefix]Entry)
+	if v == nil {
+		f.updates++
+	}
+	written, failed := 0, map[netip.Prefix]error{}
 	for p, e := range want {
-		if h, ok := f.kernel[p]; !ok || h.TunnelEndpoint != e.TunnelEndpoint || h.ClusterID != e.ClusterID {
-			f.write(e, &res)
+		if h, ok := v[p]; ok && h == e {
+			continue
 		}
-	}
-	for p := range f.kernel {
-		if _, ok := want[p]; !ok && canDelete(p) {
-			delete(f.kernel, p)
-			res.removed = append(res.removed, p)
-			res.writes++
+		if err := f.fail[p]; err != nil {
+			failed[p] = err
+			continue
 		}
+		written++
+		f.kernel[p] = e
 	}
-	return res
+	return written, failed
 }
 
-func (f *fakeBackend) apply(d delta) syncResult {
+func (f *fakeBackend) delete(es []Entry) map[netip.Prefix]error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.deltas++
-	res := syncResult{failed: map[netip.Prefix]error{}}
-	for _, e := range append(d.add, d.change...) {
-		f.write(e, &res)
-	}
-	for _, e := range d.remove {
+	for _, e := range es {
 		delete(f.kernel, e.Prefix)
-		res.removed = append(res.removed, e.Prefix)
-		res.writes++
 	}
-	return res
+	return map[netip.Prefix]error{}
 }
 
-func (f *fakeBackend) traffic() (map[uint32]Counter, map[string]Counter, error) {
-	return nil, nil, nil
+func (f *fakeBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !allowed {
+		return 0, nil
+	}
+	n := 0
+	for p := range kv.(map[netip.Prefix]Entry) {
+		if _, ok := want[p]; !ok {
+			delete(f.kernel, p)
+			n++
+		}
+	}
+	return n, nil
 }
-func (f *fakeBackend) close() error           { return nil }
-func (f *fakeBackend) underlayMTU() int       { return 1500 }
-func (f *fakeBackend) setUnderlayMTU(mtu int) {}
 
 func (f *fakeBackend) has(p string) bool {
 	f.mu.Lock()
@@ -92,7 +99,7 @@ func (f *fakeBackend) has(p string) bool {
 func newTestReconciler(t *testing.T, d *Desired, b backend) (*Reconciler, map[string]string) {
 	t.Helper()
 	log := logrus.New()
-	log.Out = discard{}
+	log.Out = io.Discard
 	r := newReconciler(Config{Mode: "fake", LocalIP: mustAddr("192.168.0.1"), Desired: d, RecheckInterval: time.Hour}, log)
 	r.b = b
 	r.leftoversDone = true
@@ -134,8 +141,8 @@ func TestReconcilerDeletesOnlyWhatItAddedUntilPruneIsAllowed(t *testing.T) {
 	require.True(t, r.reconcile(false))
 	assert.False(t, fb.has("10.2.1.0/24"))
 	assert.True(t, fb.has("10.9.0.0/24"))
-	assert.Equal(t, "delta", r.Status().LastPass)
-	assert.Equal(t, 1, fb.deltas)
+	assert.Equal(t, "incremental", r.Status().LastPass)
+	assert.Equal(t, 1, fb.updates)
 
 	// A periodic full pass before AllowPrune still keeps the adopted prefix.
 	require.True(t, r.reconcile(true))
@@ -143,9 +150,9 @@ func TestReconcilerDeletesOnlyWhatItAddedUntilPruneIsAllowed(t *testing.T) {
 
 	// AllowPrune changes the prune permission: the next pass is full and prunes.
 	d.AllowPrune()
-	syncs := fb.syncs
+	syncs := fb.reads
 	require.True(t, r.reconcile(false))
-	assert.Equal(t, syncs+1, fb.syncs, "a prune permission change forces a full pass")
+	assert.Equal(t, syncs+1, fb.reads, "a prune permission change forces a full pass")
 	assert.False(t, fb.has("10.9.0.0/24"))
 	assert.True(t, fb.has("10.2.0.0/24"))
 }
@@ -172,9 +179,9 @@ func TestReconcilerReportsPerPrefixFailuresAndRetriesInFull(t *testing.T) {
 	// After a failure the next pass is full even when woken by a change.
 	delete(fb.fail, mustPrefix("10.2.1.0/24"))
 	d.Delete("b", mustPrefix("10.2.2.0/24"))
-	syncs := fb.syncs
+	syncs := fb.reads
 	assert.True(t, r.reconcile(false))
-	assert.Equal(t, syncs+1, fb.syncs)
+	assert.Equal(t, syncs+1, fb.reads)
 	st = r.Status()
 	assert.Equal(t, map[string]int{"b": 2}, st.Programmed)
 	assert.Empty(t, st.Failed)
@@ -217,22 +224,23 @@ func TestReconcilerRunConvergesOnChangesAndObservesLatency(t *testing.T) {
 	assert.Positive(t, samples)
 }
 
-func TestReconcilerDeltaPassesFollowTheJournalAndFallBackToFull(t *testing.T) {
+func TestReconcilerIncrementalPassesFollowMovedRevisionsAndFallBackToFull(t *testing.T) {
 	d := NewDesired()
 	fb := newFakeBackend()
 	r, _ := newTestReconciler(t, d, fb)
 	d.SetCluster("b", nil, []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
 	require.True(t, r.reconcile(true))
 
-	// Move one prefix, add one of another cluster: a delta pass.
+	// Move one prefix, add one of another cluster: an incremental pass.
 	d.Upsert(entry("10.2.1.0/24", "192.168.0.9"))
 	c := Entry{Prefix: mustPrefix("10.3.0.0/24"), TunnelEndpoint: mustAddr("192.168.0.7"), ClusterID: 3, Cluster: "c"}
 	d.Upsert(c)
-	syncs := fb.syncs
+	reads := fb.reads
 	require.True(t, r.reconcile(false))
-	assert.Equal(t, syncs, fb.syncs, "no full pass")
+	assert.Equal(t, reads, fb.reads, "no full pass")
 	st := r.Status()
-	assert.Equal(t, "delta", st.LastPass)
+	assert.Equal(t, "incremental", st.LastPass)
+	assert.Equal(t, 2, st.LastWrites, "only the two moved objects were written")
 	assert.Equal(t, map[string]int{"b": 2, "c": 1}, st.Programmed)
 	assert.Equal(t, d.Version(), st.AppliedVersion)
 	fb.mu.Lock()
@@ -244,27 +252,50 @@ func TestReconcilerDeltaPassesFollowTheJournalAndFallBackToFull(t *testing.T) {
 	assert.False(t, fb.has("10.3.0.0/24"))
 	assert.Equal(t, map[string]int{"b": 2}, r.Status().Programmed)
 
-	// An invalid entry cannot go through a delta: the full pass reports it.
-	d.Upsert(Entry{Prefix: mustPrefix("10.2.7.0/24"), TunnelEndpoint: mustAddr("192.168.0.1"), ClusterID: 2, Cluster: "b"})
-	syncs = fb.syncs
-	assert.False(t, r.reconcile(false))
-	assert.Equal(t, syncs+1, fb.syncs)
-	assert.Equal(t, "full", r.Status().LastPass)
-	assert.Contains(t, r.Status().Errors["10.2.7.0/24"], "is this node")
+	// A pod CIDR change decides validity anew: a full pass.
+	d.SetCluster("b", []netip.Prefix{mustPrefix("10.2.0.0/16")}, []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.9")})
+	reads = fb.reads
+	require.True(t, r.reconcile(false))
+	assert.Equal(t, reads+1, fb.reads)
 
-	// More changes than the journal holds: a full pass.
-	d.Delete("b", mustPrefix("10.2.7.0/24"))
-	require.True(t, r.reconcile(true))
-	big := make([]Entry, journalMax+1)
+	// More withdrawals than the desired table remembers: a full pass.
+	big := make([]Entry, tombstonesKept+1)
 	for i := range big {
 		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
 		big[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: mustAddr("192.168.0.3"), ClusterID: 4, Cluster: "d"}
 	}
 	d.SetCluster("d", nil, big)
-	syncs = fb.syncs
 	require.True(t, r.reconcile(false))
-	assert.Equal(t, syncs+1, fb.syncs, "the journal was outrun: full pass")
-	assert.Equal(t, journalMax+1, r.Status().Programmed["d"])
+	assert.Equal(t, tombstonesKept+1, r.Status().Programmed["d"])
+	d.RemoveCluster("d")
+	reads = fb.reads
+	require.True(t, r.reconcile(false))
+	assert.Equal(t, reads+1, fb.reads, "the tombstones were forgotten: full pass")
+	assert.Zero(t, r.Status().Programmed["d"])
+	fb.mu.Lock()
+	assert.Len(t, fb.kernel, 2, "the full pass deleted what this process saw withdrawn")
+	fb.mu.Unlock()
+}
+
+func TestReconcilerFullPassCountsAndRepairsObjectsRemovedBehindItsBack(t *testing.T) {
+	d := NewDesired()
+	fb := newFakeBackend()
+	r, _ := newTestReconciler(t, d, fb)
+	d.SetCluster("b", nil, []Entry{entry("10.2.0.0/24", "192.168.0.3"), entry("10.2.1.0/24", "192.168.0.4")})
+	require.True(t, r.reconcile(true))
+	require.True(t, r.reconcile(true))
+	assert.Zero(t, r.Status().LastOutOfSync, "a pass over a converged kernel finds nothing out of sync")
+	assert.Zero(t, r.Status().LastWrites)
+
+	total := r.Status().OutOfSyncTotal
+	fb.mu.Lock()
+	delete(fb.kernel, mustPrefix("10.2.1.0/24"))
+	fb.mu.Unlock()
+	require.True(t, r.reconcile(true))
+	st := r.Status()
+	assert.Equal(t, 1, st.LastOutOfSync)
+	assert.Equal(t, total+1, st.OutOfSyncTotal)
+	assert.True(t, fb.has("10.2.1.0/24"), "repaired")
 }
 
 func TestReconcilerCountsAnInvalidUnmaskedPrefixAsFailed(t *testing.T) {

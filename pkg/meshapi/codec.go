@@ -178,39 +178,6 @@ func (e *Endpoint) Validate() error {
 	return nil
 }
 
-// Validate checks a service value on its own.
-func (s *Service) Validate() error {
-	if err := ValidateClusterName(s.Cluster); err != nil {
-		return fmt.Errorf("service: %w", err)
-	}
-	if err := ValidateClusterID(s.ClusterID); err != nil {
-		return fmt.Errorf("service %s/%s: %w", s.Namespace, s.Name, err)
-	}
-	if err := ValidateObjectName(s.Namespace); err != nil {
-		return fmt.Errorf("service: namespace: %w", err)
-	}
-	if err := ValidateObjectName(s.Name); err != nil {
-		return fmt.Errorf("service: name: %w", err)
-	}
-	if len(s.Ports) > MaxServicePorts {
-		return fmt.Errorf("service %s/%s: %w: %d ports, limit %d", s.Namespace, s.Name, ErrTooLarge, len(s.Ports), MaxServicePorts)
-	}
-	for _, p := range s.Ports {
-		if p.Port < 1 || p.Port > 65535 {
-			return fmt.Errorf("service %s/%s: port %d: %w", s.Namespace, s.Name, p.Port, ErrInvalidAddress)
-		}
-	}
-	if len(s.Endpoints) > MaxServiceEndpoints {
-		return fmt.Errorf("service %s/%s: %w: %d endpoints, limit %d", s.Namespace, s.Name, ErrTooLarge, len(s.Endpoints), MaxServiceEndpoints)
-	}
-	for _, ep := range s.Endpoints {
-		if err := validateAddr(ep.IP); err != nil {
-			return fmt.Errorf("service %s/%s: endpoint: %w", s.Namespace, s.Name, err)
-		}
-	}
-	return nil
-}
-
 // ValidatePodCIDRs checks a cluster's declared pod CIDRs: at least one, at
 // most MaxClusterCIDRs, canonical, not broader than /8 (IPv4) or /32 (IPv6),
 // no special-purpose range, and no two overlapping.

@@ -17,6 +17,14 @@
 //     bounds, names), Validate* checks it against the key it arrived under and
 //     the ClusterConfig the same remote declared. The agent needs both; the
 //     apiserver uses the encoders and the self-contained checks.
+//   - Service entries have their own format number, ServicesFormat, inside
+//     wire format v1 (keys and FormatVersion unchanged, so older agents keep
+//     working). Format 2 (cluster capability "serviceExports") publishes only
+//     Services with a ServiceExport and adds optional fields (export time,
+//     type, appProtocol, session affinity, IP families, endpoint serving,
+//     terminating, zone and pod): a format-1 reader ignores them, a format-2
+//     reader decodes a format-1 value with them zero. A format-2 value (type
+//     set) must carry its export time; docs/apiserver.md shows the entry.
 //   - Every size is bounded (MaxValueSize, MaxIPsPerEndpoint, ...): a remote is
 //     untrusted and must not be able to make an agent allocate without limit.
 package meshapi

@@ -1,6 +1,8 @@
 package meshapi
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -59,12 +61,39 @@ func FuzzDecodeEndpoint(f *testing.F) {
 
 func FuzzDecodeService(f *testing.F) {
 	f.Add([]byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg","headless":true,"ports":[{"name":"sql","port":5432,"protocol":"TCP"}],"endpoints":[{"ip":"10.1.0.7","hostname":"pg-0","node":"n1","ready":true}]}`))
+	f.Add([]byte(serviceFormat1))
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg","headless":false,"ports":[{"name":"h","port":80,"protocol":"TCP","appProtocol":"kubernetes.io/h2c"}],` +
+		`"endpoints":[{"ip":"fd00::7","hostname":"","node":"n1","ready":true,"serving":true,"zone":"z1","pod":"web-1"}],` +
+		`"exportTime":"2026-11-30T03:04:05Z","type":"ClusterSetIP","sessionAffinity":"ClientIP","sessionAffinityTimeoutSeconds":30,"ipFamilies":["IPv6","IPv4"]}`))
+	f.Add([]byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg","type":"Headless","headless":true,"exportTime":"0001-01-01T00:00:00Z","ipFamilies":["IPv4","IPv4"]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := DecodeService(data)
 		if err != nil {
 			return
 		}
 		roundTrip(t, s, func(b []byte) error { _, err := DecodeService(b); return err })
+		if _, err := ParseServiceKey(ServiceKey(s.Cluster, s.Namespace, s.Name)); err != nil {
+			t.Fatalf("accepted service %s/%s whose key does not parse: %v", s.Namespace, s.Name, err)
+		}
+		// What an importer relies on, whatever the bytes were.
+		if s.Type != "" && (s.ExportTime.IsZero() || s.Headless != (s.Type == ServiceTypeHeadless)) {
+			t.Fatalf("accepted inconsistent format-2 value: type %q headless %t export time %v", s.Type, s.Headless, s.ExportTime)
+		}
+		for _, p := range s.Ports {
+			if p.Port < 1 || p.Port > 65535 || (p.Protocol != ProtocolTCP && p.Protocol != ProtocolUDP && p.Protocol != ProtocolSCTP) {
+				t.Fatalf("accepted port %+v", p)
+			}
+		}
+		for _, ep := range s.Endpoints {
+			if strings.ContainsAny(ep.Hostname+ep.Pod+ep.Node+ep.Zone, "/ \x00") {
+				t.Fatalf("accepted endpoint names %+v", ep)
+			}
+		}
+		// A format-1 reader decodes whatever this decoder accepts.
+		var old serviceV1
+		if err := json.Unmarshal(mustEncode(t, s), &old); err != nil {
+			t.Fatalf("a format-1 reader cannot decode an accepted value: %v", err)
+		}
 	})
 }
 

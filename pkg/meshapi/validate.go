@@ -75,13 +75,21 @@ func ValidateEndpointFor(key ObjectKeyParts, e *Endpoint, cfg *ClusterConfig) er
 	return nil
 }
 
-// ValidateServiceFor checks a decoded service against its key and config.
+// ValidateServiceFor checks a decoded service against its key and the
+// cluster's config: names and ID agree, and every endpoint IP lies inside the
+// cluster's pod CIDRs (the exporter publishes no other endpoint, so one
+// outside is a remote claiming addresses that are not its own).
 func ValidateServiceFor(key ObjectKeyParts, s *Service, cfg *ClusterConfig) error {
 	if err := checkOwner(key.Cluster, s.Cluster, s.ClusterID, cfg); err != nil {
 		return fmt.Errorf("service %s/%s: %w", s.Namespace, s.Name, err)
 	}
 	if key.Namespace != s.Namespace || key.Name != s.Name {
 		return fmt.Errorf("service %s/%s: %w: key names %s/%s", s.Namespace, s.Name, ErrMismatch, key.Namespace, key.Name)
+	}
+	for _, ep := range s.Endpoints {
+		if !AddrWithin(ep.IP, cfg.PodCIDRs) {
+			return fmt.Errorf("service %s/%s: endpoint %s: %w %v", s.Namespace, s.Name, ep.IP, ErrOutOfRange, cfg.PodCIDRs)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,71 @@
+// Package importer is the import half of podmesh's Multi-Cluster Services
+// API support (KEP-1645, DESIGN.md §9): it reads the exported services of
+// every cluster of the mesh and writes, into the local cluster only, one
+// ServiceImport per exported namespace/name, a derived Service for each
+// ClusterSetIP import, and one set of EndpointSlices per source cluster, so
+// that stock CoreDNS (kubernetes plugin, multicluster option) answers
+// clusterset.local and kube-proxy load-balances the ClusterSetIP.
+//
+// Design decisions a newcomer would otherwise trip on:
+//
+//   - Sources. Each remote is read through its file in the config directory
+//     (the agents' etcd-client YAML, read-only proxy, mTLS); the local
+//     cluster's own export is read from the embedded etcd with the
+//     read-only client, so it is merged exactly like a remote's. A session
+//     checks the cluster config (name in file, key and value agree; the ID
+//     is the one declared; a remote's ID and pod CIDRs clash with no other
+//     cluster: clustermesh.Registry), waits for the services sync canary,
+//     then lists and watches podmesh/v1/services/<cluster>/.
+//   - Trust nothing. Every entry is decoded and checked (meshapi, plus
+//     Kubernetes' own name, port and protocol rules) before it can reach an
+//     object. An entry with an endpoint outside the cluster's declared pod
+//     CIDRs is refused whole and counted; a slice is labelled with the
+//     cluster of the file
+//     that delivered it, never with a name from the value; every object the
+//     importer writes carries app.kubernetes.io/managed-by=importer.podmesh.io
+//     and it never updates or deletes an object without that label.
+//   - Privacy. A cluster without the serviceExports capability is an older
+//     podmesh that publishes every Service; none of its services is
+//     imported, and status says so.
+//   - Level-triggered writer. Sessions replace a cluster's whole state after
+//     every batch and wake the writer for the keys that changed; one
+//     reconcile of a key recomputes everything of that key (Merge, then the
+//     objects) and compares it with the informers' caches, writing only the
+//     difference. A restart is just another reconcile, and orphans (objects
+//     of a cluster that is no longer configured, imports whose exports are
+//     gone) are found through the owned objects' labels.
+//   - Failure semantics (DESIGN §6). A cluster's state stays when its
+//     session fails: an unreachable control plane keeps its endpoints. A
+//     configured cluster that has not been listed since this process
+//     started is "pending": its slices from an earlier run are kept
+//     untouched (and their annotations still give its export time and type
+//     to the merge), so neither an importer restart nor a failover
+//     withdraws anything. A reconnect replaces the state in one step after
+//     a complete listing, so nothing that still exists is withdrawn. A
+//     removed file withdraws its cluster at the next directory scan
+//     (Timing.ScanInterval, 250ms) plus the deletes.
+//   - KEP conflict rules (Merge): the oldest export wins (ties by cluster
+//     name, so every cluster decides alike) and sets type and session
+//     affinity; ports are the union, a clashing port is left out; a cluster
+//     whose type differs is not imported. The reason goes on the local
+//     ServiceExport's Conflict condition (server-side apply by field
+//     manager podmesh-importer of that one condition, so the exporter's
+//     Valid and Ready stay its own), on the ServiceImport (annotation
+//     podmesh.io/conflict) and into a Warning Event.
+//   - Names. The derived Service has the mcs-api reference name
+//     (DerivedName). Imported slices carry kubernetes.io/service-name = the
+//     derived name, never the exported name: CoreDNS indexes every slice by
+//     that label for cluster.local, so the exported name there would add
+//     remote pods to the local <svc>.<ns>.svc.cluster.local. Headless
+//     imports get no derived Service (CoreDNS needs only the ServiceImport
+//     and the multicluster labels) but the same labels; each endpoint's
+//     hostname is its own or its pod's name (KEP-1645), which makes
+//     <hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local resolve.
+//   - Ports. Imported slices carry the exported service ports, and the
+//     derived Service targets the same numbers: wire format 2 does not
+//     carry target ports, so a ClusterSetIP works through kube-proxy only
+//     where port and targetPort agree (see docs/services.md).
+//   - One writer. With leader election (a Lease), only the holder writes;
+//     every instance keeps reading so a new leader starts warm. Rolling
+//     updates briefly run two clustermesh-apiservers.
+package importer

@@ -1,0 +1,234 @@
+package importer
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/mcs-api/config/crd"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podmesh/podmesh/pkg/clustermesh"
+	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
+	"github.com/podmesh/podmesh/pkg/meshapi"
+	"github.com/podmesh/podmesh/test/kubetest"
+)
+
+// waitFor is the guard on every wait: a deadline against a hang, never a
+// timing assertion.
+const waitFor = 60 * time.Second
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// installMCSCRDs creates the ServiceExport and ServiceImport CRDs from
+// mcs-api's embedded YAML in the test apiserver and waits until they are
+// established. (The export branch has its own; the lead unifies them.)
+func installMCSCRDs(t testing.TB, cfg *rest.Config) {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(cfg)
+	require.NoError(t, err)
+	ctx := context.Background()
+	for _, doc := range [][]byte{crd.ServiceExportCRD, crd.ServiceImportCRD} {
+		var u unstructured.Unstructured
+		require.NoError(t, yaml.Unmarshal(doc, &u.Object))
+		_, err := dyn.Resource(crdGVR).Create(ctx, &u, metav1.CreateOptions{})
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			got, err := dyn.Resource(crdGVR).Get(ctx, u.GetName(), metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+			for _, c := range conds {
+				m, _ := c.(map[string]any)
+				if m["type"] == "Established" && m["status"] == "True" {
+					return true
+				}
+			}
+			return false
+		}, waitFor, 50*time.Millisecond, "CRD %s established", u.GetName())
+	}
+}
+
+// kube is a test apiserver with the MCS CRDs.
+type kube struct {
+	*kubetest.Server
+	mcs mcsclient.Interface
+}
+
+func startKube(t testing.TB) *kube {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs bin/kube-apiserver and bin/etcd (make tools); skipped in -short mode")
+	}
+	s := kubetest.Start(t)
+	installMCSCRDs(t, s.Config)
+	mcs, err := mcsclient.NewForConfig(s.Config)
+	require.NoError(t, err)
+	return &kube{Server: s, mcs: mcs}
+}
+
+func (k *kube) namespace(t testing.TB, name string) {
+	t.Helper()
+	_, err := k.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+}
+
+// fakeCluster is a cluster's published state in a real etcd, reached through
+// a forwarder that can be cut, with the config file a peer mounts.
+type fakeCluster struct {
+	name string
+	id   uint32
+	cidr netip.Prefix
+	etcd *kvstoretest.Etcd
+	fwd  *kvstoretest.Forwarder
+	// file is the etcd-client YAML (written into a config dir by mount).
+	yaml []byte
+	dir  string
+}
+
+func newFakeCluster(t testing.TB, name string, id uint32, cidr string, exportsCapability bool) *fakeCluster {
+	t.Helper()
+	e := kvstoretest.StartEtcd(t, name)
+	fwd := kvstoretest.StartForwarder(t, e.Addr)
+	dir := t.TempDir()
+	files := e.WriteClientFiles(t, dir, name, "remote-east")
+	c := &fakeCluster{name: name, id: id, cidr: netip.MustParsePrefix(cidr), etcd: e, fwd: fwd, dir: dir,
+		yaml: kvstoretest.ClientYAML("https://"+fwd.Addr, e.CAFile, files.CertFile, files.KeyFile)}
+	cc := meshapi.ClusterConfig{Name: name, ID: id, PodCIDRs: []netip.Prefix{c.cidr}, ServiceCIDRs: []netip.Prefix{},
+		Capabilities: meshapi.Capabilities{Endpoints: true, Services: true, ServiceExports: exportsCapability}, FormatVersion: meshapi.FormatVersion}
+	c.put(t, meshapi.ClusterConfigKey(name), cc)
+	e.Put(t, meshapi.HeartbeatKey(name), meshapi.FormatTime(time.Now()))
+	for _, k := range meshapi.SyncedKinds {
+		e.Put(t, meshapi.SyncedKey(name, k), meshapi.FormatTime(time.Now()))
+	}
+	return c
+}
+
+func (c *fakeCluster) put(t testing.TB, key string, v any) {
+	t.Helper()
+	b, err := meshapi.Encode(v)
+	require.NoError(t, err)
+	c.etcd.Put(t, key, string(b))
+}
+
+// export publishes a format-2 service of this cluster.
+func (c *fakeCluster) export(t testing.TB, s meshapi.Service) {
+	t.Helper()
+	if s.Cluster == "" {
+		s.Cluster, s.ClusterID = c.name, c.id
+	}
+	if s.Endpoints == nil {
+		s.Endpoints = []meshapi.ServiceEndpoint{}
+	}
+	c.put(t, meshapi.ServiceKey(c.name, s.Namespace, s.Name), s)
+}
+
+func (c *fakeCluster) unexport(t testing.TB, namespace, name string) {
+	t.Helper()
+	c.etcd.Delete(t, meshapi.ServiceKey(c.name, namespace, name), false)
+}
+
+// configDir is a directory of remote-cluster files.
+type configDir string
+
+func newConfigDir(t testing.TB, clusters ...*fakeCluster) configDir {
+	d := configDir(t.TempDir())
+	for _, c := range clusters {
+		d.mount(t, c)
+	}
+	return d
+}
+
+func (d configDir) mount(t testing.TB, c *fakeCluster) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(filepath.Join(string(d), c.name), c.yaml, 0o600))
+}
+
+func (d configDir) unmount(t testing.TB, c *fakeCluster) {
+	t.Helper()
+	require.NoError(t, os.Remove(filepath.Join(string(d), c.name)))
+}
+
+// fastTiming makes sessions notice a cut quickly (the deadlines are guards).
+var fastTiming = Timing{Timing: clustermesh.Timing{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: time.Second, DialTimeout: time.Second, BackoffMin: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond}}
+
+// westAndSouth starts the two remotes most tests use and creates the
+// namespace ns locally.
+func westAndSouth(t testing.TB, k *kube, ns string) (west, south *fakeCluster) {
+	t.Helper()
+	k.namespace(t, ns)
+	return newFakeCluster(t, "west", 2, "10.2.0.0/16", true), newFakeCluster(t, "south", 3, "10.3.0.0/16", true)
+}
+
+// runImporter starts an importer for the local cluster "east" (10.1.0.0/16)
+// and stops it when the returned function is called or the test ends.
+func runImporter(t testing.TB, k *kube, dir configDir, mutate func(*Options)) (*Importer, func()) {
+	t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	opts := Options{
+		LocalCluster: "east", LocalClusterID: 1, LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
+		ConfigDir: string(dir), Kube: k.Client, MCS: k.mcs, Timing: fastTiming, Log: log,
+	}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	imp, err := New(opts)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- imp.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		require.ErrorIs(t, <-done, context.Canceled)
+	}
+	t.Cleanup(stop)
+	return imp, stop
+}
+
+// slicesOf returns the imported slices of namespace/name from cluster, by
+// their labels.
+func (k *kube) slicesOf(t testing.TB, namespace, name, cluster string) []discoveryv1.EndpointSlice {
+	t.Helper()
+	sel := fmt.Sprintf("%s=%s,%s=%s", LabelMCSServiceName, name, LabelSourceCluster, cluster)
+	l, err := k.Client.DiscoveryV1().EndpointSlices(namespace).List(context.Background(), metav1.ListOptions{LabelSelector: sel})
+	require.NoError(t, err)
+	return l.Items
+}
+
+// addrsOf lists every address in slices with its ready condition.
+func addrsOf(ss []discoveryv1.EndpointSlice) map[string]bool {
+	out := map[string]bool{}
+	for _, s := range ss {
+		for _, ep := range s.Endpoints {
+			for _, a := range ep.Addresses {
+				out[a] = ep.Conditions.Ready != nil && *ep.Conditions.Ready
+			}
+		}
+	}
+	return out
+}
+
+func ep(ip, hostname string) meshapi.ServiceEndpoint {
+	return meshapi.ServiceEndpoint{IP: netip.MustParseAddr(ip), Hostname: hostname, Node: "node-1", Ready: true, Serving: true, Zone: "zone-a"}
+}

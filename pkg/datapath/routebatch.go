@@ -1,0 +1,321 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// routeBatcher writes route requests to the kernel many to one sendmsg over
+// one netlink socket, the fewest round trips rtnetlink allows: the kernel
+// handles every message of a send in order before the call returns, answers
+// only failures (no NLM_F_ACK on the others) and acknowledges the last
+// message of each send, so one receive loop per send collects the outcome.
+// 100,000 routes cost a few hundred system calls instead of 200,000.
+type routeBatcher struct {
+	s   *nl.NetlinkSocket
+	seq uint32
+	buf []byte
+}
+
+// routeBatchOps bounds one send (about 100 bytes a request): well below the
+// default socket buffers, so the kernel's replies to a send whose every
+// request fails still fit.
+const routeBatchOps = 256
+
+// routeOp is one request of a batch.
+type routeOp struct {
+	del     bool // RTM_DELROUTE; else RTM_NEWROUTE
+	replace bool // NEWROUTE with NLM_F_REPLACE; else NLM_F_EXCL (never overwrites)
+	route   netlink.Route
+}
+
+// newRouteBatcher opens the socket in ns (closed: the current namespace).
+func newRouteBatcher(ns netns.NsHandle) (*routeBatcher, error) {
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
+	}
+	return &routeBatcher{s: s}, nil
+}
+
+func (b *routeBatcher) close() {
+	if b != nil && b.s != nil {
+		b.s.Close()
+	}
+}
+
+// run executes ops in order and returns each one's error (nil: done).
+func (b *routeBatcher) run(ops []routeOp) []error {
+	errs := make([]error, len(ops))
+	for start := 0; start < len(ops); {
+		b.buf = b.buf[:0]
+		first := b.seq + 1
+		end := min(start+routeBatchOps, len(ops))
+		for i := start; i < end; i++ {
+			b.seq++
+			msg, err := encodeRouteOp(ops[i], b.seq, i == end-1)
+			if err != nil {
+				errs[i] = err
+				msg = encodeNoop(b.seq, i == end-1)
+			}
+			b.buf = append(b.buf, msg...)
+		}
+		if err := b.exchange(first, errs[start:end]); err != nil {
+			for i := start; i < end; i++ {
+				if errs[i] == nil {
+					errs[i] = err
+				}
+			}
+		}
+		start = end
+	}
+	return errs
+}
+
+// exchange sends b.buf and reads replies until the acknowledgement of its
+// last message; errs[seq-first] receives each request's failure.
+func (b *routeBatcher) exchange(first uint32, errs []error) error {
+	if err := unix.Sendto(b.s.GetFd(), b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("send route batch: %w", err)
+	}
+	last := b.seq
+	for {
+		msgs, _, err := b.s.Receive()
+		if err != nil {
+			return fmt.Errorf("receive route batch replies: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+				continue
+			}
+			seq := m.Header.Seq
+			if seq < first || seq > last {
+				continue // a reply to an earlier, failed exchange
+			}
+			if errno := -int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 && errs[seq-first] == nil {
+				errs[seq-first] = unix.Errno(errno)
+			}
+			if seq == last {
+				return nil
+			}
+		}
+	}
+}
+
+// encodeRouteOp serialises one route request (the attributes podmesh's
+// routes use: destination, gateway or via, output link, MTU).
+func encodeRouteOp(op routeOp, seq uint32, ack bool) ([]byte, error) {
+	typ, flags := unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL
+	switch {
+	case op.del:
+		typ, flags = unix.RTM_DELROUTE, 0
+	case op.replace:
+		flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE
+	}
+	if ack {
+		flags |= unix.NLM_F_ACK
+	}
+	r := op.route
+	dst, ok := ipNetToPrefix(r.Dst)
+	if !ok {
+		return nil, fmt.Errorf("route without destination: %v", r)
+	}
+	req := nl.NewNetlinkRequest(typ, flags)
+	req.Seq = seq
+	msg := nl.NewRtMsg()
+	msg.Family = uint8(family(dst.Addr()))
+	msg.Dst_len = uint8(dst.Bits())
+	msg.Table = uint8(r.Table)
+	msg.Protocol = uint8(r.Protocol)
+	msg.Scope = uint8(r.Scope)
+	msg.Type = uint8(r.Type)
+	msg.Flags = uint32(r.Flags)
+	if op.del {
+		msg.Type = 0 // any type
+	}
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.RTA_DST, dst.Addr().AsSlice()))
+	if gw := ipToAddr(r.Gw); gw.IsValid() {
+		req.AddData(nl.NewRtAttr(unix.RTA_GATEWAY, gw.AsSlice()))
+	}
+	if v := viaAddr(r.Via); v.IsValid() {
+		req.AddData(nl.NewRtAttr(unix.RTA_VIA, encodeVia(v)))
+	}
+	if r.MTU > 0 && !op.del {
+		m := nl.NewRtAttr(unix.RTA_METRICS, nil)
+		m.AddRtAttr(unix.RTAX_MTU, nl.Uint32Attr(uint32(r.MTU)))
+		req.AddData(m)
+	}
+	if r.LinkIndex > 0 {
+		req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
+	}
+	return req.Serialize(), nil
+}
+
+func encodeVia(a netip.Addr) []byte {
+	b := make([]byte, 2, 18)
+	binary.NativeEndian.PutUint16(b, uint16(family(a)))
+	return append(b, a.AsSlice()...)
+}
+
+// encodeNoop keeps the sequence of a batch whole when one request could not
+// be encoded: a request for nothing (NLMSG_NOOP) that is only acknowledged.
+func encodeNoop(seq uint32, ack bool) []byte {
+	flags := 0
+	if ack {
+		flags = unix.NLM_F_ACK
+	}
+	req := nl.NewNetlinkRequest(unix.NLMSG_NOOP, flags)
+	req.Seq = seq
+	return req.Serialize()
+}
+
+// dumpRoutes reads every route of the table (both families) in one
+// RTM_GETROUTE dump on the batcher's socket and calls fn for each, decoding
+// only the fields podmesh compares (routeSpec.matches) and deletes by. It is
+// the full pass's route read: at 100,000 routes the general-purpose decoder
+// costs several times as much. A dump the kernel marks interrupted
+// (NLM_F_DUMP_INTR: the table changed meanwhile) is reported as
+// netlink.ErrDumpInterrupted after it was read to the end.
+func (b *routeBatcher) dumpRoutes(table int, fn func(netlink.Route)) error {
+	b.seq++
+	seq := b.seq
+	req := nl.NewNetlinkRequest(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
+	req.Seq = seq
+	req.AddData(nl.NewRtMsg()) // family AF_UNSPEC: both families
+	if err := unix.Sendto(b.s.GetFd(), req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("send route dump: %w", err)
+	}
+	interrupted := false
+	for {
+		msgs, _, err := b.s.Receive()
+		if err != nil {
+			return fmt.Errorf("receive route dump: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != seq {
+				continue // a late reply to an earlier request
+			}
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				if interrupted {
+					return netlink.ErrDumpInterrupted
+				}
+				return nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
+						return fmt.Errorf("route dump: %w", unix.Errno(errno))
+					}
+				}
+			case unix.RTM_NEWROUTE:
+				if r, ok := decodeRoute(m.Data); ok && r.Table == table {
+					fn(r)
+				}
+			}
+		}
+	}
+}
+
+// decodeRoute decodes an RTM_NEWROUTE body: rtmsg, then attributes.
+func decodeRoute(b []byte) (netlink.Route, bool) {
+	if len(b) < unix.SizeofRtMsg {
+		return netlink.Route{}, false
+	}
+	r := netlink.Route{
+		Family:   int(b[0]),
+		Tos:      int(b[3]),
+		Table:    int(b[4]),
+		Protocol: netlink.RouteProtocol(b[5]),
+		Scope:    netlink.Scope(b[6]),
+		Type:     int(b[7]),
+		Flags:    int(binary.NativeEndian.Uint32(b[8:12])),
+	}
+	dstLen := int(b[1])
+	attrs := b[unix.SizeofRtMsg:]
+	for len(attrs) >= unix.SizeofRtAttr {
+		l := int(binary.NativeEndian.Uint16(attrs[0:2]))
+		t := binary.NativeEndian.Uint16(attrs[2:4]) &^ unix.NLA_F_NESTED
+		if l < unix.SizeofRtAttr || l > len(attrs) {
+			return netlink.Route{}, false
+		}
+		v := attrs[unix.SizeofRtAttr:l]
+		switch t {
+		case unix.RTA_TABLE:
+			if len(v) >= 4 {
+				r.Table = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_DST:
+			if a, ok := netip.AddrFromSlice(v); ok {
+				r.Dst = prefixToIPNet(netip.PrefixFrom(a, dstLen))
+			}
+		case unix.RTA_GATEWAY:
+			r.Gw = append([]byte(nil), v...)
+		case unix.RTA_VIA:
+			if len(v) > 2 {
+				r.Via = &netlink.Via{AddrFamily: int(binary.NativeEndian.Uint16(v[:2])), Addr: append([]byte(nil), v[2:]...)}
+			}
+		case unix.RTA_OIF:
+			if len(v) >= 4 {
+				r.LinkIndex = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_PRIORITY:
+			if len(v) >= 4 {
+				r.Priority = int(binary.NativeEndian.Uint32(v))
+			}
+		case unix.RTA_METRICS:
+			r.MTU = metricMTU(v)
+		case unix.RTA_MULTIPATH:
+			// Only its presence matters: podmesh never installs one.
+			r.MultiPath = []*netlink.NexthopInfo{{}}
+		case unix.RTA_ENCAP:
+			r.Encap = foreignEncap{}
+		}
+		attrs = attrs[min(rtaAlign(l), len(attrs)):]
+	}
+	if r.Dst == nil {
+		// The default route carries no RTA_DST.
+		switch r.Family {
+		case unix.AF_INET:
+			r.Dst = prefixToIPNet(netip.PrefixFrom(netip.IPv4Unspecified(), dstLen))
+		case unix.AF_INET6:
+			r.Dst = prefixToIPNet(netip.PrefixFrom(netip.IPv6Unspecified(), dstLen))
+		}
+	}
+	return r, true
+}
+
+func metricMTU(b []byte) int {
+	for len(b) >= unix.SizeofRtAttr {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return 0
+		}
+		if binary.NativeEndian.Uint16(b[2:4]) == unix.RTAX_MTU && l >= unix.SizeofRtAttr+4 {
+			return int(binary.NativeEndian.Uint32(b[unix.SizeofRtAttr:]))
+		}
+		b = b[min(rtaAlign(l), len(b)):]
+	}
+	return 0
+}
+
+func rtaAlign(l int) int { return (l + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1) }
+
+// foreignEncap marks a route with lightweight-tunnel encapsulation, which
+// podmesh never installs; only its presence is compared.
+type foreignEncap struct{}
+
+func (foreignEncap) Type() int                { return 0 }
+func (foreignEncap) Decode([]byte) error      { return nil }
+func (foreignEncap) Encode() ([]byte, error)  { return nil, nil }
+func (foreignEncap) String() string           { return "encap" }
+func (foreignEncap) Equal(netlink.Encap) bool { return false }

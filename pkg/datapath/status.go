@@ -1,0 +1,202 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// This file holds the reconciler's per-object status and what it sums up to:
+// Status, the metrics and the log line of every pass.
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets, Bytes uint64
+}
+
+// Status is a point-in-time view of the reconciler.
+type Status struct {
+	Mode string
+	// Programmed and Failed count the desired prefixes per remote cluster
+	// name that are (or could not be) realised in the kernel.
+	Programmed map[string]int
+	Failed     map[string]int
+	// Errors holds the error of each failed object, by prefix (bounded).
+	Errors map[string]string
+	// LastError is the last reconcile's error, empty when it fully succeeded.
+	LastError     string
+	LastReconcile time.Time
+	// LastDuration is how long the last reconcile pass took, LastPass
+	// whether it was a "full" pass (re-read the kernel) or an "incremental"
+	// one (only the objects whose revision moved).
+	LastDuration time.Duration
+	LastPass     string
+	// LastWrites counts the kernel objects the last pass wrote or deleted;
+	// a pass over a converged kernel writes nothing.
+	LastWrites int
+	// LastOutOfSync is how many kernel objects the last full pass found
+	// missing, different or unwanted (and repaired); OutOfSyncTotal sums
+	// it over every full pass.
+	LastOutOfSync   int
+	OutOfSyncTotal  uint64
+	ReconcileErrors uint64
+	// AppliedVersion is the Desired version the kernel fully realises (0
+	// until one reconcile succeeded without failures).
+	AppliedVersion uint64
+	// Traffic holds tx counters per remote cluster ID (ebpf mode only).
+	Traffic map[uint32]Counter
+	// Drops holds the program's drop counters by reason: "miss" (no ipcache
+	// entry), "malformed", "tunnel_key", "not_configured" (ebpf mode only).
+	Drops map[string]Counter
+}
+
+// objStatus is the status of one desired object: its entry as last
+// processed, and the error that kept it from the kernel (nil: programmed).
+type objStatus struct {
+	entry Entry
+	err   error
+}
+
+type clusterCount struct{ programmed, failed int }
+
+// errorsKept bounds Status.Errors.
+const errorsKept = 64
+
+// setStatus records the status of one live object and keeps the per-cluster
+// sums.
+func (r *Reconciler) setStatus(p netip.Prefix, e Entry, err error) {
+	if st, ok := r.objs[p]; ok && st.entry == e && st.err == err {
+		return
+	}
+	r.forget(p)
+	r.objs[p] = objStatus{entry: e, err: err}
+	c := r.count[e.Cluster]
+	if c == nil {
+		c = &clusterCount{}
+		r.count[e.Cluster] = c
+	}
+	if err != nil {
+		c.failed++
+	} else {
+		c.programmed++
+	}
+}
+
+// forget drops the status of an object.
+func (r *Reconciler) forget(p netip.Prefix) {
+	st, ok := r.objs[p]
+	if !ok {
+		return
+	}
+	delete(r.objs, p)
+	c := r.count[st.entry.Cluster]
+	if st.err != nil {
+		c.failed--
+	} else {
+		c.programmed--
+	}
+	if c.failed == 0 && c.programmed == 0 {
+		delete(r.count, st.entry.Cluster)
+	}
+}
+
+// finish publishes a pass's outcome to status, metrics and the log.
+func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int, oldest time.Time, passErr error) bool {
+	programmed := make(map[string]int, len(r.count))
+	failedBy := make(map[string]int)
+	nFailed := 0
+	for c, n := range r.count {
+		if n.programmed > 0 {
+			programmed[c] = n.programmed
+		}
+		if n.failed > 0 {
+			failedBy[c] = n.failed
+			nFailed += n.failed
+		}
+	}
+	errs := make(map[string]string)
+	if nFailed+len(r.undeleted) > 0 {
+		failed := make(map[netip.Prefix]error, nFailed+len(r.undeleted))
+		for p, st := range r.objs {
+			if st.err != nil {
+				failed[p.Masked()] = st.err
+			}
+		}
+		maps.Copy(failed, r.undeleted)
+		for _, p := range sortedPrefixes(failed) {
+			if len(errs) == errorsKept {
+				break
+			}
+			errs[p.String()] = failed[p].Error()
+		}
+		passErr = errors.Join(passErr, fmt.Errorf("%d prefixes failed", nFailed+len(r.undeleted)))
+	}
+	traffic, drops, terr := r.b.traffic()
+	err := errors.Join(passErr, terr)
+	ok := err == nil
+	r.lastOK = passErr == nil
+	now := time.Now()
+	if ok && !oldest.IsZero() {
+		r.metrics.convergence.Observe(now.Sub(oldest).Seconds())
+	}
+	r.metrics.setProgrammed(programmed, failedBy)
+	r.metrics.setTraffic(traffic, r.clusterNames, drops)
+	if !ok {
+		r.metrics.reconcileErrors.Inc()
+	}
+
+	r.mu.Lock()
+	r.status.Programmed = programmed
+	r.status.Failed = failedBy
+	r.status.Errors = errs
+	r.status.LastReconcile = now
+	r.status.LastDuration = now.Sub(start)
+	r.status.LastPass = kind
+	r.status.LastWrites = writes
+	if kind == passFull {
+		r.status.LastOutOfSync = outOfSync
+		r.status.OutOfSyncTotal += uint64(outOfSync)
+	}
+	if ok {
+		r.status.LastError = ""
+		r.status.AppliedVersion = r.rev
+	} else {
+		r.status.LastError = err.Error()
+		r.status.ReconcileErrors++
+	}
+	if traffic != nil {
+		r.status.Traffic = traffic
+	}
+	if drops != nil {
+		r.status.Drops = drops
+	}
+	r.mu.Unlock()
+
+	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.objs), "writes": writes, "duration": now.Sub(start)}
+	if kind == passFull {
+		fields["out_of_sync"] = outOfSync
+	}
+	if ok {
+		r.log.WithFields(fields).Debug("Datapath reconciled")
+	} else {
+		r.log.WithFields(fields).WithError(err).Warn("Datapath reconcile incomplete")
+	}
+	return ok
+}
+
+// Status returns a copy of the current status.
+func (r *Reconciler) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Programmed = maps.Clone(s.Programmed)
+	s.Failed = maps.Clone(s.Failed)
+	s.Errors = maps.Clone(s.Errors)
+	s.Traffic = maps.Clone(s.Traffic)
+	s.Drops = maps.Clone(s.Drops)
+	return s
+}
