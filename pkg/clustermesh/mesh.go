@@ -341,7 +341,7 @@ func (m *Mesh) offer(r *remote, gen uint64, cc *meshapi.ClusterConfig) error {
 		return errSuperseded
 	}
 	m.presentedLocked(r.name)
-	displaced, err := m.registry.Admit(cc)
+	displaced, err := m.registry.Offer(cc)
 	for _, name := range displaced {
 		if d := m.remotes[name]; d != nil && d != r {
 			m.displaceLocked(d)

@@ -96,11 +96,11 @@ func NewRegistry(name string, id uint32, podCIDRs []netip.Prefix) *Registry {
 	}
 }
 
-// Admit records cfg as its cluster's candidate (replacing a previous one)
+// Offer records cfg as its cluster's candidate (replacing a previous one)
 // and decides again. It returns an error wrapping ErrConflict (a
 // *ConflictError) when cfg's cluster is refused, and the clusters that were
 // admitted before and are not any more (displaced by cfg's).
-func (r *Registry) Admit(cfg *meshapi.ClusterConfig) (displaced []string, err error) {
+func (r *Registry) Offer(cfg *meshapi.ClusterConfig) (displaced []string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.claims[cfg.Name] = claim{name: cfg.Name, id: cfg.ID, cidrs: slices.Clone(cfg.PodCIDRs), established: cfg.Established}
@@ -109,6 +109,13 @@ func (r *Registry) Admit(cfg *meshapi.ClusterConfig) (displaced []string, err er
 		return displaced, v
 	}
 	return displaced, nil
+}
+
+// Admit is Offer for a caller that learns of displacements through Verdict
+// (or does not act on them).
+func (r *Registry) Admit(cfg *meshapi.ClusterConfig) error {
+	_, err := r.Offer(cfg)
+	return err
 }
 
 // Release drops a cluster's candidate; clusters it blocked are admitted.

@@ -57,10 +57,10 @@ func TestRegistryAdmit(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newTestRegistry()
 			for _, c := range tt.admit {
-				_, err := r.Admit(c)
+				_, err := r.Offer(c)
 				require.NoError(t, err)
 			}
-			displaced, err := r.Admit(tt.try)
+			displaced, err := r.Offer(tt.try)
 			require.Empty(t, displaced, "a lower-ranked newcomer displaces nobody")
 			if tt.wantErr == "" {
 				require.NoError(t, err)
@@ -102,7 +102,7 @@ func TestRegistryVerdictDoesNotDependOnArrivalOrder(t *testing.T) {
 		rnd.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		r := newTestRegistry()
 		for _, c := range order {
-			displaced, _ := r.Admit(c)
+			displaced, _ := r.Offer(c)
 			for _, d := range displaced {
 				require.Contains(t, r.Admitted(), c.Name, "only an admitted newcomer displaces")
 				require.NotContains(t, r.Admitted(), d)
@@ -119,10 +119,10 @@ func TestRegistryVerdictDoesNotDependOnArrivalOrder(t *testing.T) {
 
 func TestRegistryReleaseAdmitsTheRefusedAndWakesThem(t *testing.T) {
 	r := newTestRegistry()
-	_, err := r.Admit(cc("east", 2, "10.2.0.0/16"))
+	_, err := r.Offer(cc("east", 2, "10.2.0.0/16"))
 	require.NoError(t, err)
 	wake := r.Changed()
-	_, err = r.Admit(cc("west", 3, "10.2.0.0/17"))
+	_, err = r.Offer(cc("west", 3, "10.2.0.0/17"))
 	require.ErrorIs(t, err, ErrConflict)
 	select {
 	case <-wake:
@@ -136,7 +136,7 @@ func TestRegistryReleaseAdmitsTheRefusedAndWakesThem(t *testing.T) {
 		t.Fatal("release did not wake the refused")
 	}
 	require.Equal(t, []string{"west"}, r.Admitted(), "the refused candidate is admitted without asking again")
-	displaced, err := r.Admit(cc("east", 2, "10.2.0.0/16"))
+	displaced, err := r.Offer(cc("east", 2, "10.2.0.0/16"))
 	require.NoError(t, err, "east ranks first again (lower ID)")
 	require.Equal(t, []string{"west"}, displaced)
 	require.Equal(t, []string{"east"}, r.Admitted())
@@ -144,15 +144,15 @@ func TestRegistryReleaseAdmitsTheRefusedAndWakesThem(t *testing.T) {
 
 func TestRegistryRefusalDropsThePreviousClaim(t *testing.T) {
 	r := newTestRegistry()
-	_, err := r.Admit(cc("east", 2, "10.2.0.0/16"))
+	_, err := r.Offer(cc("east", 2, "10.2.0.0/16"))
 	require.NoError(t, err)
-	_, err = r.Admit(cc("west", 3, "10.3.0.0/16"))
+	_, err = r.Offer(cc("west", 3, "10.3.0.0/16"))
 	require.NoError(t, err)
 	// east's remote now claims west's range: east still ranks first (lower
 	// ID), so west is displaced; east's old claim is gone.
-	displaced, err := r.Admit(cc("east", 2, "10.3.0.0/24"))
+	displaced, err := r.Offer(cc("east", 2, "10.3.0.0/24"))
 	require.NoError(t, err)
 	require.Equal(t, []string{"west"}, displaced)
-	_, err = r.Admit(cc("north", 4, "10.2.0.0/16"))
+	_, err = r.Offer(cc("north", 4, "10.2.0.0/16"))
 	require.NoError(t, err, "east's old range is free")
 }

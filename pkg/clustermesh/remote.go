@@ -10,6 +10,14 @@ import (
 	"github.com/podmesh/podmesh/pkg/kvstore"
 )
 
+// errRefused marks a remote whose own cluster config cannot be accepted: its
+// entries are withdrawn and its claim released until it changes.
+var errRefused = errors.New("refused")
+
+// errConfigChanged ends a session whose remote rewrote its cluster config,
+// so the next session validates and admits it again.
+var errConfigChanged = errors.New("remote cluster config changed")
+
 // remote is one remote cluster named by a file in the config directory, as
 // the Mesh keeps it: its status record and the generation running now.
 // Each version of the file runs as one generation: a goroutine that opens

@@ -15,14 +15,6 @@ import (
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
-// errRefused marks a remote whose own cluster config cannot be accepted: its
-// entries are withdrawn and its claim released until it changes.
-var errRefused = errors.New("refused")
-
-// errConfigChanged ends a session whose remote rewrote its cluster config,
-// so the next session validates and admits it again.
-var errConfigChanged = errors.New("remote cluster config changed")
-
 // session is one connection to a remote cluster, in the manner of etcd's
 // concurrency.Session: it owns its client and its context, runs until the
 // connection fails, the remote's config changes, the registry displaces it
@@ -273,7 +265,7 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 	}
 	events := make(chan tagged, 1024)
 	for _, prefix := range []string{meshapi.NodesClusterPrefix(s.r.name), meshapi.EndpointsClusterPrefix(s.r.name)} {
-		lw := &kvstore.ListWatcher{Client: s.cli, Prefix: prefix, Backoff: kvstore.NewBackoff(t.BackoffMin, t.BackoffMax), Log: s.log}
+		lw := &kvstore.ListWatcher{Client: s.cli, Prefix: prefix, Backoff: kvstore.Backoff{Min: t.BackoffMin, Max: t.BackoffMax}, Log: s.log}
 		wg.Go(func() {
 			_ = lw.Run(s.ctx, func(ev kvstore.Event) {
 				s.alive()

@@ -24,6 +24,28 @@ func NewBackoff(min, max time.Duration) wait.Backoff {
 	return wait.Backoff{Duration: min, Factor: 2, Jitter: 0.5, Steps: math.MaxInt32, Cap: max}
 }
 
+// Backoff is NewBackoff in the Next/Reset form some retry loops are written
+// in: Min and Max configure it, the stepping is the wait.Backoff's. The zero
+// value uses 200ms..30s. It is not safe for concurrent use; each retry loop
+// owns one.
+type Backoff struct {
+	Min, Max time.Duration
+	// cur is the wait.Backoff being stepped; nil until Next, and after Reset.
+	cur *wait.Backoff
+}
+
+// Next returns the delay before the next attempt and advances.
+func (b *Backoff) Next() time.Duration {
+	if b.cur == nil {
+		w := NewBackoff(b.Min, b.Max)
+		b.cur = &w
+	}
+	return b.cur.Step()
+}
+
+// Reset starts over at Min after a success.
+func (b *Backoff) Reset() { b.cur = nil }
+
 // Sleep waits for d or until ctx is done, whichever is first.
 func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)

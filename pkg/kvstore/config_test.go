@@ -151,4 +151,13 @@ func TestNewBackoffDoublesUpToItsCapWithJitter(t *testing.T) {
 	}
 	b = kvstore.NewBackoff(100, 1000) // a reset is a fresh value
 	require.LessOrEqual(t, int64(b.Step()), int64(150))
+
+	nr := kvstore.Backoff{Min: 100, Max: 1000} // the Next/Reset form steps the same
+	for i, base := range bases {
+		d := int64(nr.Next())
+		require.GreaterOrEqual(t, d, base, "Next %d", i)
+		require.LessOrEqual(t, d, base+base/2, "Next %d", i)
+	}
+	nr.Reset()
+	require.LessOrEqual(t, int64(nr.Next()), int64(150))
 }

@@ -9,7 +9,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // EventKind says what an Event reports.
@@ -62,15 +61,14 @@ type ListWatcher struct {
 	Prefix string
 	// PageSize bounds the keys per listing request; DefaultPageSize when 0.
 	PageSize int64
-	// Backoff paces retries after a failed listing or a broken watch
-	// (NewBackoff(0, 0) when zero); it starts over after every success.
-	Backoff wait.Backoff
+	// Backoff paces retries after a failed listing or a broken watch; it
+	// starts over after every success.
+	Backoff Backoff
 	Log     logrus.FieldLogger
 
-	// known maps each key the consumer holds to its modification revision,
-	// and bo is the current backoff. Only Run's goroutine touches them.
+	// known maps each key the consumer holds to its modification revision.
+	// Only Run's goroutine touches it.
 	known map[string]int64
-	bo    wait.Backoff
 }
 
 // Run lists and watches until ctx is done, calling handle for every event
@@ -81,10 +79,6 @@ func (w *ListWatcher) Run(ctx context.Context, handle func(Event)) error {
 	if w.known == nil {
 		w.known = make(map[string]int64)
 	}
-	if w.Backoff.Duration <= 0 {
-		w.Backoff = NewBackoff(0, 0)
-	}
-	w.bo = w.Backoff
 	log := w.Log
 	if log == nil {
 		log = logrus.New()
@@ -97,7 +91,7 @@ func (w *ListWatcher) Run(ctx context.Context, handle func(Event)) error {
 				return ctx.Err()
 			}
 			log.WithError(err).Warn("Listing failed; retrying")
-			if err := Sleep(ctx, w.bo.Step()); err != nil {
+			if err := Sleep(ctx, w.Backoff.Next()); err != nil {
 				return err
 			}
 			continue
@@ -113,7 +107,7 @@ func (w *ListWatcher) Run(ctx context.Context, handle func(Event)) error {
 				break
 			}
 			log.WithError(err).WithField("revision", rev+1).Info("Watch ended; resuming")
-			if err := Sleep(ctx, w.bo.Step()); err != nil {
+			if err := Sleep(ctx, w.Backoff.Next()); err != nil {
 				return err
 			}
 		}
@@ -164,7 +158,7 @@ func (w *ListWatcher) list(ctx context.Context, handle func(Event)) (int64, erro
 			handle(Event{Kind: Delete, Key: k, Revision: rev})
 		}
 	}
-	w.bo = w.Backoff
+	w.Backoff.Reset()
 	return rev, nil
 }
 
@@ -196,7 +190,7 @@ func (w *ListWatcher) watch(ctx context.Context, rev *int64, handle func(Event))
 			}
 			*rev = max(*rev, ev.Kv.ModRevision)
 		}
-		w.bo = w.Backoff
+		w.Backoff.Reset()
 	}
 	if err := ctx.Err(); err != nil {
 		return err

@@ -79,7 +79,7 @@ func run(t *testing.T, cfg *kvstore.Config, prefix string, page int64) *recorder
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	rec := newRecorder()
-	lw := &kvstore.ListWatcher{Client: cli, Prefix: prefix, PageSize: page, Backoff: kvstore.NewBackoff(20*time.Millisecond, 200*time.Millisecond), Log: logrus.New()}
+	lw := &kvstore.ListWatcher{Client: cli, Prefix: prefix, PageSize: page, Backoff: kvstore.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}, Log: logrus.New()}
 	done := make(chan error, 1)
 	go func() { done <- lw.Run(ctx, rec.handle) }()
 	t.Cleanup(func() {
