@@ -3,15 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -129,18 +130,13 @@ func TestAgentServesStatusHealthAndMetrics(t *testing.T) {
 	code, _ := get(t, "http://"+a.addr+"/healthz")
 	require.Equal(t, http.StatusOK, code)
 
-	deadline := time.Now().Add(20 * time.Second)
 	var out bytes.Buffer
-	for {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		out.Reset()
 		err := statusCommand(context.Background(), []string{"--status-listen=" + a.addr}, &out, io.Discard)
-		require.NoError(t, err)
-		if strings.Contains(out.String(), "2/2") {
-			break
-		}
-		require.False(t, time.Now().After(deadline), "status never showed east programmed:\n%s", out.String())
-		time.Sleep(20 * time.Millisecond)
-	}
+		require.NoError(c, err)
+		assert.Contains(c, out.String(), "2/2", "status never showed east programmed")
+	}, 20*time.Second, 20*time.Millisecond)
 	t.Logf("podmesh-agent status:\n%s", out.String())
 	require.Regexp(t, `east\s+2\s+yes\s+\S+ ago\s+1\s+1\s+2/2\s+0\s+-`, out.String())
 	require.Contains(t, out.String(), "cluster west (id 1), node w1 (192.168.0.11), synced")
@@ -174,9 +170,7 @@ func TestAgentWaitsForItsNode(t *testing.T) {
 	dir := cmt.NewConfigDir(t)
 	go func() {
 		// The node appears after the agent has looked for it and not found it.
-		for deadline := time.Now().Add(30 * time.Second); len(kube.Actions()) == 0 && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
+		assert.Eventually(t, func() bool { return len(kube.Actions()) > 0 }, 30*time.Second, 10*time.Millisecond)
 		_, _ = kube.CoreV1().Nodes().Create(context.Background(), &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: "w1"},
 			Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "fd00::11"}}},
@@ -189,4 +183,39 @@ func TestAgentWaitsForItsNode(t *testing.T) {
 func TestStatusCommandFailsClearlyWithoutAgent(t *testing.T) {
 	err := statusCommand(context.Background(), []string{"--status-listen=127.0.0.1:1"}, io.Discard, io.Discard)
 	require.ErrorContains(t, err, "query agent status at 127.0.0.1:1")
+}
+
+// failingDatapath fails as soon as it runs.
+type failingDatapath struct{ fakeDatapath }
+
+var errBoom = errors.New("boom")
+
+func (f *failingDatapath) Run(context.Context) error { return errBoom }
+
+// TestAgentStopsEveryPartWhenOnePartFails: a failing part ends the agent
+// with its error, named after the part, and the other parts stop with it.
+func TestAgentStopsEveryPartWhenOnePartFails(t *testing.T) {
+	cfg, err := parseFlags([]string{
+		"--node-name=w1", "--cluster-name=west", "--cluster-id=1", "--pod-cidrs=10.1.0.0/16",
+		"--clustermesh-config=" + cmt.NewConfigDir(t).Dir, "--status-listen=127.0.0.1:0",
+	}, func(string) string { return "" }, io.Discard)
+	require.NoError(t, err)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	kube := fake.NewSimpleClientset(&corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "w1"},
+		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.11"}}},
+	})
+	d := deps{kube: kube, log: log, newDatapath: func(c datapath.Config) (dataplane, error) {
+		return &failingDatapath{fakeDatapath{cfg: c}}, nil
+	}}
+	done := make(chan error, 1)
+	go func() { done <- run(context.Background(), cfg, d) }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, errBoom)
+		require.ErrorContains(t, err, "datapath: boom")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent kept running after its datapath failed")
+	}
 }

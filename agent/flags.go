@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -97,7 +98,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if c.ClustermeshConfig == "" {
 		bad("clustermesh-config", errors.New("must not be empty"))
 	}
-	if !contains(routingModes, c.RoutingMode) {
+	if !slices.Contains(routingModes, c.RoutingMode) {
 		bad("routing-mode", fmt.Errorf("%q is not one of %s", c.RoutingMode, strings.Join(routingModes, ", ")))
 	}
 	if c.TunnelPort < 1 || c.TunnelPort > 65535 {
@@ -115,7 +116,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if err := checkListen(c.StatusListen); err != nil {
 		bad("status-listen", err)
 	}
-	if !contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		bad("log-level", fmt.Errorf("%q is not one of debug, info, warn, error", c.LogLevel))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -151,13 +152,4 @@ func checkListen(addr string) error {
 		return fmt.Errorf("%q: bad port", addr)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

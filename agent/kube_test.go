@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,12 +38,11 @@ func TestAgentReadsItsNodeFromKubeAPIServer(t *testing.T) {
 	// The test plays the kubelet and reports the addresses; the agent
 	// retries until the node has an InternalIP.
 	go func() {
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.7"}, {Type: corev1.NodeInternalIP, Address: "192.168.0.11"}}
-			if _, err := srv.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err == nil {
-				return
-			}
-		}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeExternalIP, Address: "203.0.113.7"}, {Type: corev1.NodeInternalIP, Address: "192.168.0.11"}}
+		assert.Eventually(t, func() bool {
+			_, err := srv.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+			return err == nil
+		}, 20*time.Second, 50*time.Millisecond)
 	}()
 	a := startAgent(t, cs, dir.Dir)
 	require.Equal(t, "192.168.0.11", a.dp.cfg.LocalIP.String())

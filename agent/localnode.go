@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -82,28 +83,28 @@ func nodeFromObject(n *corev1.Node) (*localNode, error) {
 // waitLocalNode reads the node until it exists with an InternalIP, retrying
 // with backoff, or ctx is done.
 func waitLocalNode(ctx context.Context, cs kubernetes.Interface, name string, localCIDRs []netip.Prefix, log logrus.FieldLogger) (*localNode, error) {
-	bo := kvstore.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
-	for {
+	var ln *localNode
+	var lastErr error
+	bo := kvstore.NewBackoff(500*time.Millisecond, 30*time.Second)
+	err := wait.ExponentialBackoffWithContext(ctx, bo, func(ctx context.Context) (bool, error) {
 		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		var ln *localNode
 		if err == nil {
 			ln, err = nodeFromObject(n)
 		}
-		if err == nil {
-			for _, p := range ln.PodCIDRs {
-				if !meshapi.PrefixWithin(p, localCIDRs) {
-					log.WithFields(logrus.Fields{"node": name, "prefix": p.String()}).Warn("Node pod CIDR is outside --pod-cidrs")
-				}
-			}
-			return ln, nil
+		if err != nil {
+			lastErr = err
+			log.WithError(err).WithField("node", name).Warn("Local node not usable yet; retrying")
+			return false, nil
 		}
-		if ctx.Err() != nil {
-			return nil, errors.Join(fmt.Errorf("read local node %s: %w", name, err), ctx.Err())
-		}
-		d := bo.Next()
-		log.WithError(err).WithFields(logrus.Fields{"node": name, "retry_in": d.String()}).Warn("Local node not usable yet")
-		if err := kvstore.Sleep(ctx, d); err != nil {
-			return nil, fmt.Errorf("read local node %s: %w", name, err)
+		return true, nil
+	})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("read local node %s: %w", name, lastErr), err)
+	}
+	for _, p := range ln.PodCIDRs {
+		if !meshapi.PrefixWithin(p, localCIDRs) {
+			log.WithFields(logrus.Fields{"node": name, "prefix": p.String()}).Warn("Node pod CIDR is outside --pod-cidrs")
 		}
 	}
+	return ln, nil
 }

@@ -9,12 +9,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podmesh/podmesh/pkg/clustermesh"
@@ -120,28 +120,21 @@ func run(ctx context.Context, cfg *config, d deps) error {
 	srv := &statusServer{node: node, mesh: mesh, datapath: dp, gatherer: reg, log: log}
 
 	// Each part runs until ctx is done; the first to fail stops the others.
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	var mu sync.Mutex // protects errs
-	var errs []error
+	g, gctx := errgroup.WithContext(ctx)
 	start := func(name string, f func(context.Context) error) {
-		wg.Go(func() {
-			err := f(ctx)
-			if err != nil && !errors.Is(err, context.Canceled) {
-				err = fmt.Errorf("%s: %w", name, err)
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				cancel(err)
+		g.Go(func() error {
+			err := f(gctx)
+			if err == nil || (errors.Is(err, context.Canceled) && gctx.Err() != nil) {
+				return nil // stopped because another part failed, or on request
 			}
+			return fmt.Errorf("%s: %w", name, err)
 		})
 	}
 	start("datapath", dp.Run)
 	start("clustermesh", mesh.Run)
 	start("status server", func(ctx context.Context) error { return srv.serve(ctx, ln) })
 	log.WithField("statusListen", ln.Addr().String()).Info("podmesh-agent running")
-	wg.Wait()
+	err = g.Wait()
 	log.Info("podmesh-agent stopped; kernel state left in place")
-	return errors.Join(errs...)
+	return err
 }

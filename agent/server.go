@@ -13,27 +13,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
+	"github.com/podmesh/podmesh/pkg/agentstatus"
 	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/datapath"
 )
 
 // Report is what /status returns and `podmesh-agent status` prints.
-type Report struct {
-	Node     string             `json:"node"`
-	TunnelIP string             `json:"tunnelIP"`
-	Mesh     clustermesh.Status `json:"mesh"`
-	Datapath *DatapathReport    `json:"datapath,omitempty"`
-}
-
-// DatapathReport is the part of datapath.Status the report shows.
-type DatapathReport struct {
-	Mode            string         `json:"mode"`
-	Programmed      map[string]int `json:"programmed"`
-	Failed          map[string]int `json:"failed,omitempty"`
-	LastError       string         `json:"lastError,omitempty"`
-	ReconcileErrors uint64         `json:"reconcileErrors"`
-	LastReconcile   time.Time      `json:"lastReconcile,omitzero"`
-}
+type Report = agentstatus.Report
 
 // meshStatus and datapathStatus are what the server reads.
 type meshStatus interface {
@@ -56,7 +42,7 @@ func (s *statusServer) report() Report {
 	r := Report{Node: s.node.Name, TunnelIP: s.node.TunnelIP.String(), Mesh: s.mesh.Status()}
 	if s.datapath != nil {
 		st := s.datapath.Status()
-		r.Datapath = &DatapathReport{Mode: st.Mode, Programmed: st.Programmed, Failed: st.Failed, LastError: st.LastError, ReconcileErrors: st.ReconcileErrors, LastReconcile: st.LastReconcile}
+		r.Datapath = &agentstatus.Datapath{Mode: st.Mode, Programmed: st.Programmed, Failed: st.Failed, LastError: st.LastError, ReconcileErrors: st.ReconcileErrors, LastReconcile: st.LastReconcile}
 	}
 	return r
 }

@@ -7,16 +7,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/podmesh/podmesh/pkg/clustermesh"
+	"github.com/podmesh/podmesh/pkg/agentstatus"
 )
 
 func TestPrintReport(t *testing.T) {
 	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 	rep := &Report{
 		Node: "w1", TunnelIP: "192.168.2.1",
-		Mesh: clustermesh.Status{
+		Mesh: agentstatus.Mesh{
 			LocalCluster: "west", LocalClusterID: 2, Synced: true, SyncReason: "all 2 remote clusters synced",
-			Remotes: []clustermesh.RemoteStatus{
+			Remotes: []agentstatus.Remote{
 				{Cluster: "east", ClusterID: 3, Ready: true, Since: now.Add(-90 * time.Second), Nodes: 3, Endpoints: 40, Prefixes: 5},
 				{Cluster: "north", Reason: "unreachable: read heartbeat: context deadline exceeded", Since: now.Add(-5 * time.Second), Prefixes: 2,
 					LastError: "unreachable: read heartbeat: context deadline exceeded", LastErrorTime: now.Add(-5 * time.Second)},
@@ -30,7 +30,7 @@ func TestPrintReport(t *testing.T) {
 	require.Regexp(t, `east\s+3\s+yes\s+2m0s ago\s+3\s+40\s+5 desired\s+0\s+-`, out)
 	require.Regexp(t, `north\s+-\s+no: unreachable: read heartbeat: context deadline exceeded\s+5s ago\s+0\s+0\s+2 desired`, out)
 
-	rep.Datapath = &DatapathReport{Mode: "ebpf", Programmed: map[string]int{"east": 4}}
+	rep.Datapath = &agentstatus.Datapath{Mode: "ebpf", Programmed: map[string]int{"east": 4}}
 	buf.Reset()
 	require.NoError(t, printReport(&buf, rep, now))
 	require.Contains(t, buf.String(), "datapath ebpf, 0 reconcile errors")

@@ -7,16 +7,9 @@ import (
 	"strconv"
 
 	"sigs.k8s.io/yaml"
-)
 
-// EtcdClientConfig is the etcd-client YAML file the agent reads for one
-// remote cluster. Relative paths resolve against the file's directory.
-type EtcdClientConfig struct {
-	Endpoints     []string `json:"endpoints"`
-	TrustedCAFile string   `json:"trusted-ca-file"`
-	CertFile      string   `json:"cert-file"`
-	KeyFile       string   `json:"key-file"`
-}
+	"github.com/podmesh/podmesh/pkg/kvstore"
+)
 
 // ProxyEndpoint is the https URL of a proxy address; IPv6 gets brackets.
 func ProxyEndpoint(address string, port int) string {
@@ -38,7 +31,7 @@ func MeshSecretKeys(cluster string) (config, ca, cert, key string) {
 // same keys into a Secret manifest.
 func MeshSecretFiles(cluster string, endpoints []string, caPEM, certPEM, keyPEM []byte) (map[string][]byte, error) {
 	cfgKey, caKey, certKey, keyKey := MeshSecretKeys(cluster)
-	body, err := yaml.Marshal(EtcdClientConfig{
+	body, err := yaml.Marshal(kvstore.ClientFile{
 		Endpoints:     endpoints,
 		TrustedCAFile: caKey,
 		CertFile:      certKey,

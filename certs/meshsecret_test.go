@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
+
+	"github.com/podmesh/podmesh/pkg/kvstore"
 )
 
 func TestProxyEndpoint(t *testing.T) {
@@ -33,7 +35,7 @@ func TestMeshSecretFilesResolveInsideTheVolume(t *testing.T) {
 
 	raw, err := os.ReadFile(filepath.Join(dir, "east"))
 	require.NoError(t, err)
-	var cfg EtcdClientConfig
+	var cfg kvstore.ClientFile
 	require.NoError(t, yaml.UnmarshalStrict(raw, &cfg))
 	require.Equal(t, []string{"https://192.0.2.10:32379"}, cfg.Endpoints)
 	for file, want := range map[string]string{cfg.TrustedCAFile: "ca", cfg.CertFile: "cert", cfg.KeyFile: "key"} {

@@ -1,34 +1,27 @@
-package netnsutil
+package netnsutil_test
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netns"
+
+	"github.com/podmesh/podmesh/internal/netnsutil"
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 func TestDoRunsInsideTheNamespaceAndReturnsFnsError(t *testing.T) {
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "podmesh-nsu-" + hex.EncodeToString(b)
-	require.NoError(t, exec.Command("ip", "netns", "add", name).Run())
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	path := filepath.Join("/var/run/netns", name)
+	testutils.RequireRoot(t)
+	ns := testutils.NewNetNS(t, "nsu")
+	path := ns.Path()
 	target, err := netns.GetFromPath(path)
 	require.NoError(t, err)
 	defer target.Close()
 
 	var inside bool
-	require.NoError(t, DoPath(path, func() error {
+	require.NoError(t, netnsutil.DoPath(path, func() error {
 		cur, err := netns.Get()
 		if err != nil {
 			return err
@@ -40,9 +33,9 @@ func TestDoRunsInsideTheNamespaceAndReturnsFnsError(t *testing.T) {
 	require.True(t, inside, "fn ran inside the namespace")
 
 	boom := errors.New("boom")
-	require.ErrorIs(t, Do(target, func() error { return boom }), boom)
+	require.ErrorIs(t, netnsutil.Do(target, func() error { return boom }), boom)
 
 	_, err = os.Stat(path)
 	require.NoError(t, err)
-	require.ErrorContains(t, DoPath(path+"-missing", func() error { return nil }), "open netns")
+	require.ErrorContains(t, netnsutil.DoPath(path+"-missing", func() error { return nil }), "open netns")
 }

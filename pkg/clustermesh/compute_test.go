@@ -118,7 +118,7 @@ func TestComputeEntries(t *testing.T) {
 }
 
 func sortEntries(es []datapath.Entry) {
-	slices.SortFunc(es, func(a, b datapath.Entry) int { return a.Prefix.Addr().Compare(b.Prefix.Addr()) })
+	slices.SortFunc(es, func(a, b datapath.Entry) int { return a.Prefix.Compare(b.Prefix) })
 }
 
 func TestInvalidReason(t *testing.T) {

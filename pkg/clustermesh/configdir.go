@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/podmesh/podmesh/pkg/kvstore"
 	"github.com/podmesh/podmesh/pkg/meshapi"
@@ -80,80 +80,77 @@ func IsClusterFileName(name, local string) bool {
 	return meshapi.ValidateClusterName(name) == nil
 }
 
-// watchDir calls scan once, then again after every inotify event in dir and
-// at least every interval (referenced certificates may live elsewhere, and
-// inotify may be unavailable). It returns when ctx is done.
+// watchDir calls scan once, then again after every batch of file system
+// events in dir and at least every interval (referenced certificates may
+// live elsewhere, and events may be unavailable). A kubelet Secret volume
+// swaps its ..data symlink atomically, which shows as events on dir itself.
+// It returns when ctx is done.
 func watchDir(ctx context.Context, dir string, interval time.Duration, log logrus.FieldLogger, scan func()) {
-	fd := -1
+	var w *fsnotify.Watcher
 	defer func() {
-		if fd >= 0 {
-			unix.Close(fd)
+		if w != nil {
+			w.Close()
 		}
 	}()
-	buf := make([]byte, 64<<10)
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
 	for {
-		if fd < 0 {
-			fd = addDirWatch(dir, log)
+		if w == nil {
+			w = addDirWatch(dir, log)
 		}
 		scan()
-		if ctx.Err() != nil {
+		var events <-chan fsnotify.Event
+		var errs <-chan error
+		if w != nil {
+			events, errs = w.Events, w.Errors
+		}
+		select {
+		case <-ctx.Done():
 			return
-		}
-		if fd < 0 {
-			if kvstore.Sleep(ctx, interval) != nil {
-				return
-			}
-			continue
-		}
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, int(interval.Milliseconds()))
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			log.WithError(err).Warn("Polling inotify failed; falling back to periodic scans")
-			unix.Close(fd)
-			fd = -1
-			continue
-		}
-		if n > 0 {
-			if ignored := drainInotify(fd, buf); ignored {
+		case <-ticker.C:
+		case ev, ok := <-events:
+			if !ok || dirGone(dir, ev) || !drainEvents(dir, w) {
 				// The directory itself went away or was replaced.
-				unix.Close(fd)
-				fd = -1
+				w.Close()
+				w = nil
 			}
+		case err := <-errs:
+			log.WithError(err).Warn("Watching the config directory failed; scanning periodically until it works again")
+			w.Close()
+			w = nil
 		}
 	}
 }
 
-// addDirWatch returns an inotify descriptor watching dir, or -1.
-func addDirWatch(dir string, log logrus.FieldLogger) int {
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+// addDirWatch returns a watcher of dir, or nil.
+func addDirWatch(dir string, log logrus.FieldLogger) *fsnotify.Watcher {
+	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		log.WithError(err).Warn("Cannot create inotify instance; scanning periodically only")
-		return -1
+		log.WithError(err).Warn("Cannot watch the config directory; scanning periodically only")
+		return nil
 	}
-	const mask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
-		unix.IN_CLOSE_WRITE | unix.IN_ATTRIB | unix.IN_MODIFY | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
-	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
-		unix.Close(fd)
-		return -1
+	if err := w.Add(dir); err != nil {
+		w.Close()
+		return nil
 	}
-	return fd
+	return w
 }
 
-// drainInotify reads all pending events; it reports whether the watch was
-// dropped (directory deleted or moved).
-func drainInotify(fd int, buf []byte) bool {
-	gone := false
+// drainEvents consumes the events already queued, so one scan covers a
+// burst; it reports false when the directory itself went away.
+func drainEvents(dir string, w *fsnotify.Watcher) bool {
 	for {
-		n, err := unix.Read(fd, buf)
-		if n <= 0 || err != nil {
-			return gone
-		}
-		for off := 0; off+unix.SizeofInotifyEvent <= n; {
-			ev := (*unix.InotifyEvent)(unsafePointer(&buf[off]))
-			if ev.Mask&(unix.IN_IGNORED|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
-				gone = true
+		select {
+		case ev, ok := <-w.Events:
+			if !ok || dirGone(dir, ev) {
+				return false
 			}
-			off += unix.SizeofInotifyEvent + int(ev.Len)
+		default:
+			return true
 		}
 	}
+}
+
+func dirGone(dir string, ev fsnotify.Event) bool {
+	return filepath.Clean(ev.Name) == filepath.Clean(dir) && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename))
 }

@@ -5,6 +5,12 @@
 //
 // Design decisions a newcomer would otherwise trip on:
 //
+//   - Three parts per remote: the Mesh owns a status record per configured
+//     cluster (status.go); per file version a goroutine (remote.go) opens
+//     one session after the other with a wait.Backoff between them; a
+//     session (session.go) is one connection in the manner of etcd's
+//     concurrency.Session: it owns its client and context, ends on its own
+//     (connection lost, config changed, displaced) and closes Done.
 //   - The desired set is written per cluster with SetCluster, computed from
 //     the full validated state of that cluster after every batch of events.
 //     It is level-triggered: a reconnect re-lists into a fresh state and
@@ -19,14 +25,20 @@
 //     broken or changed config file: the cluster's entries stay; only the
 //     file's removal (or a refusal of the remote's own config) withdraws
 //     them. Removal withdraws synchronously in the directory scan, so it
-//     takes at most one inotify wakeup (or one 500ms poll).
+//     takes at most one file system event (or one 500ms poll).
 //   - Conflicts (duplicate cluster ID, overlapping pod CIDRs) are settled by
-//     the Registry: the cluster admitted first keeps its claim while it stays
-//     configured, also across reconnects; the later one is refused with a
-//     reason naming both and retries as soon as a claim is released.
-//     Clusters present at agent start are admitted in the order their
-//     sessions reach the remote, which is not fixed; a conflict between
-//     them is a configuration error to fix, and status says which won.
+//     the Registry from the configs alone, never from arrival order: ranked
+//     by the optional established time (earlier first, present before
+//     absent), then the lower cluster ID, then the lower name, each
+//     candidate is admitted unless it clashes with one ranked before it. So
+//     every node reaches the same verdict, and a newcomer never displaces an
+//     established cluster. At start, admission waits (bounded) until every
+//     configured remote has presented its config, so a loser is never
+//     pushed after a restart.
+//   - Liveness is a small read every ProbeInterval with a ProbeTimeout
+//     deadline, started once the cluster is synced: a failed read (with no
+//     listing or watch traffic heard meanwhile) makes the cluster not ready
+//     at once but keeps the session; only RequestTimeout of silence ends it.
 //   - Each version of a config file runs as a generation. A newer version
 //     (certificate rotation) or the file's removal bumps the generation and
 //     a stale generation's writes are dropped, so the old session can wind

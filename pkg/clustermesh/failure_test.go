@@ -105,14 +105,8 @@ func TestMeshWithdrawsRemovedFileWithinOneSecond(t *testing.T) {
 	m.waitEntries(t, "west", want("west", 3, "10.3.1.0/24 via 192.168.2.1"))
 
 	dir.Remove(t, "east")
-	deadline := time.Now().Add(time.Second)
-	for len(m.rec.Cluster("east")) > 0 {
-		require.False(t, time.Now().After(deadline), "east still has entries 1s after its file was removed")
-		select {
-		case <-m.rec.Wait():
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	require.Eventually(t, func() bool { return len(m.rec.Cluster("east")) == 0 }, time.Second, 5*time.Millisecond,
+		"east still has entries 1s after its file was removed")
 	for _, r := range m.Status().Remotes {
 		require.NotEqual(t, "east", r.Cluster, "east is no longer configured")
 	}

@@ -11,8 +11,9 @@ import (
 )
 
 type (
-	netipPrefix = netip.Prefix
-	netipAddr   = netip.Addr
+	netipPrefix   = netip.Prefix
+	datapathEntry = datapath.Entry
+	netipAddr     = netip.Addr
 )
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -18,26 +18,39 @@ import (
 // defaults of DefaultTiming.
 type Timing struct {
 	// ScanInterval is the longest time between two scans of the config
-	// directory (inotify wakes a scan earlier).
+	// directory (file system events wake a scan earlier).
 	ScanInterval time.Duration
-	// ProbeInterval is how often a connected remote's heartbeat is read.
+	// ProbeInterval is how often a connected remote's liveness (its
+	// heartbeat key) is read.
 	ProbeInterval time.Duration
-	// ProbeTimeout bounds one read; a failed read ends the session.
+	// ProbeTimeout bounds one liveness read; a failed read marks the remote
+	// not ready until a read succeeds. A dead or cut remote is reported
+	// within ProbeInterval + ProbeTimeout.
 	ProbeTimeout time.Duration
+	// RequestTimeout bounds the other reads of a session (cluster config,
+	// sync canaries), which may be larger; a session whose liveness reads
+	// go unanswered this long ends and reconnects.
+	RequestTimeout time.Duration
 	// DialTimeout bounds connecting to a remote.
 	DialTimeout time.Duration
+	// KeepAlive is the gRPC keepalive ping interval (gRPC raises anything
+	// under 10s to 10s); the liveness read is what detects failures fast.
+	KeepAlive time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay.
 	BackoffMin, BackoffMax time.Duration
 	// HeartbeatStaleAfter makes a remote not ready when its heartbeat is older.
 	HeartbeatStaleAfter time.Duration
 }
 
-// DefaultTiming is what the agent runs with.
+// DefaultTiming is what the agent runs with: a remote that dies or whose
+// path is cut is reported not ready within 1.5s.
 var DefaultTiming = Timing{
 	ScanInterval:        500 * time.Millisecond,
-	ProbeInterval:       5 * time.Second,
-	ProbeTimeout:        5 * time.Second,
+	ProbeInterval:       500 * time.Millisecond,
+	ProbeTimeout:        time.Second,
+	RequestTimeout:      5 * time.Second,
 	DialTimeout:         5 * time.Second,
+	KeepAlive:           10 * time.Second,
 	BackoffMin:          time.Second,
 	BackoffMax:          time.Minute,
 	HeartbeatStaleAfter: meshapi.HeartbeatStaleAfter,
@@ -47,7 +60,8 @@ func (t Timing) withDefaults() Timing {
 	d := DefaultTiming
 	for _, f := range []struct{ v, def *time.Duration }{
 		{&t.ScanInterval, &d.ScanInterval}, {&t.ProbeInterval, &d.ProbeInterval},
-		{&t.ProbeTimeout, &d.ProbeTimeout}, {&t.DialTimeout, &d.DialTimeout},
+		{&t.ProbeTimeout, &d.ProbeTimeout}, {&t.RequestTimeout, &d.RequestTimeout},
+		{&t.DialTimeout, &d.DialTimeout}, {&t.KeepAlive, &d.KeepAlive},
 		{&t.BackoffMin, &d.BackoffMin}, {&t.BackoffMax, &d.BackoffMax},
 		{&t.HeartbeatStaleAfter, &d.HeartbeatStaleAfter},
 	} {
@@ -106,6 +120,13 @@ type Mesh struct {
 	pruneAllowed bool
 	pruneReason  string
 	synced       chan struct{}
+	// initial holds the remotes of the first directory scan that have not
+	// yet presented their cluster config (or failed to); initialDone is
+	// closed when it empties. Admission waits for it, so that at start the
+	// registry decides with every reachable candidate known and a cluster
+	// that loses a conflict never reaches the datapath, not even briefly.
+	initial     map[string]bool
+	initialDone chan struct{}
 }
 
 // New checks opts and returns a Mesh; Run starts it.
@@ -137,11 +158,13 @@ func New(opts Options) (*Mesh, error) {
 	}
 	opts.Timing = opts.Timing.withDefaults()
 	return &Mesh{
-		opts:     opts,
-		log:      opts.Log,
-		registry: NewRegistry(opts.LocalCluster, opts.LocalClusterID, opts.LocalPodCIDRs),
-		remotes:  make(map[string]*remote),
-		synced:   make(chan struct{}),
+		opts:        opts,
+		log:         opts.Log,
+		registry:    NewRegistry(opts.LocalCluster, opts.LocalClusterID, opts.LocalPodCIDRs),
+		remotes:     make(map[string]*remote),
+		synced:      make(chan struct{}),
+		initial:     make(map[string]bool),
+		initialDone: make(chan struct{}),
 	}, nil
 }
 
@@ -164,7 +187,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	watchDir(ctx, m.opts.ConfigDir, m.opts.Timing.ScanInterval, m.log, func() { m.reconcileFiles(ctx) })
 	m.mu.Lock()
 	for _, r := range m.remotes {
-		r.stop()
+		m.stopLocked(r)
 	}
 	m.mu.Unlock()
 	m.wg.Wait()
@@ -211,23 +234,37 @@ func (m *Mesh) reconcileFiles(ctx context.Context) {
 			r = newRemote(m, name)
 			m.remotes[name] = r
 			r.log.Info("Remote cluster configured")
-			r.start(ctx, f)
-		case r.fileHash() != f.Hash:
+			m.startLocked(ctx, r, f)
+		case r.hash != f.Hash:
 			r.log.Info("Remote cluster file changed; reconnecting with the new settings")
-			r.start(ctx, f)
+			m.startLocked(ctx, r, f)
 		}
 	}
-	m.scanned = true
+	if !m.scanned {
+		m.scanned = true
+		for name, r := range m.remotes {
+			if r.cancel != nil { // a session runs; a broken file presents nothing
+				m.initial[name] = true
+			}
+		}
+		m.presentedLocked("")
+	}
 	m.maybeAllowPruneLocked()
 }
 
 // removeLocked withdraws every entry of a remote whose file is gone.
 func (m *Mesh) removeLocked(r *remote) {
 	delete(m.remotes, r.name)
-	r.stop()
+	m.presentedLocked(r.name)
+	m.stopLocked(r)
 	m.opts.Desired.RemoveCluster(r.name)
 	m.registry.Release(r.name)
 	r.log.Info("Remote cluster file removed; withdrew its entries")
+}
+
+// currentLocked reports whether gen is r's running generation.
+func (m *Mesh) currentLocked(r *remote, gen uint64) bool {
+	return m.remotes[r.name] == r && r.rec.generation() == gen
 }
 
 // push replaces a remote's entries and declared pod CIDRs (from its
@@ -235,7 +272,7 @@ func (m *Mesh) removeLocked(r *remote) {
 func (m *Mesh) push(r *remote, gen uint64, podCIDRs []netip.Prefix, entries []datapath.Entry) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.remotes[r.name] != r || r.generation() != gen {
+	if !m.currentLocked(r, gen) || r.evict == nil { // superseded, or displaced
 		return false
 	}
 	m.opts.Desired.SetCluster(r.name, podCIDRs, entries)
@@ -245,42 +282,124 @@ func (m *Mesh) push(r *remote, gen uint64, podCIDRs []netip.Prefix, entries []da
 // errSuperseded ends a session whose generation is no longer current.
 var errSuperseded = errors.New("superseded by a newer version of the file, or removed")
 
-// admit asks the registry to admit cc for r if gen is still current; a
-// refusal withdraws r's entries. Holding m.mu orders it with removals, so a
-// winding-down generation can never claim for a cluster that is gone.
-func (m *Mesh) admit(r *remote, gen uint64, cc *meshapi.ClusterConfig) error {
+// presented records that a remote of the first scan has read its cluster
+// config, or failed to.
+func (m *Mesh) presented(name string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.remotes[r.name] != r || r.generation() != gen {
+	m.presentedLocked(name)
+}
+
+func (m *Mesh) presentedLocked(name string) {
+	delete(m.initial, name)
+	if len(m.initial) == 0 && m.scanned {
+		select {
+		case <-m.initialDone:
+		default:
+			close(m.initialDone)
+		}
+	}
+}
+
+// admit asks the registry to admit cc for r if gen is still current; a
+// refusal withdraws r's entries. evict ends the session should the cluster
+// be displaced later. Clusters that cc displaces are withdrawn and their
+// sessions ended. Holding m.mu orders it with removals, so a winding-down
+// generation can never claim for a cluster that is gone.
+//
+// cc is a candidate from the moment it is offered; at start, admission
+// waits until every remote of the first scan has presented its config (or
+// failed to), at most wait.
+func (m *Mesh) admit(ctx context.Context, r *remote, gen uint64, cc *meshapi.ClusterConfig, evict context.CancelCauseFunc, wait time.Duration) error {
+	if err := m.offer(r, gen, cc); err != nil {
+		return err
+	}
+	t := time.NewTimer(wait)
+	select {
+	case <-m.initialDone:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	t.Stop()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.currentLocked(r, gen) {
 		return errSuperseded
 	}
-	if err := m.registry.Admit(cc); err != nil {
-		m.withdrawLocked(r, gen)
-		return fmt.Errorf("%w: %w", errRefused, err)
+	if v := m.registry.Verdict(r.name); v != nil {
+		return m.refusedLocked(r, gen, &ConflictError{*v})
+	}
+	r.evict = func(err error) { evict(err) }
+	return nil
+}
+
+// offer makes cc r's candidate and applies the registry's decision.
+func (m *Mesh) offer(r *remote, gen uint64, cc *meshapi.ClusterConfig) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.currentLocked(r, gen) {
+		return errSuperseded
+	}
+	m.presentedLocked(r.name)
+	displaced, err := m.registry.Offer(cc)
+	for _, name := range displaced {
+		if d := m.remotes[name]; d != nil && d != r {
+			m.displaceLocked(d)
+		}
+	}
+	if err != nil {
+		return m.refusedLocked(r, gen, err)
 	}
 	return nil
+}
+
+func (m *Mesh) refusedLocked(r *remote, gen uint64, err error) error {
+	r.evict = nil
+	m.withdrawLocked(r, gen)
+	r.log.WithError(err).Warn("Remote cluster refused")
+	return fmt.Errorf("%w: %w", errRefused, err)
+}
+
+// displaceLocked withdraws a cluster the registry no longer admits and ends
+// its session; its next session is refused until the winner is released.
+func (m *Mesh) displaceLocked(d *remote) {
+	v := m.registry.Verdict(d.name)
+	if v == nil {
+		return
+	}
+	err := fmt.Errorf("%w: %w", errRefused, &ConflictError{*v})
+	gen := d.rec.generation()
+	m.withdrawLocked(d, gen)
+	// The session's end records the refusal as its error; until then:
+	d.rec.update(gen, func() { d.rec.up, d.rec.phase = false, "displaced: "+err.Error() })
+	d.log.WithError(err).Warn("Remote cluster displaced by a cluster that ranks first; withdrew its entries")
+	if d.evict != nil {
+		d.evict(err)
+		d.evict = nil
+	}
 }
 
 // refuse releases r's claim and withdraws its entries if gen is current.
 func (m *Mesh) refuse(r *remote, gen uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.remotes[r.name] != r || r.generation() != gen {
+	if !m.currentLocked(r, gen) {
 		return
 	}
+	r.evict = nil
 	m.registry.Release(r.name)
 	m.withdrawLocked(r, gen)
 }
 
 func (m *Mesh) withdrawLocked(r *remote, gen uint64) {
 	m.opts.Desired.RemoveCluster(r.name)
-	r.update(gen, func() { r.nodes, r.endpoints, r.prefixes = 0, 0, 0 })
+	r.rec.update(gen, func() { r.rec.nodes, r.rec.endpoints, r.rec.prefixes = 0, 0, 0 })
 }
 
 func (m *Mesh) remoteSynced(r *remote, gen uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r.update(gen, func() { r.everSynced = true })
+	r.rec.update(gen, func() { r.rec.everSynced = true })
 	m.maybeAllowPruneLocked()
 }
 
@@ -289,9 +408,9 @@ func (m *Mesh) maybeAllowPruneLocked() {
 		return
 	}
 	for _, r := range m.remotes {
-		r.mu.Lock()
-		synced := r.everSynced
-		r.mu.Unlock()
+		r.rec.mu.Lock()
+		synced := r.rec.everSynced
+		r.rec.mu.Unlock()
 		if !synced {
 			return
 		}
@@ -314,10 +433,4 @@ func (m *Mesh) allowPruneLocked(reason string) {
 	m.opts.Desired.AllowPrune()
 	close(m.synced)
 	m.log.WithField("reason", reason).Info("Initial sync complete; the datapath may prune stale entries")
-}
-
-func (r *remote) fileHash() [32]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.hash
 }

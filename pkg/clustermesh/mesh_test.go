@@ -2,13 +2,16 @@ package clustermesh_test
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/pkg/clustermesh"
@@ -38,6 +41,9 @@ type testMesh struct {
 	*clustermesh.Mesh
 	rec *cmt.Recorder
 	dir *cmt.ConfigDir
+	// stop ends the mesh (as an agent restart would) and waits; the test's
+	// cleanup calls it too.
+	stop func()
 }
 
 func startMesh(t *testing.T, dir *cmt.ConfigDir, mutate ...func(*clustermesh.Options)) *testMesh {
@@ -58,7 +64,7 @@ func startMesh(t *testing.T, dir *cmt.ConfigDir, mutate ...func(*clustermesh.Opt
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -67,7 +73,8 @@ func startMesh(t *testing.T, dir *cmt.ConfigDir, mutate ...func(*clustermesh.Opt
 			t.Error("mesh did not stop within 30s")
 		}
 	})
-	return &testMesh{Mesh: m, rec: rec, dir: dir}
+	t.Cleanup(stop)
+	return &testMesh{Mesh: m, rec: rec, dir: dir, stop: stop}
 }
 
 // testWriter sends logs to t.Log, so they show only for failing tests.
@@ -79,16 +86,10 @@ func (w testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// eventually polls cond every 10ms until it holds or d passes.
+// eventually waits until cond holds, failing the test after d.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	require.Eventually(t, cond, d, 10*time.Millisecond, "waiting for %s", what)
 }
 
 func (m *testMesh) remote(t *testing.T, name string) clustermesh.RemoteStatus {
@@ -108,20 +109,9 @@ func (m *testMesh) waitReady(t *testing.T, name string) {
 
 func (m *testMesh) waitEntries(t *testing.T, cluster string, want map[netip.Prefix]datapath.Entry) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := m.rec.Cluster(cluster)
-		if len(got) == len(want) && fmt.Sprint(sorted(got)) == fmt.Sprint(sorted(want)) {
-			return
-		}
-		if time.Now().After(deadline) {
-			require.Equal(t, sorted(want), sorted(got), "entries of %s (status %+v)", cluster, m.remote(t, cluster))
-		}
-		select {
-		case <-m.rec.Wait():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, sorted(want), sorted(m.rec.Cluster(cluster)), "entries of %s (status %+v)", cluster, m.remote(t, cluster))
+	}, 20*time.Second, 10*time.Millisecond)
 }
 
 func sorted(m map[netip.Prefix]datapath.Entry) []string {
@@ -133,13 +123,7 @@ func sorted(m map[netip.Prefix]datapath.Entry) []string {
 	return out
 }
 
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-}
+func sortStrings(s []string) { slices.Sort(s) }
 
 // want builds an expected entry set: "prefix via ip" pairs.
 func want(cluster string, id uint32, pairs ...string) map[netip.Prefix]datapath.Entry {
@@ -287,4 +271,33 @@ func TestMeshToleratesClockSkewOfALiveRemote(t *testing.T) {
 		time.Sleep(staleAfter / 10) // the remote's rewrite period, not synchronisation
 	}
 	require.True(t, sawReady, "a live but skewed remote became ready")
+}
+
+// sample is one series of a gathered metric.
+type sample struct {
+	labels map[string]string
+	value  float64 // gauge or counter
+}
+
+// gather scrapes the mesh's collector and returns the series of metric name.
+func (m *testMesh) gather(t *testing.T, name string) []sample {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(m.Collector()))
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var out []sample
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, mm := range mf.GetMetric() {
+			sm := sample{labels: map[string]string{}, value: mm.GetGauge().GetValue() + mm.GetCounter().GetValue()}
+			for _, l := range mm.GetLabel() {
+				sm.labels[l.GetName()] = l.GetValue()
+			}
+			out = append(out, sm)
+		}
+	}
+	return out
 }

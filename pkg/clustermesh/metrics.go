@@ -11,7 +11,7 @@ type collector struct {
 
 	configured, ready, remoteReady, failures, lastFailure *prometheus.Desc
 	nodes, endpoints, prefixes, invalidNow, invalidTotal  *prometheus.Desc
-	synced                                                *prometheus.Desc
+	synced, conflict                                      *prometheus.Desc
 }
 
 // Collector returns the mesh's metrics; the caller registers it.
@@ -32,11 +32,12 @@ func (m *Mesh) Collector() prometheus.Collector {
 		invalidNow:   d("remote_cluster_invalid_entries", "Entries of a remote cluster currently refused, by reason.", "cluster", "reason"),
 		invalidTotal: d("remote_cluster_invalid_entries_total", "Refusals of remote entries, by reason.", "cluster", "reason"),
 		synced:       d("initial_sync_complete", "1 once every remote synced or the sync timeout passed (pruning allowed)."),
+		conflict:     d("remote_cluster_conflict", "1 while a remote cluster is refused for a conflict: what clashes, the cluster that keeps its claim and the rule that ranked it first.", "cluster", "kind", "winner", "rule"),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.configured, c.ready, c.remoteReady, c.failures, c.lastFailure, c.nodes, c.endpoints, c.prefixes, c.invalidNow, c.invalidTotal, c.synced} {
+	for _, d := range []*prometheus.Desc{c.configured, c.ready, c.remoteReady, c.failures, c.lastFailure, c.nodes, c.endpoints, c.prefixes, c.invalidNow, c.invalidTotal, c.synced, c.conflict} {
 		ch <- d
 	}
 }
@@ -61,6 +62,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.prefixes, float64(r.Prefixes), r.Cluster)
 		for reason, n := range r.InvalidByReason {
 			gauge(c.invalidNow, float64(n), r.Cluster, reason)
+		}
+		if v := r.Conflict; v != nil {
+			gauge(c.conflict, 1, r.Cluster, v.Kind, v.Winner, v.Rule)
 		}
 		for reason, n := range r.InvalidTotal {
 			ch <- prometheus.MustNewConstMetric(c.invalidTotal, prometheus.CounterValue, float64(n), r.Cluster, reason)

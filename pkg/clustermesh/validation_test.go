@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/pkg/clustermesh"
@@ -96,23 +95,10 @@ func TestMeshRefusesInvalidEntries(t *testing.T) {
 	}
 
 	t.Run("refusals are exported as metrics by reason", func(t *testing.T) {
-		reg := prometheus.NewPedanticRegistry()
-		require.NoError(t, reg.Register(m.Collector()))
-		mfs, err := reg.Gather()
-		require.NoError(t, err)
 		got := map[string]float64{}
-		for _, mf := range mfs {
-			if mf.GetName() != "podmesh_agent_remote_cluster_invalid_entries_total" {
-				continue
-			}
-			for _, mm := range mf.GetMetric() {
-				labels := map[string]string{}
-				for _, l := range mm.GetLabel() {
-					labels[l.GetName()] = l.GetValue()
-				}
-				require.Equal(t, "east", labels["cluster"])
-				got[labels["reason"]] = mm.GetCounter().GetValue()
-			}
+		for _, sm := range m.gather(t, "podmesh_agent_remote_cluster_invalid_entries_total") {
+			require.Equal(t, "east", sm.labels["cluster"])
+			got[sm.labels["reason"]] = sm.value
 		}
 		for _, tt := range tests {
 			require.GreaterOrEqual(t, got[tt.reason], 1.0, "reason %s", tt.reason)

@@ -21,16 +21,23 @@ import (
 // MaxConfigFileSize bounds an etcd-client YAML file and each PEM file it names.
 const MaxConfigFileSize = 1 << 20
 
-// Config is an etcd-client YAML file: where a remote cluster's etcd (proxy)
-// listens and the TLS material to reach it. Paths are absolute after
-// LoadConfig.
-type Config struct {
-	// Path is the file the config was read from.
-	Path          string   `json:"-"`
+// ClientFile is the etcd-client YAML document: where a remote cluster's
+// etcd (proxy) listens and the TLS material to reach it. It is the one
+// definition of the format; podmesh-certs renders it, LoadConfig reads it.
+// Relative paths resolve against the file's directory.
+type ClientFile struct {
 	Endpoints     []string `json:"endpoints"`
 	TrustedCAFile string   `json:"trusted-ca-file"`
 	CertFile      string   `json:"cert-file"`
 	KeyFile       string   `json:"key-file"`
+}
+
+// Config is a loaded etcd-client YAML file. Paths are absolute after
+// LoadConfig.
+type Config struct {
+	// Path is the file the config was read from.
+	Path string `json:"-"`
+	ClientFile
 
 	// Hash identifies the YAML plus the content of every file it names.
 	Hash [sha256.Size]byte `json:"-"`
@@ -196,9 +203,12 @@ func writeHashPart(h interface{ Write([]byte) (int, error) }, b []byte) {
 type ClientOptions struct {
 	// DialTimeout bounds the first connection; default 5s.
 	DialTimeout time.Duration
-	// KeepAlive is the gRPC keepalive interval that detects a dead peer;
-	// default 10s.
+	// KeepAlive is the gRPC keepalive ping interval; default 10s (gRPC
+	// raises a shorter one to 10s, and servers refuse more frequent pings).
 	KeepAlive time.Duration
+	// KeepAliveTimeout is how long a ping may go unanswered before the
+	// connection is closed; default KeepAlive.
+	KeepAliveTimeout time.Duration
 }
 
 // NewClient builds an etcd client from c. The client never syncs its
@@ -211,6 +221,9 @@ func NewClient(c *Config, o ClientOptions) (*clientv3.Client, error) {
 	if o.KeepAlive == 0 {
 		o.KeepAlive = 10 * time.Second
 	}
+	if o.KeepAliveTimeout == 0 {
+		o.KeepAliveTimeout = o.KeepAlive
+	}
 	var tlsCfg *tls.Config
 	if c.TLS != nil {
 		tlsCfg = c.TLS.Clone()
@@ -220,7 +233,7 @@ func NewClient(c *Config, o ClientOptions) (*clientv3.Client, error) {
 		TLS:                  tlsCfg,
 		DialTimeout:          o.DialTimeout,
 		DialKeepAliveTime:    o.KeepAlive,
-		DialKeepAliveTimeout: o.KeepAlive,
+		DialKeepAliveTimeout: o.KeepAliveTimeout,
 		PermitWithoutStream:  true,
 		RejectOldCluster:     false,
 		Logger:               zap.NewNop(),

@@ -1,4 +1,4 @@
-package kvstore
+package kvstore_test
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/pkg/kvstore"
 )
 
 // writePKI writes ca.crt, client.crt and client.key (0600) into dir.
@@ -83,7 +84,7 @@ func TestLoadConfig(t *testing.T) {
 			}
 			path := filepath.Join(dir, "west")
 			require.NoError(t, os.WriteFile(path, []byte(tt.yaml), 0o644))
-			c, err := LoadConfig(path, logrus.New())
+			c, err := kvstore.LoadConfig(path, logrus.New())
 			if tt.wantErr != "" {
 				require.Error(t, err)
 				require.Contains(t, err.Error(), tt.wantErr)
@@ -109,7 +110,7 @@ func TestLoadConfigWarnsOnReadableKeyWithoutLoggingIt(t *testing.T) {
 	log, hook := test.NewNullLogger()
 	var buf bytes.Buffer
 	log.SetOutput(&buf)
-	_, err := LoadConfig(path, log)
+	_, err := kvstore.LoadConfig(path, log)
 	require.NoError(t, err)
 	require.Len(t, hook.AllEntries(), 1)
 	e := hook.LastEntry()
@@ -127,30 +128,36 @@ func TestConfigHashCoversReferencedFiles(t *testing.T) {
 	writePKI(t, dir)
 	path := filepath.Join(dir, "west")
 	require.NoError(t, os.WriteFile(path, []byte(goodYAML), 0o644))
-	a, err := LoadConfig(path, nil)
+	a, err := kvstore.LoadConfig(path, nil)
 	require.NoError(t, err)
-	b, err := LoadConfig(path, nil)
+	b, err := kvstore.LoadConfig(path, nil)
 	require.NoError(t, err)
 	require.Equal(t, a.Hash, b.Hash, "same files, same hash")
 
 	writePKI(t, dir) // rotate: same YAML, new PEM files
-	c, err := LoadConfig(path, nil)
+	c, err := kvstore.LoadConfig(path, nil)
 	require.NoError(t, err)
 	require.NotEqual(t, a.Hash, c.Hash, "rotated certificates change the hash")
 }
 
-func TestBackoffGrowsAndIsBounded(t *testing.T) {
-	b := Backoff{Min: 100, Max: 1000, Jitter: 0.5}
-	var last []int64
-	for range 8 {
-		last = append(last, int64(b.Next()))
+func TestNewBackoffDoublesUpToItsCapWithJitter(t *testing.T) {
+	b := kvstore.NewBackoff(100, 1000)
+	// The base doubles from min until max; jitter adds at most half of it.
+	bases := []int64{100, 200, 400, 800, 1000, 1000, 1000, 1000}
+	for i, base := range bases {
+		d := int64(b.Step())
+		require.GreaterOrEqual(t, d, base, "step %d", i)
+		require.LessOrEqual(t, d, base+base/2, "step %d", i)
 	}
-	// Upper bounds double from Min until Max; jitter only shortens.
-	bounds := []int64{100, 200, 400, 800, 1000, 1000, 1000, 1000}
-	for i, d := range last {
-		require.LessOrEqual(t, d, bounds[i])
-		require.GreaterOrEqual(t, d, bounds[i]/2)
+	b = kvstore.NewBackoff(100, 1000) // a reset is a fresh value
+	require.LessOrEqual(t, int64(b.Step()), int64(150))
+
+	nr := kvstore.Backoff{Min: 100, Max: 1000} // the Next/Reset form steps the same
+	for i, base := range bases {
+		d := int64(nr.Next())
+		require.GreaterOrEqual(t, d, base, "Next %d", i)
+		require.LessOrEqual(t, d, base+base/2, "Next %d", i)
 	}
-	b.Reset()
-	require.LessOrEqual(t, int64(b.Next()), int64(100))
+	nr.Reset()
+	require.LessOrEqual(t, int64(nr.Next()), int64(150))
 }

@@ -61,7 +61,8 @@ type ListWatcher struct {
 	Prefix string
 	// PageSize bounds the keys per listing request; DefaultPageSize when 0.
 	PageSize int64
-	// Backoff paces retries after a failed listing or a broken watch.
+	// Backoff paces retries after a failed listing or a broken watch; it
+	// starts over after every success.
 	Backoff Backoff
 	Log     logrus.FieldLogger
 

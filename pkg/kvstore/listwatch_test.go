@@ -51,16 +51,10 @@ func (r *recorder) snapshot() (map[string]string, int, []kvstore.Event) {
 	return m, r.listed, append([]kvstore.Event(nil), r.events...)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor waits until cond holds, failing the test after d.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	require.Eventually(t, cond, d, 10*time.Millisecond, "waiting for %s", what)
 }
 
 // connect writes a client config for addr (through a forwarder or direct)

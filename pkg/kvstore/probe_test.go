@@ -1,4 +1,4 @@
-package kvstore
+package kvstore_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/pkg/kvstore"
 )
 
 // tlsServer accepts TLS connections that present a certificate of ca with
@@ -88,11 +89,11 @@ func TestProbeTLSNamesCertificateProblems(t *testing.T) {
 			require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), tt.caPEM, 0o644))
 			path := filepath.Join(dir, "east")
 			require.NoError(t, os.WriteFile(path, []byte("endpoints: [https://"+tt.addr+"]\ntrusted-ca-file: ca.crt\ncert-file: c.crt\nkey-file: c.key\n"), 0o600))
-			cfg, err := LoadConfig(path, nil)
+			cfg, err := kvstore.LoadConfig(path, nil)
 			require.NoError(t, err)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err = ProbeTLS(ctx, cfg)
+			err = kvstore.ProbeTLS(ctx, cfg)
 			if tt.wantErr == "" {
 				require.NoError(t, err)
 				return

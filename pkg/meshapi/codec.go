@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Sentinel errors; wrapped errors name the field and value at fault.
@@ -117,6 +118,9 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if err := validatePrefixList(c.ServiceCIDRs, MaxClusterCIDRs); err != nil {
 		return fmt.Errorf("cluster config %q: service CIDRs: %w", c.Name, err)
+	}
+	if !c.Established.IsZero() && c.Established.Year() < 2000 {
+		return fmt.Errorf("cluster config %q: %w: established %s", c.Name, ErrOutOfRange, c.Established.Format(time.RFC3339))
 	}
 	return nil
 }

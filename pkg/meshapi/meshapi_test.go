@@ -128,6 +128,19 @@ func TestDecodeIgnoresUnknownFields(t *testing.T) {
 	require.Equal(t, "n1", n.Name)
 }
 
+// TestDecodeClusterConfigEstablishedIsOptional: the established time is read
+// when present, absent from older writers, and left out when zero.
+func TestDecodeClusterConfigEstablishedIsOptional(t *testing.T) {
+	c, err := DecodeClusterConfig([]byte(`{"name":"east","id":1,"podCIDRs":["10.1.0.0/16"],"formatVersion":1,"established":"2026-01-02T03:04:05.5Z"}`))
+	require.NoError(t, err)
+	require.Equal(t, time.Date(2026, 1, 2, 3, 4, 5, 5e8, time.UTC), c.Established.UTC())
+
+	c, err = DecodeClusterConfig([]byte(`{"name":"east","id":1,"podCIDRs":["10.1.0.0/16"],"formatVersion":1}`))
+	require.NoError(t, err)
+	require.True(t, c.Established.IsZero(), "an older writer's config has no established time")
+	require.NotContains(t, string(mustEncode(t, c)), "established", "a zero time is not written")
+}
+
 func TestDecodeClusterConfigRejects(t *testing.T) {
 	valid := `{"name":"east","id":1,"podCIDRs":["10.1.0.0/16"],"formatVersion":1}`
 	_, err := DecodeClusterConfig([]byte(valid))
@@ -155,6 +168,8 @@ func TestDecodeClusterConfigRejects(t *testing.T) {
 		{"ID as string", `{"name":"east","id":"1","podCIDRs":["10.1.0.0/16"],"formatVersion":1}`, nil},
 		{"garbage", `{"name":`, nil},
 		{"oversized", `{"name":"east","pad":"` + strings.Repeat("x", MaxValueSize) + `"}`, ErrTooLarge},
+		{"established not a time", `{"name":"east","id":1,"podCIDRs":["10.1.0.0/16"],"formatVersion":1,"established":"yesterday"}`, nil},
+		{"established before 2000", `{"name":"east","id":1,"podCIDRs":["10.1.0.0/16"],"formatVersion":1,"established":"1970-01-01T00:00:01Z"}`, ErrOutOfRange},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeClusterConfig([]byte(tc.value))

@@ -42,6 +42,12 @@ type ClusterConfig struct {
 	ServiceCIDRs  []netip.Prefix `json:"serviceCIDRs"`
 	Capabilities  Capabilities   `json:"capabilities"`
 	FormatVersion int            `json:"formatVersion"`
+	// Established is when the cluster first joined the mesh, written once
+	// by its clustermesh-apiserver and kept across restarts (optional; zero
+	// when an older apiserver wrote the config). Agents rank conflicting
+	// clusters by it, so a newcomer never displaces a cluster that was there
+	// first; it is compared, never checked against the local clock.
+	Established time.Time `json:"established,omitzero"`
 }
 
 // Capabilities says which optional parts of the format a cluster publishes.

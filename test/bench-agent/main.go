@@ -236,15 +236,24 @@ func (e *env) writeConfigDir(names []string) (string, error) {
 type cluster struct {
 	name  string
 	id    uint32
-	index int // 0.. ; pod CIDR 10.(index+10).0.0/16
+	index int // 0..249 ; pod CIDR 10.(octet()).0.0/16
+}
+
+// octet is the second octet of the cluster's pod CIDR: 10..255 for the
+// first 246 clusters, then 1..9 (10.0.0.0/16 is the local cluster's).
+func (c cluster) octet() byte {
+	if o := c.index + 10; o < 256 {
+		return byte(o)
+	}
+	return byte(c.index + 10 - 255)
 }
 
 func (c cluster) cidr() netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c.index + 10), 0, 0}), 16)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, c.octet(), 0, 0}), 16)
 }
 
 func (c cluster) nodeCIDR(k int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c.index + 10), byte(k), 0}), 24)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, c.octet(), byte(k), 0}), 24)
 }
 
 func (c cluster) nodeIP(k int) netip.Addr {
@@ -253,7 +262,7 @@ func (c cluster) nodeIP(k int) netip.Addr {
 
 // uncovered returns the i-th IP of 10.x.200.0/21, outside every node CIDR.
 func (c cluster) uncovered(i int) netip.Addr {
-	return netip.AddrFrom4([4]byte{10, byte(c.index + 10), byte(200 + i/256), byte(i % 256)})
+	return netip.AddrFrom4([4]byte{10, c.octet(), byte(200 + i/256), byte(i % 256)})
 }
 
 // publish writes a cluster's config, heartbeat, canaries, nodes and

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -273,30 +274,31 @@ func (s *Server) waitReady(ctx context.Context) error {
 	}
 	hc := &http.Client{Transport: rt, Timeout: 5 * time.Second}
 	var last error
-	for {
+	err = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(context.Context) (bool, error) {
 		for _, p := range s.procs {
 			select {
 			case <-p.done:
-				return fmt.Errorf("%s exited: %v%s", p.name, p.err, s.logTails())
+				return false, fmt.Errorf("%s exited: %v%s", p.name, p.err, s.logTails())
 			default:
 			}
 		}
 		resp, err := hc.Get(s.URL + "/readyz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("readyz %d: %s", resp.StatusCode, lastLines(string(body), 5))
+		if err != nil {
+			last = err
+			return false, nil
 		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for kube-apiserver %s to be ready: %w (last: %v)%s", s.URL, ctx.Err(), last, s.logTails())
-		case <-time.After(200 * time.Millisecond):
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			last = fmt.Errorf("readyz %d: %s", resp.StatusCode, lastLines(string(body), 5))
+			return false, nil
 		}
+		return true, nil
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("wait for kube-apiserver %s to be ready: %w (last: %v)%s", s.URL, ctx.Err(), last, s.logTails())
 	}
+	return err
 }
 
 // Stop kills kube-apiserver, then etcd, and waits for both.

@@ -2,36 +2,32 @@ package kubetest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podmesh/podmesh/internal/testutils"
 )
 
 func TestStartServerInsideANetworkNamespace(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts etcd and kube-apiserver")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	name := "podmesh-kt-" + hex.EncodeToString(suffix)
-	require.NoError(t, exec.Command("ip", "netns", "add", name).Run())
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	require.NoError(t, exec.Command("ip", "-n", name, "link", "set", "lo", "up").Run())
+	testutils.RequireRoot(t) // also skips under -short: it starts etcd and kube-apiserver
+	ns := testutils.NewNetNS(t, "kt")
+	require.NoError(t, ns.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	}))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := StartServer(ctx, Options{Dir: t.TempDir(), NetNSPath: "/var/run/netns/" + name, BindAddress: netip.MustParseAddr("127.0.0.1")})
+	s, err := StartServer(ctx, Options{Dir: t.TempDir(), NetNSPath: ns.Path(), BindAddress: netip.MustParseAddr("127.0.0.1")})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Stop()) })
 

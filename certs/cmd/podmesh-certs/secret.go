@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/pkg/kvstore"
 )
 
 // Names the manifests in daemonset/ expect.
@@ -84,7 +85,7 @@ func readSecretFile(path string) (*secretManifest, error) {
 }
 
 // etcdClientConfig is the etcd-client YAML the agent reads.
-type etcdClientConfig = certs.EtcdClientConfig
+type etcdClientConfig = kvstore.ClientFile
 
 func proxyEndpoint(address string, port int) string { return certs.ProxyEndpoint(address, port) }
 

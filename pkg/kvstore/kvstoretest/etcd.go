@@ -13,8 +13,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"sigs.k8s.io/yaml"
 
 	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/pkg/kvstore"
 )
 
 // Etcd is an embedded etcd serving clients with mutual TLS.
@@ -124,7 +126,11 @@ func (s *Etcd) WriteClientFiles(tb testing.TB, dir, base, cn string) ClientFiles
 // ClientYAML renders etcd-client YAML for endpoint with the given file names
 // (written as given, so relative names stay relative).
 func ClientYAML(endpoint, caFile, certFile, keyFile string) []byte {
-	return fmt.Appendf(nil, "endpoints:\n- %s\ntrusted-ca-file: %s\ncert-file: %s\nkey-file: %s\n", endpoint, caFile, certFile, keyFile)
+	b, err := yaml.Marshal(kvstore.ClientFile{Endpoints: []string{endpoint}, TrustedCAFile: caFile, CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		panic(fmt.Sprintf("marshal etcd-client YAML: %v", err)) // a struct of strings always marshals
+	}
+	return b
 }
 
 // Put writes a key with the admin client.

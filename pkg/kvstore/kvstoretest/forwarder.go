@@ -1,25 +1,29 @@
 package kvstoretest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
 )
 
 // Forwarder relays TCP connections from a loopback port to a target. Cut
-// closes the port and every relayed connection, as a network failure or a
-// stopped proxy would; Restore listens again on the same port.
+// closes the port and every relayed connection, as a stopped proxy would;
+// Restore listens again on the same port. Stall stops relaying bytes while
+// keeping every connection open, as a path that silently drops packets
+// would; Unstall lets them flow again.
 type Forwarder struct {
 	// Addr is the host:port clients dial; it stays the same across Cut/Restore.
 	Addr   string
 	target string
 
-	// mu protects ln and conns.
+	// mu protects ln, conns and flowing.
 	mu    sync.Mutex
 	ln    net.Listener
 	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	// flowing is closed while bytes are relayed; Stall replaces it with an
+	// open channel.
+	flowing chan struct{}
+	wg      sync.WaitGroup
 }
 
 // StartForwarder relays 127.0.0.1:<random port> to target until the test ends.
@@ -29,7 +33,8 @@ func StartForwarder(tb testing.TB, target string) *Forwarder {
 	if err != nil {
 		tb.Fatalf("listen: %v", err)
 	}
-	f := &Forwarder{Addr: ln.Addr().String(), target: target, conns: make(map[net.Conn]struct{})}
+	f := &Forwarder{Addr: ln.Addr().String(), target: target, conns: make(map[net.Conn]struct{}), flowing: make(chan struct{})}
+	close(f.flowing)
 	f.serve(ln)
 	tb.Cleanup(func() {
 		f.Cut()
@@ -38,7 +43,7 @@ func StartForwarder(tb testing.TB, target string) *Forwarder {
 	return f
 }
 
-// Cut stops accepting and closes every relayed connection.
+// Cut stops accepting and closes every relayed connection (and ends a stall).
 func (f *Forwarder) Cut() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -49,6 +54,39 @@ func (f *Forwarder) Cut() {
 	for c := range f.conns {
 		c.Close()
 	}
+	f.unstallLocked()
+}
+
+// Stall holds every byte in both directions without closing anything.
+func (f *Forwarder) Stall() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.flowing:
+		f.flowing = make(chan struct{})
+	default: // already stalled
+	}
+}
+
+// Unstall relays again, starting with the bytes held.
+func (f *Forwarder) Unstall() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unstallLocked()
+}
+
+func (f *Forwarder) unstallLocked() {
+	select {
+	case <-f.flowing:
+	default:
+		close(f.flowing)
+	}
+}
+
+func (f *Forwarder) gate() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.flowing
 }
 
 // Restore listens on Addr again.
@@ -112,10 +150,27 @@ func (f *Forwarder) relay(in net.Conn) {
 	f.wg.Add(2)
 	pipe := func(dst, src net.Conn) {
 		defer f.wg.Done()
-		_, _ = io.Copy(dst, src) // ends when either side closes
+		f.copy(dst, src) // ends when either side closes
 		f.untrack(dst)
 		f.untrack(src)
 	}
 	go pipe(out, in)
 	go pipe(in, out)
+}
+
+// copy relays src to dst, holding what it read while the forwarder stalls.
+func (f *Forwarder) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			<-f.gate()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
