@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"encoding/json"
 	"slices"
 	"time"
 
@@ -62,7 +63,8 @@ func desiredServiceImport(m *Merged) *mcsv1beta1.ServiceImport {
 
 // desiredDerivedService is the ClusterIP Service kube-proxy programs for a
 // ClusterSetIP import: no selector (its endpoints are the imported slices),
-// target port = port (the slices carry the exported ports).
+// its ports are the merged service ports; the per-cluster slices carry the
+// target ports by port name.
 func desiredDerivedService(m *Merged) *corev1.Service {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{
@@ -101,8 +103,12 @@ func desiredSlices(e *Export) []*discoveryv1.EndpointSlice {
 		}
 		byFamily[f] = append(byFamily[f], ep)
 	}
-	ports := make([]discoveryv1.EndpointPort, 0, len(e.Ports))
-	for _, p := range e.Ports {
+	src := e.EndpointPorts
+	if src == nil {
+		src = e.Ports
+	}
+	ports := make([]discoveryv1.EndpointPort, 0, len(src))
+	for _, p := range src {
 		ep := discoveryv1.EndpointPort{Name: ptr.To(p.Name), Protocol: ptr.To(corev1.Protocol(p.Protocol)), Port: ptr.To(p.Port)}
 		if p.AppProtocol != "" {
 			ep.AppProtocol = ptr.To(p.AppProtocol)
@@ -136,8 +142,9 @@ func sliceFor(e *Export, f discoveryv1.AddressType, chunk int, eps []meshapi.Ser
 				LabelSourceCluster:          e.Cluster,
 			},
 			Annotations: map[string]string{
-				AnnotationExportTime: e.Time.UTC().Format(time.RFC3339Nano),
-				AnnotationExportType: e.Type,
+				AnnotationExportTime:  e.Time.UTC().Format(time.RFC3339Nano),
+				AnnotationExportType:  e.Type,
+				AnnotationExportPorts: encodePorts(e.Ports),
 			},
 		},
 		AddressType: f,
@@ -178,6 +185,7 @@ func exportFromSlices(key Key, cluster string, ss []*discoveryv1.EndpointSlice) 
 	e := &Export{Cluster: cluster, Key: key, Type: meshapi.ServiceTypeClusterSetIP, SessionAffinity: "None"}
 	// An export time that cannot be read sorts last: it never wins.
 	e.Time = time.Unix(1<<40, 0)
+	annotated := false
 	for _, s := range ss {
 		if t, err := time.Parse(time.RFC3339Nano, s.Annotations[AnnotationExportTime]); err == nil && t.Before(e.Time) {
 			e.Time = t
@@ -185,14 +193,47 @@ func exportFromSlices(key Key, cluster string, ss []*discoveryv1.EndpointSlice) 
 		if s.Annotations[AnnotationExportType] == meshapi.ServiceTypeHeadless {
 			e.Type = meshapi.ServiceTypeHeadless
 		}
+		if ports, ok := decodePorts(s.Annotations[AnnotationExportPorts]); ok {
+			annotated = true
+			for _, sp := range ports {
+				if !slices.Contains(e.Ports, sp) {
+					e.Ports = append(e.Ports, sp)
+				}
+			}
+		}
 		for _, p := range s.Ports {
 			sp := meshapi.ServicePort{Name: ptr.Deref(p.Name, ""), Protocol: string(ptr.Deref(p.Protocol, corev1.ProtocolTCP)), Port: ptr.Deref(p.Port, 0), AppProtocol: ptr.Deref(p.AppProtocol, "")}
-			if sp.Port != 0 && !slices.Contains(e.Ports, sp) {
-				e.Ports = append(e.Ports, sp)
+			if sp.Port != 0 && !slices.Contains(e.EndpointPorts, sp) {
+				e.EndpointPorts = append(e.EndpointPorts, sp)
 			}
 		}
 	}
+	if !annotated {
+		// Slices of an importer without target ports: their ports are the
+		// service ports.
+		e.Ports = slices.Clone(e.EndpointPorts)
+	}
 	return e
+}
+
+// encodePorts renders service ports for AnnotationExportPorts.
+func encodePorts(ports []meshapi.ServicePort) string {
+	b, err := json.Marshal(ports)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// decodePorts reads AnnotationExportPorts back; a missing or unreadable
+// annotation (slices of an older importer) reports false.
+func decodePorts(v string) ([]meshapi.ServicePort, bool) {
+	var ports []meshapi.ServicePort
+	if v == "" || json.Unmarshal([]byte(v), &ports) != nil {
+		return nil, false
+	}
+	ports, err := checkPorts(ports)
+	return ports, err == nil
 }
 
 // clusterFromSliceLabels returns the source cluster a slice claims.

@@ -61,10 +61,12 @@
 //     and the multicluster labels) but the same labels; each endpoint's
 //     hostname is its own or its pod's name (KEP-1645), which makes
 //     <hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local resolve.
-//   - Ports. Imported slices carry the exported service ports, and the
-//     derived Service targets the same numbers: wire format 2 does not
-//     carry target ports, so a ClusterSetIP works through kube-proxy only
-//     where port and targetPort agree (see docs/services.md).
+//   - Ports. The ServiceImport and the derived Service carry the merged
+//     service ports; each cluster's slices carry that cluster's target
+//     ports under the same port names (kube-proxy matches a selectorless
+//     Service's ports to slice ports by name). The service ports of a
+//     cluster are also kept in an annotation on its slices, so a restarted
+//     importer can merge before it reaches the cluster.
 //   - One writer. With leader election (a Lease), only the holder writes;
 //     every instance keeps reading so a new leader starts warm. Rolling
 //     updates briefly run two clustermesh-apiservers.

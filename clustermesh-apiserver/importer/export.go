@@ -19,7 +19,13 @@ type Export struct {
 	Key             Key
 	Time            time.Time
 	Type            string // meshapi.ServiceTypeClusterSetIP or ServiceTypeHeadless
-	Ports           []meshapi.ServicePort
+	// Ports are the exported Service ports (TargetPort cleared: it is this
+	// cluster's business, not the clusterset's, and never conflicts).
+	Ports []meshapi.ServicePort
+	// EndpointPorts are the ports of this cluster's imported slices: Ports
+	// with each port number replaced by the cluster's target port when it
+	// published one, so kube-proxy forwards to what the backends serve.
+	EndpointPorts   []meshapi.ServicePort
 	SessionAffinity string // "None" or "ClientIP"
 	AffinityTimeout int32
 	IPFamilies      []string
@@ -100,7 +106,7 @@ func ExportFrom(parts meshapi.ObjectKeyParts, s *meshapi.Service, cfg *meshapi.C
 	if err != nil {
 		return nil, nil, fmt.Errorf("service %s: %w: %w", id, ErrInvalidService, err)
 	}
-	e.Ports = ports
+	e.Ports, e.EndpointPorts = splitTargetPorts(ports)
 
 	for _, ep := range s.Endpoints {
 		if !meshapi.AddrWithin(ep.IP, cfg.PodCIDRs) {
@@ -151,6 +157,9 @@ func checkPorts(in []meshapi.ServicePort) ([]meshapi.ServicePort, error) {
 			}
 			names[p.Name] = true
 		}
+		if p.TargetPort < 0 || p.TargetPort > 65535 {
+			return nil, fmt.Errorf("port %d: target port %d: %w", p.Port, p.TargetPort, meshapi.ErrOutOfRange)
+		}
 		if p.AppProtocol != "" {
 			if errs := validation.IsQualifiedName(p.AppProtocol); len(errs) > 0 {
 				return nil, fmt.Errorf("port %q: appProtocol %q: %s: %w", p.Name, p.AppProtocol, errs[0], meshapi.ErrInvalidName)
@@ -159,6 +168,23 @@ func checkPorts(in []meshapi.ServicePort) ([]meshapi.ServicePort, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// splitTargetPorts returns the service ports without target ports, and the
+// ports the cluster's endpoints serve them on.
+func splitTargetPorts(in []meshapi.ServicePort) (service, endpoint []meshapi.ServicePort) {
+	service = make([]meshapi.ServicePort, 0, len(in))
+	endpoint = make([]meshapi.ServicePort, 0, len(in))
+	for _, p := range in {
+		ep := p
+		if p.TargetPort > 0 {
+			ep.Port = p.TargetPort
+		}
+		p.TargetPort, ep.TargetPort = 0, 0
+		service = append(service, p)
+		endpoint = append(endpoint, ep)
+	}
+	return service, endpoint
 }
 
 // sanitizeEndpoint clears fields an EndpointSlice would refuse instead of

@@ -133,6 +133,43 @@ func TestExportFromRefusesAndDrops(t *testing.T) {
 	assert.Equal(t, meshapi.ServiceTypeHeadless, e.Type)
 }
 
+func TestTargetPortsGoIntoTheClustersSlicesOnly(t *testing.T) {
+	parts := meshapi.ObjectKeyParts{Cluster: "west", Namespace: "ns", Name: "svc"}
+	cfg := &meshapi.ClusterConfig{Name: "west", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, FormatVersion: meshapi.FormatVersion}
+	svc := func(cluster string, id uint32, target int32) *meshapi.Service {
+		return &meshapi.Service{Cluster: cluster, ClusterID: id, Namespace: "ns", Name: "svc", Type: meshapi.ServiceTypeClusterSetIP,
+			ExportTime: t0, SessionAffinity: "None",
+			Ports:     []meshapi.ServicePort{{Name: "http", Port: 80, Protocol: "TCP", TargetPort: target}},
+			Endpoints: []meshapi.ServiceEndpoint{{IP: netip.MustParseAddr("10.2.0.5"), Ready: true}}}
+	}
+	west, _, err := ExportFrom(parts, svc("west", 2, 8080), cfg)
+	require.NoError(t, err)
+	http := meshapi.ServicePort{Name: "http", Port: 80, Protocol: "TCP"}
+	assert.Equal(t, []meshapi.ServicePort{http}, west.Ports, "the clusterset sees the service port only")
+
+	ss := desiredSlices(west)
+	require.Len(t, ss, 1)
+	require.Len(t, ss[0].Ports, 1)
+	assert.Equal(t, int32(8080), *ss[0].Ports[0].Port, "kube-proxy forwards to what the backends serve")
+	assert.Equal(t, "http", *ss[0].Ports[0].Name, "matched to the derived Service's port by name")
+
+	// Another cluster serving the same port on 9090 does not conflict.
+	eastParts := meshapi.ObjectKeyParts{Cluster: "east", Namespace: "ns", Name: "svc"}
+	eastCfg := &meshapi.ClusterConfig{Name: "east", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, FormatVersion: meshapi.FormatVersion}
+	east, _, err := ExportFrom(eastParts, svc("east", 1, 9090), eastCfg)
+	require.NoError(t, err)
+	m := Merge([]*Export{west, east})
+	assert.Empty(t, m.Reasons, "target ports are each cluster's own")
+	assert.Equal(t, []meshapi.ServicePort{http}, m.Ports)
+	assert.Equal(t, int32(80), desiredDerivedService(m).Spec.Ports[0].Port)
+
+	// A restarted importer rebuilds the service ports from the annotation,
+	// not from the slices' target ports.
+	back := exportFromSlices(west.Key, "west", ss)
+	assert.Equal(t, west.Ports, back.Ports)
+	assert.Equal(t, west.EndpointPorts, back.EndpointPorts)
+}
+
 func TestDesiredSlicesSplitByFamilyAndSize(t *testing.T) {
 	e := exp("west", t0, "Headless", portHTTP)
 	for i := range 150 {

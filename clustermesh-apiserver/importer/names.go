@@ -39,6 +39,9 @@ const (
 	// still resolve conflicts for a cluster it has not reached yet.
 	AnnotationExportTime = "podmesh.io/export-time"
 	AnnotationExportType = "podmesh.io/export-type"
+	// AnnotationExportPorts records the export's service ports (JSON), as
+	// the slice's own ports are the cluster's target ports.
+	AnnotationExportPorts = "podmesh.io/export-ports"
 
 	// FieldManager is the importer's server-side-apply field manager (the
 	// Conflict condition of the local ServiceExport).

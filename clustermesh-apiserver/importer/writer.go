@@ -535,12 +535,12 @@ func (w *writer) ensureSlice(ctx context.Context, cur, want *discoveryv1.Endpoin
 	}
 	if cur.AddressType == want.AddressType && apiequality.Semantic.DeepEqual(cur.Endpoints, want.Endpoints) &&
 		apiequality.Semantic.DeepEqual(cur.Ports, want.Ports) && maps.Equal(cur.Labels, want.Labels) &&
-		ownedMetaEqual(cur.ObjectMeta, want.ObjectMeta, AnnotationExportTime, AnnotationExportType) {
+		ownedMetaEqual(cur.ObjectMeta, want.ObjectMeta, AnnotationExportTime, AnnotationExportType, AnnotationExportPorts) {
 		return nil
 	}
 	next := cur.DeepCopy()
 	next.Endpoints, next.Ports, next.Labels = want.Endpoints, want.Ports, want.Labels
-	mergeOwnedMeta(&next.ObjectMeta, want.ObjectMeta, AnnotationExportTime, AnnotationExportType)
+	mergeOwnedMeta(&next.ObjectMeta, want.ObjectMeta, AnnotationExportTime, AnnotationExportType, AnnotationExportPorts)
 	w.count("endpointslice", "update")
 	if _, err := api.Update(ctx, next, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
 		return fmt.Errorf("update EndpointSlice %s/%s: %w", want.Namespace, want.Name, err)

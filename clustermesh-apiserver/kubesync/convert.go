@@ -176,7 +176,8 @@ func (c Cluster) ServiceFor(exportTime time.Time, s *corev1.Service, endpointSli
 		out.IPFamilies = append(out.IPFamilies, string(f))
 	}
 	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, meshapi.ServicePort{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol), AppProtocol: ptr.Deref(p.AppProtocol, "")})
+		out.Ports = append(out.Ports, meshapi.ServicePort{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol), AppProtocol: ptr.Deref(p.AppProtocol, ""),
+			TargetPort: targetPort(p, endpointSlices)})
 	}
 	byIP := map[netip.Addr]int{}
 	for _, es := range endpointSlices {
@@ -203,6 +204,22 @@ func (c Cluster) ServiceFor(exportTime time.Time, s *corev1.Service, endpointSli
 		return nil, ReasonInvalid
 	}
 	return out, ""
+}
+
+// targetPort is the number the endpoints serve Service port p on: the port
+// of the same name and protocol in the first EndpointSlice that lists one
+// (the EndpointSlice controller splits slices whose pods resolve a named
+// target port differently; a single number per cluster is what an importer
+// can program), or 0 when no slice says.
+func targetPort(p corev1.ServicePort, endpointSlices []*discoveryv1.EndpointSlice) int32 {
+	for _, es := range endpointSlices {
+		for _, ep := range es.Ports {
+			if ptr.Deref(ep.Name, "") == p.Name && ptr.Deref(ep.Protocol, corev1.ProtocolTCP) == p.Protocol && ep.Port != nil {
+				return *ep.Port
+			}
+		}
+	}
+	return 0
 }
 
 // endpointFor copies one EndpointSlice endpoint's conditions and names, with

@@ -150,6 +150,14 @@ func TestServiceFor(t *testing.T) {
 	v6 := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv6, Endpoints: []discoveryv1.Endpoint{
 		{Addresses: []string{"fd00:1::9"}, NodeName: &node, TargetRef: pod("web-1"), Conditions: discoveryv1.EndpointConditions{Ready: &no, Serving: &no}},
 	}}
+	// A slice whose ports say what the backends serve: the target ports.
+	ported := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []discoveryv1.EndpointPort{
+			{Name: ptr.To("dns"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](5353)}, // other protocol: not dns/UDP's
+			{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)},
+			{Name: ptr.To("dns"), Protocol: ptr.To(corev1.ProtocolUDP), Port: ptr.To[int32](1053)},
+		},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.1.1.20"}, NodeName: &node, TargetRef: pod("web-3"), Conditions: discoveryv1.EndpointConditions{Ready: &yes}}}}
 	fqdn := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeFQDN, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"example.com"}}}}
 	headless := svc.DeepCopy()
 	headless.Spec.ClusterIP = corev1.ClusterIPNone
@@ -183,6 +191,11 @@ func TestServiceFor(t *testing.T) {
 				`{"ip":"10.1.1.12","hostname":"","node":"","ready":true,"serving":true},` +
 				`{"ip":"fd00:1::9","hostname":"","node":"n1","ready":false,"pod":"web-1"}],` +
 				tail + `"type":"Headless","sessionAffinity":"None","ipFamilies":["IPv4","IPv6"]}`, ""},
+		{"target ports from the slices' ports of the same name and protocol", svc, []*discoveryv1.EndpointSlice{ported},
+			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":false,` +
+				`"ports":[{"name":"http","port":80,"protocol":"TCP","appProtocol":"kubernetes.io/h2c","targetPort":8080},{"name":"dns","port":53,"protocol":"UDP","targetPort":1053}],` +
+				`"endpoints":[{"ip":"10.1.1.20","hostname":"","node":"n1","ready":true,"serving":true,"pod":"web-3"}],` +
+				tail + `"type":"ClusterSetIP","sessionAffinity":"None","ipFamilies":["IPv4","IPv6"]}`, ""},
 		{"client IP affinity", affinity, nil,
 			`{"cluster":"east","clusterID":7,"namespace":"default","name":"web","headless":false,` + ports + `,"endpoints":[],` +
 				tail + `"type":"ClusterSetIP","sessionAffinity":"ClientIP","sessionAffinityTimeoutSeconds":600,"ipFamilies":["IPv4","IPv6"]}`, ""},

@@ -131,6 +131,9 @@ func (p ServicePort) validate() error {
 			return fmt.Errorf("port %d: name: %w", p.Port, err)
 		}
 	}
+	if p.TargetPort < 0 || p.TargetPort > 65535 {
+		return fmt.Errorf("port %d: %w: target port %d not in 1..65535", p.Port, ErrInvalidAddress, p.TargetPort)
+	}
 	if p.AppProtocol != "" && (len(p.AppProtocol) > maxAppProtocolLen || !appProtocolRE.MatchString(p.AppProtocol)) {
 		return fmt.Errorf("port %d: %w: appProtocol %q is not a qualified name", p.Port, ErrInvalidName, p.AppProtocol)
 	}

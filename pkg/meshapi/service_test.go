@@ -137,6 +137,8 @@ func TestDecodeServiceRejects(t *testing.T) {
 		{"protocol ICMP", with(func(s *Service) { s.Ports[0].Protocol = "ICMP" }), ErrUnsupported},
 		{"protocol lower case", with(func(s *Service) { s.Ports[0].Protocol = "tcp" }), ErrUnsupported},
 		{"protocol empty", with(func(s *Service) { s.Ports[0].Protocol = "" }), ErrUnsupported},
+		{"target port 65536", with(func(s *Service) { s.Ports[0].TargetPort = 65536 }), ErrInvalidAddress},
+		{"target port negative", with(func(s *Service) { s.Ports[0].TargetPort = -1 }), ErrInvalidAddress},
 		{"port name not a label", with(func(s *Service) { s.Ports[0].Name = "SQL_port" }), ErrInvalidName},
 		{"appProtocol with spaces", with(func(s *Service) { s.Ports[0].AppProtocol = "http 2" }), ErrInvalidName},
 		{"appProtocol two slashes", with(func(s *Service) { s.Ports[0].AppProtocol = "a/b/c" }), ErrInvalidName},
@@ -181,6 +183,7 @@ func TestServiceAcceptsWhatKubernetesAllows(t *testing.T) {
 		"affinity unset":           func(s *Service) { s.SessionAffinity, s.SessionAffinityTimeoutSeconds = "", 0 },
 		"ClientIP without timeout": func(s *Service) { s.SessionAffinityTimeoutSeconds = 0 },
 		"prefixed appProtocol":     func(s *Service) { s.Ports[0].AppProtocol = "kubernetes.io/h2c" },
+		"target port":              func(s *Service) { s.Ports[0].TargetPort = 8080 },
 		"UDP and SCTP": func(s *Service) {
 			s.Ports = []ServicePort{{Port: 53, Protocol: ProtocolUDP}, {Port: 9, Protocol: ProtocolSCTP}}
 		},

@@ -134,6 +134,12 @@ type ServicePort struct {
 	Protocol string `json:"protocol"`
 	// AppProtocol is the port's appProtocol, empty when unset. Format 2.
 	AppProtocol string `json:"appProtocol,omitempty"`
+	// TargetPort is the port number the exporting cluster's endpoints serve
+	// this port on, from its EndpointSlices' port of the same name; 0 when
+	// unknown (no endpoints yet), which an importer reads as Port. Importing
+	// clusters program it into their EndpointSlices so that kube-proxy
+	// forwards a ClusterSetIP port to the right backend port. Format 2.
+	TargetPort int32 `json:"targetPort,omitempty"`
 }
 
 // ServiceEndpoint is one backend address of a Service, from an EndpointSlice.
