@@ -15,10 +15,10 @@ import (
 // Export is one cluster's validated export of one namespace/name: what the
 // merge needs. Endpoints that failed validation are not in it.
 type Export struct {
-	Cluster         string
-	Key             Key
-	Time            time.Time
-	Type            string // meshapi.ServiceTypeClusterSetIP or ServiceTypeHeadless
+	Cluster string
+	Key     Key
+	Time    time.Time
+	Type    string // meshapi.ServiceTypeClusterSetIP or ServiceTypeHeadless
 	// Ports are the exported Service ports (TargetPort cleared: it is this
 	// cluster's business, not the clusterset's, and never conflicts).
 	Ports []meshapi.ServicePort
