@@ -240,6 +240,13 @@ func TestManifestsAgainstKubeAPIServer(t *testing.T) {
 				{"list", "", "namespaces", "", true},
 				{"watch", "", "namespaces", "", true},
 				{"create", "coordination.k8s.io", "leases", ns, true},
+				// When the cluster joined the mesh: one ConfigMap, created once.
+				{"create", "", "configmaps", ns, true},
+				{"get", "", "configmaps/podmesh-established", ns, true},
+				{"update", "", "configmaps/podmesh-established", ns, false},
+				{"delete", "", "configmaps/podmesh-established", ns, false},
+				{"get", "", "configmaps/kube-root-ca.crt", ns, false},
+				{"create", "", "configmaps", "kube-system", false},
 				{"update", "coordination.k8s.io", "leases/podmesh-service-importer", ns, true},
 				// Never.
 				{"update", "coordination.k8s.io", "leases/kube-controller-manager", "kube-system", false},
@@ -364,8 +371,9 @@ const mcsGroup = "multicluster.x-k8s.io"
 // resourceAttributes reads "resource/subresource" and, for leases,
 // "leases/<name>" as a resource name.
 func resourceAttributes(namespace, verb, group, resource string) *authzv1.ResourceAttributes {
+	// "leases/<name>" and "configmaps/<name>" name an object, not a subresource.
 	ra := &authzv1.ResourceAttributes{Namespace: namespace, Verb: verb, Group: group, Resource: resourceOf(resource), Subresource: subresourceOf(resource)}
-	if ra.Resource == "leases" && ra.Subresource != "" {
+	if (ra.Resource == "leases" || ra.Resource == "configmaps") && ra.Subresource != "" {
 		ra.Name, ra.Subresource = ra.Subresource, ""
 	}
 	return ra

@@ -326,7 +326,8 @@ var writeAllowed = map[string]bool{
 // TestRBACIsLeastPrivilege is the static half of the RBAC check (the other
 // half asks a real API server): no wildcard, no Secrets or ConfigMaps, the
 // agent only reads, clustermesh-apiserver writes only what the import
-// needs, and its one Role is the importer's Lease.
+// needs, and its Roles are the importer's Lease and the one ConfigMap that
+// records when the cluster joined the mesh.
 func TestRBACIsLeastPrivilege(t *testing.T) {
 	for _, dir := range append(slices.Clone(kustomizations), "coredns") {
 		t.Run(dir, func(t *testing.T) {
@@ -335,7 +336,18 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 				switch u.GetKind() {
 				case "Role":
 					role := typed[rbacv1.Role](t, u)
-					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the only namespaced permission is the importer's Lease")
+					if role.Name == "podmesh-established" {
+						for _, r := range role.Rules {
+							require.Equal(t, []string{""}, r.APIGroups)
+							require.Equal(t, []string{"configmaps"}, r.Resources)
+							if !slices.Equal(r.Verbs, []string{"create"}) {
+								require.Equal(t, []string{"get"}, r.Verbs, "never update or delete")
+								require.Equal(t, []string{"podmesh-established"}, r.ResourceNames, "read only its own ConfigMap")
+							}
+						}
+						continue
+					}
+					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the namespaced permissions are the importer's Lease and podmesh-established")
 					for _, r := range role.Rules {
 						require.Equal(t, []string{"coordination.k8s.io"}, r.APIGroups)
 						require.Equal(t, []string{"leases"}, r.Resources)

@@ -32,6 +32,9 @@ type Cluster struct {
 	Name     string
 	ID       uint32
 	PodCIDRs []netip.Prefix
+	// Established is when the cluster first joined the mesh (zero when
+	// unknown); agents rank conflicting clusters by it.
+	Established time.Time
 }
 
 // ClusterConfig returns the cluster-config value.
@@ -40,6 +43,7 @@ func (c Cluster) ClusterConfig() *meshapi.ClusterConfig {
 		Name:          c.Name,
 		ID:            c.ID,
 		PodCIDRs:      slices.Clone(c.PodCIDRs),
+		Established:   c.Established,
 		ServiceCIDRs:  []netip.Prefix{},
 		Capabilities:  meshapi.Capabilities{Endpoints: true, Services: true, ServiceExports: true},
 		FormatVersion: meshapi.FormatVersion,

@@ -42,6 +42,9 @@ type Config struct {
 	// instance (the pod name).
 	LeaderElectionNamespace string
 	LeaderElectionID        string
+	// Namespace holds EstablishedConfigMap; empty: the cluster-config
+	// carries no established time (agents then rank by cluster ID).
+	Namespace string
 	// UnsafeNoFsync turns etcd's fsync off (tests and benchmarks only).
 	UnsafeNoFsync bool
 	LogLevel      string
@@ -71,6 +74,7 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	fs.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of per-remote etcd-client YAML files (the agents' format); when set, import the remotes' exported services into this cluster")
 	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the service importer's Lease (one writer among replicas); empty disables leader election")
 	fs.StringVar(&cfg.LeaderElectionID, "leader-election-id", defaultIdentity(), "this instance's identity in the Lease (the pod name)")
+	fs.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the ConfigMap "+EstablishedConfigMap+" that records when this cluster joined the mesh; empty: not recorded")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

@@ -205,8 +205,18 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 		s.log.Info("Embedded etcd stopped")
 	}()
 
+	cluster := kubesync.Cluster{Name: s.cfg.ClusterName, ID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs}
+	if s.cfg.Namespace != "" {
+		ectx, ecancel := context.WithTimeout(ctx, 30*time.Second)
+		cluster.Established, err = established(ectx, s.kube, s.cfg.Namespace, s.cfg.ClusterName, s.cfg.ClusterID)
+		ecancel()
+		if err != nil {
+			// Conflicts then rank this cluster by its ID alone; say so.
+			s.log.WithError(err).Warn("Cannot record when this cluster joined the mesh; its cluster-config carries no established time")
+		}
+	}
 	syncer, err := kubesync.New(kubesync.Config{
-		Cluster:       kubesync.Cluster{Name: s.cfg.ClusterName, ID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs},
+		Cluster:       cluster,
 		Kube:          s.kube,
 		MCS:           s.mcs,
 		Etcd:          e.Writer,
