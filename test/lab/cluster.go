@@ -101,6 +101,8 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 			Port:        KubePort,
 			EtcdPort:    KubeEtcdPort,
 			NetNSPath:   NetNSPath(c.NetNS),
+			// Real nodes need the whole control plane.
+			ControlPlane: l.opts.Kubelets,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)

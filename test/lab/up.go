@@ -31,6 +31,9 @@ func Up(ctx context.Context, o Options, t Topology) (l *Lab, err error) {
 	if t.Clusters < 1 || t.Clusters > MaxClusters || t.Nodes < 1 || t.Nodes > MaxNodes || t.Pods < 0 || t.Pods > MaxPods {
 		return nil, fmt.Errorf("topology %dx%dx%d out of range", t.Clusters, t.Nodes, t.Pods)
 	}
+	if o.Kubelets {
+		return upKube(ctx, o, t)
+	}
 	need := []string{"podmesh-lab"}
 	if !t.NoMesh {
 		need = append(need, "podmesh-agent", "clustermesh-apiserver")
