@@ -46,6 +46,7 @@ func (s *Server) startControllers(o Options, bin string) error {
 		"--kubeconfig="+s.Kubeconfig,
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1",
+		"--secure-port=0", // no health server: nothing may collide with another test's port
 		"--service-account-private-key-file="+s.pki.saKey,
 		"--root-ca-file="+s.pki.caCert,
 		"--use-service-account-credentials=false",
@@ -60,6 +61,7 @@ func (s *Server) startControllers(o Options, bin string) error {
 		"--kubeconfig="+s.Kubeconfig,
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1",
+		"--secure-port=0",
 		"--profiling=false",
 		"--v=0",
 	)

@@ -359,3 +359,65 @@ func podReady(p *corev1.Pod) bool {
 	}
 	return false
 }
+
+// RestartAgents rolls the agent DaemonSet of cluster c (`kubectl rollout
+// restart`, one node at a time as its updateStrategy says) and waits until
+// every node runs a new, Ready agent pod.
+func (l *Lab) RestartAgents(ctx context.Context, c *Cluster) error {
+	if out, err := l.Kubectl(ctx, c, "-n", PodmeshNamespace, "rollout", "restart", "daemonset/"+AgentDaemonSet); err != nil {
+		return fmt.Errorf("cluster %s: rollout restart: %w: %s", c.Name, err, out)
+	}
+	return l.WaitPodmeshRolledOut(ctx, c, 3*time.Minute)
+}
+
+// SwitchRoutingMode changes every cluster's routing-mode in its overlay,
+// applies it, rolls the agents and waits for the mesh to converge in the
+// new mode.
+func (l *Lab) SwitchRoutingMode(ctx context.Context, mode string) error {
+	l.SetRoutingMode(mode)
+	clusters := l.Clusters()
+	if err := parallel(len(clusters), func(k int) error {
+		c := clusters[k]
+		overlay, err := l.writeOverlay(c)
+		if err != nil {
+			return err
+		}
+		if out, err := l.Kubectl(ctx, c, "apply", "-k", overlay); err != nil {
+			return fmt.Errorf("cluster %s: kubectl apply -k: %w: %s", c.Name, err, out)
+		}
+		l.mu.Lock()
+		for _, n := range c.Nodes {
+			n.Mode = mode
+		}
+		l.mu.Unlock()
+		return l.RestartAgents(ctx, c)
+	}); err != nil {
+		return err
+	}
+	return l.WaitConverged(ctx, 3*time.Minute)
+}
+
+// DeleteMeshSecret deletes cluster c's podmesh-clustermesh Secret (kubectl
+// delete): its agents lose every remote once the kubelet refreshes their
+// (optional) Secret volume. The lab then expects no remote on c's nodes.
+func (l *Lab) DeleteMeshSecret(ctx context.Context, c *Cluster) error {
+	if out, err := l.Kubectl(ctx, c, "-n", PodmeshNamespace, "delete", "secret", MeshSecret); err != nil {
+		return fmt.Errorf("cluster %s: delete secret: %w: %s", c.Name, err, out)
+	}
+	l.mu.Lock()
+	for _, n := range c.Nodes {
+		n.remotes = nil
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// ApplyMeshSecret applies cluster c's podmesh-clustermesh Secret for every
+// other cluster again.
+func (l *Lab) ApplyMeshSecret(ctx context.Context, c *Cluster) error {
+	s, err := l.meshSecret(c, nil)
+	if err != nil {
+		return err
+	}
+	return l.ApplyObject(ctx, c, s.Name, s)
+}

@@ -1,5 +1,11 @@
 package lab
 
+import (
+	"context"
+	"os"
+	"path/filepath"
+)
+
 // ImageArchive is one container image as a docker-archive the nodes import.
 type ImageArchive struct {
 	// Name is the image's short name: podmesh-agent,
@@ -31,4 +37,20 @@ func (s ImageSet) Archives() []string {
 		out[k] = im.Archive
 	}
 	return out
+}
+
+// BuildImages — TEMPORARY until package images lands: the archives
+// podmesh-images wrote into dir.
+func BuildImages(ctx context.Context, dir string) (ImageSet, error) {
+	refs := map[string]string{"podmesh-agent": "podmesh.local/podmesh-agent:dev", "clustermesh-apiserver": "podmesh.local/clustermesh-apiserver:dev",
+		"pause": "podmesh.local/pause:1", "echo": "podmesh.local/echo:1"}
+	var out ImageSet
+	for name, ref := range refs {
+		p := filepath.Join(dir, name+".tar")
+		if _, err := os.Stat(p); err != nil {
+			return nil, err
+		}
+		out = append(out, ImageArchive{Name: name, Ref: ref, Archive: p})
+	}
+	return out, nil
 }

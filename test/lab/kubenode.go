@@ -2,10 +2,12 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/template"
 	"time"
 
@@ -74,33 +76,11 @@ func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error)
 		l.mu.Unlock()
 		return nil, fmt.Errorf("node %s exists", n.Name)
 	}
-	siblings := make([]*Node, 0, len(c.Nodes))
-	for _, o := range c.Nodes {
-		siblings = append(siblings, o)
-	}
 	c.Nodes[j] = n
 	l.mu.Unlock()
 
 	t0 := time.Now()
-	if err := l.plumbNode(ctx, n); err != nil {
-		return nil, err
-	}
-	// Pod traffic between the cluster's nodes, and from pods to the
-	// control plane and back, is routed by the underlay (static routes),
-	// never masqueraded.
-	lines := []string{}
-	for _, o := range siblings {
-		lines = append(lines, fmt.Sprintf("route replace %s via %s proto static", o.PodCIDR, o.IP))
-		if err := ipBatch(ctx, o.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.PodCIDR, n.IP)); err != nil {
-			return nil, err
-		}
-	}
-	if len(lines) > 0 {
-		if err := ipBatch(ctx, n.NetNS, lines...); err != nil {
-			return nil, err
-		}
-	}
-	if err := ipBatch(ctx, c.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.PodCIDR, n.IP)); err != nil {
+	if err := l.plumbKubeNode(ctx, n); err != nil {
 		return nil, err
 	}
 	f, err := l.writeKubeNodeFiles(n)
@@ -137,6 +117,40 @@ func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error)
 	n.ReadyAfter = time.Since(t0)
 	l.progress("node %s Ready %.1fs after start", n.Name, n.ReadyAfter.Seconds())
 	return n, nil
+}
+
+// plumbKubeNode creates the node's namespace and link, and the routes that
+// carry pod traffic between the cluster's nodes and to the control plane
+// (the role of a cloud's VPC routes; never masqueraded). Nodes are plumbed
+// one at a time, so of two nodes added at once the second routes both ways.
+func (l *Lab) plumbKubeNode(ctx context.Context, n *Node) error {
+	l.routeMu.Lock()
+	defer l.routeMu.Unlock()
+	c := n.Cluster
+	if err := l.plumbNode(ctx, n); err != nil {
+		return err
+	}
+	// A node has a default route (the control plane stands in for the
+	// gateway; it forwards nothing): the kubelet and kube-proxy need one
+	// for Service addresses, which exist only as kube-proxy's DNAT rules.
+	lines := []string{"route replace default via " + c.IP.String()}
+	for _, o := range c.NodeList() {
+		if o == n || !o.plumbed {
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("route replace %s via %s proto static", o.PodCIDR, o.IP))
+		if err := ipBatch(ctx, o.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.PodCIDR, n.IP)); err != nil {
+			return err
+		}
+	}
+	if err := ipBatch(ctx, n.NetNS, lines...); err != nil {
+		return err
+	}
+	if err := ipBatch(ctx, c.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.PodCIDR, n.IP)); err != nil {
+		return err
+	}
+	n.plumbed = true
+	return nil
 }
 
 // WaitNodeReady waits until the node's Ready condition is True and its
@@ -344,6 +358,9 @@ evictionHard: {memory.available: 100Mi, nodefs.available: "1%", imagefs.availabl
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# Secret volumes (the agents' clustermesh config) are refreshed on the pod
+# sync: every 10s instead of every minute.
+syncFrequency: 10s
 `))
 
 // kubeProxyTmpl: iptables mode; the conntrack settings of zero leave the
@@ -383,3 +400,42 @@ done
 exec {{.KubeletBin}} --config {{.KubeletConfig}} --kubeconfig {{.Kubeconfig}} --root-dir {{.KubeletRoot}} \
   --cert-dir {{.KubeletRoot}}/pki --node-ip {{.IP}} --hostname-override {{.Name}} --v=0
 `))
+
+// RemoveKubeNode takes a real node out: it stops the kubelet, containerd and
+// kube-proxy, kills what still runs in the node's cgroups (its pods),
+// deletes the Node object (the pods bound to it go with it), removes the
+// routes to its pod CIDR, its namespace, cgroups, bpffs directory and files.
+// Drain it first (kubectl drain) to move its pods in an orderly way.
+func (l *Lab) RemoveKubeNode(ctx context.Context, n *Node) error {
+	c := n.Cluster
+	var errs []error
+	errs = append(errs, n.Kubelet.Stop(10*time.Second))
+	nsPids, err := procsInNetNS(map[uint64]bool{netnsInode(n.NetNS): true})
+	errs = append(errs, err)
+	for _, pid := range nsPids { // the containerd shims
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, pid := range nsPids {
+		waitGone(pid, 5*time.Second)
+	}
+	errs = append(errs, removeCgroups(l.opts.Prefix, n.Name))
+	n.DeletedAt = time.Now()
+	errs = append(errs, deleteNode(ctx, c.Kube.Client, n.Name))
+	l.routeMu.Lock()
+	defer l.routeMu.Unlock()
+	l.mu.Lock()
+	delete(c.Nodes, n.Index)
+	l.mu.Unlock()
+	for _, o := range c.NodeList() {
+		errs = append(errs, ipBatch(ctx, o.NetNS, fmt.Sprintf("route del %s via %s", n.PodCIDR, n.IP)))
+	}
+	errs = append(errs, ipBatch(ctx, c.NetNS, fmt.Sprintf("route del %s via %s", n.PodCIDR, n.IP)))
+	errs = append(errs, l.unplumbNode(ctx, n))
+	if err := os.RemoveAll(filepath.Dir(n.BPFRoot)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(filepath.Join(l.StateDir, "nodes", n.Name)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -18,6 +18,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podmesh/podmesh/test/kubetest"
 )
 
 // EchoApp is the label value (app=echo) and name of the echo Deployment.
@@ -43,6 +47,8 @@ func (l *Lab) EchoDeployment(replicas int32) *appsv1.Deployment {
 						TopologyKey:       corev1.LabelHostname,
 						WhenUnsatisfiable: corev1.DoNotSchedule,
 						LabelSelector:     &metav1.LabelSelector{MatchLabels: labels},
+						// A cordoned (draining) node is no spread domain.
+						NodeTaintsPolicy: ptrTo(corev1.NodeInclusionPolicyHonor),
 					}},
 					Containers: []corev1.Container{{
 						Name:            "echo",
@@ -132,24 +138,68 @@ func (l *Lab) KubePodRefs(ctx context.Context, clusters ...*Cluster) ([]PodRef, 
 	}
 	var out []PodRef
 	for _, c := range clusters {
-		pods, err := l.EchoPods(ctx, c)
+		refs, err := echoPodRefs(ctx, c.Kube.Client, c.Name)
 		if err != nil {
 			return nil, err
 		}
-		for _, p := range pods {
-			if !podReady(&p) {
-				continue
-			}
-			ip, err := netip.ParseAddr(p.Status.PodIP)
-			if err != nil {
-				return nil, fmt.Errorf("pod %s/%s: IP %q: %w", c.Name, p.Name, p.Status.PodIP, err)
-			}
-			ns, err := podNetNS(string(p.UID))
-			if err != nil {
-				return nil, fmt.Errorf("pod %s/%s: %w", c.Name, p.Name, err)
-			}
-			out = append(out, PodRef{Cluster: c.Name, Name: p.Name, NetNS: ns, IP: ip})
+		out = append(out, refs...)
+	}
+	return out, nil
+}
+
+// echoPodRefs lists the Ready echo pods of one cluster as PodRefs.
+func echoPodRefs(ctx context.Context, kc kubernetes.Interface, cluster string) ([]PodRef, error) {
+	list, err := kc.CoreV1().Pods(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{LabelSelector: "app=" + EchoApp})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: list echo pods: %w", cluster, err)
+	}
+	sort.Slice(list.Items, func(a, b int) bool { return list.Items[a].Name < list.Items[b].Name })
+	var out []PodRef
+	for _, p := range list.Items {
+		if !podReady(&p) {
+			continue
 		}
+		ip, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil {
+			return nil, fmt.Errorf("pod %s/%s: IP %q: %w", cluster, p.Name, p.Status.PodIP, err)
+		}
+		ns, err := podNetNS(string(p.UID))
+		if err != nil {
+			return nil, fmt.Errorf("pod %s/%s: %w", cluster, p.Name, err)
+		}
+		out = append(out, PodRef{Cluster: cluster, Name: p.Name, NetNS: ns, IP: ip})
+	}
+	return out, nil
+}
+
+// ClusterClient returns a client for a cluster of a recorded layout: its
+// admin kubeconfig, dialling from inside its control-plane namespace.
+func ClusterClient(cl ClusterLayout) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", cl.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", cl.Name, err)
+	}
+	cfg.Dial = kubetest.DialInNetNS(NetNSPath(cl.NetNS))
+	return kubernetes.NewForConfig(cfg)
+}
+
+// LivePods returns the pods to probe: the recorded ones of an emulated
+// lab, or the Ready echo pods each real cluster runs now.
+func (lay *Layout) LivePods(ctx context.Context) ([]PodRef, error) {
+	if !lay.Kubelets {
+		return lay.Pods(), nil
+	}
+	var out []PodRef
+	for _, cl := range lay.Clusters {
+		kc, err := ClusterClient(cl)
+		if err != nil {
+			return nil, err
+		}
+		refs, err := echoPodRefs(ctx, kc, cl.Name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, refs...)
 	}
 	return out, nil
 }

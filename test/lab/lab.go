@@ -87,6 +87,9 @@ type Lab struct {
 	// podmesh install to a converged mesh.
 	InstallConverged time.Duration
 
+	// routeMu serialises the plumbing of real nodes (see plumbKubeNode).
+	routeMu sync.Mutex
+
 	// mu protects clusters, the maps inside Cluster and Node, and state.
 	mu       sync.Mutex
 	clusters map[int]*Cluster
@@ -140,8 +143,11 @@ type Node struct {
 	Kubelet *Proc
 	// ReadyAfter is how long a real node took from start to Ready.
 	ReadyAfter time.Duration
-	Mode       string
-	Pods       map[int]*Pod
+	// plumbed is set once a real node's namespace and routes exist
+	// (guarded by Lab.routeMu).
+	plumbed bool
+	Mode    string
+	Pods    map[int]*Pod
 	// remotes are the cluster names in the node's mesh config.
 	remotes []string
 }

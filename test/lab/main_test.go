@@ -93,6 +93,7 @@ func buildBinaries(t *testing.T, need ...string) string {
 			"podmesh-lab":           "./test/lab/cmd/podmesh-lab",
 			"podmesh-agent":         "./agent",
 			"clustermesh-apiserver": "./clustermesh-apiserver",
+			"podmesh-certs":         "./certs/cmd/podmesh-certs",
 		}
 		var wg sync.WaitGroup
 		var mu sync.Mutex

@@ -149,7 +149,7 @@ func parallel(n int, f func(k int) error) error {
 
 // recordLayout writes the lab's shape into its state file for `status`.
 func (l *Lab) recordLayout() error {
-	lay := &Layout{RoutingMode: l.RoutingMode()}
+	lay := &Layout{RoutingMode: l.RoutingMode(), Kubelets: l.opts.Kubelets, BinDir: l.opts.BinDir}
 	for _, c := range l.Clusters() {
 		cl := ClusterLayout{Name: c.Name, ID: c.ID, NetNS: c.NetNS, PodCIDRs: []string{joinPrefixes(c.PodCIDRs)}}
 		if k := c.KubeServer(); k != nil {
