@@ -22,8 +22,15 @@ deps: ## install the Debian packages the tests and the demo need
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 .PHONY: tools
-tools: ## build the test-only kube-apiserver and etcd into bin/ (cached)
+tools: ## build the lab's Kubernetes v1.36 binaries, etcd and CoreDNS into bin/ (static, cached)
 	@test/tools/build.sh $(BIN)
+
+IMAGE_TAG ?= dev
+
+.PHONY: images
+images: ## build the container images (podmesh-agent, clustermesh-apiserver, podmesh-certs; the lab's pause, echo, coredns) as docker-archives into bin/images/ (IMAGE_TAG=dev)
+	@test/tools/build.sh $(BIN) coredns
+	@$(GO) run ./images/cmd/podmesh-images --out $(BIN)/images --bin $(BIN) --tag $(IMAGE_TAG)
 
 .PHONY: build
 build: ## build podmesh-agent, clustermesh-apiserver, podmesh-certs and podmesh-lab into bin/

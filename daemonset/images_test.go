@@ -16,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	podimages "github.com/podmesh/podmesh/images"
 )
 
 // image describes one binary: its Dockerfile and where the manifests run it.
@@ -81,6 +83,18 @@ func parseDockerfile(t *testing.T, path string) dockerfile {
 	return d
 }
 
+// imageSpec is the recipe package images builds the named image from.
+func imageSpec(t *testing.T, name string) podimages.Spec {
+	t.Helper()
+	for _, s := range podimages.Specs(podimages.DefaultTag) {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("package images builds no image %s", name)
+	return podimages.Spec{}
+}
+
 func repoRoot(t *testing.T) string {
 	t.Helper()
 	return filepath.Dir(here(t))
@@ -88,7 +102,8 @@ func repoRoot(t *testing.T) string {
 
 // TestDockerfiles checks what can be checked without a container engine
 // (there is none on the build machine): multi-stage, static build of an
-// existing main package, distroless final stage, and a user that matches the
+// existing main package, an empty (scratch) final stage with the entrypoint
+// and user of the image `make images` builds, and a user that matches the
 // workload's securityContext.
 func TestDockerfiles(t *testing.T) {
 	objs := render(t, "base")
@@ -97,9 +112,15 @@ func TestDockerfiles(t *testing.T) {
 			d := parseDockerfile(t, filepath.Join(repoRoot(t), img.dockerfile))
 			require.GreaterOrEqual(t, d.stages, 2, "multi-stage")
 			require.NotEmpty(t, d.buildPkg, "a go build line")
-			require.True(t, d.cgoOff, "CGO_ENABLED=0: a static binary for a distroless base")
-			require.True(t, strings.HasPrefix(d.finalFrom, "gcr.io/distroless/static"), "final stage %s", d.finalFrom)
+			require.True(t, d.cgoOff, "CGO_ENABLED=0: a static binary for an empty base")
+			require.Equal(t, "scratch", d.finalFrom, "final stage: nothing but the binary, as `make images` builds it")
 			require.Equal(t, "./"+filepath.Dir(img.dockerfile), d.buildPkg, "builds the binary of its directory")
+			// The image `make images` builds (package images) and this
+			// Dockerfile's agree on what runs and as whom.
+			recipe := imageSpec(t, img.name)
+			require.Equal(t, `["`+recipe.Path+`"]`, d.entrypoint, "entrypoint as in package images")
+			require.Equal(t, recipe.User, d.finalUser, "user as in package images")
+			require.Equal(t, "github.com/podmesh/podmesh/"+strings.TrimPrefix(d.buildPkg, "./"), recipe.Package)
 
 			var spec corev1.PodSpec
 			switch img.kind {
