@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/podmesh/podmesh/test/kubetest"
 	"github.com/podmesh/podmesh/test/lab"
 )
@@ -163,6 +166,9 @@ func testRealPodRescheduled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(refs) != 3*2*2 {
+		t.Fatalf("%d Ready echo pods after the reschedule, want 12", len(refs))
+	}
 	converged(t, ctx, l, time.Minute)
 	matrixOK(t, ctx, refs)
 	t.Logf("MEASURED pod start to Ready: %s deleted, replacement %s Ready %.1fs after the delete (reachable from every cluster)", victim.Name, fresh, ready.Seconds())
@@ -196,17 +202,37 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
 	if err := stream.WaitEchoed(ctx, 10, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	const sel = "app.kubernetes.io/name=clustermesh-apiserver"
+	before, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil || len(before.Items) != 1 {
+		t.Fatalf("want one clustermesh-apiserver pod, have %v (%v)", before, err)
+	}
+	victim := before.Items[0].Name
 	killed := time.Now()
-	if out, err := l.Kubectl(ctx, c2, "-n", lab.PodmeshNamespace, "delete", "pod", "-l", "app.kubernetes.io/name=clustermesh-apiserver", "--wait=false"); err != nil {
+	if out, err := l.Kubectl(ctx, c2, "-n", lab.PodmeshNamespace, "delete", "pod", victim, "--wait=false"); err != nil {
 		t.Fatalf("kubectl delete pod: %v: %s", err, out)
 	}
 	_, echoed, _ := stream.Counts()
 	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
 		t.Fatalf("stream into c2 stopped while its clustermesh-apiserver pod was replaced: %v", err)
 	}
-	if err := l.WaitPodmeshRolledOut(ctx, c2, 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	var replacement string
+	eventually(t, 2*time.Minute, "the victim gone and its replacement Ready", func() error {
+		pods, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 || pods.Items[0].Name == victim {
+			return fmt.Errorf("%d pods, victim %s", len(pods.Items), victim)
+		}
+		for _, cond := range pods.Items[0].Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+				replacement = pods.Items[0].Name
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not Ready", pods.Items[0].Name)
+	})
 	converged(t, ctx, l, 2*time.Minute)
 	resync := time.Since(killed)
 	_, echoed, _ = stream.Counts()
@@ -228,8 +254,8 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
 			}
 		}
 	}
-	t.Logf("MEASURED clustermesh-apiserver pod deleted: replacement Ready and mesh converged %.1fs later; TCP stream %d lines sent, %d echoed in order, no error",
-		resync.Seconds(), sent, echoed)
+	t.Logf("MEASURED clustermesh-apiserver pod %s deleted: %s Ready and the mesh converged %.1fs later; TCP stream %d lines sent, %d echoed in order, no error",
+		victim, replacement, resync.Seconds(), sent, echoed)
 }
 
 // A rolling update of c2's agent DaemonSet (kubectl rollout restart) while

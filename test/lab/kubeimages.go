@@ -2,8 +2,9 @@ package lab
 
 import (
 	"context"
-	"os"
-	"path/filepath"
+	"fmt"
+
+	"github.com/podmesh/podmesh/images"
 )
 
 // ImageArchive is one container image as a docker-archive the nodes import.
@@ -39,18 +40,17 @@ func (s ImageSet) Archives() []string {
 	return out
 }
 
-// BuildImages — TEMPORARY until package images lands: the archives
-// podmesh-images wrote into dir.
-func BuildImages(ctx context.Context, dir string) (ImageSet, error) {
-	refs := map[string]string{"podmesh-agent": "podmesh.local/podmesh-agent:dev", "clustermesh-apiserver": "podmesh.local/clustermesh-apiserver:dev",
-		"pause": "podmesh.local/pause:1", "echo": "podmesh.local/echo:1"}
-	var out ImageSet
-	for name, ref := range refs {
-		p := filepath.Join(dir, name+".tar")
-		if _, err := os.Stat(p); err != nil {
-			return nil, err
-		}
-		out = append(out, ImageArchive{Name: name, Ref: ref, Archive: p})
+// BuildImages builds podmesh's images and the lab's (package images:
+// static binaries built from the checkout the working directory is in,
+// docker-archives in outDir, unchanged ones kept) and returns them.
+func BuildImages(ctx context.Context, outDir string) (ImageSet, error) {
+	imgs, err := images.Build(ctx, images.Options{OutDir: outDir, GoBuild: true})
+	if err != nil {
+		return nil, fmt.Errorf("build images: %w", err)
+	}
+	out := make(ImageSet, len(imgs))
+	for k, im := range imgs {
+		out[k] = ImageArchive{Name: im.Name, Ref: im.Ref, Archive: im.Archive}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"text/template"
@@ -75,6 +76,11 @@ func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error)
 	if _, ok := c.Nodes[j]; ok {
 		l.mu.Unlock()
 		return nil, fmt.Errorf("node %s exists", n.Name)
+	}
+	// A node that joins an installed cluster mounts the cluster's Secret.
+	for _, o := range c.Nodes {
+		n.remotes = slices.Clone(o.remotes)
+		break
 	}
 	c.Nodes[j] = n
 	l.mu.Unlock()

@@ -89,7 +89,7 @@ func (l *Lab) DeployEcho(ctx context.Context, c *Cluster, replicas int) error {
 }
 
 // WaitEchoReady waits until the echo Deployment is rolled out and exactly
-// its replicas exist (no terminating leftovers).
+// its replicas exist and are Ready (terminating pods aside).
 func (l *Lab) WaitEchoReady(ctx context.Context, c *Cluster, timeout time.Duration) error {
 	kc := c.Kube.Client
 	return waitFor(ctx, timeout, 100*time.Millisecond, "echo pods of "+c.Name+" Ready", func() (bool, error) {
@@ -104,8 +104,15 @@ func (l *Lab) WaitEchoReady(ctx context.Context, c *Cluster, timeout time.Durati
 		if err != nil {
 			return false, err
 		}
-		if int32(len(pods)) != *d.Spec.Replicas {
-			return false, fmt.Errorf("%d echo pods, want %d", len(pods), *d.Spec.Replicas)
+		ready := 0
+		for k := range pods {
+			if podReady(&pods[k]) {
+				ready++
+			}
+		}
+		// The Deployment's status can lag a delete: count the pods.
+		if int32(len(pods)) != *d.Spec.Replicas || int32(ready) != *d.Spec.Replicas {
+			return false, fmt.Errorf("%d echo pods, %d Ready, want %d", len(pods), ready, *d.Spec.Replicas)
 		}
 		return true, nil
 	})
