@@ -47,7 +47,7 @@ test: deps tools ## run unit, integration, privileged datapath and end-to-end te
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: demo
-demo: deps ## bring up 3 clusters x 2 nodes x 2 pods, show the connectivity matrix and a node's status, tear down (KEEP=1 keeps it, MODE=vxlan|native)
+demo: deps ## bring up 3 real clusters x 2 kubelet nodes, podmesh from daemonset/, 2 echo pods per node; show the connectivity matrix and a node's status, tear down (KEEP=1 keeps it, MODE=vxlan|native)
 	test/lab/demo.sh
 
 .PHONY: test-unit

@@ -48,6 +48,8 @@ type Options struct {
 	Log io.Writer
 	// ExtraAPIServerArgs are appended to kube-apiserver's arguments.
 	ExtraAPIServerArgs []string
+	// BinDir holds the binaries; default BinDir().
+	BinDir string
 	// ControlPlane makes a control plane that real kubelets can join (see
 	// controlplane.go): ServiceAccount admission, Node,RBAC authorization,
 	// NodeRestriction, the lease endpoint reconciler, and a
@@ -149,9 +151,11 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 	if !o.BindAddress.IsValid() {
 		o.BindAddress = netip.MustParseAddr("127.0.0.1")
 	}
-	bin, err := BinDir()
-	if err != nil {
-		return nil, err
+	bin := o.BinDir
+	if bin == "" {
+		if bin, err = BinDir(); err != nil {
+			return nil, err
+		}
 	}
 	tools := []string{"etcd", "kube-apiserver"}
 	if o.ControlPlane {

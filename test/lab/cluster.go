@@ -101,6 +101,7 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 			Port:        KubePort,
 			EtcdPort:    KubeEtcdPort,
 			NetNSPath:   NetNSPath(c.NetNS),
+			BinDir:      l.opts.BinDir,
 			// Real nodes need the whole control plane.
 			ControlPlane: l.opts.Kubelets,
 		})
