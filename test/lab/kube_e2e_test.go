@@ -184,15 +184,7 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
 	for _, n := range c2.NodeList() {
 		c2Prefixes[n.PodCIDR] = true
 	}
-	var watches []*lab.RouteWatch
-	for _, n := range observers {
-		w, err := lab.WatchRoutes(n.NetNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Close)
-		watches = append(watches, w)
-	}
+	watches := watchRoutes(t, observers)
 	from, to := realPod(t, ctx, l, 1), realPod(t, ctx, l, 2)
 	stream, err := lab.StartStream(ctx, from.NetNS, netip.AddrPortFrom(to.IP, lab.ServeTCPPort), 20*time.Millisecond)
 	if err != nil {
@@ -264,38 +256,10 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
 func testRealAgentRollout(t *testing.T, ctx context.Context, l *lab.Lab) {
 	c2 := l.Cluster(2)
 	from, to := realPod(t, ctx, l, 1), realPod(t, ctx, l, 2)
-	var watches []*lab.RouteWatch
 	nodes := c2.NodeList()
-	for _, n := range nodes {
-		w, err := lab.WatchRoutes(n.NetNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Close)
-		watches = append(watches, w)
-	}
-	const port = 9000
-	rx, err := lab.StartUDPReceiver(to.NetNS, port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rx.Close() })
-	tx, err := lab.StartUDPSender(ctx, from.NetNS, netip.AddrPortFrom(to.IP, port), 2*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_, _ = tx.Stop()
-		}
-	})
-	eventually(t, 10*time.Second, "UDP stream flowing", func() error {
-		if n, _ := rx.Received(tx.Sent()); n < 100 {
-			return fmt.Errorf("%d datagrams received", n)
-		}
-		return nil
-	})
+	watches := watchRoutes(t, nodes)
+	stream := startUDPStream(t, ctx, from.NetNS, to.NetNS, to.IP)
+	tx := stream.tx
 	t0 := time.Now()
 	if err := l.RestartAgents(ctx, c2); err != nil {
 		t.Fatal(err)
@@ -309,28 +273,8 @@ func testRealAgentRollout(t *testing.T, ctx context.Context, l *lab.Lab) {
 		}
 		return nil
 	})
-	sent, sendErr := tx.Stop()
-	stopped = true
-	eventually(t, 10*time.Second, "every datagram received", func() error {
-		if n, missing := rx.Received(sent); n != int(sent) {
-			return fmt.Errorf("received %d of %d, missing %v", n, sent, missing)
-		}
-		return nil
-	})
-	if sendErr != nil {
-		t.Errorf("sender saw an error: %v", sendErr)
-	}
-	for k, w := range watches {
-		evs, err := w.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range evs {
-			if !ev.Added {
-				t.Errorf("node %s: podmesh route %s removed during the rollout", nodes[k].Name, ev.Prefix)
-			}
-		}
-	}
+	sent := stream.stopAndCheckNoneLost(t)
+	checkNoRouteRemoved(t, nodes, watches, nil, "during the rollout")
 	t.Logf("MEASURED agent DaemonSet rolling update on %s: %d nodes rolled in %.1fs, %d datagrams sent at 500/s, %d received, 0 lost",
 		c2.Name, len(nodes), took.Seconds(), sent, sent)
 }

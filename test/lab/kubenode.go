@@ -56,19 +56,9 @@ func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error)
 	if !l.opts.Kubelets {
 		return nil, fmt.Errorf("lab %s runs emulated nodes (Options.Kubelets is off)", l.opts.Prefix)
 	}
-	if j < 1 || j > MaxNodes {
-		return nil, fmt.Errorf("node index %d: want 1..%d", j, MaxNodes)
-	}
-	i := c.Index
-	n := &Node{
-		Cluster: c,
-		Index:   j,
-		Name:    NodeName(i, j),
-		NetNS:   l.Names.Node(i, j),
-		IP:      NodeIP(i, j),
-		PodCIDR: NodePodCIDR(i, j),
-		Pods:    make(map[int]*Pod),
-		Mode:    l.opts.RoutingMode,
+	n, err := l.newNode(c, j)
+	if err != nil {
+		return nil, err
 	}
 	n.BPFRoot = filepath.Join(l.bpfBase, n.NetNS, "podmesh")
 	n.LogPath = l.logPath("kubelet-" + n.Name)
