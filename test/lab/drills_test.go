@@ -97,3 +97,18 @@ func checkNoRouteRemoved(t *testing.T, nodes []*lab.Node, watches []*lab.RouteWa
 		}
 	}
 }
+
+// finishStream checks that the TCP stream still flows after a drill (25
+// more lines echoed), stops it and returns its counts.
+func finishStream(t *testing.T, ctx context.Context, stream *lab.Stream) (sent, echoed uint64) {
+	t.Helper()
+	_, echoed, _ = stream.Counts()
+	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
+		t.Fatalf("stream after the drill: %v", err)
+	}
+	sent, echoed, _ = stream.Counts()
+	if err := stream.Stop(); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	return sent, echoed
+}

@@ -432,25 +432,8 @@ func testMeshKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	restarted = true
 	converged(t, ctx, l, 2*time.Minute)
 	resync := time.Since(t1)
-	_, echoed, _ = stream.Counts()
-	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
-		t.Fatalf("stream after resync: %v", err)
-	}
-	sent, echoed, _ := stream.Counts()
-	if err := stream.Stop(); err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	for k, w := range watches {
-		evs, err := w.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range evs {
-			if !ev.Added && c2Prefixes[ev.Prefix] {
-				t.Errorf("node %s: c2's %s was withdrawn at %s", observers[k].Name, ev.Prefix, ev.Time.Sub(killed))
-			}
-		}
-	}
+	sent, echoed := finishStream(t, ctx, stream)
+	checkNoRouteRemoved(t, observers, watches, func(p netip.Prefix) bool { return c2Prefixes[p] }, "(one of c2's) while its clustermesh-apiserver was down")
 	t.Logf("c2 not-ready reason seen by agents: %s", reason)
 	t.Logf("MEASURED clustermesh-apiserver kill: not-ready noticed by all %d observers after %.1fs; restart to converged %.1fs; TCP stream %d lines sent, %d echoed in order, no error",
 		len(observers), noticed.Seconds(), resync.Seconds(), sent, echoed)

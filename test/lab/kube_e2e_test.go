@@ -227,25 +227,8 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
 	})
 	converged(t, ctx, l, 2*time.Minute)
 	resync := time.Since(killed)
-	_, echoed, _ = stream.Counts()
-	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
-		t.Fatalf("stream after resync: %v", err)
-	}
-	sent, echoed, _ := stream.Counts()
-	if err := stream.Stop(); err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	for k, w := range watches {
-		evs, err := w.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range evs {
-			if !ev.Added && c2Prefixes[ev.Prefix] {
-				t.Errorf("node %s: c2's %s was withdrawn at %s", observers[k].Name, ev.Prefix, ev.Time.Sub(killed))
-			}
-		}
-	}
+	sent, echoed := finishStream(t, ctx, stream)
+	checkNoRouteRemoved(t, observers, watches, func(p netip.Prefix) bool { return c2Prefixes[p] }, "(one of c2's) while its clustermesh-apiserver was down")
 	t.Logf("MEASURED clustermesh-apiserver pod %s deleted: %s Ready and the mesh converged %.1fs later; TCP stream %d lines sent, %d echoed in order, no error",
 		victim, replacement, resync.Seconds(), sent, echoed)
 }
