@@ -11,9 +11,10 @@ TEST_TIMEOUT ?= 25m
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# Debian packages: iproute2 and util-linux (nsenter) for the namespaces, and
-# the BPF toolchain so the committed bpf2go output can be checked for staleness.
-DEB_PKGS := iproute2 util-linux clang llvm libbpf-dev
+# Debian packages: iproute2 and util-linux (nsenter) for the namespaces, the
+# BPF toolchain so the committed bpf2go output can be checked for staleness,
+# and containerd, runc, the CNI plugins and iptables for the lab's real nodes.
+DEB_PKGS := iproute2 util-linux clang llvm libbpf-dev containerd runc containernetworking-plugins iptables
 
 .PHONY: deps
 deps: ## install the Debian packages the tests and the demo need
@@ -47,7 +48,7 @@ test: deps tools ## run unit, integration, privileged datapath and end-to-end te
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: demo
-demo: deps ## bring up 3 clusters x 2 nodes x 2 pods, show the connectivity matrix and a node's status, tear down (KEEP=1 keeps it, MODE=vxlan|native)
+demo: deps ## bring up 3 real clusters x 2 kubelet nodes, podmesh from daemonset/, 2 echo pods per node; show the connectivity matrix and a node's status, tear down (KEEP=1 keeps it, MODE=vxlan|native)
 	test/lab/demo.sh
 
 .PHONY: test-unit

@@ -49,6 +49,13 @@ type Options struct {
 	Log io.Writer
 	// ExtraAPIServerArgs are appended to kube-apiserver's arguments.
 	ExtraAPIServerArgs []string
+	// BinDir holds the binaries; default BinDir().
+	BinDir string
+	// ControlPlane makes a control plane that real kubelets can join (see
+	// controlplane.go): ServiceAccount admission, Node,RBAC authorization,
+	// NodeRestriction, the lease endpoint reconciler, and a
+	// kube-controller-manager and kube-scheduler next to the API server.
+	ControlPlane bool
 }
 
 // Server is a running etcd + kube-apiserver pair.
@@ -68,6 +75,9 @@ type Server struct {
 	dir   string
 	procs []*proc
 	logs  []string
+	pki   *pki
+	// controlPlane is Options.ControlPlane.
+	controlPlane bool
 }
 
 // proc is a started process; done is closed once it has exited.
@@ -142,11 +152,17 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 	if !o.BindAddress.IsValid() {
 		o.BindAddress = netip.MustParseAddr("127.0.0.1")
 	}
-	bin, err := BinDir()
-	if err != nil {
-		return nil, err
+	bin := o.BinDir
+	if bin == "" {
+		if bin, err = BinDir(); err != nil {
+			return nil, err
+		}
 	}
-	for _, b := range []string{"etcd", "kube-apiserver"} {
+	tools := []string{"etcd", "kube-apiserver"}
+	if o.ControlPlane {
+		tools = append(tools, "kube-controller-manager", "kube-scheduler")
+	}
+	for _, b := range tools {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
 			return nil, fmt.Errorf("find test tool %s: %w (run `make tools`)", b, err)
 		}
@@ -154,7 +170,7 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 	if err := pickPorts(o, &o.Port, &o.EtcdPort, &o.EtcdPeerPort); err != nil {
 		return nil, err
 	}
-	s := &Server{dir: o.Dir}
+	s := &Server{dir: o.Dir, controlPlane: o.ControlPlane}
 	defer func() {
 		if err != nil {
 			_ = s.Stop()
@@ -165,6 +181,7 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.CA = pki.ca
+	s.pki = pki
 
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", o.EtcdPort)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", o.EtcdPeerPort)
@@ -204,6 +221,9 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 		"--cert-dir=" + filepath.Join(o.Dir, "apiserver-certs"),
 		"--v=0",
 	}
+	if o.ControlPlane {
+		args = controlPlaneAPIServerArgs(args, pki)
+	}
 	if err := s.start(o, filepath.Join(bin, "kube-apiserver"), "kube-apiserver", append(args, o.ExtraAPIServerArgs...)...); err != nil {
 		return nil, err
 	}
@@ -230,6 +250,11 @@ func StartServer(ctx context.Context, o Options) (_ *Server, err error) {
 	}
 	if err := s.waitReady(ctx); err != nil {
 		return nil, err
+	}
+	if o.ControlPlane {
+		if err := s.startControllers(o, bin); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -311,7 +336,13 @@ func (s *Server) Stop() error {
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
-			errs = append(errs, fmt.Errorf("%s did not stop on SIGTERM within 10s; killed", p.name))
+			// In ControlPlane mode kube-apiserver's graceful shutdown
+			// (lease and endpoint clean-up, draining watches of
+			// components already gone) can outlast the grace period;
+			// the whole control plane is thrown away, so that is no error.
+			if !s.controlPlane || p.name != "kube-apiserver" {
+				errs = append(errs, fmt.Errorf("%s did not stop on SIGTERM within 10s; killed", p.name))
+			}
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			<-p.done
 		}
@@ -414,16 +445,22 @@ func writePKI(o Options) (*pki, error) {
 }
 
 func writeKubeconfig(dir, url string, p *pki) (string, error) {
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: url, CertificateAuthorityData: p.ca.CertPEM}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: p.admin.CertPEM, ClientKeyData: p.admin.KeyPEM}
-	cfg.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: "admin"}
-	cfg.CurrentContext = "kubetest"
 	path := filepath.Join(dir, "admin.kubeconfig")
+	return path, writeKubeconfigFile(path, url, p.ca.CertPEM, p.admin)
+}
+
+// writeKubeconfigFile writes a kubeconfig that authenticates with kp's
+// client certificate.
+func writeKubeconfigFile(path, url string, caPEM []byte, kp *certs.KeyPair) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: url, CertificateAuthorityData: caPEM}
+	cfg.AuthInfos["user"] = &clientcmdapi.AuthInfo{ClientCertificateData: kp.CertPEM, ClientKeyData: kp.KeyPEM}
+	cfg.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: "user"}
+	cfg.CurrentContext = "kubetest"
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		return "", fmt.Errorf("write kubeconfig %s: %w", path, err)
+		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
-	return path, nil
+	return nil
 }
 
 // pickPorts fills each zero port with a free one, distinct from the others.

@@ -101,6 +101,9 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 			Port:        KubePort,
 			EtcdPort:    KubeEtcdPort,
 			NetNSPath:   NetNSPath(c.NetNS),
+			BinDir:      l.toolsDir(),
+			// Real nodes need the whole control plane.
+			ControlPlane: l.opts.Kubelets,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
@@ -268,4 +271,14 @@ func (l *Lab) RemoveCluster(ctx context.Context, c *Cluster) error {
 	delete(l.clusters, c.Index)
 	l.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// toolsDir is where kube-apiserver and etcd come from: the lab's bin
+// directory when it holds them (the CLI's --bin-dir), else kubetest's own
+// choice ($PODMESH_BIN or bin/).
+func (l *Lab) toolsDir() string {
+	if _, err := os.Stat(l.Bin("kube-apiserver")); err == nil {
+		return l.opts.BinDir
+	}
+	return ""
 }

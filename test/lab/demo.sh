@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# podmesh demo: three Kubernetes clusters, two nodes each, two pods per node,
-# all as network namespaces on this machine; every cluster runs a real
-# kube-apiserver and clustermesh-apiserver, every node the real podmesh-agent
-# in eBPF mode. Shows that every pod reaches every pod of the other clusters
-# directly (the receiver sees the sender's own pod IP), shows one agent's
-# view, and tears everything down again.
+# podmesh demo: three real Kubernetes clusters of two nodes each on this
+# machine (etcd, kube-apiserver, kube-controller-manager, kube-scheduler per
+# cluster; containerd, kube-proxy and a kubelet per node, each node in its
+# own network namespace), podmesh installed on each from daemonset/ with
+# kubectl as a user does, two echo pods per node as a Deployment. Shows that
+# every pod reaches every pod of the other clusters directly (the receiver
+# sees the sender's own pod IP), shows one agent's view, and tears
+# everything down again.
 #
 #   make demo            run it (root: it creates network namespaces)
 #   KEEP=1 make demo     leave the lab running and print how to explore it
@@ -32,11 +34,15 @@ fi
 cd "$root"
 
 step "installing what the demo needs (cached after the first run)"
-if ! command -v ip >/dev/null || ! command -v nsenter >/dev/null; then
-  echo "    apt-get install iproute2 util-linux"
-  apt-get update -qq && apt-get install -y -qq iproute2 util-linux >/dev/null
+missing=
+for p in iproute2 util-linux containerd runc containernetworking-plugins iptables; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "    apt-get install$missing"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
-echo "    make tools   (test-only kube-apiserver and etcd; about 4 minutes the first time)"
+echo "    make tools   (etcd and Kubernetes v1.36.3 binaries; several minutes the first time)"
 make --no-print-directory tools
 echo "    make build   (podmesh-agent, clustermesh-apiserver, podmesh-certs, podmesh-lab)"
 make --no-print-directory build >/dev/null
@@ -61,8 +67,8 @@ trap 'exit 130' INT TERM
 # A previous demo left running with KEEP=1 goes first.
 "${lab[@]}" down "${p[@]}" >/dev/null
 
-step "bringing up 3 clusters x 2 nodes x 2 pods ($mode mode)"
-"${lab[@]}" up "${p[@]}" --clusters 3 --nodes 2 --pods 2 --mode "$mode" --bin-dir "$bin"
+step "bringing up 3 real clusters x 2 nodes, podmesh from daemonset/, 2 echo pods per node ($mode mode)"
+"${lab[@]}" up "${p[@]}" --kubelets --clusters 3 --nodes 2 --pods 2 --mode "$mode" --bin-dir "$bin"
 
 step "the lab: clusters, nodes, pods and what every agent reports"
 "${lab[@]}" status "${p[@]}"
@@ -70,8 +76,8 @@ step "the lab: clusters, nodes, pods and what every agent reports"
 step "connectivity matrix: every pod -> every pod in the other clusters (TCP; the receiver reports the source IP it saw)"
 "${lab[@]}" matrix "${p[@]}"
 
-step "podmesh-agent status on node c1-n1 (run inside the node: podmesh-agent status)"
-"${lab[@]}" exec "${p[@]}" c1-n1 -- "$bin/podmesh-agent" status
+step "podmesh-agent status in an agent pod of cluster c1 (kubectl exec ds/podmesh-agent -- podmesh-agent status)"
+"${lab[@]}" exec "${p[@]}" c1/podmesh-system/ds/podmesh-agent -- podmesh-agent status
 
 step "what the agent programmed in c1-n1's kernel (routes tagged with podmesh's protocol 150)"
 "${lab[@]}" exec "${p[@]}" c1-n1 -- ip route show proto 150
@@ -82,11 +88,10 @@ if [ "$keep" = 1 ]; then
 [$(elapsed)] the lab is still running (KEEP=1). Explore it:
   $bin/podmesh-lab status ${p[*]}
   $bin/podmesh-lab matrix ${p[*]}
-  $bin/podmesh-lab exec ${p[*]} c1-n1 -- $bin/podmesh-agent status
+  $bin/podmesh-lab exec ${p[*]} c1/podmesh-system/ds/podmesh-agent -- podmesh-agent status
   $bin/podmesh-lab exec ${p[*]} c1-n1 -- ip route show proto 150
-  $bin/podmesh-lab exec ${p[*]} c1-n1 -- ip route get 10.2.1.11
-  $bin/podmesh-lab probe ${p[*]} c1-n1-p1 10.3.2.12
-  ls /run/podmesh-lab/$prefix/logs/          (every agent's and apiserver's log)
+  $bin/podmesh-lab exec ${p[*]} c1-n1 -- ip route get 10.2.1.2
+  ls /run/podmesh-lab/$prefix/logs/          (every kubelet's, containerd's and kube-proxy's log)
 and remove it with:
   $bin/podmesh-lab down ${p[*]}
 EOF

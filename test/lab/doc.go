@@ -9,6 +9,17 @@
 // pod. End-to-end tests (this package's tests) and `make demo` use it;
 // cmd/podmesh-lab is its CLI. docs/lab.md is the user's guide.
 //
+// With Options.Kubelets the clusters are real instead (kubeup.go,
+// kubenode.go, install.go, kubepods.go): kube-controller-manager and
+// kube-scheduler join each control plane, every node runs its own
+// containerd, kube-proxy and kubelet with Debian's CNI plugins inside a
+// private mount namespace that fences the host (per-node directories over
+// the shared host paths, fixed files over the kernel sysctls the kubelet
+// would write, the node's own bpffs on /sys/fs/bpf), cgroups live under
+// /podmesh-lab/<prefix>/<node>, podmesh is installed from daemonset/ with
+// kubectl, and the pods are a real echo Deployment. The emulated mode stays
+// for the drills that have not moved yet (docs/lab.md says which).
+//
 // Topology and addressing (IPv4; cluster i, node j, pod k):
 //
 //	<prefix>-ul          underlay namespace holding bridge br0 (no address)

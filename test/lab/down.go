@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,12 +35,15 @@ type Leftovers struct {
 	StateDir string
 	// Files are the CLI's log files <state root>/<prefix>.*.log.
 	Files []string
+	// Cgroups are the lab's cgroup directories (real nodes), in every
+	// hierarchy.
+	Cgroups []string
 }
 
 // Empty reports whether nothing of the lab is left.
 func (lo Leftovers) Empty() bool {
 	return lo.Owner == 0 && len(lo.NetNS) == 0 && len(lo.Procs) == 0 && len(lo.BPFDirs) == 0 &&
-		len(lo.Mounts) == 0 && lo.StateDir == "" && len(lo.Files) == 0
+		len(lo.Mounts) == 0 && lo.StateDir == "" && len(lo.Files) == 0 && len(lo.Cgroups) == 0
 }
 
 func (lo Leftovers) String() string {
@@ -61,6 +65,9 @@ func (lo Leftovers) String() string {
 	}
 	if lo.StateDir != "" {
 		parts = append(parts, "state dir "+lo.StateDir)
+	}
+	if n := len(lo.Cgroups); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d cgroups", n))
 	}
 	if n := len(lo.Files); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d log files", n))
@@ -107,6 +114,18 @@ func Discover(prefix, stateRoot string) (Leftovers, error) {
 		errs = append(errs, err)
 		lo.Procs = procs
 	}
+	// Containers of real nodes run in pod namespaces the lab did not name;
+	// they are found by the lab's cgroups.
+	cgProcs, err := cgroupProcs(prefix)
+	errs = append(errs, err)
+	for _, pid := range cgProcs {
+		if !slices.Contains(lo.Procs, pid) {
+			lo.Procs = append(lo.Procs, pid)
+		}
+	}
+	cgDirs, err := labCgroupDirs(prefix)
+	errs = append(errs, err)
+	lo.Cgroups = cgDirs
 	if ents, err := os.ReadDir("/sys/fs/bpf"); err == nil {
 		for _, e := range ents {
 			if names.Owns(e.Name()) {
@@ -217,6 +236,11 @@ func Down(prefix, stateRoot string, log logrus.FieldLogger) error {
 			waitGone(pid, 5*time.Second)
 		}
 	}
+	if len(lo.Cgroups) > 0 {
+		if err := removeCgroups(prefix); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range lo.NetNS {
 		if err := delNetNS(n); err != nil {
 			errs = append(errs, err)
@@ -242,7 +266,11 @@ func Down(prefix, stateRoot string, log logrus.FieldLogger) error {
 			errs = append(errs, fmt.Errorf("remove %s: %w", f, err))
 		}
 	}
-	// The state root is shared by labs; it goes when the last one does.
+	// The state root is shared by labs; it goes when the last one does,
+	// with the mount points labs had to create on the host.
+	if err := removeCreatedMountPoints(stateRoot); err != nil {
+		errs = append(errs, err)
+	}
 	_ = os.Remove(stateRoot)
 	if left, _ := Discover(prefix, stateRoot); !left.Empty() {
 		errs = append(errs, fmt.Errorf("lab %s: still left after down: %s", prefix, left))

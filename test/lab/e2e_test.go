@@ -251,15 +251,7 @@ func testPodLifecycle(t *testing.T, ctx context.Context, l *lab.Lab, mode string
 func testNodeJoinLeave(t *testing.T, ctx context.Context, l *lab.Lab) {
 	c3 := l.Cluster(3)
 	others := l.Nodes(l.Cluster(1), l.Cluster(2))
-	var watches []*lab.RouteWatch
-	for _, n := range others {
-		w, err := lab.WatchRoutes(n.NetNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Close)
-		watches = append(watches, w)
-	}
+	watches := watchRoutes(t, others)
 	n, err := l.AddNode(ctx, c3, 3)
 	if err != nil {
 		t.Fatal(err)
@@ -310,37 +302,9 @@ func testAgentRestart(t *testing.T, ctx context.Context, l *lab.Lab) {
 	from := l.Cluster(1).NodeList()[0].PodList()[0]
 	to := l.Cluster(2).NodeList()[0].PodList()[0]
 	nodes := []*lab.Node{from.Node, to.Node}
-	var watches []*lab.RouteWatch
-	for _, n := range nodes {
-		w, err := lab.WatchRoutes(n.NetNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Close)
-		watches = append(watches, w)
-	}
-	const port = 9000
-	rx, err := lab.StartUDPReceiver(to.NetNS, port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rx.Close() })
-	tx, err := lab.StartUDPSender(ctx, from.NetNS, netip.AddrPortFrom(to.IP, port), 2*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_, _ = tx.Stop()
-		}
-	})
-	eventually(t, 10*time.Second, "UDP stream flowing", func() error {
-		if n, _ := rx.Received(tx.Sent()); n < 100 {
-			return fmt.Errorf("%d datagrams received", n)
-		}
-		return nil
-	})
+	watches := watchRoutes(t, nodes)
+	stream := startUDPStream(t, ctx, from.NetNS, to.NetNS, to.IP)
+	rx, tx := stream.rx, stream.tx
 	start := time.Now()
 	restarts := 0
 	for _, n := range nodes {
@@ -392,29 +356,9 @@ func testAgentRestart(t *testing.T, ctx context.Context, l *lab.Lab) {
 			})
 		}
 	}
-	sent, sendErr := tx.Stop()
-	stopped = true
 	took := time.Since(start)
-	eventually(t, 10*time.Second, "every datagram received", func() error {
-		if n, missing := rx.Received(sent); n != int(sent) {
-			return fmt.Errorf("received %d of %d, missing %v", n, sent, missing)
-		}
-		return nil
-	})
-	if sendErr != nil {
-		t.Errorf("sender saw an error: %v", sendErr)
-	}
-	for k, w := range watches {
-		evs, err := w.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range evs {
-			if !ev.Added {
-				t.Errorf("node %s: podmesh route %s removed during agent restarts", nodes[k].Name, ev.Prefix)
-			}
-		}
-	}
+	sent := stream.stopAndCheckNoneLost(t)
+	checkNoRouteRemoved(t, nodes, watches, nil, "during agent restarts")
 	t.Logf("MEASURED agent restarts: %d restarts (SIGTERM+SIGKILL on sender and receiver node) over %.1fs, %d datagrams sent, %d received, 0 lost",
 		restarts, took.Seconds(), sent, sent)
 	converged(t, ctx, l, time.Minute)
@@ -430,15 +374,7 @@ func testMeshKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	for _, n := range c2.NodeList() {
 		c2Prefixes[n.PodCIDR] = true
 	}
-	var watches []*lab.RouteWatch
-	for _, n := range observers {
-		w, err := lab.WatchRoutes(n.NetNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Close)
-		watches = append(watches, w)
-	}
+	watches := watchRoutes(t, observers)
 	from := l.Cluster(1).NodeList()[0].PodList()[0]
 	to := c2.NodeList()[0].PodList()[0]
 	stream, err := lab.StartStream(ctx, from.NetNS, netip.AddrPortFrom(to.IP, lab.ServeTCPPort), 20*time.Millisecond)
@@ -496,25 +432,8 @@ func testMeshKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	restarted = true
 	converged(t, ctx, l, 2*time.Minute)
 	resync := time.Since(t1)
-	_, echoed, _ = stream.Counts()
-	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
-		t.Fatalf("stream after resync: %v", err)
-	}
-	sent, echoed, _ := stream.Counts()
-	if err := stream.Stop(); err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	for k, w := range watches {
-		evs, err := w.Events()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, ev := range evs {
-			if !ev.Added && c2Prefixes[ev.Prefix] {
-				t.Errorf("node %s: c2's %s was withdrawn at %s", observers[k].Name, ev.Prefix, ev.Time.Sub(killed))
-			}
-		}
-	}
+	sent, echoed := finishStream(t, ctx, stream)
+	checkNoRouteRemoved(t, observers, watches, func(p netip.Prefix) bool { return c2Prefixes[p] }, "(one of c2's) while its clustermesh-apiserver was down")
 	t.Logf("c2 not-ready reason seen by agents: %s", reason)
 	t.Logf("MEASURED clustermesh-apiserver kill: not-ready noticed by all %d observers after %.1fs; restart to converged %.1fs; TCP stream %d lines sent, %d echoed in order, no error",
 		len(observers), noticed.Seconds(), resync.Seconds(), sent, echoed)
@@ -525,16 +444,8 @@ func testMeshKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 // c3's prefixes are withdrawn there within 1 s, and nowhere else.
 func testConfigRemoved(t *testing.T, ctx context.Context, l *lab.Lab) {
 	c1, c2, c3 := l.Cluster(1), l.Cluster(2), l.Cluster(3)
-	var watches []*lab.RouteWatch
 	all := l.Nodes(c1, c2, c3)
-	for _, n := range all {
-		w, err := lab.WatchRoutes(n.NetNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(w.Close)
-		watches = append(watches, w)
-	}
+	watches := watchRoutes(t, all)
 	c3Prefixes := map[netip.Prefix]bool{}
 	for _, n := range c3.NodeList() {
 		c3Prefixes[n.PodCIDR] = true

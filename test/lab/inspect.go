@@ -279,11 +279,14 @@ func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 	return waitFor(ctx, timeout, 100*time.Millisecond, "mesh convergence", func() (bool, error) {
 		var errs []error
 		for _, n := range nodes {
-			if n.Agent == nil {
+			if n.Agent == nil && n.Kubelet == nil {
 				continue
 			}
-			if exited, err := n.Agent.Exited(); exited {
+			if exited, err := n.Agent.Exited(); n.Agent != nil && exited {
 				return false, permanent{fmt.Errorf("agent on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))}
+			}
+			if exited, err := n.Kubelet.Exited(); n.Kubelet != nil && exited {
+				return false, permanent{fmt.Errorf("kubelet on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))}
 			}
 			remotes := l.Remotes(n)
 			st, err := l.AgentStatus(ctx, n)

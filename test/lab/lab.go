@@ -61,6 +61,16 @@ type Options struct {
 	// underlay stays IPv4, as the tunnel endpoints are the nodes' IPv4
 	// InternalIPs).
 	DualStack bool
+	// Kubelets makes the clusters real: control planes with
+	// kube-controller-manager and kube-scheduler, nodes added with
+	// AddKubeNode running containerd, kube-proxy and a kubelet, podmesh
+	// installed from daemonset/ (InstallPodmesh).
+	Kubelets bool
+	// Images are the container images every real node imports (Kubelets).
+	Images ImageSet
+	// RepoDir is the podmesh checkout whose daemonset/ the lab installs;
+	// default: found from the working directory.
+	RepoDir string
 }
 
 // Lab is one running multi-cluster lab. Its methods are safe for concurrent
@@ -72,6 +82,13 @@ type Lab struct {
 	log      logrus.FieldLogger
 	start    time.Time
 	bpfBase  string // directory that holds per-node bpffs roots
+
+	// InstallConverged is how long a real lab took from the start of the
+	// podmesh install to a converged mesh.
+	InstallConverged time.Duration
+
+	// routeMu serialises the plumbing of real nodes (see plumbKubeNode).
+	routeMu sync.Mutex
 
 	// mu protects clusters, the maps inside Cluster and Node, and state.
 	mu       sync.Mutex
@@ -121,8 +138,16 @@ type Node struct {
 	BPFRoot   string
 	LogPath   string
 	Agent     *Proc
-	Mode      string
-	Pods      map[int]*Pod
+	// Kubelet is a real node's launcher (it becomes the kubelet; containerd
+	// and kube-proxy are its children); nil for an emulated node.
+	Kubelet *Proc
+	// ReadyAfter is how long a real node took from start to Ready.
+	ReadyAfter time.Duration
+	// plumbed is set once a real node's namespace and routes exist
+	// (guarded by Lab.routeMu).
+	plumbed bool
+	Mode    string
+	Pods    map[int]*Pod
 	// remotes are the cluster names in the node's mesh config.
 	remotes []string
 }
@@ -184,6 +209,11 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 		clusters: make(map[int]*Cluster),
 	}
 	l = lab
+	if o.Kubelets {
+		if err := CheckKubePrerequisites(ctx, o.Log); err != nil {
+			return nil, err
+		}
+	}
 	// The CLI's own log files may already exist; anything else is debris.
 	leftovers, _ := Discover(o.Prefix, o.StateRoot)
 	leftovers.Files = nil
@@ -210,6 +240,11 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 	}()
 	if err := l.setupBPFFS(); err != nil {
 		return nil, err
+	}
+	if o.Kubelets {
+		if err := ensureMountPoints(o.StateRoot); err != nil {
+			return nil, err
+		}
 	}
 	if err := addNetNS(ctx, l.Names.Underlay()); err != nil {
 		return nil, err
@@ -361,7 +396,7 @@ func (l *Lab) Close() error {
 	nodes := l.Nodes()
 	errs = append(errs, parallel(len(nodes), func(k int) error {
 		n := nodes[k]
-		errs := []error{n.Agent.Stop(5 * time.Second)}
+		errs := []error{n.Agent.Stop(5 * time.Second), n.Kubelet.Stop(10 * time.Second)}
 		for _, p := range n.PodList() {
 			errs = append(errs, p.Serve.Stop(2*time.Second))
 		}

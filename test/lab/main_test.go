@@ -29,7 +29,9 @@ const crasherEnv = "PODMESH_LAB_TEST_CRASHER"
 var (
 	binOnce sync.Once
 	binDir  string
-	binErr  map[string]error
+	// imagesDir holds the images labImages built.
+	imagesDir string
+	binErr    map[string]error
 )
 
 func TestMain(m *testing.M) {
@@ -49,6 +51,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
+	}
+	if imagesDir != "" {
+		os.RemoveAll(imagesDir)
 	}
 	os.Exit(code)
 }
@@ -93,6 +98,7 @@ func buildBinaries(t *testing.T, need ...string) string {
 			"podmesh-lab":           "./test/lab/cmd/podmesh-lab",
 			"podmesh-agent":         "./agent",
 			"clustermesh-apiserver": "./clustermesh-apiserver",
+			"podmesh-certs":         "./certs/cmd/podmesh-certs",
 		}
 		var wg sync.WaitGroup
 		var mu sync.Mutex

@@ -73,8 +73,14 @@ func (n Names) Node(i, j int) string { return fmt.Sprintf("%s-c%d-n%d", n.Prefix
 // Pod is the namespace of pod k on node j of cluster i.
 func (n Names) Pod(i, j, k int) string { return fmt.Sprintf("%s-c%d-n%d-p%d", n.Prefix, i, j, k) }
 
-// NetNSPath returns the bind-mount path of a named namespace.
-func NetNSPath(name string) string { return filepath.Join(NetNSDir, name) }
+// NetNSPath returns the bind-mount path of a named namespace; an absolute
+// path (a real pod's /proc/<pid>/ns/net) is returned as it is.
+func NetNSPath(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(NetNSDir, name)
+}
 
 // ClusterName is the podmesh cluster name of cluster i.
 func ClusterName(i int) string { return "c" + strconv.Itoa(i) }

@@ -18,21 +18,12 @@ import (
 // and ip_forward on, and its Node object (pod CIDR, InternalIP). It does not
 // start the agent (StartAgent) nor write its mesh config (WriteMeshConfig).
 func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
-	if j < 1 || j > MaxNodes {
-		return nil, fmt.Errorf("node index %d: want 1..%d", j, MaxNodes)
-	}
-	i := c.Index
-	n := &Node{
-		Cluster: c,
-		Index:   j,
-		Name:    NodeName(i, j),
-		NetNS:   l.Names.Node(i, j),
-		IP:      NodeIP(i, j),
-		PodCIDR: NodePodCIDR(i, j),
-		Pods:    make(map[int]*Pod),
+	n, err := l.newNode(c, j)
+	if err != nil {
+		return nil, err
 	}
 	if l.opts.DualStack {
-		n.PodCIDR6 = NodePodCIDR6(i, j)
+		n.PodCIDR6 = NodePodCIDR6(c.Index, j)
 	}
 	n.ConfigDir = filepath.Join(l.StateDir, "nodes", n.Name, "clustermesh")
 	n.BPFRoot = filepath.Join(l.bpfBase, n.NetNS)
@@ -57,6 +48,25 @@ func (l *Lab) AddNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// newNode is node j of cluster c with the addressing plan's names and
+// addresses (not yet in the cluster).
+func (l *Lab) newNode(c *Cluster, j int) (*Node, error) {
+	if j < 1 || j > MaxNodes {
+		return nil, fmt.Errorf("node index %d: want 1..%d", j, MaxNodes)
+	}
+	i := c.Index
+	return &Node{
+		Cluster: c,
+		Index:   j,
+		Name:    NodeName(i, j),
+		NetNS:   l.Names.Node(i, j),
+		IP:      NodeIP(i, j),
+		PodCIDR: NodePodCIDR(i, j),
+		Pods:    make(map[int]*Pod),
+		Mode:    l.opts.RoutingMode,
+	}, nil
 }
 
 // plumbNode creates the node's namespace, its underlay link and turns

@@ -101,6 +101,9 @@ func (p *Proc) Done() <-chan struct{} { return p.done }
 
 // Exited reports whether the process has exited, and how.
 func (p *Proc) Exited() (bool, error) {
+	if p == nil {
+		return false, nil
+	}
 	select {
 	case <-p.done:
 		return true, p.err

@@ -32,8 +32,13 @@ type State struct {
 
 // Layout is the recorded shape of a lab: what `status` shows.
 type Layout struct {
-	RoutingMode string          `json:"routingMode"`
-	Clusters    []ClusterLayout `json:"clusters"`
+	RoutingMode string `json:"routingMode"`
+	// Kubelets is set for a real lab: its pods are the echo Deployment's,
+	// listed from each cluster's API server.
+	Kubelets bool `json:"kubelets,omitempty"`
+	// BinDir holds the binaries the lab runs (kubectl for a real lab).
+	BinDir   string          `json:"binDir,omitempty"`
+	Clusters []ClusterLayout `json:"clusters"`
 }
 
 // ClusterLayout records one cluster.

@@ -31,6 +31,9 @@ func Up(ctx context.Context, o Options, t Topology) (l *Lab, err error) {
 	if t.Clusters < 1 || t.Clusters > MaxClusters || t.Nodes < 1 || t.Nodes > MaxNodes || t.Pods < 0 || t.Pods > MaxPods {
 		return nil, fmt.Errorf("topology %dx%dx%d out of range", t.Clusters, t.Nodes, t.Pods)
 	}
+	if o.Kubelets {
+		return upKube(ctx, o, t)
+	}
 	need := []string{"podmesh-lab"}
 	if !t.NoMesh {
 		need = append(need, "podmesh-agent", "clustermesh-apiserver")
@@ -146,7 +149,7 @@ func parallel(n int, f func(k int) error) error {
 
 // recordLayout writes the lab's shape into its state file for `status`.
 func (l *Lab) recordLayout() error {
-	lay := &Layout{RoutingMode: l.RoutingMode()}
+	lay := &Layout{RoutingMode: l.RoutingMode(), Kubelets: l.opts.Kubelets, BinDir: l.opts.BinDir}
 	for _, c := range l.Clusters() {
 		cl := ClusterLayout{Name: c.Name, ID: c.ID, NetNS: c.NetNS, PodCIDRs: []string{joinPrefixes(c.PodCIDRs)}}
 		if k := c.KubeServer(); k != nil {

@@ -131,6 +131,7 @@ func cmdUp(args []string) error {
 	foreground := fs.Bool("foreground", false, "stay in the foreground; Ctrl-C tears the lab down")
 	dualStack := fs.Bool("dual-stack", false, "give pods IPv6 addresses too (fd00:10:<cluster>:<node>::/64 per node)")
 	noMesh := fs.Bool("no-mesh", false, "namespaces, links and pods only: no control planes, no agents (tests the lab itself)")
+	kubelets := fs.Bool("kubelets", false, "real clusters: kube-controller-manager, kube-scheduler, containerd + kube-proxy + kubelet per node, podmesh installed from daemonset/ (needs the tools of make tools, and the podmesh checkout as working directory to build the images)")
 	statusFD := fs.Int("status-fd", 0, "internal: report progress and readiness on this fd")
 	_ = fs.Parse(args)
 	if err := lab.ValidatePrefix(c.prefix); err != nil {
@@ -165,10 +166,18 @@ func cmdUp(args []string) error {
 	}
 	defer logFile.Close()
 	log := newLogger(logFile, false)
-	l, err := lab.Up(ctx, lab.Options{
+	o := lab.Options{
 		Prefix: c.prefix, StateRoot: c.stateRoot, BinDir: *binDir, RoutingMode: *mode,
-		Log: log, Progress: progress, DualStack: *dualStack,
-	}, lab.Topology{Clusters: *clusters, Nodes: *nodes, Pods: *pods, NoMesh: *noMesh})
+		Log: log, Progress: progress, DualStack: *dualStack, Kubelets: *kubelets,
+	}
+	var l *lab.Lab
+	if *kubelets {
+		fmt.Fprintln(progress, "building the images (agent, clustermesh-apiserver, pause, echo; cached)")
+		o.Images, err = lab.BuildImages(ctx, imagesDir(*binDir))
+	}
+	if err == nil {
+		l, err = lab.Up(ctx, o, lab.Topology{Clusters: *clusters, Nodes: *nodes, Pods: *pods, NoMesh: *noMesh})
+	}
 	if err != nil {
 		if status != nil {
 			// The lab (and with it the log files) is gone: tell the
@@ -308,7 +317,20 @@ func cmdStatus(args []string) error {
 		}
 	}
 	tw.Flush()
-	return nil
+	if !st.Layout.Kubelets {
+		return nil
+	}
+	pods, err := st.Layout.LivePods(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tECHO POD (Ready)\tIP")
+	for _, p := range pods {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Cluster, p.Name, p.IP)
+	}
+	return tw.Flush()
 }
 
 func agentSummary(ctx context.Context, n lab.NodeLayout) string {
@@ -385,7 +407,10 @@ func cmdMatrix(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pods := st.Layout.Pods()
+	pods, err := st.Layout.LivePods(ctx)
+	if err != nil {
+		return err
+	}
 	cells := lab.Matrix(ctx, pods)
 	lab.WriteMatrix(os.Stdout, cells)
 	err = lab.MatrixErrors(cells)
@@ -448,16 +473,20 @@ func cmdExec(args []string) error {
 	if len(rest) < 2 {
 		return errors.New("usage: exec <netns|role> -- cmd [args]")
 	}
-	ns, err := resolveNS(c, rest[0])
-	if err != nil {
-		return err
-	}
+	target := rest[0]
 	rest = rest[1:]
 	if rest[0] == "--" {
 		rest = rest[1:]
 	}
 	if len(rest) == 0 {
 		return errors.New("exec: no command")
+	}
+	if cluster, pod, ok := strings.Cut(target, "/"); ok {
+		return kubectlExec(c, cluster, pod, rest)
+	}
+	ns, err := resolveNS(c, target)
+	if err != nil {
+		return err
 	}
 	nsenter, err := exec.LookPath("nsenter")
 	if err != nil {
@@ -475,4 +504,41 @@ func cmdServe(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return lab.Serve(ctx, *tcp, *udp, newLogger(os.Stderr, false))
+}
+
+// kubectlExec runs a command in a pod of a real lab's cluster with kubectl
+// exec (pod may be namespace/name; default namespace "default").
+func kubectlExec(c common, cluster, pod string, cmd []string) error {
+	st, err := readLayout(c)
+	if err != nil {
+		return err
+	}
+	if !st.Layout.Kubelets {
+		return errors.New("exec <cluster>/<pod> needs a real lab (up --kubelets)")
+	}
+	ns := "default"
+	if strings.Contains(pod, "/") {
+		ns, pod, _ = strings.Cut(pod, "/")
+	}
+	for _, cl := range st.Layout.Clusters {
+		if cl.Name != cluster {
+			continue
+		}
+		nsenter, err := exec.LookPath("nsenter")
+		if err != nil {
+			return err
+		}
+		argv := append([]string{"nsenter", "--net=" + lab.NetNSPath(cl.NetNS), "--", filepath.Join(st.Layout.BinDir, "kubectl"),
+			"--kubeconfig", cl.Kubeconfig, "-n", ns, "exec", pod, "--"}, cmd...)
+		return syscall.Exec(nsenter, argv, os.Environ())
+	}
+	return fmt.Errorf("lab %s has no cluster %q", c.prefix, cluster)
+}
+
+// imagesDir is where the CLI keeps the image archives: next to the binaries.
+func imagesDir(binDir string) string {
+	if binDir == "" {
+		binDir = "bin"
+	}
+	return filepath.Join(binDir, "images")
 }

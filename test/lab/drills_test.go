@@ -1,0 +1,114 @@
+package lab_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/podmesh/podmesh/test/lab"
+)
+
+// watchRoutes starts a podmesh-route watch in every node's namespace,
+// closed when the test ends.
+func watchRoutes(t *testing.T, nodes []*lab.Node) []*lab.RouteWatch {
+	t.Helper()
+	var watches []*lab.RouteWatch
+	for _, n := range nodes {
+		w, err := lab.WatchRoutes(n.NetNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Close)
+		watches = append(watches, w)
+	}
+	return watches
+}
+
+// udpStream is a sequence-numbered UDP stream from one pod to another,
+// 500 datagrams a second, for drills that must lose nothing.
+type udpStream struct {
+	rx      *lab.UDPReceiver
+	tx      *lab.UDPSender
+	stopped bool
+}
+
+// startUDPStream starts the stream from the namespace fromNS to to:port
+// (received inside toNS) and waits until it flows.
+func startUDPStream(t *testing.T, ctx context.Context, fromNS, toNS string, to netip.Addr) *udpStream {
+	t.Helper()
+	const port = 9000
+	rx, err := lab.StartUDPReceiver(toNS, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rx.Close() })
+	tx, err := lab.StartUDPSender(ctx, fromNS, netip.AddrPortFrom(to, port), 2*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &udpStream{rx: rx, tx: tx}
+	t.Cleanup(func() {
+		if !s.stopped {
+			_, _ = tx.Stop()
+		}
+	})
+	eventually(t, 10*time.Second, "UDP stream flowing", func() error {
+		if n, _ := rx.Received(tx.Sent()); n < 100 {
+			return fmt.Errorf("%d datagrams received", n)
+		}
+		return nil
+	})
+	return s
+}
+
+// stopAndCheckNoneLost stops the sender and fails the test unless every
+// datagram sent arrives; it returns how many were sent.
+func (s *udpStream) stopAndCheckNoneLost(t *testing.T) uint64 {
+	t.Helper()
+	sent, sendErr := s.tx.Stop()
+	s.stopped = true
+	eventually(t, 10*time.Second, "every datagram received", func() error {
+		if n, missing := s.rx.Received(sent); n != int(sent) {
+			return fmt.Errorf("received %d of %d, missing %v", n, sent, missing)
+		}
+		return nil
+	})
+	if sendErr != nil {
+		t.Errorf("sender saw an error: %v", sendErr)
+	}
+	return sent
+}
+
+// checkNoRouteRemoved fails the test for every podmesh route the watches
+// saw removed (of those prefixes for which counts says true; all when nil).
+func checkNoRouteRemoved(t *testing.T, nodes []*lab.Node, watches []*lab.RouteWatch, counts func(netip.Prefix) bool, during string) {
+	t.Helper()
+	for k, w := range watches {
+		evs, err := w.Events()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			if !ev.Added && (counts == nil || counts(ev.Prefix)) {
+				t.Errorf("node %s: podmesh route %s removed %s", nodes[k].Name, ev.Prefix, during)
+			}
+		}
+	}
+}
+
+// finishStream checks that the TCP stream still flows after a drill (25
+// more lines echoed), stops it and returns its counts.
+func finishStream(t *testing.T, ctx context.Context, stream *lab.Stream) (sent, echoed uint64) {
+	t.Helper()
+	_, echoed, _ = stream.Counts()
+	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
+		t.Fatalf("stream after the drill: %v", err)
+	}
+	sent, echoed, _ = stream.Counts()
+	if err := stream.Stop(); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	return sent, echoed
+}

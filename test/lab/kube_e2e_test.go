@@ -1,0 +1,385 @@
+package lab_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podmesh/podmesh/test/kubetest"
+	"github.com/podmesh/podmesh/test/lab"
+)
+
+// realLabOptions are the options of a real lab for a test: the tools from
+// PODMESH_BIN (or bin/), the images built from this checkout.
+func realLabOptions(t *testing.T) lab.Options {
+	t.Helper()
+	bin, err := kubetest.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tool := range lab.KubeTools {
+		if _, err := os.Stat(filepath.Join(bin, tool)); err != nil {
+			t.Fatalf("real lab: %s missing in %s (make tools builds it): %v", tool, bin, err)
+		}
+	}
+	o := labOptions(t, testPrefix(t), bin)
+	o.Kubelets = true
+	o.Images = labImages(t)
+	return o
+}
+
+// TestRealLabEndToEnd brings up 3 real clusters × 2 real nodes (kubelet,
+// containerd, CNI plugins, kube-proxy), installs podmesh from daemonset/ as
+// docs/install.md says, runs 2 echo pods per node as a Deployment, and runs
+// the drills that have moved to the real lab, in every routing mode.
+func TestRealLabEndToEnd(t *testing.T) {
+	needRoot(t)
+	o := realLabOptions(t)
+	o.RoutingMode = lab.ModeEBPF
+	ctx := withTimeout(t, 20*time.Minute)
+	t0 := time.Now()
+	l := upLab(t, ctx, o, lab.Topology{Clusters: 3, Nodes: 2, Pods: 2})
+	t.Logf("real lab up (3 clusters x 2 nodes, 2 echo pods per node, ebpf) in %.1fs", time.Since(t0).Seconds())
+	logMeasurements(t, l)
+
+	for _, mode := range []string{lab.ModeEBPF, lab.ModeVXLAN, lab.ModeNative} {
+		if mode != lab.ModeEBPF {
+			t0 := time.Now()
+			if err := l.SwitchRoutingMode(ctx, mode); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("agents rolled into %s mode and converged in %.1fs", mode, time.Since(t0).Seconds())
+		}
+		t.Run("ConnectivityMatrix/"+mode, func(t *testing.T) { testRealMatrix(t, ctx, l, mode) })
+		if mode != lab.ModeEBPF {
+			continue
+		}
+		t.Run("EchoPodDeletedAndRescheduled", func(t *testing.T) { testRealPodRescheduled(t, ctx, l) })
+		t.Run("NodeAddedAndDrained", func(t *testing.T) { testRealNodeAddedAndDrained(t, ctx, l) })
+		t.Run("ClustermeshAPIServerPodDeleted", func(t *testing.T) { testRealMeshPodDeleted(t, ctx, l) })
+		t.Run("AgentRollingUpdateUnderTrafficLosesNothing", func(t *testing.T) { testRealAgentRollout(t, ctx, l) })
+		t.Run("ConfigSecretDeletedWithdrawsEverything", func(t *testing.T) { testRealSecretDeleted(t, ctx, l) })
+	}
+}
+
+// logMeasurements logs node start to Ready, podmesh install to converged,
+// and the memory of every node and control plane.
+func logMeasurements(t *testing.T, l *lab.Lab) {
+	for _, n := range l.Nodes() {
+		t.Logf("MEASURED node %s: start to Ready %.1fs", n.Name, n.ReadyAfter.Seconds())
+	}
+	t.Logf("MEASURED podmesh install (apply -k + Secrets) to mesh converged: %.1fs", l.InstallConverged.Seconds())
+	for _, c := range l.Clusters() {
+		cp, err := l.ControlPlaneMemory(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes int64
+		for _, n := range c.NodeList() {
+			m, err := l.KubeNodeMemory(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes += m
+			t.Logf("MEASURED memory node %s (kubelet, containerd, kube-proxy, shims, agent and echo pods): %d MiB PSS", n.Name, m>>20)
+		}
+		t.Logf("MEASURED memory cluster %s: control plane %d MiB PSS, nodes %d MiB PSS, total %d MiB", c.Name, cp>>20, nodes>>20, (cp+nodes)>>20)
+	}
+}
+
+// Every echo pod reaches every echo pod of the other clusters (real pods of
+// a real Deployment, probed from inside their network namespaces), the
+// receiver sees the sender's pod IP, and every agent runs the mode.
+func testRealMatrix(t *testing.T, ctx context.Context, l *lab.Lab, mode string) {
+	refs, err := l.KubePodRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 3 * 2 * 2; len(refs) != want {
+		t.Fatalf("%d Ready echo pods, want %d", len(refs), want)
+	}
+	matrixOK(t, ctx, refs)
+	for _, n := range l.Nodes() {
+		st, err := l.AgentStatus(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Datapath == nil || st.Datapath.Mode != mode {
+			t.Errorf("agent on %s: datapath %+v, want mode %s", n.Name, st.Datapath, mode)
+		}
+		for _, r := range l.Remotes(n) {
+			if rs := st.Remote(r.Name); rs == nil || !rs.Ready {
+				t.Errorf("agent on %s: remote %s not ready: %+v", n.Name, r.Name, rs)
+			}
+		}
+		if err := l.CheckNode(n, l.Remotes(n)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// A deleted echo pod is replaced by the Deployment; the new pod (new IP)
+// is reachable from every other cluster.
+func testRealPodRescheduled(t *testing.T, ctx context.Context, l *lab.Lab) {
+	c := l.Cluster(2)
+	pods, err := l.EchoPods(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := pods[0]
+	old := map[string]bool{}
+	for _, p := range pods {
+		old[p.Name] = true
+	}
+	t0 := time.Now()
+	if out, err := l.Kubectl(ctx, c, "delete", "pod", victim.Name, "--wait=false"); err != nil {
+		t.Fatalf("kubectl delete pod: %v: %s", err, out)
+	}
+	if err := l.WaitEchoReady(ctx, c, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ready := time.Since(t0)
+	pods, err = l.EchoPods(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fresh string
+	for _, p := range pods {
+		if p.Name == victim.Name {
+			t.Fatalf("pod %s still exists", victim.Name)
+		}
+		if !old[p.Name] {
+			fresh = p.Name
+		}
+	}
+	if fresh == "" {
+		t.Fatal("no replacement pod")
+	}
+	refs, err := l.KubePodRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) != 3*2*2 {
+		t.Fatalf("%d Ready echo pods after the reschedule, want 12", len(refs))
+	}
+	converged(t, ctx, l, time.Minute)
+	matrixOK(t, ctx, refs)
+	t.Logf("MEASURED pod start to Ready: %s deleted, replacement %s Ready %.1fs after the delete (reachable from every cluster)", victim.Name, fresh, ready.Seconds())
+}
+
+// The clustermesh-apiserver pod of c2 is deleted (kubectl delete pod) while
+// a TCP stream from c1 into c2 flows: the stream goes on, observers keep
+// c2's routes, and the mesh converges again with the replacement pod.
+func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
+	c2 := l.Cluster(2)
+	observers := l.Nodes(l.Cluster(1), l.Cluster(3))
+	c2Prefixes := map[netip.Prefix]bool{}
+	for _, n := range c2.NodeList() {
+		c2Prefixes[n.PodCIDR] = true
+	}
+	watches := watchRoutes(t, observers)
+	from, to := realPod(t, ctx, l, 1), realPod(t, ctx, l, 2)
+	stream, err := lab.StartStream(ctx, from.NetNS, netip.AddrPortFrom(to.IP, lab.ServeTCPPort), 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stream.Stop() })
+	if err := stream.WaitEchoed(ctx, 10, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	const sel = "app.kubernetes.io/name=clustermesh-apiserver"
+	before, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil || len(before.Items) != 1 {
+		t.Fatalf("want one clustermesh-apiserver pod, have %v (%v)", before, err)
+	}
+	victim := before.Items[0].Name
+	killed := time.Now()
+	if out, err := l.Kubectl(ctx, c2, "-n", lab.PodmeshNamespace, "delete", "pod", victim, "--wait=false"); err != nil {
+		t.Fatalf("kubectl delete pod: %v: %s", err, out)
+	}
+	_, echoed, _ := stream.Counts()
+	if err := stream.WaitEchoed(ctx, echoed+25, 10*time.Second); err != nil {
+		t.Fatalf("stream into c2 stopped while its clustermesh-apiserver pod was replaced: %v", err)
+	}
+	var replacement string
+	eventually(t, 2*time.Minute, "the victim gone and its replacement Ready", func() error {
+		pods, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 || pods.Items[0].Name == victim {
+			return fmt.Errorf("%d pods, victim %s", len(pods.Items), victim)
+		}
+		for _, cond := range pods.Items[0].Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+				replacement = pods.Items[0].Name
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not Ready", pods.Items[0].Name)
+	})
+	converged(t, ctx, l, 2*time.Minute)
+	resync := time.Since(killed)
+	sent, echoed := finishStream(t, ctx, stream)
+	checkNoRouteRemoved(t, observers, watches, func(p netip.Prefix) bool { return c2Prefixes[p] }, "(one of c2's) while its clustermesh-apiserver was down")
+	t.Logf("MEASURED clustermesh-apiserver pod %s deleted: %s Ready and the mesh converged %.1fs later; TCP stream %d lines sent, %d echoed in order, no error",
+		victim, replacement, resync.Seconds(), sent, echoed)
+}
+
+// A rolling update of c2's agent DaemonSet (kubectl rollout restart) while
+// a 500 pps UDP stream flows from a c1 pod to a c2 pod: no datagram is
+// lost and no podmesh route is removed on the receiving nodes.
+func testRealAgentRollout(t *testing.T, ctx context.Context, l *lab.Lab) {
+	c2 := l.Cluster(2)
+	from, to := realPod(t, ctx, l, 1), realPod(t, ctx, l, 2)
+	nodes := c2.NodeList()
+	watches := watchRoutes(t, nodes)
+	stream := startUDPStream(t, ctx, from.NetNS, to.NetNS, to.IP)
+	tx := stream.tx
+	t0 := time.Now()
+	if err := l.RestartAgents(ctx, c2); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(t0)
+	converged(t, ctx, l, 2*time.Minute)
+	before := tx.Sent()
+	eventually(t, 10*time.Second, "datagrams sent after the rollout", func() error {
+		if s := tx.Sent(); s < before+50 {
+			return fmt.Errorf("%d sent since", s-before)
+		}
+		return nil
+	})
+	sent := stream.stopAndCheckNoneLost(t)
+	checkNoRouteRemoved(t, nodes, watches, nil, "during the rollout")
+	t.Logf("MEASURED agent DaemonSet rolling update on %s: %d nodes rolled in %.1fs, %d datagrams sent at 500/s, %d received, 0 lost",
+		c2.Name, len(nodes), took.Seconds(), sent, sent)
+}
+
+// realPod returns the first Ready echo pod of cluster i.
+func realPod(t *testing.T, ctx context.Context, l *lab.Lab, i int) lab.PodRef {
+	t.Helper()
+	refs, err := l.KubePodRefs(ctx, l.Cluster(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) == 0 {
+		t.Fatalf("cluster %d has no Ready echo pod", i)
+	}
+	return refs[0]
+}
+
+// A third node joins c1: it gets an agent pod from the DaemonSet and echo
+// pods when the Deployment grows, and every other cluster routes its pod
+// CIDR and reaches its pods. Then it is drained (kubectl drain), its echo
+// pods move to the other nodes, and it is removed: its pod CIDR is
+// withdrawn everywhere and the matrix still holds.
+func testRealNodeAddedAndDrained(t *testing.T, ctx context.Context, l *lab.Lab) {
+	c1 := l.Cluster(1)
+	t0 := time.Now()
+	n3, err := l.AddKubeNode(ctx, c1, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("MEASURED node %s: start to Ready %.1fs", n3.Name, n3.ReadyAfter.Seconds())
+	if err := l.WaitPodmeshRolledOut(ctx, c1, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ApplyObject(ctx, c1, "echo", l.EchoDeployment(6)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitEchoReady(ctx, c1, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, ctx, l, 2*time.Minute)
+	t.Logf("MEASURED node joined: start to agent Ready, echo pods Ready and mesh converged %.1fs", time.Since(t0).Seconds())
+	refs, err := l.KubePodRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onN3 := 0
+	for _, p := range refs {
+		if n3.PodCIDR.Contains(p.IP) {
+			onN3++
+		}
+	}
+	if onN3 != 2 {
+		t.Fatalf("%d echo pods on %s, want 2", onN3, n3.Name)
+	}
+	matrixOK(t, ctx, refs)
+
+	t1 := time.Now()
+	if out, err := l.Kubectl(ctx, c1, "drain", n3.Name, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=2m"); err != nil {
+		t.Fatalf("kubectl drain: %v: %s", err, out)
+	}
+	if err := l.ApplyObject(ctx, c1, "echo", l.EchoDeployment(4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitEchoReady(ctx, c1, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RemoveKubeNode(ctx, n3); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, ctx, l, 2*time.Minute)
+	t.Logf("MEASURED node drained and removed: %s's pod CIDR withdrawn everywhere %.1fs after the drain started", n3.Name, time.Since(t1).Seconds())
+	refs, err = l.KubePodRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range refs {
+		if n3.PodCIDR.Contains(p.IP) {
+			t.Fatalf("echo pod %s still on the removed node", p)
+		}
+	}
+	matrixOK(t, ctx, refs)
+}
+
+// Deleting c3's podmesh-clustermesh Secret (kubectl delete secret) empties
+// its agents' optional Secret volume at the kubelet's next refresh: they
+// withdraw every remote route and report no remote; the other clusters
+// keep reaching c3's pods (c1 and c2 still read c3). Applying the Secret
+// again restores the mesh.
+func testRealSecretDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
+	c3 := l.Cluster(3)
+	t0 := time.Now()
+	if err := l.DeleteMeshSecret(ctx, c3); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, ctx, l, 3*time.Minute)
+	withdrawn := time.Since(t0)
+	for _, n := range c3.NodeList() {
+		st, err := l.AgentStatus(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Mesh.Remotes) != 0 {
+			t.Errorf("agent on %s still reports remotes after the Secret was deleted: %+v", n.Name, st.Mesh.Remotes)
+		}
+		routes, err := lab.PodmeshRoutes(n.NetNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(routes) != 0 {
+			t.Errorf("node %s keeps %d podmesh routes after the Secret was deleted", n.Name, len(routes))
+		}
+	}
+	t1 := time.Now()
+	if err := l.ApplyMeshSecret(ctx, c3); err != nil {
+		t.Fatal(err)
+	}
+	converged(t, ctx, l, 3*time.Minute)
+	t.Logf("MEASURED Secret deleted: c3's agents withdrew every remote %.1fs after kubectl delete (kubelet volume refresh, syncFrequency 10s); re-applied: converged %.1fs later",
+		withdrawn.Seconds(), time.Since(t1).Seconds())
+	refs, err := l.KubePodRefs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	matrixOK(t, ctx, refs)
+}
