@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/podmesh/podmesh/pkg/agentstatus"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -26,52 +28,20 @@ import (
 // pkg/datapath); the lab's own routes use proto static.
 const PodmeshRouteProtocol = 150
 
-// AgentStatus is the part of podmesh-agent's /status JSON the lab reads
-// (agent.Report). Unknown fields are ignored.
+// AgentStatus is podmesh-agent's /status JSON, as the agent defines it
+// (package agentstatus), with the raw document kept for logs.
 type AgentStatus struct {
-	Node     string          `json:"node"`
-	TunnelIP string          `json:"tunnelIP"`
-	Mesh     MeshStatus      `json:"mesh"`
-	Datapath *DatapathStatus `json:"datapath"`
+	agentstatus.Report
 	// Raw is the whole document, for logs.
 	Raw json.RawMessage `json:"-"`
 }
 
-// MeshStatus is clustermesh.Status as JSON.
-type MeshStatus struct {
-	LocalCluster   string         `json:"localCluster"`
-	ConfigDirError string         `json:"configDirError"`
-	Synced         bool           `json:"synced"`
-	SyncReason     string         `json:"syncReason"`
-	Remotes        []RemoteStatus `json:"remotes"`
-}
-
-// DatapathStatus is the agent's datapath report.
-type DatapathStatus struct {
-	Mode       string         `json:"mode"`
-	Programmed map[string]int `json:"programmed"`
-	Failed     map[string]int `json:"failed"`
-	LastError  string         `json:"lastError"`
-}
-
-// RemoteStatus is one remote cluster as an agent sees it.
-type RemoteStatus struct {
-	Cluster         string         `json:"cluster"`
-	ClusterID       uint32         `json:"clusterID"`
-	Ready           bool           `json:"ready"`
-	Reason          string         `json:"reason"`
-	Since           time.Time      `json:"since"`
-	Synced          bool           `json:"synced"`
-	Nodes           int            `json:"nodes"`
-	Endpoints       int            `json:"endpoints"`
-	Prefixes        int            `json:"prefixes"`
-	Programmed      *int           `json:"programmed"`
-	InvalidEntries  int            `json:"invalidEntries"`
-	InvalidByReason map[string]int `json:"invalidByReason"`
-	LastInvalid     string         `json:"lastInvalid"`
-	LastError       string         `json:"lastError"`
-	Failures        uint64         `json:"failures"`
-}
+// MeshStatus, DatapathStatus and RemoteStatus are the agent's own types.
+type (
+	MeshStatus     = agentstatus.Mesh
+	DatapathStatus = agentstatus.Datapath
+	RemoteStatus   = agentstatus.Remote
+)
 
 // Remote returns the status of one remote cluster, or nil.
 func (s *AgentStatus) Remote(cluster string) *RemoteStatus {
