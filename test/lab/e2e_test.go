@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/podmesh/podmesh/certs"
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -22,7 +23,7 @@ import (
 // planes; nodes are re-imaged (fresh namespaces, bpffs and agents) for each
 // mode, so every mode starts from an empty kernel.
 func TestMeshEndToEnd(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	bin := buildBinaries(t, "podmesh-lab", "podmesh-agent", "clustermesh-apiserver")
 	ctx := withTimeout(t, 12*time.Minute)
 	o := labOptions(t, testPrefix(t), bin)
@@ -745,7 +746,7 @@ func parallel2(fs ...func() error) error {
 // need IPv6 routes via IPv4 next hops, which Linux refuses ("IPv6 does not
 // support RTA_VIA attribute"); native dual-stack needs an IPv6 underlay.
 func TestMeshDualStack(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	bin := buildBinaries(t, "podmesh-lab", "podmesh-agent", "clustermesh-apiserver")
 	ctx := withTimeout(t, 6*time.Minute)
 	o := labOptions(t, testPrefix(t), bin)

@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -23,7 +24,7 @@ import (
 // ends with `kubectl exec … -- podmesh-agent status` showing the peer ready
 // on every node.
 func TestInstallDocOnTwoRealClusters(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	o := realLabOptions(t)
 	ctx := withTimeout(t, 10*time.Minute)
 	l, err := lab.New(ctx, o)

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/test/kubetest"
 	"github.com/podmesh/podmesh/test/lab"
 )
@@ -40,7 +41,7 @@ func realLabOptions(t *testing.T) lab.Options {
 // docs/install.md says, runs 2 echo pods per node as a Deployment, and runs
 // the drills that have moved to the real lab, in every routing mode.
 func TestRealLabEndToEnd(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	o := realLabOptions(t)
 	o.RoutingMode = lab.ModeEBPF
 	ctx := withTimeout(t, 20*time.Minute)

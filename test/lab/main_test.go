@@ -58,14 +58,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// needRoot skips a test that needs network namespaces when not root.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces")
-	}
-}
-
 // testPrefix is a fresh, unique lab prefix.
 func testPrefix(t *testing.T) string {
 	t.Helper()

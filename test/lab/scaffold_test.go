@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -42,7 +43,7 @@ func waitCond(timeout time.Duration, cond func() error) error {
 // add by hand, every pod reaches every pod of the other clusters across the
 // underlay bridge, and each receiver sees the sender's own pod IP.
 func TestLabPlumbingCarriesPodTrafficAcrossTheUnderlay(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	bin := buildBinaries(t, "podmesh-lab")
 	ctx := withTimeout(t, 2*time.Minute)
 	o := labOptions(t, testPrefix(t), bin)
@@ -81,7 +82,7 @@ func TestLabPlumbingCarriesPodTrafficAcrossTheUnderlay(t *testing.T) {
 // prefix and state directory: namespaces, the bpffs mount, the state dir —
 // and leaves alone names that only look similar.
 func TestDownAfterOwnerCrashRemovesExactlyTheLab(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	bin := buildBinaries(t, "podmesh-lab")
 	prefix := testPrefix(t)
 	exe, err := os.Executable()
@@ -165,7 +166,7 @@ func TestDownAfterOwnerCrashRemovesExactlyTheLab(t *testing.T) {
 // background; probe and exec work inside it; `down` removes it. A
 // foreground `up` tears the lab down on Ctrl-C.
 func TestCLIUpProbeExecDownAndCtrlC(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	bin := buildBinaries(t, "podmesh-lab")
 	cli := bin + "/podmesh-lab"
 	prefix := testPrefix(t)
