@@ -66,9 +66,11 @@ lint: ## gofmt, go vet and the bpf2go staleness check
 	$(GO) vet ./...
 
 .PHONY: fuzz
-fuzz: ## fuzz the wire-format decoders (FUZZTIME=1m per target)
-	@for t in $$($(GO) test -list '^Fuzz' ./pkg/meshapi | grep ^Fuzz); do \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-1m} ./pkg/meshapi || exit 1; done
+fuzz: ## fuzz every decoder and validator of remote data and the config-directory parser (FUZZTIME=1m per target)
+	@for pkg in ./pkg/meshapi ./pkg/kvstore ./clustermesh-apiserver/importer; do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep ^Fuzz); do \
+	    echo "== $$pkg $$t"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-1m} -parallel 1 $$pkg || exit 1; done; done
 
 .PHONY: bench
 bench: tools ## run the go benchmarks

@@ -16,7 +16,7 @@ import (
 )
 
 // writePKI writes ca.crt, client.crt and client.key (0600) into dir.
-func writePKI(t *testing.T, dir string) *certs.KeyPair {
+func writePKI(t testing.TB, dir string) *certs.KeyPair {
 	t.Helper()
 	ca, err := certs.NewCA(certs.Options{CommonName: "test-ca"})
 	require.NoError(t, err)

@@ -2,6 +2,7 @@ package meshapi
 
 import (
 	"encoding/json"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -120,4 +121,48 @@ func roundTrip(t *testing.T, v any, decode func([]byte) error) {
 	if err := decode(b); err != nil {
 		t.Fatalf("accepted value does not decode after a round trip: %v\n%s", err, b)
 	}
+}
+
+// FuzzValidateAgainstClusterConfig runs a remote's key and value through
+// the checks an agent applies before anything reaches the kernel: decode,
+// then validate against the key it arrived under and the config its cluster
+// declared. Whatever passes must belong to that cluster and lie inside its
+// pod CIDRs, so a remote can never claim another cluster's addresses.
+func FuzzValidateAgainstClusterConfig(f *testing.F) {
+	f.Add("podmesh/v1/nodes/west/n1", []byte(`{"cluster":"west","clusterID":2,"name":"n1","internalIPs":["192.168.2.11"],"podCIDRs":["10.2.1.0/24","fd00:2:0:1::/64"]}`))
+	f.Add("podmesh/v1/nodes/west/n1", []byte(`{"cluster":"west","clusterID":2,"name":"n1","internalIPs":["192.168.2.11"],"podCIDRs":["10.1.0.0/24"]}`))
+	f.Add("podmesh/v1/endpoints/west/db/pg-0", []byte(`{"cluster":"west","clusterID":2,"namespace":"db","name":"pg-0","node":"n1","ips":["10.2.1.7"]}`))
+	f.Add("podmesh/v1/endpoints/west/db/pg-0", []byte(`{"cluster":"east","clusterID":1,"namespace":"db","name":"pg-0","node":"n1","ips":["10.1.1.7"]}`))
+	cfg := &ClusterConfig{Name: "west", ID: 2, FormatVersion: FormatVersion,
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16"), netip.MustParsePrefix("fd00:2::/48")}}
+	f.Fuzz(func(t *testing.T, key string, data []byte) {
+		if parts, err := ParseNodeKey(key); err == nil {
+			n, err := DecodeNode(data)
+			if err != nil || ValidateNodeFor(parts, n, cfg) != nil {
+				return
+			}
+			if n.Cluster != cfg.Name || n.ClusterID != cfg.ID || n.Name != parts.Node {
+				t.Fatalf("accepted node %+v under %s", n, key)
+			}
+			for _, p := range n.PodCIDRs {
+				if !PrefixWithin(p, cfg.PodCIDRs) {
+					t.Fatalf("accepted node pod CIDR %s outside %v", p, cfg.PodCIDRs)
+				}
+			}
+		}
+		if parts, err := ParseEndpointKey(key); err == nil {
+			e, err := DecodeEndpoint(data)
+			if err != nil || ValidateEndpointFor(parts, e, cfg) != nil {
+				return
+			}
+			if e.Cluster != cfg.Name || e.ClusterID != cfg.ID || e.Namespace != parts.Namespace || e.Name != parts.Name {
+				t.Fatalf("accepted endpoint %+v under %s", e, key)
+			}
+			for _, ip := range e.IPs {
+				if !AddrWithin(ip, cfg.PodCIDRs) {
+					t.Fatalf("accepted endpoint IP %s outside %v", ip, cfg.PodCIDRs)
+				}
+			}
+		}
+	})
 }
