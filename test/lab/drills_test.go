@@ -10,13 +10,13 @@ import (
 	"github.com/podmesh/podmesh/test/lab"
 )
 
-// watchRoutes starts a podmesh-route watch in every node's namespace,
-// closed when the test ends.
+// watchRoutes starts a watch of every node's podmesh routes (and, in ebpf
+// mode, its ipcache), closed when the test ends.
 func watchRoutes(t *testing.T, nodes []*lab.Node) []*lab.RouteWatch {
 	t.Helper()
 	var watches []*lab.RouteWatch
 	for _, n := range nodes {
-		w, err := lab.WatchRoutes(n.NetNS)
+		w, err := lab.WatchPrefixes(n)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -185,7 +185,7 @@ func testPodLifecycle(t *testing.T, ctx context.Context, l *lab.Lab, mode string
 
 	watches := make([]*lab.RouteWatch, len(remotes))
 	for k, n := range remotes {
-		w, err := lab.WatchRoutes(n.NetNS)
+		w, err := lab.WatchPrefixes(n)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,8 +241,8 @@ func testPodLifecycle(t *testing.T, ctx context.Context, l *lab.Lab, mode string
 			t.Fatalf("node %s still routes %s: %+v", remotes[k].Name, host, r)
 		}
 	}
-	t.Logf("MEASURED %s: pod status write -> /32 route in remote node netns: %s", mode, add)
-	t.Logf("MEASURED %s: pod delete -> /32 route withdrawn in remote node netns: %s", mode, del)
+	t.Logf("MEASURED %s: pod status write -> /32 in remote node kernel (route; ipcache in ebpf mode): %s", mode, add)
+	t.Logf("MEASURED %s: pod delete -> /32 withdrawn in remote node kernel: %s", mode, del)
 	converged(t, ctx, l, time.Minute)
 }
 
@@ -375,6 +375,9 @@ func testMeshKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	for _, n := range c2.NodeList() {
 		c2Prefixes[n.PodCIDR] = true
 	}
+	for _, p := range c2.PodCIDRs { // ebpf mode's route for the whole cluster
+		c2Prefixes[p] = true
+	}
 	watches := watchRoutes(t, observers)
 	from := l.Cluster(1).NodeList()[0].PodList()[0]
 	to := c2.NodeList()[0].PodList()[0]
@@ -450,6 +453,9 @@ func testConfigRemoved(t *testing.T, ctx context.Context, l *lab.Lab) {
 	c3Prefixes := map[netip.Prefix]bool{}
 	for _, n := range c3.NodeList() {
 		c3Prefixes[n.PodCIDR] = true
+	}
+	for _, p := range c3.PodCIDRs { // ebpf mode's route for the whole cluster
+		c3Prefixes[p] = true
 	}
 	t.Cleanup(func() {
 		for _, n := range c1.NodeList() {
@@ -765,12 +771,32 @@ func TestMeshDualStack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, m := range l.Cluster(2).NodeList() {
-				r, ok := routes[m.PodCIDR6]
+			if mode == lab.ModeEBPF {
+				// One route for the remote cluster's IPv6 range; the nodes'
+				// CIDRs are in the ipcache.
+				c6 := lab.ClusterPodCIDR6(2)
+				r, ok := routes[c6]
 				if !ok {
-					t.Fatalf("%s: no route to %s's IPv6 pod CIDR %s", n.Name, m.Name, m.PodCIDR6)
+					t.Fatalf("%s: no route to c2's IPv6 pod range %s", n.Name, c6)
 				}
 				t.Logf("%s: %s via %s dev %s mtu %d", n.Name, r.Prefix, r.Via, r.Dev, r.MTU)
+				cache, err := lab.ReadIPCache(n.BPFRoot)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range l.Cluster(2).NodeList() {
+					if e, ok := cache[m.PodCIDR6]; !ok || e.TunnelEndpoint != m.IP {
+						t.Fatalf("%s: ipcache has no %s -> %s for %s (have %+v)", n.Name, m.PodCIDR6, m.IP, m.Name, e)
+					}
+				}
+			} else {
+				for _, m := range l.Cluster(2).NodeList() {
+					r, ok := routes[m.PodCIDR6]
+					if !ok {
+						t.Fatalf("%s: no route to %s's IPv6 pod CIDR %s", n.Name, m.Name, m.PodCIDR6)
+					}
+					t.Logf("%s: %s via %s dev %s mtu %d", n.Name, r.Prefix, r.Via, r.Dev, r.MTU)
+				}
 			}
 			pods := lab.Refs(l.Pods())
 			matrixOK(t, ctx, pods)

@@ -185,6 +185,9 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab) {
 	for _, n := range c2.NodeList() {
 		c2Prefixes[n.PodCIDR] = true
 	}
+	for _, p := range c2.PodCIDRs { // ebpf mode's route for the whole cluster
+		c2Prefixes[p] = true
+	}
 	watches := watchRoutes(t, observers)
 	from, to := realPod(t, ctx, l, 1), realPod(t, ctx, l, 2)
 	stream, err := lab.StartStream(ctx, from.NetNS, netip.AddrPortFrom(to.IP, lab.ServeTCPPort), 20*time.Millisecond)

@@ -61,15 +61,75 @@ func WatchRoutes(netnsName string) (*RouteWatch, error) {
 				continue
 			}
 			bits, _ := u.Route.Dst.Mask.Size()
-			ev := RouteEvent{Time: time.Now(), Added: u.Type == unix.RTM_NEWROUTE, Prefix: netip.PrefixFrom(addr.Unmap(), bits)}
-			w.mu.Lock()
-			w.events = append(w.events, ev)
-			close(w.changed)
-			w.changed = make(chan struct{})
-			w.mu.Unlock()
+			w.record(RouteEvent{Time: time.Now(), Added: u.Type == unix.RTM_NEWROUTE, Prefix: netip.PrefixFrom(addr.Unmap(), bits)})
 		}
 	})
 	return w, nil
+}
+
+// ipcachePollInterval is how often WatchPrefixes reads an ebpf node's
+// ipcache; ipcache event times are accurate to it.
+const ipcachePollInterval = 2 * time.Millisecond
+
+// WatchPrefixes records the changes of what node n forwards to remote
+// prefixes: its podmesh routes, from kernel notifications, and in ebpf mode
+// (where a route covers a whole remote cluster and per-node and per-pod
+// prefixes live only in the ipcache) its ipcache entries too, read every
+// ipcachePollInterval: an entry added or changed is an Added event, one
+// gone a withdrawal. A read that fails (an agent replacing its pins) is
+// skipped, never taken for a withdrawal.
+func WatchPrefixes(n *Node) (*RouteWatch, error) {
+	w, err := WatchRoutes(n.NetNS)
+	if err != nil || n.Mode != ModeEBPF {
+		return w, err
+	}
+	prev, err := ReadIPCache(n.BPFRoot)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	w.wg.Go(func() {
+		t := time.NewTicker(ipcachePollInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-t.C:
+			}
+			cur, err := ReadIPCache(n.BPFRoot)
+			if err != nil {
+				continue
+			}
+			now := time.Now()
+			var evs []RouteEvent
+			for p, e := range cur {
+				if old, ok := prev[p]; !ok || old != e {
+					evs = append(evs, RouteEvent{Time: now, Added: true, Prefix: p})
+				}
+			}
+			for p := range prev {
+				if _, ok := cur[p]; !ok {
+					evs = append(evs, RouteEvent{Time: now, Added: false, Prefix: p})
+				}
+			}
+			prev = cur
+			w.record(evs...)
+		}
+	})
+	return w, nil
+}
+
+// record appends events and wakes WaitFor.
+func (w *RouteWatch) record(evs ...RouteEvent) {
+	if len(evs) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events = append(w.events, evs...)
+	close(w.changed)
+	w.changed = make(chan struct{})
 }
 
 func (w *RouteWatch) setErr(err error) {
