@@ -6,72 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/sirupsen/logrus"
 )
-
-// Serve runs the pods' echo server until ctx ends: on TCP, every connection
-// first gets one line with the peer address the server saw, then everything
-// it sends is echoed back; on UDP, every datagram is answered with the peer
-// address. It is what `podmesh-lab serve` runs inside each pod namespace.
-func Serve(ctx context.Context, tcpAddr, udpAddr string, log logrus.FieldLogger) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", tcpAddr)
-	if err != nil {
-		return fmt.Errorf("listen tcp %s: %w", tcpAddr, err)
-	}
-	pc, err := lc.ListenPacket(ctx, "udp", udpAddr)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("listen udp %s: %w", udpAddr, err)
-	}
-	var wg sync.WaitGroup
-	// The closer goroutine is owned by Serve and ends with ctx.
-	wg.Go(func() {
-		<-ctx.Done()
-		ln.Close()
-		pc.Close()
-	})
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo([]byte(from.String()+"\n"), from)
-		}
-	})
-	log.WithFields(logrus.Fields{"tcp": ln.Addr().String(), "udp": pc.LocalAddr().String()}).Info("echo server listening")
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				wg.Wait()
-				return nil
-			}
-			return fmt.Errorf("accept: %w", err)
-		}
-		// One goroutine per connection, owned by the connection: it ends
-		// when the peer closes or the server's context ends.
-		wg.Go(func() {
-			defer conn.Close()
-			stop := context.AfterFunc(ctx, func() { conn.Close() })
-			defer stop()
-			if _, err := io.WriteString(conn, conn.RemoteAddr().String()+"\n"); err != nil {
-				return
-			}
-			_, _ = io.Copy(conn, conn)
-		})
-	}
-}
 
 // ProbeResult is one TCP probe: the source address the receiver saw and how
 // long connect plus the first reply took.

@@ -28,6 +28,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/podmesh/podmesh/test/echo"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/podmesh/podmesh/test/lab"
@@ -503,7 +505,7 @@ func cmdServe(args []string) error {
 	_ = fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return lab.Serve(ctx, *tcp, *udp, newLogger(os.Stderr, false))
+	return echo.Serve(ctx, *tcp, *udp, newLogger(os.Stderr, false))
 }
 
 // kubectlExec runs a command in a pod of a real lab's cluster with kubectl
