@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podmesh/podmesh/internal/testutils"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
@@ -54,14 +56,13 @@ type mcsLab struct {
 // <hostname>.<cluster>.db.<ns>.svc.clusterset.local from every cluster and
 // reached with the caller's own pod IP.
 func TestRealLabMultiClusterServices(t *testing.T) {
-	needRoot(t)
+	testutils.RequireRoot(t)
 	o := realLabOptions(t)
 	o.Images = withCoreDNSImage(t, o.BinDir, o.Images)
 	ctx := withTimeout(t, 15*time.Minute)
 	t0 := time.Now()
-	l := upLab(t, ctx, o, lab.Topology{Clusters: 3, Nodes: 2, NoMesh: true})
+	l := upLab(t, ctx, o, lab.Topology{Clusters: 3, Nodes: 2})
 	m := &mcsLab{l: l, ctx: ctx, dns: map[string]netip.Addr{}}
-	m.installPodmesh(t)
 	m.installCoreDNS(t, o.Images.Ref("coredns"))
 	t.Logf("real lab up (3 clusters x 2 nodes), podmesh and CoreDNS Ready in %.1fs", time.Since(t0).Seconds())
 
@@ -78,33 +79,6 @@ func TestRealLabMultiClusterServices(t *testing.T) {
 		if !t.Run(step.name, step.run) {
 			return
 		}
-	}
-}
-
-// installPodmesh installs podmesh from daemonset/ in every cluster (as
-// lab.Up does) and waits until every agent has every remote cluster ready.
-// lab.Up's own wait also checks the route table against a per-node /24
-// layout, which today's agents (cluster pod CIDR routes) no longer
-// produce; this test checks the services, not the routes.
-func (m *mcsLab) installPodmesh(t *testing.T) {
-	t.Helper()
-	errs := make(chan error, 3)
-	for _, c := range m.l.Clusters() {
-		go func() { errs <- m.l.InstallPodmesh(m.ctx, c) }()
-	}
-	for range m.l.Clusters() {
-		require.NoError(t, <-errs)
-	}
-	for _, n := range m.l.Nodes() {
-		require.EventuallyWithT(t, func(ct *assert.CollectT) {
-			st, err := m.l.AgentStatus(m.ctx, n)
-			require.NoError(ct, err)
-			for _, r := range m.l.Remotes(n) {
-				rs := st.Remote(r.Name)
-				require.NotNil(ct, rs, "agent on %s: no status for %s", n.Name, r.Name)
-				require.True(ct, rs.Ready, "agent on %s: remote %s not ready: %+v", n.Name, r.Name, rs)
-			}
-		}, 3*time.Minute, 200*time.Millisecond)
 	}
 }
 
