@@ -332,7 +332,7 @@ func testRealNodeAddedAndDrained(t *testing.T, ctx context.Context, l *lab.Lab) 
 	}
 	onN3 := 0
 	for _, p := range refs {
-		if n3.PodCIDR.Contains(p.IP) {
+		if p.Node == n3.Name {
 			onN3++
 		}
 	}
@@ -361,7 +361,7 @@ func testRealNodeAddedAndDrained(t *testing.T, ctx context.Context, l *lab.Lab) 
 		t.Fatal(err)
 	}
 	for _, p := range refs {
-		if n3.PodCIDR.Contains(p.IP) {
+		if p.Node == n3.Name || n3.PodCIDR.Contains(p.IP) {
 			t.Fatalf("echo pod %s still on the removed node", p)
 		}
 	}
