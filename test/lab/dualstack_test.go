@@ -1,8 +1,17 @@
 package lab_test
 
 import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/test/lab"
@@ -26,6 +35,7 @@ func TestMeshDualStack(t *testing.T) {
 	t0 := time.Now()
 	l := upLab(t, ctx, o, lab.Topology{Clusters: 2, Nodes: 2, Pods: 1})
 	t.Logf("dual-stack real lab up (2 clusters x 2 nodes, 1 echo pod per node) in %.1fs", time.Since(t0).Seconds())
+	t.Run("ServiceGetsBothFamilies", func(t *testing.T) { testDualStackService(t, ctx, l) })
 	for _, mode := range []string{lab.ModeEBPF, lab.ModeVXLAN} {
 		if mode != lab.ModeEBPF {
 			if err := l.SwitchRoutingMode(ctx, mode); err != nil {
@@ -89,4 +99,50 @@ func TestMeshDualStack(t *testing.T) {
 			matrixOK(t, ctx, lab.AsIPv6(pods))
 		})
 	}
+}
+
+// The control plane and kube-proxy are dual-stack: a Service that requires
+// both families gets an IPv4 and an IPv6 cluster IP (from the IPv6 service
+// range), and kube-proxy programs the IPv6 one into every node's ip6tables.
+func testDualStackService(t *testing.T, ctx context.Context, l *lab.Lab) {
+	c := l.Cluster(1)
+	policy := corev1.IPFamilyPolicyRequireDualStack
+	svc := &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: metav1.ObjectMeta{Name: "echo-dual", Namespace: metav1.NamespaceDefault},
+		Spec: corev1.ServiceSpec{
+			IPFamilyPolicy: &policy,
+			Selector:       map[string]string{"app": lab.EchoApp},
+			Ports:          []corev1.ServicePort{{Name: "tcp", Port: lab.ServeTCPPort, TargetPort: intstr.FromInt32(lab.ServeTCPPort)}},
+		},
+	}
+	if err := l.ApplyObject(ctx, c, "echo-dual", svc); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Kube.Client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, svc.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v6 netip.Addr
+	for _, s := range got.Spec.ClusterIPs {
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Is6() {
+			v6 = ip
+		}
+	}
+	if len(got.Spec.ClusterIPs) != 2 || !lab.ServiceCIDR6.Contains(v6) {
+		t.Fatalf("service %s: cluster IPs %v, want an IPv4 one and an IPv6 one in %s", svc.Name, got.Spec.ClusterIPs, lab.ServiceCIDR6)
+	}
+	for _, n := range c.NodeList() {
+		eventually(t, time.Minute, "kube-proxy on "+n.Name+" programs "+v6.String(), func() error {
+			out, err := exec.CommandContext(ctx, "nsenter", "--net="+lab.NetNSPath(n.NetNS), "ip6tables-save", "-t", "nat").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("ip6tables-save: %v: %s", err, out)
+			}
+			if !strings.Contains(string(out), v6.String()) {
+				return fmt.Errorf("no rule for %s in the node's ip6tables nat table", v6)
+			}
+			return nil
+		})
+	}
+	t.Logf("service %s: cluster IPs %v; kube-proxy programmed %s on every node of %s", svc.Name, got.Spec.ClusterIPs, v6, c.Name)
 }
