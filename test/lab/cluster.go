@@ -2,16 +2,11 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/podmesh/podmesh/certs"
@@ -25,20 +20,16 @@ type ClusterSpec struct {
 	Name     string
 	ID       uint32
 	PodCIDRs []netip.Prefix
-	// KubeFrom, when set, makes the cluster use that cluster's API server
-	// instead of starting its own: its clustermesh-apiserver then publishes
-	// the other cluster's nodes and pods under its own name. Misconfiguration
-	// drills use it to make a cluster that, say, overlaps another, without
-	// the cost of one more kube-apiserver.
-	KubeFrom *Cluster
-	// NoKube starts no API server at all (tests of the scaffolding).
-	NoKube bool
 }
 
+// ServiceCIDR6 is the IPv6 service range of a dual-stack cluster (next to
+// kubetest's IPv4 10.96.0.0/16).
+var ServiceCIDR6 = netip.MustParsePrefix("fd00:96::/112")
+
 // AddCluster creates cluster spec.Index: its control-plane namespace on the
-// underlay, its CA and proxy serving certificate, and (unless KubeFrom) a
-// real etcd + kube-apiserver inside that namespace. It does not start the
-// clustermesh-apiserver (StartMesh).
+// underlay, its CA, and its control plane (etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler) inside that namespace. Nodes
+// join with AddKubeNode; InstallPodmesh installs podmesh.
 func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err error) {
 	i := spec.Index
 	if i < 1 || i > MaxClusters {
@@ -68,10 +59,6 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 		Nodes:     make(map[int]*Node),
 		peerCerts: make(map[string]*certs.KeyPair),
 	}
-	c.kubeOwner = c
-	if spec.KubeFrom != nil {
-		c.kubeOwner = spec.KubeFrom
-	}
 	l.mu.Lock()
 	if _, ok := l.clusters[i]; ok {
 		l.mu.Unlock()
@@ -80,7 +67,7 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 	l.clusters[i] = c
 	l.mu.Unlock()
 
-	if err := os.MkdirAll(filepath.Join(c.dir, "mesh"), 0o755); err != nil {
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cluster dir: %w", err)
 	}
 	if err := addNetNS(ctx, c.NetNS); err != nil {
@@ -89,60 +76,35 @@ func (l *Lab) AddCluster(ctx context.Context, spec ClusterSpec) (c *Cluster, err
 	if err := l.addUnderlayLink(ctx, fmt.Sprintf("c%dcp", i), c.NetNS, c.IP, 1, i, 0); err != nil {
 		return nil, err
 	}
-	if err := c.makeCerts(); err != nil {
-		return nil, err
+	if c.CA, err = certs.NewCA(certs.Options{CommonName: "podmesh-" + c.Name + "-ca"}); err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
 	}
-	if spec.KubeFrom == nil && !spec.NoKube {
-		l.progress("cluster %s: starting etcd + kube-apiserver in %s (%s:%d)", c.Name, c.NetNS, c.IP, KubePort)
-		t0 := time.Now()
-		kube, err := kubetest.StartServer(ctx, kubetest.Options{
-			Dir:         filepath.Join(c.dir, "kube"),
-			BindAddress: c.IP,
-			Port:        KubePort,
-			EtcdPort:    KubeEtcdPort,
-			NetNSPath:   NetNSPath(c.NetNS),
-			BinDir:      l.toolsDir(),
-			// Real nodes need the whole control plane.
-			ControlPlane: l.opts.Kubelets,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
-		}
-		c.Kube = kube
-		l.progress("cluster %s: kube-apiserver ready in %.1fs", c.Name, time.Since(t0).Seconds())
+	var extra []string
+	if l.opts.DualStack {
+		extra = append(extra, "--service-cluster-ip-range=10.96.0.0/16,"+ServiceCIDR6.String())
 	}
+	l.progress("cluster %s: starting its control plane in %s (%s:%d)", c.Name, c.NetNS, c.IP, KubePort)
+	t0 := time.Now()
+	kube, err := kubetest.StartServer(ctx, kubetest.Options{
+		Dir:                filepath.Join(c.dir, "kube"),
+		BindAddress:        c.IP,
+		Port:               KubePort,
+		EtcdPort:           KubeEtcdPort,
+		NetNSPath:          NetNSPath(c.NetNS),
+		BinDir:             l.toolsDir(),
+		ControlPlane:       true,
+		ExtraAPIServerArgs: extra,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
+	c.Kube = kube
+	l.progress("cluster %s: control plane ready in %.1fs", c.Name, time.Since(t0).Seconds())
 	return c, nil
 }
 
-// KubeServer is the API server this cluster's components use, or nil.
-func (c *Cluster) KubeServer() *kubetest.Server { return c.kubeOwner.Kube }
-
-// ownsKube reports whether the cluster runs its own API server (and so the
-// lab registers Node and Pod objects in it).
-func (c *Cluster) ownsKube() bool { return c.Kube != nil }
-
-// makeCerts creates the cluster's CA and its proxy's serving certificate
-// (the control-plane IP as SAN) and writes them for the clustermesh-apiserver.
-func (c *Cluster) makeCerts() error {
-	ca, err := certs.NewCA(certs.Options{CommonName: "podmesh-" + c.Name + "-ca"})
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", c.Name, err)
-	}
-	server, err := ca.IssueServer(certs.Options{
-		CommonName:  "clustermesh-apiserver." + c.Name,
-		DNSNames:    []string{"clustermesh-apiserver", "clustermesh-apiserver." + c.Name + ".lab"},
-		IPAddresses: []net.IP{net.IP(c.IP.AsSlice())},
-	})
-	if err != nil {
-		return fmt.Errorf("cluster %s: %w", c.Name, err)
-	}
-	c.CA, c.server = ca, server
-	dir := filepath.Join(c.dir, "mesh")
-	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644); err != nil {
-		return fmt.Errorf("write CA: %w", err)
-	}
-	return server.WriteFiles(filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"), true)
-}
+// KubeServer is the cluster's control plane.
+func (c *Cluster) KubeServer() *kubetest.Server { return c.Kube }
 
 // PeerCert returns the client certificate with CN remote-<peer> that the
 // cluster's CA issued (made on first use).
@@ -161,79 +123,15 @@ func (c *Cluster) PeerCert(peer string) (*certs.KeyPair, error) {
 	return kp, nil
 }
 
-// MeshEndpoint is the https URL of the cluster's clustermesh-apiserver.
-func (c *Cluster) MeshEndpoint() string {
-	return "https://" + net.JoinHostPort(c.IP.String(), itoa(MeshPort))
-}
-
-// MeshHealthURL is the base URL of its health endpoints.
-func (c *Cluster) MeshHealthURL() string {
-	return "http://" + net.JoinHostPort(c.IP.String(), itoa(MeshHealthPort))
-}
-
-// StartMesh starts the cluster's clustermesh-apiserver in its control-plane
-// namespace and waits until /readyz answers 200. allowedPeers are the
-// cluster names whose CN remote-<name> the proxy accepts; nil allows every
-// other cluster of the lab at this moment.
-func (l *Lab) StartMesh(ctx context.Context, c *Cluster, allowedPeers []string) error {
-	if c.Mesh != nil {
-		if exited, _ := c.Mesh.Exited(); !exited {
-			return fmt.Errorf("cluster %s: clustermesh-apiserver already runs", c.Name)
-		}
+// MeshEndpoints are the https URLs peers reach the cluster's
+// clustermesh-apiserver at: its NodePort on every node, as
+// docs/install.md tells users.
+func (c *Cluster) MeshEndpoints() []string {
+	var eps []string
+	for _, n := range c.NodeList() {
+		eps = append(eps, certs.ProxyEndpoint(n.IP.String(), APIServerNodePort))
 	}
-	if allowedPeers == nil {
-		for _, o := range l.Clusters() {
-			if o != c {
-				allowedPeers = append(allowedPeers, o.Name)
-			}
-		}
-	}
-	cns := make([]string, len(allowedPeers))
-	for k, p := range allowedPeers {
-		cns[k] = certs.PeerCN(p)
-	}
-	c.AllowedPeers = slices.Clone(allowedPeers)
-	dir := filepath.Join(c.dir, "mesh")
-	p, err := startProc(l.log, "clustermesh-apiserver-"+c.Name, c.NetNS, l.logPath("clustermesh-apiserver-"+c.Name), nil,
-		l.Bin("clustermesh-apiserver"),
-		"--cluster-name="+c.Name,
-		"--cluster-id="+itoa(int(c.ID)),
-		"--pod-cidrs="+joinPrefixes(c.PodCIDRs),
-		"--kubeconfig="+c.KubeServer().Kubeconfig,
-		"--listen="+net.JoinHostPort(c.IP.String(), itoa(MeshPort)),
-		"--tls-cert="+filepath.Join(dir, "server.crt"),
-		"--tls-key="+filepath.Join(dir, "server.key"),
-		"--tls-client-ca="+filepath.Join(dir, "ca.crt"),
-		"--allowed-peers="+strings.Join(cns, ","),
-		"--data-dir="+filepath.Join(dir, "data"),
-		"--health-listen="+net.JoinHostPort(c.IP.String(), itoa(MeshHealthPort)),
-	)
-	if err != nil {
-		return err
-	}
-	c.Mesh = p
-	l.progress("cluster %s: clustermesh-apiserver started (%s), waiting for /readyz", c.Name, c.MeshEndpoint())
-	return l.WaitMeshReady(ctx, c, 2*time.Minute)
-}
-
-// WaitMeshReady waits until the clustermesh-apiserver's /readyz is 200.
-func (l *Lab) WaitMeshReady(ctx context.Context, c *Cluster, timeout time.Duration) error {
-	hc := HTTPClientIn(c.NetNS)
-	return waitFor(ctx, timeout, 100*time.Millisecond, "clustermesh-apiserver "+c.Name+" ready", func() (bool, error) {
-		if exited, err := c.Mesh.Exited(); exited {
-			return false, permanent{fmt.Errorf("clustermesh-apiserver %s exited: %v; log tail:\n%s", c.Name, err, TailLog(c.Mesh.LogPath, 20))}
-		}
-		resp, err := hc.Get(c.MeshHealthURL() + "/readyz")
-		if err != nil {
-			return false, err
-		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return false, fmt.Errorf("readyz %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
-		}
-		return true, nil
-	})
+	return eps
 }
 
 // HTTPClientIn returns an HTTP client whose connections start in netns.
@@ -247,33 +145,7 @@ func HTTPClientIn(netns string) *http.Client {
 	}
 }
 
-// StopMesh stops the cluster's clustermesh-apiserver gracefully.
-func (l *Lab) StopMesh(c *Cluster) error { return c.Mesh.Stop(10 * time.Second) }
-
-// KillMesh kills the cluster's clustermesh-apiserver (SIGKILL: a crash).
-func (l *Lab) KillMesh(c *Cluster) error { return c.Mesh.Kill() }
-
-// RemoveCluster stops the cluster's clustermesh-apiserver and API server,
-// removes its nodes and its control-plane namespace. Nodes of other
-// clusters keep whatever mesh config they have.
-func (l *Lab) RemoveCluster(ctx context.Context, c *Cluster) error {
-	var errs []error
-	for _, n := range c.NodeList() {
-		errs = append(errs, l.RemoveNode(ctx, n))
-	}
-	errs = append(errs, c.Mesh.Stop(10*time.Second))
-	if c.Kube != nil {
-		errs = append(errs, c.Kube.Stop())
-	}
-	errs = append(errs, ipBatch(ctx, l.Names.Underlay(), fmt.Sprintf("link del c%dcp", c.Index)))
-	errs = append(errs, delNetNS(c.NetNS))
-	l.mu.Lock()
-	delete(l.clusters, c.Index)
-	l.mu.Unlock()
-	return errors.Join(errs...)
-}
-
-// toolsDir is where kube-apiserver and etcd come from: the lab's bin
+// toolsDir is where the Kubernetes tools come from: the lab's bin
 // directory when it holds them (the CLI's --bin-dir), else kubetest's own
 // choice ($PODMESH_BIN or bin/).
 func (l *Lab) toolsDir() string {

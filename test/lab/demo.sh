@@ -68,7 +68,7 @@ trap 'exit 130' INT TERM
 "${lab[@]}" down "${p[@]}" >/dev/null
 
 step "bringing up 3 real clusters x 2 nodes, podmesh from daemonset/, 2 echo pods per node ($mode mode)"
-"${lab[@]}" up "${p[@]}" --kubelets --clusters 3 --nodes 2 --pods 2 --mode "$mode" --bin-dir "$bin"
+"${lab[@]}" up "${p[@]}" --clusters 3 --nodes 2 --pods 2 --mode "$mode" --bin-dir "$bin"
 
 step "the lab: clusters, nodes, pods and what every agent reports"
 "${lab[@]}" status "${p[@]}"

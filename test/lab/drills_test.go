@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,4 +113,34 @@ func finishStream(t *testing.T, ctx context.Context, stream *lab.Stream) (sent, 
 		t.Fatalf("stream: %v", err)
 	}
 	return sent, echoed
+}
+
+func matrixOK(t *testing.T, ctx context.Context, pods []lab.PodRef) {
+	t.Helper()
+	cells := lab.Matrix(ctx, pods)
+	var b strings.Builder
+	lab.WriteMatrix(&b, cells)
+	if err := lab.MatrixErrors(cells); err != nil {
+		t.Fatalf("connectivity matrix:\n%s\n%v", b.String(), err)
+	}
+	t.Logf("connectivity matrix: %d probes ok", len(cells))
+}
+
+// converged waits for the whole mesh to be as the lab expects it.
+func converged(t *testing.T, ctx context.Context, l *lab.Lab, timeout time.Duration) {
+	t.Helper()
+	if err := l.WaitConverged(ctx, timeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type latencies []time.Duration
+
+func (ls latencies) String() string {
+	if len(ls) == 0 {
+		return "none"
+	}
+	s := slices.Clone(ls)
+	slices.Sort(s)
+	return fmt.Sprintf("min %s median %s max %s (n=%d)", s[0].Round(time.Millisecond), s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), len(s))
 }

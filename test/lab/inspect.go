@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -22,6 +23,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // PodmeshRouteProtocol tags every route podmesh-agent installs (see
@@ -152,26 +155,65 @@ func PodmeshRoutes(netnsName string) (map[netip.Prefix]Route, error) {
 }
 
 // ExpectedPrefixes is what node n should route for its configured remotes:
-// every pod CIDR of their nodes, and a /32 for every pod whose IP lies
-// outside its node's pod CIDR. Remotes listed in skip are left out.
-func (l *Lab) ExpectedPrefixes(n *Node, remotes []*Cluster) map[netip.Prefix]netip.Addr {
+// every pod CIDR of their nodes, and a host prefix for every pod whose IP
+// lies inside its cluster's pod range but outside its node's pod CIDRs (a
+// pool node's pods), as listed from the remotes' API servers now.
+func (l *Lab) ExpectedPrefixes(ctx context.Context, n *Node, remotes []*Cluster) (map[netip.Prefix]netip.Addr, error) {
+	hosts, err := l.hostPrefixes(ctx, remotes)
+	if err != nil {
+		return nil, err
+	}
+	return expectedPrefixes(remotes, hosts), nil
+}
+
+// expectedPrefixes is ExpectedPrefixes with the remotes' host prefixes
+// already listed (hostPrefixes).
+func expectedPrefixes(remotes []*Cluster, hosts map[*Cluster]map[netip.Prefix]netip.Addr) map[netip.Prefix]netip.Addr {
 	want := map[netip.Prefix]netip.Addr{}
 	for _, r := range remotes {
 		for _, m := range r.NodeList() {
-			cidrs := m.PodCIDRs()
-			for _, c := range cidrs {
+			for _, c := range m.PodCIDRs() {
 				want[c] = m.IP
 			}
-			for _, p := range m.PodList() {
-				for _, ip := range p.IPs() {
-					if !slices.ContainsFunc(cidrs, func(c netip.Prefix) bool { return c.Contains(ip) }) {
-						want[netip.PrefixFrom(ip, ip.BitLen())] = m.IP
-					}
-				}
-			}
 		}
+		maps.Copy(want, hosts[r])
 	}
 	return want
+}
+
+// hostPrefixes lists, per cluster, the pods a clustermesh-apiserver
+// publishes outside their node's pod CIDRs: not host-network, not
+// finished, an IP inside the cluster's pod range but outside the pod
+// CIDRs of the node it runs on; each as a host prefix via that node.
+func (l *Lab) hostPrefixes(ctx context.Context, clusters []*Cluster) (map[*Cluster]map[netip.Prefix]netip.Addr, error) {
+	out := map[*Cluster]map[netip.Prefix]netip.Addr{}
+	for _, c := range clusters {
+		nodes := map[string]*Node{}
+		for _, m := range c.NodeList() {
+			nodes[m.Name] = m
+		}
+		list, err := c.Kube.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: list pods: %w", c.Name, err)
+		}
+		hosts := map[netip.Prefix]netip.Addr{}
+		for _, p := range list.Items {
+			m := nodes[p.Spec.NodeName]
+			if m == nil || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+				continue
+			}
+			for _, pip := range p.Status.PodIPs {
+				ip, err := netip.ParseAddr(pip.IP)
+				if err != nil || !slices.ContainsFunc(c.PodCIDRs, func(r netip.Prefix) bool { return r.Contains(ip) }) ||
+					slices.ContainsFunc(m.PodCIDRs(), func(r netip.Prefix) bool { return r.Contains(ip) }) {
+					continue
+				}
+				hosts[netip.PrefixFrom(ip, ip.BitLen())] = m.IP
+			}
+		}
+		out[c] = hosts
+	}
+	return out, nil
 }
 
 // Remotes returns the clusters whose config is in the node's mesh config.
@@ -188,14 +230,23 @@ func (l *Lab) Remotes(n *Node) []*Cluster {
 	return out
 }
 
-// CheckNode compares one node's podmesh routes with what it should have for
-// the given remotes and reports what is missing or extra (nil when equal).
-func (l *Lab) CheckNode(n *Node, remotes []*Cluster) error {
+// CheckNode compares one node's podmesh routes (and, in ebpf mode, its
+// ipcache) with what it should have for the given remotes and reports what
+// is missing or extra (nil when equal).
+func (l *Lab) CheckNode(ctx context.Context, n *Node, remotes []*Cluster) error {
+	want, err := l.ExpectedPrefixes(ctx, n, remotes)
+	if err != nil {
+		return err
+	}
+	return checkNode(n, remotes, want)
+}
+
+// checkNode is CheckNode with the expected prefixes given.
+func checkNode(n *Node, remotes []*Cluster, want map[netip.Prefix]netip.Addr) error {
 	have, err := PodmeshRoutes(n.NetNS)
 	if err != nil {
 		return err
 	}
-	want := l.ExpectedPrefixes(n, remotes)
 	routes := want
 	if n.Mode == ModeEBPF {
 		// One route per remote cluster pod CIDR to the tunnel device; the
@@ -253,20 +304,18 @@ func (l *Lab) CheckNode(n *Node, remotes []*Cluster) error {
 	return fmt.Errorf("node %s: routes missing %v, extra %v", n.Name, missing, extra)
 }
 
-// WaitConverged waits until every running agent reports every configured
+// WaitConverged waits until every node's agent reports every configured
 // remote ready and every node routes exactly the remote prefixes it should.
 func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 	nodes := l.Nodes()
-	return waitFor(ctx, timeout, 100*time.Millisecond, "mesh convergence", func() (bool, error) {
+	return waitFor(ctx, timeout, 200*time.Millisecond, "mesh convergence", func() (bool, error) {
+		hosts, err := l.hostPrefixes(ctx, l.Clusters())
+		if err != nil {
+			return false, err
+		}
 		var errs []error
 		for _, n := range nodes {
-			if n.Agent == nil && n.Kubelet == nil {
-				continue
-			}
-			if exited, err := n.Agent.Exited(); n.Agent != nil && exited {
-				return false, permanent{fmt.Errorf("agent on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))}
-			}
-			if exited, err := n.Kubelet.Exited(); n.Kubelet != nil && exited {
+			if exited, err := n.Kubelet.Exited(); exited {
 				return false, permanent{fmt.Errorf("kubelet on %s exited: %v; log tail:\n%s", n.Name, err, TailLog(n.LogPath, 20))}
 			}
 			remotes := l.Remotes(n)
@@ -284,7 +333,7 @@ func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 					errs = append(errs, fmt.Errorf("node %s: %s not ready: %s %s", n.Name, r.Name, rs.Reason, rs.LastError))
 				}
 			}
-			if err := l.CheckNode(n, remotes); err != nil {
+			if err := checkNode(n, remotes, expectedPrefixes(remotes, hosts)); err != nil {
 				if dp := st.Datapath; dp != nil && (dp.LastError != "" || len(dp.Failed) > 0) {
 					err = fmt.Errorf("%w (agent datapath: failed %v, last error %q)", err, dp.Failed, dp.LastError)
 				}
@@ -298,32 +347,20 @@ func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
-// PodRef names a pod for probing; it is all the CLI knows of a lab it
-// does not own.
+// PodRef names a pod for probing: its network namespace (a path
+// /proc/<pid>/ns/net of one of its processes) and addresses.
 type PodRef struct {
 	Cluster string
 	Name    string
-	NetNS   string
-	IP      netip.Addr
+	// Node is the name of the node the pod runs on.
+	Node  string
+	NetNS string
+	IP    netip.Addr
 	// IP6 is set in a dual-stack lab.
 	IP6 netip.Addr
 }
 
 func (p PodRef) String() string { return p.Cluster + "/" + p.Name }
-
-// Ref returns the pod's PodRef.
-func (p *Pod) Ref() PodRef {
-	return PodRef{Cluster: p.Node.Cluster.Name, Name: p.Name, NetNS: p.NetNS, IP: p.IP, IP6: p.IP6}
-}
-
-// Refs returns the PodRefs of pods.
-func Refs(pods []*Pod) []PodRef {
-	out := make([]PodRef, len(pods))
-	for k, p := range pods {
-		out[k] = p.Ref()
-	}
-	return out
-}
 
 // MatrixCell is one probe of the connectivity matrix.
 type MatrixCell struct {

@@ -222,31 +222,23 @@ func (l *Lab) apiServerTLSSecret(c *Cluster) (*corev1.Secret, error) {
 	return secret(APIServerTLSSecret, map[string][]byte{"tls.crt": kp.CertPEM, "tls.key": kp.KeyPEM, "ca.crt": c.CA.CertPEM}), nil
 }
 
-// meshSecret is podmesh-clustermesh for cluster c: for every remote (every
-// other cluster when nil), its proxy's NodePort endpoints on each of its
-// nodes, its CA and the client certificate remote-<c> its CA issued, under
-// the keys `podmesh-certs connect` writes. The nodes of c record the
-// remotes they are configured with.
-func (l *Lab) meshSecret(c *Cluster, remotes []*Cluster) (*corev1.Secret, error) {
-	if remotes == nil {
-		for _, o := range l.Clusters() {
-			if o != c {
-				remotes = append(remotes, o)
-			}
+// meshSecret is podmesh-clustermesh for cluster c: the files of every
+// remote in cfgs (the correct ones of every other cluster when nil: its
+// proxy's NodePort endpoints on each of its nodes, its CA and the client
+// certificate remote-<c> its CA issued), under the keys `podmesh-certs
+// connect` writes. The nodes of c record the remotes they are configured
+// with.
+func (l *Lab) meshSecret(c *Cluster, cfgs []RemoteConfig) (*corev1.Secret, error) {
+	if cfgs == nil {
+		var err error
+		if cfgs, err = l.MeshConfigs(c); err != nil {
+			return nil, err
 		}
 	}
 	files := map[string][]byte{}
 	var names []string
-	for _, r := range remotes {
-		kp, err := r.PeerCert(c.Name)
-		if err != nil {
-			return nil, err
-		}
-		var eps []string
-		for _, m := range r.NodeList() {
-			eps = append(eps, certs.ProxyEndpoint(m.IP.String(), APIServerNodePort))
-		}
-		rf, err := certs.MeshSecretFiles(r.Name, eps, r.CA.CertPEM, kp.CertPEM, kp.KeyPEM)
+	for _, r := range cfgs {
+		rf, err := certs.MeshSecretFiles(r.Name, r.Endpoints, r.CAPEM, r.CertPEM, r.KeyPEM)
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: config of %s: %w", c.Name, r.Name, err)
 		}
@@ -412,10 +404,11 @@ func (l *Lab) DeleteMeshSecret(ctx context.Context, c *Cluster) error {
 	return nil
 }
 
-// ApplyMeshSecret applies cluster c's podmesh-clustermesh Secret for every
-// other cluster again.
-func (l *Lab) ApplyMeshSecret(ctx context.Context, c *Cluster) error {
-	s, err := l.meshSecret(c, nil)
+// ApplyMeshSecret applies cluster c's podmesh-clustermesh Secret with the
+// given remotes' files (none given: the correct ones of every other
+// cluster). The kubelet refreshes the agents' Secret volume with it.
+func (l *Lab) ApplyMeshSecret(ctx context.Context, c *Cluster, cfgs ...RemoteConfig) error {
+	s, err := l.meshSecret(c, cfgs)
 	if err != nil {
 		return err
 	}

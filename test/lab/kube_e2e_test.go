@@ -31,19 +31,26 @@ func realLabOptions(t *testing.T) lab.Options {
 		}
 	}
 	o := labOptions(t, testPrefix(t), bin)
-	o.Kubelets = true
 	o.Images = labImages(t)
 	return o
 }
 
+// poolNode is the node of TestRealLabEndToEnd's lab whose CNI allocates
+// from a pool outside its pod CIDR (multi-pool IPAM): its pods are
+// published as host prefixes.
+const poolNode = "c2-n2"
+
 // TestRealLabEndToEnd brings up 3 real clusters × 2 real nodes (kubelet,
-// containerd, CNI plugins, kube-proxy), installs podmesh from daemonset/ as
+// containerd, CNI plugins, kube-proxy; c2-n2's CNI allocating from a pool
+// outside its pod CIDR), installs podmesh from daemonset/ as
 // docs/install.md says, runs 2 echo pods per node as a Deployment, and runs
-// the drills that have moved to the real lab, in every routing mode.
+// every drill against it in turn, each restoring what it changed; the
+// routing modes share the lab (the agents are rolled into each mode).
 func TestRealLabEndToEnd(t *testing.T) {
 	testutils.RequireRoot(t)
 	o := realLabOptions(t)
 	o.RoutingMode = lab.ModeEBPF
+	o.PoolNodes = []string{poolNode}
 	ctx := withTimeout(t, 20*time.Minute)
 	t0 := time.Now()
 	l := upLab(t, ctx, o, lab.Topology{Clusters: 3, Nodes: 2, Pods: 2})
@@ -59,6 +66,7 @@ func TestRealLabEndToEnd(t *testing.T) {
 			t.Logf("agents rolled into %s mode and converged in %.1fs", mode, time.Since(t0).Seconds())
 		}
 		t.Run("ConnectivityMatrix/"+mode, func(t *testing.T) { testRealMatrix(t, ctx, l, mode) })
+		t.Run("PodAddedAndDeleted/"+mode, func(t *testing.T) { testRealPodOutsideNodeCIDR(t, ctx, l, mode) })
 		if mode != lab.ModeEBPF {
 			continue
 		}
@@ -66,7 +74,9 @@ func TestRealLabEndToEnd(t *testing.T) {
 		t.Run("NodeAddedAndDrained", func(t *testing.T) { testRealNodeAddedAndDrained(t, ctx, l) })
 		t.Run("ClustermeshAPIServerPodDeleted", func(t *testing.T) { testRealMeshPodDeleted(t, ctx, l) })
 		t.Run("AgentRollingUpdateUnderTrafficLosesNothing", func(t *testing.T) { testRealAgentRollout(t, ctx, l) })
+		t.Run("AgentRestartUnderTrafficLosesNothing", func(t *testing.T) { testRealAgentRestart(t, ctx, l) })
 		t.Run("ConfigSecretDeletedWithdrawsEverything", func(t *testing.T) { testRealSecretDeleted(t, ctx, l) })
+		t.Run("MisconfigurationsRefused", func(t *testing.T) { testRealMisconfigurations(t, ctx, l) })
 	}
 }
 
@@ -106,6 +116,19 @@ func testRealMatrix(t *testing.T, ctx context.Context, l *lab.Lab, mode string) 
 	if want := 3 * 2 * 2; len(refs) != want {
 		t.Fatalf("%d Ready echo pods, want %d", len(refs), want)
 	}
+	outside := 0
+	for _, p := range refs {
+		if n := l.Cluster(2).Node(p.Node); n != nil && n.Name == poolNode {
+			if n.PodCIDR.Contains(p.IP) || !n.PodPool.Contains(p.IP) {
+				t.Fatalf("pod %s on pool node %s has IP %s, want one of its pool %s (outside its pod CIDR %s)", p, n.Name, p.IP, n.PodPool, n.PodCIDR)
+			}
+			outside++
+		}
+	}
+	if outside == 0 {
+		t.Fatalf("no echo pod on the pool node %s", poolNode)
+	}
+	t.Logf("%d echo pods on %s have IPs outside its pod CIDR (its CNI pool)", outside, poolNode)
 	matrixOK(t, ctx, refs)
 	for _, n := range l.Nodes() {
 		st, err := l.AgentStatus(ctx, n)
@@ -120,7 +143,7 @@ func testRealMatrix(t *testing.T, ctx context.Context, l *lab.Lab, mode string) 
 				t.Errorf("agent on %s: remote %s not ready: %+v", n.Name, r.Name, rs)
 			}
 		}
-		if err := l.CheckNode(n, l.Remotes(n)); err != nil {
+		if err := l.CheckNode(ctx, n, l.Remotes(n)); err != nil {
 			t.Error(err)
 		}
 	}
@@ -309,7 +332,7 @@ func testRealNodeAddedAndDrained(t *testing.T, ctx context.Context, l *lab.Lab) 
 	}
 	onN3 := 0
 	for _, p := range refs {
-		if n3.PodCIDR.Contains(p.IP) {
+		if p.Node == n3.Name {
 			onN3++
 		}
 	}
@@ -338,7 +361,7 @@ func testRealNodeAddedAndDrained(t *testing.T, ctx context.Context, l *lab.Lab) 
 		t.Fatal(err)
 	}
 	for _, p := range refs {
-		if n3.PodCIDR.Contains(p.IP) {
+		if p.Node == n3.Name || n3.PodCIDR.Contains(p.IP) {
 			t.Fatalf("echo pod %s still on the removed node", p)
 		}
 	}

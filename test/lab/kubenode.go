@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,8 +14,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 )
 
 // kernelSysctlFence lists the host-global sysctls the kubelet writes when it
@@ -33,29 +36,27 @@ var kernelSysctlFence = []struct{ key, value string }{
 
 // kubeNodeFiles are the paths of one real node's own files.
 type kubeNodeFiles struct {
-	Dir, Socket, CNIConfDir, CNIIPAMDir, KubeletRoot, Containerd string
-	Cgroup                                                       string
-	Launcher, ContainerdConfig, KubeletConfig, ProxyConfig       string
-	Kubeconfig, ProxyKubeconfig, CAFile                          string
-	BPFDir                                                       string
-	HostDirs                                                     [][2]string // [own dir, host path]
-	HostFiles                                                    [][2]string
-	Sysctls                                                      [][2]string // [file, /proc/sys path]
-	Images                                                       []string
-	LogDir, Name, IP, ClusterCIDR, PodCIDR, SandboxImage         string
-	KubeletBin, ProxyBin                                         string
+	Dir, Socket, CNIConfDir, CNIIPAMDir, KubeletRoot, Containerd     string
+	Cgroup                                                           string
+	Launcher, ContainerdConfig, KubeletConfig, ProxyConfig           string
+	Kubeconfig, ProxyKubeconfig, CAFile                              string
+	BPFDir                                                           string
+	HostDirs                                                         [][2]string // [own dir, host path]
+	HostFiles                                                        [][2]string
+	Sysctls                                                          [][2]string // [file, /proc/sys path]
+	Images                                                           []string
+	LogDir, Name, IP, ClusterCIDR, PodRange, PodRange6, SandboxImage string
+	KubeletBin, ProxyBin                                             string
 }
 
 // AddKubeNode creates node j of cluster c as a real Kubernetes node: its
 // network namespace on the underlay (routes to the other nodes' pod CIDRs,
 // as a cloud's VPC routes would), and, in a private mount namespace fenced
 // from the host, its own containerd, kube-proxy and kubelet. The lab assigns
-// the node's pod CIDR (spec.podCIDR, as a cloud IPAM does) and waits until
-// the node is Ready.
+// the node's pod CIDRs (spec.podCIDRs, as a cloud IPAM does) and waits
+// until the node is Ready. A pool node's CNI allocates from its PodPool
+// instead (Options.PoolNodes).
 func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error) {
-	if !l.opts.Kubelets {
-		return nil, fmt.Errorf("lab %s runs emulated nodes (Options.Kubelets is off)", l.opts.Prefix)
-	}
 	n, err := l.newNode(c, j)
 	if err != nil {
 		return nil, err
@@ -103,8 +104,11 @@ func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error)
 	}); err != nil {
 		return nil, err
 	}
-	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, n.PodCIDR, n.PodCIDR)
-	if _, err := kc.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	cidrs, err := json.Marshal(map[string]any{"spec": map[string]any{"podCIDR": n.PodCIDR.String(), "podCIDRs": n.PodCIDRs()}})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := kc.CoreV1().Nodes().Patch(ctx, n.Name, types.StrategicMergePatchType, cidrs, metav1.PatchOptions{}); err != nil {
 		return nil, fmt.Errorf("node %s: set pod CIDR: %w", n.Name, err)
 	}
 	if err := l.WaitNodeReady(ctx, n, 2*time.Minute); err != nil {
@@ -119,6 +123,9 @@ func (l *Lab) AddKubeNode(ctx context.Context, c *Cluster, j int) (*Node, error)
 // carry pod traffic between the cluster's nodes and to the control plane
 // (the role of a cloud's VPC routes; never masqueraded). Nodes are plumbed
 // one at a time, so of two nodes added at once the second routes both ways.
+// Only IPv4 pod ranges are routed so: the underlay is IPv4, and Linux has
+// no IPv6 route via an IPv4 next hop (pods of a dual-stack cluster reach
+// each other's IPv6 addresses only on the same node).
 func (l *Lab) plumbKubeNode(ctx context.Context, n *Node) error {
 	l.routeMu.Lock()
 	defer l.routeMu.Unlock()
@@ -134,15 +141,15 @@ func (l *Lab) plumbKubeNode(ctx context.Context, n *Node) error {
 		if o == n || !o.plumbed {
 			continue
 		}
-		lines = append(lines, fmt.Sprintf("route replace %s via %s proto static", o.PodCIDR, o.IP))
-		if err := ipBatch(ctx, o.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.PodCIDR, n.IP)); err != nil {
+		lines = append(lines, fmt.Sprintf("route replace %s via %s proto static", o.podRange4(), o.IP))
+		if err := ipBatch(ctx, o.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.podRange4(), n.IP)); err != nil {
 			return err
 		}
 	}
 	if err := ipBatch(ctx, n.NetNS, lines...); err != nil {
 		return err
 	}
-	if err := ipBatch(ctx, c.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.PodCIDR, n.IP)); err != nil {
+	if err := ipBatch(ctx, c.NetNS, fmt.Sprintf("route replace %s via %s proto static", n.podRange4(), n.IP)); err != nil {
 		return err
 	}
 	n.plumbed = true
@@ -201,11 +208,14 @@ func (l *Lab) writeKubeNodeFiles(n *Node) (*kubeNodeFiles, error) {
 		Name:             n.Name,
 		IP:               n.IP.String(),
 		ClusterCIDR:      joinPrefixes(c.PodCIDRs),
-		PodCIDR:          n.PodCIDR.String(),
+		PodRange:         n.podRange4().String(),
 		SandboxImage:     l.opts.Images.Ref("pause"),
 		Images:           l.opts.Images.Archives(),
 		KubeletBin:       l.Bin("kubelet"),
 		ProxyBin:         l.Bin("kube-proxy"),
+	}
+	if n.PodCIDR6.IsValid() {
+		f.PodRange6 = n.PodCIDR6.String()
 	}
 	if f.SandboxImage == "" {
 		return nil, fmt.Errorf("node %s: no pause image among the lab's images", n.Name)
@@ -309,7 +319,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 `))
 
 // cniTmpl: Debian's bridge + host-local + portmap plugins with the node's
-// pod CIDR; no masquerade (podmesh needs the pods' own source addresses).
+// pod range (its pod CIDR, or its pool), and its IPv6 pod CIDR in a
+// dual-stack lab; no masquerade (podmesh needs the pods' own source
+// addresses).
 var cniTmpl = template.Must(template.New("cni").Parse(`{
   "cniVersion": "0.4.0",
   "name": "lab",
@@ -323,8 +335,8 @@ var cniTmpl = template.Must(template.New("cni").Parse(`{
       "mtu": 1450,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{"subnet": "{{.PodCIDR}}"}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
+        "ranges": [[{"subnet": "{{.PodRange}}"}]{{if .PodRange6}}, [{"subnet": "{{.PodRange6}}"}]{{end}}],
+        "routes": [{"dst": "0.0.0.0/0"}{{if .PodRange6}}, {"dst": "::/0"}{{end}}],
         "dataDir": "{{.CNIIPAMDir}}"
       }
     },
@@ -423,9 +435,9 @@ func (l *Lab) RemoveKubeNode(ctx context.Context, n *Node) error {
 	delete(c.Nodes, n.Index)
 	l.mu.Unlock()
 	for _, o := range c.NodeList() {
-		errs = append(errs, ipBatch(ctx, o.NetNS, fmt.Sprintf("route del %s via %s", n.PodCIDR, n.IP)))
+		errs = append(errs, ipBatch(ctx, o.NetNS, fmt.Sprintf("route del %s via %s", n.podRange4(), n.IP)))
 	}
-	errs = append(errs, ipBatch(ctx, c.NetNS, fmt.Sprintf("route del %s via %s", n.PodCIDR, n.IP)))
+	errs = append(errs, ipBatch(ctx, c.NetNS, fmt.Sprintf("route del %s via %s", n.podRange4(), n.IP)))
 	errs = append(errs, l.unplumbNode(ctx, n))
 	if err := os.RemoveAll(filepath.Dir(n.BPFRoot)); err != nil {
 		errs = append(errs, err)
@@ -434,4 +446,13 @@ func (l *Lab) RemoveKubeNode(ctx context.Context, n *Node) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// deleteNode removes a Node object; a missing one is not an error.
+func deleteNode(ctx context.Context, kc kubernetes.Interface, name string) error {
+	err := kc.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete node %s: %w", name, err)
+	}
+	return nil
 }

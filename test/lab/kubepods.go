@@ -145,7 +145,7 @@ func (l *Lab) KubePodRefs(ctx context.Context, clusters ...*Cluster) ([]PodRef, 
 	}
 	var out []PodRef
 	for _, c := range clusters {
-		refs, err := echoPodRefs(ctx, c.Kube.Client, c.Name)
+		refs, err := readyPodRefs(ctx, c.Kube.Client, c.Name, metav1.NamespaceDefault, "app="+EchoApp)
 		if err != nil {
 			return nil, err
 		}
@@ -154,11 +154,13 @@ func (l *Lab) KubePodRefs(ctx context.Context, clusters ...*Cluster) ([]PodRef, 
 	return out, nil
 }
 
-// echoPodRefs lists the Ready echo pods of one cluster as PodRefs.
-func echoPodRefs(ctx context.Context, kc kubernetes.Interface, cluster string) ([]PodRef, error) {
-	list, err := kc.CoreV1().Pods(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{LabelSelector: "app=" + EchoApp})
+// readyPodRefs lists the Ready pods of namespace ns in one cluster that
+// match the label selector, by name, as PodRefs (IP6 set when the pod has
+// an IPv6 address too).
+func readyPodRefs(ctx context.Context, kc kubernetes.Interface, cluster, ns, selector string) ([]PodRef, error) {
+	list, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s: list echo pods: %w", cluster, err)
+		return nil, fmt.Errorf("cluster %s: list pods %s in %s: %w", cluster, selector, ns, err)
 	}
 	sort.Slice(list.Items, func(a, b int) bool { return list.Items[a].Name < list.Items[b].Name })
 	var out []PodRef
@@ -166,15 +168,25 @@ func echoPodRefs(ctx context.Context, kc kubernetes.Interface, cluster string) (
 		if !podReady(&p) {
 			continue
 		}
-		ip, err := netip.ParseAddr(p.Status.PodIP)
-		if err != nil {
-			return nil, fmt.Errorf("pod %s/%s: IP %q: %w", cluster, p.Name, p.Status.PodIP, err)
+		ref := PodRef{Cluster: cluster, Name: p.Name, Node: p.Spec.NodeName}
+		for _, pip := range p.Status.PodIPs {
+			ip, err := netip.ParseAddr(pip.IP)
+			if err != nil {
+				return nil, fmt.Errorf("pod %s/%s: IP %q: %w", cluster, p.Name, pip.IP, err)
+			}
+			if ip.Is4() && !ref.IP.IsValid() {
+				ref.IP = ip
+			} else if ip.Is6() && !ref.IP6.IsValid() {
+				ref.IP6 = ip
+			}
 		}
-		ns, err := podNetNS(string(p.UID))
-		if err != nil {
+		if !ref.IP.IsValid() {
+			return nil, fmt.Errorf("pod %s/%s: no IPv4 address in %v", cluster, p.Name, p.Status.PodIPs)
+		}
+		if ref.NetNS, err = podNetNS(string(p.UID)); err != nil {
 			return nil, fmt.Errorf("pod %s/%s: %w", cluster, p.Name, err)
 		}
-		out = append(out, PodRef{Cluster: cluster, Name: p.Name, NetNS: ns, IP: ip})
+		out = append(out, ref)
 	}
 	return out, nil
 }
@@ -190,19 +202,16 @@ func ClusterClient(cl ClusterLayout) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// LivePods returns the pods to probe: the recorded ones of an emulated
-// lab, or the Ready echo pods each real cluster runs now.
+// LivePods returns the Ready echo pods each cluster of a recorded lab runs
+// now.
 func (lay *Layout) LivePods(ctx context.Context) ([]PodRef, error) {
-	if !lay.Kubelets {
-		return lay.Pods(), nil
-	}
 	var out []PodRef
 	for _, cl := range lay.Clusters {
 		kc, err := ClusterClient(cl)
 		if err != nil {
 			return nil, err
 		}
-		refs, err := echoPodRefs(ctx, kc, cl.Name)
+		refs, err := readyPodRefs(ctx, kc, cl.Name, metav1.NamespaceDefault, "app="+EchoApp)
 		if err != nil {
 			return nil, err
 		}
@@ -253,3 +262,11 @@ func (l *Lab) KubeMatrix(ctx context.Context) ([]MatrixCell, error) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// ReadyPodRefs returns the Ready pods of namespace ns in cluster c that
+// match the label selector, by name, as PodRefs whose NetNS is the pod's
+// own network namespace (found by its cgroup), so probes and DNS queries
+// start inside the real pod.
+func (l *Lab) ReadyPodRefs(ctx context.Context, c *Cluster, ns, selector string) ([]PodRef, error) {
+	return readyPodRefs(ctx, c.Kube.Client, c.Name, ns, selector)
+}

@@ -48,8 +48,8 @@ type Options struct {
 	// StateRoot holds the state directory <StateRoot>/<Prefix>; default
 	// DefaultStateRoot.
 	StateRoot string
-	// BinDir holds podmesh-agent, clustermesh-apiserver and podmesh-lab (the
-	// pods' echo server); default kubetest.BinDir().
+	// BinDir holds the Kubernetes tools (KubeTools); default
+	// kubetest.BinDir().
 	BinDir string
 	// RoutingMode of every agent; default ebpf.
 	RoutingMode string
@@ -57,16 +57,18 @@ type Options struct {
 	Log logrus.FieldLogger
 	// Progress, when set, receives one line per slow step.
 	Progress io.Writer
-	// DualStack gives clusters, nodes and pods IPv6 pod addresses too (the
-	// underlay stays IPv4, as the tunnel endpoints are the nodes' IPv4
-	// InternalIPs).
+	// DualStack makes the clusters dual-stack: IPv4 and IPv6 service
+	// ranges, pod CIDRs, CNI ranges and kube-proxy cluster CIDRs, so pods
+	// get both families (the underlay stays IPv4, as the tunnel endpoints
+	// are the nodes' IPv4 InternalIPs).
 	DualStack bool
-	// Kubelets makes the clusters real: control planes with
-	// kube-controller-manager and kube-scheduler, nodes added with
-	// AddKubeNode running containerd, kube-proxy and a kubelet, podmesh
-	// installed from daemonset/ (InstallPodmesh).
-	Kubelets bool
-	// Images are the container images every real node imports (Kubelets).
+	// PoolNodes names nodes (c2-n2) whose CNI allocates pod addresses from
+	// a pool of their own, PodPoolCIDR(i, j), instead of their
+	// spec.podCIDR, as multi-pool IPAM does: their pods' IPs lie outside
+	// the node's pod CIDR (inside the cluster's), and podmesh must publish
+	// each of them as a host prefix.
+	PoolNodes []string
+	// Images are the container images every node imports.
 	Images ImageSet
 	// RepoDir is the podmesh checkout whose daemonset/ the lab installs;
 	// default: found from the working directory.
@@ -96,33 +98,33 @@ type Lab struct {
 	state    *State
 }
 
-// Cluster is one emulated Kubernetes cluster.
+// Cluster is one real Kubernetes cluster: its control plane in a namespace
+// of its own, its nodes, and the CA its clustermesh-apiserver's
+// certificates come from.
 type Cluster struct {
 	lab      *Lab
 	Index    int
 	Name     string
 	ID       uint32
 	PodCIDRs []netip.Prefix
-	// NetNS is the control-plane namespace (kube-apiserver, etcd and the
-	// clustermesh-apiserver).
+	// NetNS is the control-plane namespace (etcd, kube-apiserver,
+	// kube-controller-manager, kube-scheduler).
 	NetNS string
 	IP    netip.Addr
-	// Kube is the cluster's API server (nil for a cluster that borrows
-	// another's with ClusterSpec.KubeFrom).
-	Kube      *kubetest.Server
-	kubeOwner *Cluster // whose API server this cluster's components use
-	CA        *certs.CA
-	server    *certs.KeyPair
-	dir       string
-	// Mesh is the running clustermesh-apiserver; nil when stopped.
-	Mesh         *Proc
+	// Kube is the cluster's control plane.
+	Kube *kubetest.Server
+	CA   *certs.CA
+	dir  string
+	// AllowedPeers are the client certificate CNs its clustermesh-apiserver
+	// accepts (set by the install).
 	AllowedPeers []string
 	Nodes        map[int]*Node
 	peerCerts    map[string]*certs.KeyPair // CN -> client cert signed by CA
 }
 
-// Node is one emulated node: a namespace with an underlay link, running the
-// real podmesh-agent.
+// Node is one real node: a namespace on the underlay running containerd,
+// kube-proxy and a kubelet (AddKubeNode); podmesh's agent runs on it as the
+// DaemonSet's pod.
 type Node struct {
 	Cluster *Cluster
 	Index   int
@@ -132,48 +134,25 @@ type Node struct {
 	PodCIDR netip.Prefix
 	// PodCIDR6 is the IPv6 pod CIDR in a dual-stack lab (else invalid).
 	PodCIDR6 netip.Prefix
-	// DeletedAt is when RemoveNode started deleting the Node object.
+	// PodPool is the range the node's CNI allocates IPv4 pod addresses
+	// from when it is not PodCIDR (Options.PoolNodes; else invalid).
+	PodPool netip.Prefix
+	// DeletedAt is when RemoveKubeNode started deleting the Node object.
 	DeletedAt time.Time
-	ConfigDir string
 	BPFRoot   string
 	LogPath   string
-	Agent     *Proc
-	// Kubelet is a real node's launcher (it becomes the kubelet; containerd
-	// and kube-proxy are its children); nil for an emulated node.
+	// Kubelet is the node's launcher (it becomes the kubelet; containerd
+	// and kube-proxy are its children).
 	Kubelet *Proc
-	// ReadyAfter is how long a real node took from start to Ready.
+	// ReadyAfter is how long the node took from start to Ready.
 	ReadyAfter time.Duration
-	// plumbed is set once a real node's namespace and routes exist
-	// (guarded by Lab.routeMu).
+	// plumbed is set once the node's namespace and routes exist (guarded
+	// by Lab.routeMu).
 	plumbed bool
 	Mode    string
-	Pods    map[int]*Pod
 	// remotes are the cluster names in the node's mesh config.
 	remotes []string
 }
-
-// Pod is one emulated pod: a namespace with a veth into its node, running
-// the echo server.
-type Pod struct {
-	Node  *Node
-	Index int
-	Name  string
-	NetNS string
-	IP    netip.Addr
-	// IP6 is the pod's IPv6 address in a dual-stack lab (else invalid).
-	IP6   netip.Addr
-	Serve *Proc
-	// ReportedAt is when the lab started writing the pod's Running status
-	// with its IP (the Kubernetes write remote agents react to); DeletedAt
-	// when it started deleting the Pod object.
-	ReportedAt, DeletedAt time.Time
-}
-
-// String names a pod for humans: cluster/pod.
-func (p *Pod) String() string { return p.Node.Cluster.Name + "/" + p.Name }
-
-// Matrix probes every pod of the lab from every pod of the other clusters.
-func (l *Lab) Matrix(ctx context.Context) []MatrixCell { return Matrix(ctx, Refs(l.Pods())) }
 
 // New prepares a lab: its state directory, a bpffs for the agents and the
 // underlay namespace with its bridge. Close removes everything again.
@@ -209,10 +188,8 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 		clusters: make(map[int]*Cluster),
 	}
 	l = lab
-	if o.Kubelets {
-		if err := CheckKubePrerequisites(ctx, o.Log); err != nil {
-			return nil, err
-		}
+	if err := CheckKubePrerequisites(ctx, o.Log); err != nil {
+		return nil, err
 	}
 	// The CLI's own log files may already exist; anything else is debris.
 	leftovers, _ := Discover(o.Prefix, o.StateRoot)
@@ -241,10 +218,8 @@ func New(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := l.setupBPFFS(); err != nil {
 		return nil, err
 	}
-	if o.Kubelets {
-		if err := ensureMountPoints(o.StateRoot); err != nil {
-			return nil, err
-		}
+	if err := ensureMountPoints(o.StateRoot); err != nil {
+		return nil, err
 	}
 	if err := addNetNS(ctx, l.Names.Underlay()); err != nil {
 		return nil, err
@@ -289,13 +264,14 @@ func (l *Lab) progress(format string, args ...any) {
 	}
 }
 
-// DualStack reports whether pods have IPv6 addresses too.
+// DualStack reports whether the clusters are dual-stack.
 func (l *Lab) DualStack() bool { return l.opts.DualStack }
 
-// RoutingMode is the mode new agents start in.
+// RoutingMode is the agents' routing mode (the overlays' routing-mode).
 func (l *Lab) RoutingMode() string { return l.opts.RoutingMode }
 
-// SetRoutingMode changes the mode of agents started from now on.
+// SetRoutingMode changes the routing mode of overlays written from now on
+// (SwitchRoutingMode applies it).
 func (l *Lab) SetRoutingMode(mode string) { l.opts.RoutingMode = mode }
 
 // Bin returns the path of a binary in the lab's bin directory.
@@ -335,30 +311,14 @@ func (c *Cluster) NodeList() []*Node {
 	return out
 }
 
-// PodList returns the node's pods, by index.
-func (n *Node) PodList() []*Pod {
-	n.Cluster.lab.mu.Lock()
-	defer n.Cluster.lab.mu.Unlock()
-	out := make([]*Pod, 0, len(n.Pods))
-	for _, p := range n.Pods {
-		out = append(out, p)
-	}
-	sort.Slice(out, func(a, b int) bool { return out[a].Index < out[b].Index })
-	return out
-}
-
-// Pods returns every pod of the lab (or of the given clusters), ordered.
-func (l *Lab) Pods(clusters ...*Cluster) []*Pod {
-	if len(clusters) == 0 {
-		clusters = l.Clusters()
-	}
-	var out []*Pod
-	for _, c := range clusters {
-		for _, n := range c.NodeList() {
-			out = append(out, n.PodList()...)
+// Node returns the cluster's node with this name, or nil.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.NodeList() {
+		if n.Name == name {
+			return n
 		}
 	}
-	return out
+	return nil
 }
 
 // Nodes returns every node of the lab (or of the given clusters), ordered.
@@ -377,7 +337,7 @@ func (l *Lab) Nodes(clusters ...*Cluster) []*Node {
 // gives the namespace side (eth0) the address ip.
 func (l *Lab) addUnderlayLink(ctx context.Context, brPort, netns string, ip netip.Addr, macKind byte, i, j int) error {
 	if err := ipBatch(ctx, l.Names.Underlay(),
-		fmt.Sprintf("link add %s mtu %d type veth peer name eth0 address %s mtu %d netns %s", brPort, UnderlayMTU, mac(macKind, i, j, 0), UnderlayMTU, netns),
+		fmt.Sprintf("link add %s mtu %d type veth peer name eth0 address %s mtu %d netns %s", brPort, UnderlayMTU, mac(macKind, i, j), UnderlayMTU, netns),
 		fmt.Sprintf("link set %s master br0 up", brPort),
 	); err != nil {
 		return err
@@ -395,21 +355,14 @@ func (l *Lab) Close() error {
 	var errs []error
 	nodes := l.Nodes()
 	errs = append(errs, parallel(len(nodes), func(k int) error {
-		n := nodes[k]
-		errs := []error{n.Agent.Stop(5 * time.Second), n.Kubelet.Stop(10 * time.Second)}
-		for _, p := range n.PodList() {
-			errs = append(errs, p.Serve.Stop(2*time.Second))
-		}
-		return errors.Join(errs...)
+		return nodes[k].Kubelet.Stop(10 * time.Second)
 	}))
 	clusters := l.Clusters()
 	errs = append(errs, parallel(len(clusters), func(k int) error {
-		c := clusters[k]
-		err := c.Mesh.Stop(5 * time.Second)
-		if c.Kube != nil {
-			err = errors.Join(err, c.Kube.Stop())
+		if c := clusters[k]; c.Kube != nil {
+			return c.Kube.Stop()
 		}
-		return err
+		return nil
 	}))
 	// Whatever is left (namespaces, stray processes, bpffs, mounts, the state
 	// directory) goes the same way as after a crash.

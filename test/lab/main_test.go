@@ -23,9 +23,6 @@ import (
 // recorded, dead owner, without touching a lab someone brought up by hand.
 const testPrefixStart = "pmlt"
 
-// crasherEnv makes the test binary act as a lab owner that gets killed.
-const crasherEnv = "PODMESH_LAB_TEST_CRASHER"
-
 var (
 	binOnce sync.Once
 	binDir  string
@@ -35,9 +32,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if p := os.Getenv(crasherEnv); p != "" {
-		os.Exit(runCrasher(p))
-	}
 	if os.Geteuid() == 0 {
 		if stale, err := lab.StaleLabs(lab.DefaultStateRoot); err == nil {
 			for _, p := range stale {
@@ -68,9 +62,10 @@ func testPrefix(t *testing.T) string {
 	return testPrefixStart + hex.EncodeToString(b)
 }
 
-// buildBinaries builds the lab CLI (the pods' echo server), podmesh-agent and
-// clustermesh-apiserver from this checkout into one directory, once per test
-// binary. A binary that fails to build is reported by the tests that need it.
+// buildBinaries builds the lab CLI and podmesh-certs from this checkout into
+// one directory, once per test binary (the agent and the
+// clustermesh-apiserver reach the lab as images: labImages). A binary that
+// fails to build is reported by the tests that need it.
 func buildBinaries(t *testing.T, need ...string) string {
 	t.Helper()
 	binOnce.Do(func() {
@@ -87,10 +82,8 @@ func buildBinaries(t *testing.T, need ...string) string {
 			return
 		}
 		pkgs := map[string]string{
-			"podmesh-lab":           "./test/lab/cmd/podmesh-lab",
-			"podmesh-agent":         "./agent",
-			"clustermesh-apiserver": "./clustermesh-apiserver",
-			"podmesh-certs":         "./certs/cmd/podmesh-certs",
+			"podmesh-lab":   "./test/lab/cmd/podmesh-lab",
+			"podmesh-certs": "./certs/cmd/podmesh-certs",
 		}
 		var wg sync.WaitGroup
 		var mu sync.Mutex
@@ -153,14 +146,15 @@ func upLab(t *testing.T, ctx context.Context, o lab.Options, topo lab.Topology) 
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			// The agents' and clustermesh-apiservers' logs; the echo
-			// servers' say little. Everything stays in the state dir
-			// until the lab is closed just below.
+			// The kubelets' logs (pods that would not start); the agents'
+			// own logs are in the pods, read with kubectl logs. Everything
+			// stays in the state dir until the lab is closed just below.
 			for _, f := range l.LogFiles() {
-				if base := filepath.Base(f); strings.HasPrefix(base, "agent-") || strings.HasPrefix(base, "clustermesh-apiserver-") {
-					t.Logf("--- last lines of %s:\n%s", f, lab.TailLog(f, 25))
+				if strings.HasPrefix(filepath.Base(f), "kubelet-") {
+					t.Logf("--- last lines of %s:\n%s", f, lab.TailLog(f, 15))
 				}
 			}
+			logAgentPods(t, l)
 		}
 		if err := l.Close(); err != nil {
 			t.Errorf("lab down: %v", err)
@@ -172,23 +166,23 @@ func upLab(t *testing.T, ctx context.Context, o lab.Options, topo lab.Topology) 
 	return l
 }
 
-// runCrasher is the test binary acting as a lab owner: it brings a small
-// lab up, says so on stdout and waits to be killed.
-func runCrasher(prefix string) int {
-	bin := os.Getenv("PODMESH_LAB_TEST_BIN")
-	ctx := context.Background()
-	l, err := lab.Up(ctx, lab.Options{Prefix: prefix, BinDir: bin}, lab.Topology{Clusters: 1, Nodes: 1, Pods: 1, NoMesh: true})
-	if err != nil {
-		fmt.Println("error:", err)
-		return 1
-	}
-	_ = l
-	fmt.Println("ready")
-	select {} // killed by the test
-}
-
 func withTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// logAgentPods logs the last lines of every podmesh pod's log (kubectl
+// logs), for a failed test.
+func logAgentPods(t *testing.T, l *lab.Lab) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range l.Clusters() {
+		out, err := l.Kubectl(ctx, c, "-n", lab.PodmeshNamespace, "logs", "--all-containers", "--prefix", "--tail=15",
+			"-l", "app.kubernetes.io/name in (podmesh-agent,clustermesh-apiserver)", "--max-log-requests=20")
+		if err != nil {
+			t.Logf("--- cluster %s: kubectl logs: %v", c.Name, err)
+		}
+		t.Logf("--- cluster %s: last lines of the podmesh pods' logs:\n%s", c.Name, out)
+	}
 }

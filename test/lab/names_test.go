@@ -11,7 +11,7 @@ import (
 func TestNamesOwnOnlyTheirOwnLab(t *testing.T) {
 	n := Names{Prefix: "podmesh-lab"}
 	for _, name := range []string{
-		n.Underlay(), n.ControlPlane(1), n.Node(3, 2), n.Pod(3, 2, 1), n.Node(12, 100),
+		n.Underlay(), n.ControlPlane(1), n.Node(3, 2), n.Node(12, 100),
 	} {
 		if !n.Owns(name) {
 			t.Errorf("lab %s does not own its own %s", n.Prefix, name)
@@ -25,7 +25,7 @@ func TestNamesOwnOnlyTheirOwnLab(t *testing.T) {
 		"podmesh-lab-c1-n1-c2-cp",   // a lab with prefix podmesh-lab-c1-n1
 		"podmesh-lab-c1-n1-p1-ul",   // a lab with prefix podmesh-lab-c1-n1-p1
 		"podmesh-lab-x",             // not a role
-		"podmesh-lab-c1-n1-p1-p2",   // not a role
+		"podmesh-lab-c1-n1-p1",      // not a role (pods have no named namespace)
 		"podmesh-lab-c-n1",          // not a role
 		"other-podmesh-lab-c1-n1",   // does not start with the prefix
 		"podmesh-lab-c1-n1\n",       // trailing junk
@@ -56,9 +56,13 @@ func TestAddressingPlanKeepsClustersApart(t *testing.T) {
 			if !ClusterPodCIDR(i).Contains(NodePodCIDR(i, j).Addr()) {
 				t.Errorf("node %d/%d pod CIDR %s outside cluster %s", i, j, NodePodCIDR(i, j), ClusterPodCIDR(i))
 			}
-			for k := 1; k <= 3; k++ {
-				if !NodePodCIDR(i, j).Contains(PodIP(i, j, k)) {
-					t.Errorf("pod %d/%d/%d IP %s outside node CIDR %s", i, j, k, PodIP(i, j, k), NodePodCIDR(i, j))
+			pool := PodPoolCIDR(i, j)
+			if !ClusterPodCIDR(i).Contains(pool.Addr()) {
+				t.Errorf("node %d/%d pod pool %s outside cluster %s", i, j, pool, ClusterPodCIDR(i))
+			}
+			for k := 1; k <= MaxNodes; k++ {
+				if pool.Overlaps(NodePodCIDR(i, k)) {
+					t.Errorf("node %d/%d pod pool %s overlaps node %d's pod CIDR %s", i, j, pool, k, NodePodCIDR(i, k))
 				}
 			}
 		}

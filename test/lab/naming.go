@@ -10,11 +10,12 @@ import (
 
 // Limits of the addressing plan: cluster i uses 10.i.0.0/16 for pods and
 // 192.168.i.0/24 on the underlay; node j of it is 192.168.i.(10+j) with pod
-// CIDR 10.i.j.0/24; pod k on it is 10.i.j.(10+k).
+// CIDR 10.i.j.0/24 (a pool node's pods come from 10.i.(100+j).0/24); MaxPods
+// bounds the echo pods per node.
 const (
 	MaxClusters = 200
-	MaxNodes    = 200
-	MaxPods     = 200
+	MaxNodes    = 100
+	MaxPods     = 100
 )
 
 // DefaultPrefix is the lab prefix of the CLI when none is given.
@@ -45,7 +46,7 @@ func ValidatePrefix(p string) error {
 type Names struct{ Prefix string }
 
 // ownedRE matches the role part of every netns and bpffs name a lab creates.
-var ownedRE = regexp.MustCompile(`^(ul|c[0-9]+-cp|c[0-9]+-n[0-9]+|c[0-9]+-n[0-9]+-p[0-9]+)$`)
+var ownedRE = regexp.MustCompile(`^(ul|c[0-9]+-cp|c[0-9]+-n[0-9]+)$`)
 
 // Owns reports whether name (a netns or bpffs directory name) belongs to the
 // lab with this prefix.
@@ -70,11 +71,8 @@ func (n Names) ControlPlane(i int) string { return n.Prefix + "-c" + strconv.Ito
 // Node is the namespace of node j of cluster i.
 func (n Names) Node(i, j int) string { return fmt.Sprintf("%s-c%d-n%d", n.Prefix, i, j) }
 
-// Pod is the namespace of pod k on node j of cluster i.
-func (n Names) Pod(i, j, k int) string { return fmt.Sprintf("%s-c%d-n%d-p%d", n.Prefix, i, j, k) }
-
 // NetNSPath returns the bind-mount path of a named namespace; an absolute
-// path (a real pod's /proc/<pid>/ns/net) is returned as it is.
+// path (a pod's /proc/<pid>/ns/net) is returned as it is.
 func NetNSPath(name string) string {
 	if filepath.IsAbs(name) {
 		return name
@@ -88,37 +86,29 @@ func ClusterName(i int) string { return "c" + strconv.Itoa(i) }
 // NodeName is the Kubernetes node name of node j of cluster i.
 func NodeName(i, j int) string { return fmt.Sprintf("c%d-n%d", i, j) }
 
-// PodName is the Kubernetes pod name of pod k on node j (namespace default).
-func PodName(j, k int) string { return fmt.Sprintf("pod-n%d-%d", j, k) }
-
 // ClusterPodCIDR is the pod range cluster i declares.
 func ClusterPodCIDR(i int) netip.Prefix { return netip.PrefixFrom(ip4(10, i, 0, 0), 16) }
 
 // NodePodCIDR is node j's pod CIDR in cluster i.
 func NodePodCIDR(i, j int) netip.Prefix { return netip.PrefixFrom(ip4(10, i, j, 0), 24) }
 
-// PodIP is the address of pod k on node j of cluster i.
-func PodIP(i, j, k int) netip.Addr { return ip4(10, i, j, 10+k) }
+// PodPoolCIDR is the pool a pool node's CNI allocates pod addresses from
+// (Options.PoolNodes): inside cluster i's pod range, outside every node's
+// pod CIDR.
+func PodPoolCIDR(i, j int) netip.Prefix { return netip.PrefixFrom(ip4(10, i, 100+j, 0), 24) }
 
 // ClusterPodCIDR6 is cluster i's IPv6 pod range (dual-stack labs):
 // fd00:10:i::/48.
-func ClusterPodCIDR6(i int) netip.Prefix { return netip.PrefixFrom(ip6(i, 0, 0), 48) }
+func ClusterPodCIDR6(i int) netip.Prefix { return netip.PrefixFrom(ip6(i, 0), 48) }
 
 // NodePodCIDR6 is node j's IPv6 pod CIDR: fd00:10:i:j::/64.
-func NodePodCIDR6(i, j int) netip.Prefix { return netip.PrefixFrom(ip6(i, j, 0), 64) }
+func NodePodCIDR6(i, j int) netip.Prefix { return netip.PrefixFrom(ip6(i, j), 64) }
 
-// PodIP6 is pod k's IPv6 address: fd00:10:i:j::(10+k).
-func PodIP6(i, j, k int) netip.Addr { return ip6(i, j, 10+k) }
-
-// PodGateway6 is the link-local next hop of every pod's IPv6 default route.
-var PodGateway6 = netip.MustParseAddr("fe80::1")
-
-func ip6(i, j, host int) netip.Addr {
+func ip6(i, j int) netip.Addr {
 	var b [16]byte
 	b[0], b[1], b[3] = 0xfd, 0x00, 0x10
 	b[4], b[5] = byte(i>>8), byte(i)
 	b[6], b[7] = byte(j>>8), byte(j)
-	b[14], b[15] = byte(host>>8), byte(host)
 	return netip.AddrFrom16(b)
 }
 
@@ -131,15 +121,11 @@ func NodeIP(i, j int) netip.Addr { return ip4(192, 168, i, 10+j) }
 // UnderlayBits is the prefix length of the underlay: one L2 segment.
 const UnderlayBits = 16
 
-// PodGateway is the link-local next hop of every pod's default route; the
-// node side answers for it with a static neighbour entry (no ARP, no address).
-var PodGateway = netip.MustParseAddr("169.254.1.1")
-
 func ip4(a, b, c, d int) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(a), byte(b), byte(c), byte(d)})
 }
 
 // mac returns a locally administered unicast MAC derived from the parts.
-func mac(kind byte, i, j, k int) string {
-	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", kind, byte(i), byte(j), byte(k), byte(k>>8))
+func mac(kind byte, i, j int) string {
+	return fmt.Sprintf("02:%02x:%02x:%02x:00:00", kind, byte(i), byte(j))
 }

@@ -3,33 +3,11 @@ package lab
 import (
 	"fmt"
 	"io"
-	"net/netip"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 )
-
-// Pods returns the recorded pods of a lab layout.
-func (lay *Layout) Pods() []PodRef {
-	var out []PodRef
-	for _, c := range lay.Clusters {
-		for _, n := range c.Nodes {
-			for _, p := range n.Pods {
-				ip, err := netip.ParseAddr(p.IP)
-				if err != nil {
-					continue
-				}
-				ref := PodRef{Cluster: c.Name, Name: p.Name, NetNS: p.NetNS, IP: ip}
-				if ip6, err := netip.ParseAddr(p.IP6); err == nil {
-					ref.IP6 = ip6
-				}
-				out = append(out, ref)
-			}
-		}
-	}
-	return out
-}
 
 // WriteMatrix prints the connectivity matrix for a newcomer: one line per
 // probe (who connected to whom, what source address the receiver saw, how

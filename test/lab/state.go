@@ -33,46 +33,32 @@ type State struct {
 // Layout is the recorded shape of a lab: what `status` shows.
 type Layout struct {
 	RoutingMode string `json:"routingMode"`
-	// Kubelets is set for a real lab: its pods are the echo Deployment's,
-	// listed from each cluster's API server.
-	Kubelets bool `json:"kubelets,omitempty"`
-	// BinDir holds the binaries the lab runs (kubectl for a real lab).
+	// BinDir holds the binaries the lab runs (kubectl).
 	BinDir   string          `json:"binDir,omitempty"`
 	Clusters []ClusterLayout `json:"clusters"`
 }
 
 // ClusterLayout records one cluster.
 type ClusterLayout struct {
-	Name         string       `json:"name"`
-	ID           uint32       `json:"id"`
-	PodCIDRs     []string     `json:"podCIDRs"`
-	NetNS        string       `json:"netns"`
-	APIServer    string       `json:"apiServer,omitempty"`
-	Kubeconfig   string       `json:"kubeconfig,omitempty"`
-	MeshEndpoint string       `json:"meshEndpoint,omitempty"`
-	MeshHealth   string       `json:"meshHealth,omitempty"`
-	Nodes        []NodeLayout `json:"nodes"`
+	Name          string       `json:"name"`
+	ID            uint32       `json:"id"`
+	PodCIDRs      []string     `json:"podCIDRs"`
+	NetNS         string       `json:"netns"`
+	APIServer     string       `json:"apiServer"`
+	Kubeconfig    string       `json:"kubeconfig"`
+	MeshEndpoints []string     `json:"meshEndpoints"`
+	Nodes         []NodeLayout `json:"nodes"`
 }
 
 // NodeLayout records one node.
 type NodeLayout struct {
-	Name         string      `json:"name"`
-	NetNS        string      `json:"netns"`
-	IP           string      `json:"ip"`
-	PodCIDR      string      `json:"podCIDR"`
-	StatusListen string      `json:"statusListen"`
-	ConfigDir    string      `json:"configDir"`
-	BPFRoot      string      `json:"bpfRoot"`
-	AgentLog     string      `json:"agentLog"`
-	Pods         []PodLayout `json:"pods"`
-}
-
-// PodLayout records one pod.
-type PodLayout struct {
-	Name  string `json:"name"`
-	NetNS string `json:"netns"`
-	IP    string `json:"ip"`
-	IP6   string `json:"ip6,omitempty"`
+	Name         string `json:"name"`
+	NetNS        string `json:"netns"`
+	IP           string `json:"ip"`
+	PodCIDR      string `json:"podCIDR"`
+	StatusListen string `json:"statusListen"`
+	BPFRoot      string `json:"bpfRoot"`
+	KubeletLog   string `json:"kubeletLog"`
 }
 
 const stateFile = "state.json"

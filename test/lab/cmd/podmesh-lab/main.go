@@ -1,11 +1,13 @@
-// Command podmesh-lab runs the podmesh multi-cluster lab: clusters, nodes
-// and pods as network namespaces on one machine, with a real kube-apiserver
-// and clustermesh-apiserver per cluster and the real podmesh-agent per node.
+// Command podmesh-lab runs the podmesh multi-cluster lab: real Kubernetes
+// clusters on one machine (a control plane per cluster; containerd,
+// kube-proxy and a kubelet per node, each node a network namespace), podmesh
+// installed on each from daemonset/ with kubectl, echo pods as a Deployment.
 //
 //	podmesh-lab up [--clusters 3 --nodes 2 --pods 2 --mode ebpf]   bring a lab up (returns when it is ready)
 //	podmesh-lab status                                             clusters, nodes, pods and every agent's view
 //	podmesh-lab matrix                                             probe every pod from every other cluster's pods
 //	podmesh-lab exec <netns|role> -- cmd ...                       run a command inside a lab namespace
+//	podmesh-lab exec <cluster>/[<ns>/]<pod> -- cmd ...             kubectl exec into a pod
 //	podmesh-lab down                                               remove everything the lab created
 //
 // Every command takes --prefix (default podmesh-lab) and --state-root.
@@ -28,8 +30,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/podmesh/podmesh/test/echo"
-
 	"github.com/sirupsen/logrus"
 
 	"github.com/podmesh/podmesh/test/lab"
@@ -38,14 +38,16 @@ import (
 const usage = `usage: podmesh-lab <command> [flags]
 
 commands:
-  up       bring a lab up: N clusters x M nodes x P pods (returns once ready;
-           --foreground keeps it in this terminal until Ctrl-C)
+  up       bring a lab up: N real clusters x M real nodes, podmesh installed from
+           daemonset/, P echo pods per node (returns once ready; --foreground
+           keeps it in this terminal until Ctrl-C)
   status   show clusters, nodes, pods and what every agent reports
   list     list the labs under the state root and whether their supervisor runs
   matrix   probe every pod from every pod of the other clusters
   probe    probe one address from one lab namespace: probe <netns|role> <ip[:port]>
   exec     run a command in a lab namespace: exec <netns|role> -- cmd [args]
-           (roles: ul, c1-cp, c1-n1, c1-n1-p1; nsenter --net, so bpffs stays visible)
+           (roles: ul, c1-cp, c1-n1; nsenter --net), or in a pod:
+           exec <cluster>/[<namespace>/]<pod> -- cmd [args] (kubectl exec)
   down     remove everything of the lab: processes, namespaces, bpffs, state
            (also after a crash; finds leftovers by the lab prefix)
 
@@ -74,8 +76,6 @@ func main() {
 		err = cmdProbe(args)
 	case "exec":
 		err = cmdExec(args)
-	case "serve":
-		err = cmdServe(args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return
@@ -129,11 +129,11 @@ func cmdUp(args []string) error {
 	nodes := fs.Int("nodes", 2, "nodes per cluster")
 	pods := fs.Int("pods", 2, "pods per node")
 	mode := fs.String("mode", lab.ModeEBPF, "routing mode of the agents: ebpf, vxlan or native")
-	binDir := fs.String("bin-dir", "", "directory with podmesh-agent, clustermesh-apiserver, podmesh-lab, kube-apiserver, etcd (default: bin/ of the checkout, or $PODMESH_BIN)")
+	binDir := fs.String("bin-dir", "", "directory with etcd and the Kubernetes binaries of make tools (default: bin/ of the checkout, or $PODMESH_BIN); the images are built into <bin-dir>/images from the podmesh checkout in the working directory")
+	imgDir := fs.String("images-dir", "", "where the image archives are built (default: <bin-dir>/images)")
 	foreground := fs.Bool("foreground", false, "stay in the foreground; Ctrl-C tears the lab down")
-	dualStack := fs.Bool("dual-stack", false, "give pods IPv6 addresses too (fd00:10:<cluster>:<node>::/64 per node)")
-	noMesh := fs.Bool("no-mesh", false, "namespaces, links and pods only: no control planes, no agents (tests the lab itself)")
-	kubelets := fs.Bool("kubelets", false, "real clusters: kube-controller-manager, kube-scheduler, containerd + kube-proxy + kubelet per node, podmesh installed from daemonset/ (needs the tools of make tools, and the podmesh checkout as working directory to build the images)")
+	dualStack := fs.Bool("dual-stack", false, "dual-stack clusters: pods get IPv6 addresses too (fd00:10:<cluster>:<node>::/64 per node)")
+	noMesh := fs.Bool("no-mesh", false, "real clusters and echo pods, but no podmesh (tests the lab itself)")
 	statusFD := fs.Int("status-fd", 0, "internal: report progress and readiness on this fd")
 	_ = fs.Parse(args)
 	if err := lab.ValidatePrefix(c.prefix); err != nil {
@@ -141,8 +141,8 @@ func cmdUp(args []string) error {
 	}
 	if *binDir == "" {
 		if exe, err := os.Executable(); err == nil {
-			// The lab binary lives next to the others in bin/.
-			if _, err := os.Stat(filepath.Join(filepath.Dir(exe), "podmesh-agent")); err == nil {
+			// The lab binary lives next to the tools in bin/.
+			if _, err := os.Stat(filepath.Join(filepath.Dir(exe), "kubelet")); err == nil {
 				*binDir = filepath.Dir(exe)
 			}
 		}
@@ -170,13 +170,14 @@ func cmdUp(args []string) error {
 	log := newLogger(logFile, false)
 	o := lab.Options{
 		Prefix: c.prefix, StateRoot: c.stateRoot, BinDir: *binDir, RoutingMode: *mode,
-		Log: log, Progress: progress, DualStack: *dualStack, Kubelets: *kubelets,
+		Log: log, Progress: progress, DualStack: *dualStack,
 	}
 	var l *lab.Lab
-	if *kubelets {
-		fmt.Fprintln(progress, "building the images (agent, clustermesh-apiserver, pause, echo; cached)")
-		o.Images, err = lab.BuildImages(ctx, imagesDir(*binDir))
+	fmt.Fprintln(progress, "building the images (agent, clustermesh-apiserver, pause, echo; cached)")
+	if *imgDir == "" {
+		*imgDir = imagesDir(*binDir)
 	}
+	o.Images, err = lab.BuildImages(ctx, *imgDir)
 	if err == nil {
 		l, err = lab.Up(ctx, o, lab.Topology{Clusters: *clusters, Nodes: *nodes, Pods: *pods, NoMesh: *noMesh})
 	}
@@ -297,31 +298,20 @@ func cmdStatus(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLUSTER\tID\tPOD CIDRS\tAPI SERVER\tCLUSTERMESH-APISERVER")
+	fmt.Fprintln(tw, "CLUSTER\tID\tPOD CIDRS\tAPI SERVER\tCLUSTERMESH-APISERVER (NodePort)")
 	for _, cl := range st.Layout.Clusters {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", cl.Name, cl.ID, strings.Join(cl.PodCIDRs, ","), cl.APIServer, cl.MeshEndpoint)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", cl.Name, cl.ID, strings.Join(cl.PodCIDRs, ","), cl.APIServer, strings.Join(cl.MeshEndpoints, " "))
 	}
 	tw.Flush()
 	fmt.Println()
 	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tNETNS\tINTERNAL IP\tPOD CIDR\tPODS\tAGENT: REMOTE CLUSTERS")
+	fmt.Fprintln(tw, "NODE\tNETNS\tINTERNAL IP\tPOD CIDRS\tAGENT: REMOTE CLUSTERS")
 	for _, cl := range st.Layout.Clusters {
 		for _, n := range cl.Nodes {
-			var pods []string
-			for _, p := range n.Pods {
-				s := p.Name + "=" + p.IP
-				if p.IP6 != "" {
-					s += "," + p.IP6
-				}
-				pods = append(pods, s)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.IP, n.PodCIDR, strings.Join(pods, " "), agentSummary(ctx, n))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.NetNS, n.IP, n.PodCIDR, agentSummary(ctx, n))
 		}
 	}
 	tw.Flush()
-	if !st.Layout.Kubelets {
-		return nil
-	}
 	pods, err := st.Layout.LivePods(ctx)
 	if err != nil {
 		return err
@@ -330,7 +320,11 @@ func cmdStatus(args []string) error {
 	tw = tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CLUSTER\tECHO POD (Ready)\tIP")
 	for _, p := range pods {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Cluster, p.Name, p.IP)
+		ips := p.IP.String()
+		if p.IP6.IsValid() {
+			ips += "," + p.IP6.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Cluster, p.Name, ips)
 	}
 	return tw.Flush()
 }
@@ -384,14 +378,11 @@ func cmdList(args []string) error {
 		}
 		shape := "starting"
 		if st.Layout != nil {
-			nodes, pods := 0, 0
+			nodes := 0
 			for _, cl := range st.Layout.Clusters {
 				nodes += len(cl.Nodes)
-				for _, n := range cl.Nodes {
-					pods += len(n.Pods)
-				}
 			}
-			shape = fmt.Sprintf("%d clusters, %d nodes, %d pods, %s", len(st.Layout.Clusters), nodes, pods, st.Layout.RoutingMode)
+			shape = fmt.Sprintf("%d clusters, %d nodes, %s", len(st.Layout.Clusters), nodes, st.Layout.RoutingMode)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name(), owner, st.Created.Format(time.RFC3339), shape)
 	}
@@ -435,7 +426,7 @@ func resolveNS(c common, s string) (string, error) {
 	if full := c.prefix + "-" + s; names.Owns(full) {
 		return full, nil
 	}
-	return "", fmt.Errorf("%q is not a namespace of lab %s (want e.g. c1-n1, c1-n1-p1, c1-cp, ul)", s, c.prefix)
+	return "", fmt.Errorf("%q is not a namespace of lab %s (want e.g. c1-n1, c1-cp, ul)", s, c.prefix)
 }
 
 func cmdProbe(args []string) error {
@@ -498,25 +489,12 @@ func cmdExec(args []string) error {
 	return syscall.Exec(nsenter, argv, os.Environ())
 }
 
-func cmdServe(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ExitOnError)
-	tcp := fs.String("tcp", ":7777", "TCP address of the echo-the-peer server")
-	udp := fs.String("udp", ":7778", "UDP address of the echo-the-peer server")
-	_ = fs.Parse(args)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return echo.Serve(ctx, *tcp, *udp, newLogger(os.Stderr, false))
-}
-
 // kubectlExec runs a command in a pod of a real lab's cluster with kubectl
 // exec (pod may be namespace/name; default namespace "default").
 func kubectlExec(c common, cluster, pod string, cmd []string) error {
 	st, err := readLayout(c)
 	if err != nil {
 		return err
-	}
-	if !st.Layout.Kubelets {
-		return errors.New("exec <cluster>/<pod> needs a real lab (up --kubelets)")
 	}
 	ns := "default"
 	if strings.Contains(pod, "/") {
