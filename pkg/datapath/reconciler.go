@@ -79,6 +79,9 @@ type Reconciler struct {
 
 	// Owned by the Run goroutine.
 	rev            uint64                     // desired revision the last pass processed
+	want           map[netip.Prefix]Entry     // the valid live desired objects as of rev
+	wantFamilies   families                   // the address families of want's prefixes (a superset)
+	wantOK         bool                       // the last pass left every object of want programmed
 	objs           map[netip.Prefix]objStatus // per-object status of every live desired object processed
 	count          map[string]*clusterCount   // objs summed per cluster
 	undeleted      map[netip.Prefix]error     // withdrawn objects whose delete failed; retried by every full pass
@@ -287,24 +290,30 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 		p := o.Entry.Prefix
 		if o.Deleted {
 			del = append(del, o.Entry)
+			delete(r.want, p)
 			continue
 		}
 		if err := r.validate(o.Entry); err != nil {
 			bad[p] = o.Entry
 			r.setStatus(p, o.Entry, err)
+			delete(r.want, p)
 			continue
 		}
 		upd[p] = o.Entry
+		r.want[p] = o.Entry
 	}
 	// An object that turned invalid loses what an earlier pass programmed.
 	for p, e := range bad {
 		del = append(del, Entry{Prefix: p.Masked(), Cluster: e.Cluster})
 	}
-	sysErr := r.checkSysctls(upd)
+	fam := prefixFamilies(upd)
+	r.wantFamilies |= fam
+	sysErr := r.checkSysctls(fam)
 	written, failed := r.b.update(nil, upd, r.programmed)
 	for p, e := range upd {
 		r.setStatus(p, e, failed[p])
 	}
+	r.wantOK = r.wantOK && len(failed) == 0
 	// Cluster routes after the objects they lead to, before deletions.
 	var routeErr error
 	if cidrsMoved {
@@ -332,22 +341,42 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 // different), delete what this process saw withdrawn, and prune what
 // podmesh owns and nobody wants once prune is allowed. What it had to write
 // or remove is the drift it found.
+//
+// The kernel is read on every full pass; the desired side is not: when the
+// desired table's revision has not moved since the last pass, the valid
+// objects that pass left in r.want are the desired set, nothing was
+// withdrawn, and the per-object status only needs touching if some object
+// failed now or before. Its cost then follows the kernel read, not the
+// bookkeeping.
 func (r *Reconciler) full(start time.Time) bool {
-	oldest := r.desired.oldestSince(r.rev)
-	snap := r.desired.Snapshot()
-	invalid := make(map[netip.Prefix]error)
-	invalidEntry := make(map[netip.Prefix]Entry)
-	r.podCIDRs = snap.PodCIDRs
-	want := snap.Entries // the valid ones, after this loop
-	for p, e := range want {
-		if err := r.validate(e); err != nil {
-			invalid[p], invalidEntry[p] = err, e
-			delete(want, p)
-			continue
+	var (
+		oldest       time.Time
+		snap         Snapshot
+		invalid      map[netip.Prefix]error
+		invalidEntry map[netip.Prefix]Entry
+	)
+	moved := r.want == nil || r.desired.Version() != r.rev
+	if moved {
+		oldest = r.desired.oldestSince(r.rev)
+		snap = r.desired.Snapshot()
+		invalid = make(map[netip.Prefix]error)
+		invalidEntry = make(map[netip.Prefix]Entry)
+		r.podCIDRs = snap.PodCIDRs
+		for p, e := range snap.Entries { // the valid ones, after this loop
+			if err := r.validate(e); err != nil {
+				invalid[p], invalidEntry[p] = err, e
+				delete(snap.Entries, p)
+				continue
+			}
+			r.clusterNames[e.ClusterID] = e.Cluster
 		}
-		r.clusterNames[e.ClusterID] = e.Cluster
+		r.want = snap.Entries
+		r.wantFamilies = prefixFamilies(r.want)
+	} else {
+		snap = Snapshot{PodCIDRs: r.podCIDRs, Revision: r.rev, PruneAllowed: r.pruneAllowed}
 	}
-	sysErr := r.checkSysctls(want)
+	want := r.want
+	sysErr := r.checkSysctls(r.wantFamilies)
 	if r.autoMTU {
 		r.followUnderlayMTU()
 	}
@@ -363,12 +392,14 @@ func (r *Reconciler) full(start time.Time) bool {
 	} else {
 		written, failed = r.b.update(v, want, r.programmed)
 		// Withdrawn while this process ran: delete, even before prune is
-		// allowed.
+		// allowed. Without a moved revision nothing was withdrawn.
 		var gone []Entry
-		for p, st := range r.objs {
-			_, ok := want[p]
-			if _, bad := invalid[p]; !ok && !bad {
-				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
+		if moved {
+			for p, st := range r.objs {
+				_, ok := want[p]
+				if _, bad := invalid[p]; !ok && !bad {
+					gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
+				}
 			}
 		}
 		for p := range r.undeleted {
@@ -395,13 +426,17 @@ func (r *Reconciler) full(start time.Time) bool {
 	for p, e := range invalidEntry {
 		r.setStatus(p, e, invalid[p])
 	}
-	for p, e := range want {
-		if passErr != nil && failed == nil {
-			r.setStatus(p, e, passErr)
-		} else {
-			r.setStatus(p, e, failed[p])
+	allOK := passErr == nil && len(failed) == 0
+	if moved || !allOK || !r.wantOK {
+		for p, e := range want {
+			if passErr != nil && failed == nil {
+				r.setStatus(p, e, passErr)
+			} else {
+				r.setStatus(p, e, failed[p])
+			}
 		}
 	}
+	r.wantOK = allOK
 	if err == nil && passErr == nil && snap.PruneAllowed && len(failed) == 0 {
 		passErr = r.removeLeftovers()
 	}

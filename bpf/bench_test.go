@@ -1,0 +1,51 @@
+package bpf
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/podmesh/podmesh/internal/testutils"
+)
+
+// The kernel edge of the ipcache at 100,000 entries (/32s over 100
+// endpoints, as test/bench-datapath programs them). Root only.
+
+func benchIpcacheEntries(n int) []Entry {
+	out := make([]Entry, n)
+	for i := range out {
+		out[i] = Entry{
+			Prefix:         netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)}), 32),
+			TunnelEndpoint: netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + i%100)}),
+			ClusterID:      2,
+		}
+	}
+	return out
+}
+
+func BenchmarkApply100k(b *testing.B) {
+	testutils.RequireRoot(b)
+	d, _ := loadTest(b, 1)
+	es := benchIpcacheEntries(100_000)
+	for b.Loop() {
+		if _, err := d.Apply(es, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRead100k(b *testing.B) {
+	testutils.RequireRoot(b)
+	d, _ := loadTest(b, 1)
+	es := benchIpcacheEntries(100_000)
+	_, err := d.Apply(es, nil)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		got, _, err := d.Read()
+		if err != nil || len(got) != len(es) {
+			b.Fatalf("read %d entries: %v", len(got), err)
+		}
+	}
+}
