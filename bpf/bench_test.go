@@ -49,3 +49,22 @@ func BenchmarkRead100k(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkDumpDigest100k(b *testing.B) {
+	testutils.RequireRoot(b)
+	d, _ := loadTest(b, 1)
+	es := benchIpcacheEntries(100_000)
+	_, err := d.Apply(es, nil)
+	require.NoError(b, err)
+	var want Digest
+	for _, e := range es {
+		require.NoError(b, want.Add(e))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		dump, err := d.Dump()
+		if err != nil || dump.Digest() != want {
+			b.Fatalf("dump of %d entries differs: %v", dump.Len(), err)
+		}
+	}
+}
