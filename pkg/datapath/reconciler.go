@@ -283,6 +283,12 @@ func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
 	r.podCIDRs = ch.PodCIDRs
+	if len(ch.Objects) > 2*len(r.objs) {
+		// Many new objects (an agent start, a cluster joining): grow the
+		// tables once rather than step by step.
+		r.objs = growMap(r.objs, len(ch.Objects))
+		r.want = growMap(r.want, len(ch.Objects))
+	}
 	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
 	var del []Entry
 	bad := make(map[netip.Prefix]Entry)
@@ -477,6 +483,17 @@ func clusterCIDRs(by map[string][]netip.Prefix) []netip.Prefix {
 	}
 	sortPrefixes(out)
 	return slices.Compact(out)
+}
+
+// growMap returns m, or a copy of it with room for n more entries when it
+// is small.
+func growMap[K comparable, V any](m map[K]V, n int) map[K]V {
+	if len(m) >= n {
+		return m
+	}
+	grown := make(map[K]V, len(m)+n)
+	maps.Copy(grown, m)
+	return grown
 }
 
 func podCIDRsEqual(a, b map[string][]netip.Prefix) bool {

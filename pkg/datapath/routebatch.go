@@ -18,9 +18,10 @@ import (
 // message of each send, so one receive loop per send collects the outcome.
 // 100,000 routes cost a few hundred system calls instead of 200,000.
 type routeBatcher struct {
-	s   *nl.NetlinkSocket
-	seq uint32
-	buf []byte
+	s        *nl.NetlinkSocket
+	seq      uint32
+	buf      []byte
+	lastDump int // routes the last table dump returned: the next one's capacity
 }
 
 // routeBatchOps bounds one send (about 100 bytes a request): well below the
@@ -177,26 +178,26 @@ func encodeNoop(seq uint32, ack bool) []byte {
 }
 
 // dumpRoutes reads every route of the table (both families) in one
-// RTM_GETROUTE dump on the batcher's socket and calls fn for each, decoding
-// only the fields podmesh compares (routeSpec.matches) and deletes by. It is
-// the full pass's route read: at 100,000 routes the general-purpose decoder
-// costs several times as much. A dump the kernel marks interrupted
-// (NLM_F_DUMP_INTR: the table changed meanwhile) is reported as
+// RTM_GETROUTE dump on the batcher's socket and appends each, decoded only
+// in the fields podmesh compares (routeSpec.matches) and deletes by, to out.
+// It is the full pass's route read: at 100,000 routes the general-purpose
+// decoder's allocations cost several times as much. A dump the kernel marks
+// interrupted (NLM_F_DUMP_INTR: the table changed meanwhile) is reported as
 // netlink.ErrDumpInterrupted after it was read to the end.
-func (b *routeBatcher) dumpRoutes(table int, fn func(netlink.Route)) error {
+func (b *routeBatcher) dumpRoutes(table int, out []kernelRoute) ([]kernelRoute, error) {
 	b.seq++
 	seq := b.seq
 	req := nl.NewNetlinkRequest(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
 	req.Seq = seq
 	req.AddData(nl.NewRtMsg()) // family AF_UNSPEC: both families
 	if err := unix.Sendto(b.s.GetFd(), req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("send route dump: %w", err)
+		return out, fmt.Errorf("send route dump: %w", err)
 	}
 	interrupted := false
 	for {
 		msgs, _, err := b.s.Receive()
 		if err != nil {
-			return fmt.Errorf("receive route dump: %w", err)
+			return out, fmt.Errorf("receive route dump: %w", err)
 		}
 		for _, m := range msgs {
 			if m.Header.Seq != seq {
@@ -208,87 +209,145 @@ func (b *routeBatcher) dumpRoutes(table int, fn func(netlink.Route)) error {
 			switch m.Header.Type {
 			case unix.NLMSG_DONE:
 				if interrupted {
-					return netlink.ErrDumpInterrupted
+					return out, netlink.ErrDumpInterrupted
 				}
-				return nil
+				return out, nil
 			case unix.NLMSG_ERROR:
 				if len(m.Data) >= 4 {
 					if errno := -int32(binary.NativeEndian.Uint32(m.Data[:4])); errno != 0 {
-						return fmt.Errorf("route dump: %w", unix.Errno(errno))
+						return out, fmt.Errorf("route dump: %w", unix.Errno(errno))
 					}
 				}
 			case unix.RTM_NEWROUTE:
-				if r, ok := decodeRoute(m.Data); ok && r.Table == table {
-					fn(r)
+				if r, ok := decodeRoute(m.Data); ok && r.table == table {
+					out = append(out, r)
 				}
 			}
 		}
 	}
 }
 
-// decodeRoute decodes an RTM_NEWROUTE body: rtmsg, then attributes.
-func decodeRoute(b []byte) (netlink.Route, bool) {
-	if len(b) < unix.SizeofRtMsg {
-		return netlink.Route{}, false
-	}
+// kernelRoute is a route as the dump decodes it: the fields podmesh
+// compares and deletes by, in a form that costs no allocation.
+type kernelRoute struct {
+	dst       netip.Prefix // invalid: the route has no destination podmesh can name
+	gw, via   netip.Addr
+	link      int
+	mtu       int
+	priority  int
+	table     int
+	flags     int
+	family    uint8
+	tos       uint8
+	protocol  netlink.RouteProtocol
+	scope     netlink.Scope
+	typ       uint8
+	multipath bool // RTA_MULTIPATH: podmesh never installs one, only its presence matters
+	encap     bool // RTA_ENCAP: likewise
+}
+
+// route is the netlink form, for the few routes a pass deletes or a test
+// inspects.
+func (k *kernelRoute) route() netlink.Route {
 	r := netlink.Route{
-		Family:   int(b[0]),
-		Tos:      int(b[3]),
-		Table:    int(b[4]),
-		Protocol: netlink.RouteProtocol(b[5]),
-		Scope:    netlink.Scope(b[6]),
-		Type:     int(b[7]),
-		Flags:    int(binary.NativeEndian.Uint32(b[8:12])),
+		Family:    int(k.family),
+		Tos:       int(k.tos),
+		Table:     k.table,
+		Protocol:  k.protocol,
+		Scope:     k.scope,
+		Type:      int(k.typ),
+		Flags:     k.flags,
+		LinkIndex: k.link,
+		Priority:  k.priority,
+		MTU:       k.mtu,
+	}
+	if k.dst.IsValid() {
+		r.Dst = prefixToIPNet(k.dst)
+	}
+	if k.gw.IsValid() {
+		r.Gw = k.gw.AsSlice()
+	}
+	if k.via.IsValid() {
+		r.Via = &netlink.Via{AddrFamily: family(k.via), Addr: k.via.AsSlice()}
+	}
+	if k.multipath {
+		r.MultiPath = []*netlink.NexthopInfo{{}}
+	}
+	if k.encap {
+		r.Encap = foreignEncap{}
+	}
+	return r
+}
+
+// decodeRoute decodes an RTM_NEWROUTE body: rtmsg, then attributes.
+func decodeRoute(b []byte) (kernelRoute, bool) {
+	if len(b) < unix.SizeofRtMsg {
+		return kernelRoute{}, false
+	}
+	r := kernelRoute{
+		family:   b[0],
+		tos:      b[3],
+		table:    int(b[4]),
+		protocol: netlink.RouteProtocol(b[5]),
+		scope:    netlink.Scope(b[6]),
+		typ:      b[7],
+		flags:    int(binary.NativeEndian.Uint32(b[8:12])),
 	}
 	dstLen := int(b[1])
+	var dst netip.Addr
 	attrs := b[unix.SizeofRtMsg:]
 	for len(attrs) >= unix.SizeofRtAttr {
 		l := int(binary.NativeEndian.Uint16(attrs[0:2]))
 		t := binary.NativeEndian.Uint16(attrs[2:4]) &^ unix.NLA_F_NESTED
 		if l < unix.SizeofRtAttr || l > len(attrs) {
-			return netlink.Route{}, false
+			return kernelRoute{}, false
 		}
 		v := attrs[unix.SizeofRtAttr:l]
 		switch t {
 		case unix.RTA_TABLE:
 			if len(v) >= 4 {
-				r.Table = int(binary.NativeEndian.Uint32(v))
+				r.table = int(binary.NativeEndian.Uint32(v))
 			}
 		case unix.RTA_DST:
-			if a, ok := netip.AddrFromSlice(v); ok {
-				r.Dst = prefixToIPNet(netip.PrefixFrom(a, dstLen))
-			}
+			dst, _ = netip.AddrFromSlice(v)
 		case unix.RTA_GATEWAY:
-			r.Gw = append([]byte(nil), v...)
+			r.gw, _ = netip.AddrFromSlice(v)
+			r.gw = r.gw.Unmap()
 		case unix.RTA_VIA:
 			if len(v) > 2 {
-				r.Via = &netlink.Via{AddrFamily: int(binary.NativeEndian.Uint16(v[:2])), Addr: append([]byte(nil), v[2:]...)}
+				r.via, _ = netip.AddrFromSlice(v[2:])
+				r.via = r.via.Unmap()
 			}
 		case unix.RTA_OIF:
 			if len(v) >= 4 {
-				r.LinkIndex = int(binary.NativeEndian.Uint32(v))
+				r.link = int(binary.NativeEndian.Uint32(v))
 			}
 		case unix.RTA_PRIORITY:
 			if len(v) >= 4 {
-				r.Priority = int(binary.NativeEndian.Uint32(v))
+				r.priority = int(binary.NativeEndian.Uint32(v))
 			}
 		case unix.RTA_METRICS:
-			r.MTU = metricMTU(v)
+			r.mtu = metricMTU(v)
 		case unix.RTA_MULTIPATH:
-			// Only its presence matters: podmesh never installs one.
-			r.MultiPath = []*netlink.NexthopInfo{{}}
+			r.multipath = true
 		case unix.RTA_ENCAP:
-			r.Encap = foreignEncap{}
+			r.encap = true
 		}
 		attrs = attrs[min(rtaAlign(l), len(attrs)):]
 	}
-	if r.Dst == nil {
+	if !dst.IsValid() {
 		// The default route carries no RTA_DST.
-		switch r.Family {
+		switch r.family {
 		case unix.AF_INET:
-			r.Dst = prefixToIPNet(netip.PrefixFrom(netip.IPv4Unspecified(), dstLen))
+			dst = netip.IPv4Unspecified()
 		case unix.AF_INET6:
-			r.Dst = prefixToIPNet(netip.PrefixFrom(netip.IPv6Unspecified(), dstLen))
+			dst = netip.IPv6Unspecified()
+		}
+	}
+	if dst.IsValid() && dstLen <= dst.BitLen() {
+		r.dst = netip.PrefixFrom(dst.Unmap(), dstLen).Masked()
+		if dst.Is4In6() {
+			r.dst = netip.Prefix{} // not a prefix podmesh names
 		}
 	}
 	return r, true

@@ -190,9 +190,14 @@ func (b *vxlanBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed
 		usedGW[gw] = true
 		usedMAC[TunnelMAC(e.TunnelEndpoint).String()] = true
 	}
-	for _, r := range v.ours {
-		if r.LinkIndex == b.linkIndex {
-			usedGW[routeGateway(r)] = true
+	if !v.synced {
+		// Routes beyond the wanted ones (prune not allowed yet, or
+		// failed) may still lead to a gateway.
+		v.index()
+		for _, r := range v.ours {
+			if r.LinkIndex == b.linkIndex {
+				usedGW[routeGateway(r)] = true
+			}
 		}
 	}
 	for gw, n := range v.neigh {
