@@ -109,7 +109,12 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 	}
 	now := time.Now()
 	moved := false
-	for p := range m {
+	for p, e := range m {
+		if len(d.clusters) == 1 {
+			// The only cluster: its entry wins without a search.
+			moved = d.setObjectLocked(p, e, true, now) || moved
+			continue
+		}
 		moved = d.resolveLocked(p, now) || moved
 	}
 	if old != nil {
@@ -204,6 +209,12 @@ func (d *Desired) resolveLocked(p netip.Prefix, now time.Time) bool {
 			best, owner, found = e, name, true
 		}
 	}
+	return d.setObjectLocked(p, best, found, now)
+}
+
+// setObjectLocked makes best (found: else a tombstone) the object of prefix
+// p, with a new revision if it changed. It reports whether it did.
+func (d *Desired) setObjectLocked(p netip.Prefix, best Entry, found bool, now time.Time) bool {
 	o := d.objects[p]
 	switch {
 	case o == nil && !found:

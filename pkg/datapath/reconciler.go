@@ -78,12 +78,15 @@ type Reconciler struct {
 	status Status
 
 	// Owned by the Run goroutine.
-	rev            uint64                     // desired revision the last pass processed
+	rev uint64 // desired revision the last pass processed
+	// The per-object status: an object of want is programmed unless
+	// failed holds it; failed also holds the live objects validate
+	// rejected (never in want).
 	want           map[netip.Prefix]Entry     // the valid live desired objects as of rev
+	wantCount      map[string]int             // want's objects per cluster
 	wantFamilies   families                   // the address families of want's prefixes (a superset)
 	wantOK         bool                       // the last pass left every object of want programmed
-	objs           map[netip.Prefix]objStatus // per-object status of every live desired object processed
-	count          map[string]*clusterCount   // objs summed per cluster
+	failed         map[netip.Prefix]objStatus // live objects the last pass that handled them could not program
 	undeleted      map[netip.Prefix]error     // withdrawn objects whose delete failed; retried by every full pass
 	podCIDRs       map[string][]netip.Prefix  // the remote clusters' pod CIDRs as of the last full pass
 	pruneAllowed   bool                       // PruneAllowed as of the last full pass
@@ -186,8 +189,8 @@ func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
 		log:          log,
 		desired:      cfg.Desired,
 		ns:           nsRunner{ns: netns.None()},
-		objs:         make(map[netip.Prefix]objStatus),
-		count:        make(map[string]*clusterCount),
+		wantCount:    make(map[string]int),
+		failed:       make(map[netip.Prefix]objStatus),
 		undeleted:    make(map[netip.Prefix]error),
 		clusterNames: make(map[uint32]string),
 		metrics:      newMetrics(),
@@ -271,7 +274,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 // it is then among the changes) or have no object processed yet.
 func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 	for c, ps := range now {
-		if !slices.Equal(ps, r.podCIDRs[c]) && r.count[c] != nil {
+		if !slices.Equal(ps, r.podCIDRs[c]) && r.hasObjects(c) {
 			return false
 		}
 	}
@@ -283,10 +286,9 @@ func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
 	r.podCIDRs = ch.PodCIDRs
-	if len(ch.Objects) > 2*len(r.objs) {
+	if len(ch.Objects) > 2*len(r.want) {
 		// Many new objects (an agent start, a cluster joining): grow the
-		// tables once rather than step by step.
-		r.objs = growMap(r.objs, len(ch.Objects))
+		// table once rather than step by step.
 		r.want = growMap(r.want, len(ch.Objects))
 	}
 	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
@@ -296,17 +298,15 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 		p := o.Entry.Prefix
 		if o.Deleted {
 			del = append(del, o.Entry)
-			delete(r.want, p)
 			continue
 		}
 		if err := r.validate(o.Entry); err != nil {
 			bad[p] = o.Entry
-			r.setStatus(p, o.Entry, err)
-			delete(r.want, p)
+			r.dropWant(p)
+			r.failed[p] = objStatus{entry: o.Entry, err: err, invalid: true}
 			continue
 		}
 		upd[p] = o.Entry
-		r.want[p] = o.Entry
 	}
 	// An object that turned invalid loses what an earlier pass programmed.
 	for p, e := range bad {
@@ -315,9 +315,15 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	fam := prefixFamilies(upd)
 	r.wantFamilies |= fam
 	sysErr := r.checkSysctls(fam)
+	// r.programmed answers from the status before this pass.
 	written, failed := r.b.update(nil, upd, r.programmed)
 	for p, e := range upd {
-		r.setStatus(p, e, failed[p])
+		r.putWant(p, e)
+		if err := failed[p]; err != nil {
+			r.failed[p] = objStatus{entry: e, err: err}
+		} else if len(r.failed) > 0 {
+			delete(r.failed, p)
+		}
 	}
 	r.wantOK = r.wantOK && len(failed) == 0
 	// Cluster routes after the objects they lead to, before deletions.
@@ -356,27 +362,39 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 // bookkeeping.
 func (r *Reconciler) full(start time.Time) bool {
 	var (
-		oldest       time.Time
-		snap         Snapshot
-		invalid      map[netip.Prefix]error
-		invalidEntry map[netip.Prefix]Entry
+		oldest time.Time
+		snap   Snapshot
+		gone   []Entry // withdrawn while this process ran
 	)
 	moved := r.want == nil || r.desired.Version() != r.rev
 	if moved {
 		oldest = r.desired.oldestSince(r.rev)
 		snap = r.desired.Snapshot()
-		invalid = make(map[netip.Prefix]error)
-		invalidEntry = make(map[netip.Prefix]Entry)
 		r.podCIDRs = snap.PodCIDRs
+		invalid := make(map[netip.Prefix]objStatus)
 		for p, e := range snap.Entries { // the valid ones, after this loop
 			if err := r.validate(e); err != nil {
-				invalid[p], invalidEntry[p] = err, e
+				invalid[p] = objStatus{entry: e, err: err, invalid: true}
 				delete(snap.Entries, p)
 				continue
 			}
 			r.clusterNames[e.ClusterID] = e.Cluster
 		}
-		r.want = snap.Entries
+		// What the last pass knew and the table no longer holds.
+		for p, e := range r.want {
+			_, ok := snap.Entries[p]
+			if _, bad := invalid[p]; !ok && !bad {
+				gone = append(gone, Entry{Prefix: p, Cluster: e.Cluster})
+			}
+		}
+		for p, st := range r.failed {
+			_, ok := snap.Entries[p]
+			if _, bad := invalid[p]; st.invalid && !ok && !bad {
+				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
+			}
+		}
+		r.want, r.failed = snap.Entries, invalid
+		r.wantCount = countByCluster(r.want)
 		r.wantFamilies = prefixFamilies(r.want)
 	} else {
 		snap = Snapshot{PodCIDRs: r.podCIDRs, Revision: r.rev, PruneAllowed: r.pruneAllowed}
@@ -397,17 +415,7 @@ func (r *Reconciler) full(start time.Time) bool {
 		passErr = err
 	} else {
 		written, failed = r.b.update(v, want, r.programmed)
-		// Withdrawn while this process ran: delete, even before prune is
-		// allowed. Without a moved revision nothing was withdrawn.
-		var gone []Entry
-		if moved {
-			for p, st := range r.objs {
-				_, ok := want[p]
-				if _, bad := invalid[p]; !ok && !bad {
-					gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
-				}
-			}
-		}
+		// Withdrawn objects go even before prune is allowed.
 		for p := range r.undeleted {
 			if _, ok := want[p]; !ok {
 				gone = append(gone, Entry{Prefix: p})
@@ -415,7 +423,6 @@ func (r *Reconciler) full(start time.Time) bool {
 		}
 		dfailed := r.b.delete(gone)
 		for _, e := range gone {
-			r.forget(e.Prefix)
 			if err := dfailed[e.Prefix]; err != nil {
 				r.undeleted[e.Prefix] = err
 			} else {
@@ -429,17 +436,21 @@ func (r *Reconciler) full(start time.Time) bool {
 		removed += routed
 		passErr = errors.Join(routeErr, perr)
 	}
-	for p, e := range invalidEntry {
-		r.setStatus(p, e, invalid[p])
-	}
 	allOK := passErr == nil && len(failed) == 0
-	if moved || !allOK || !r.wantOK {
-		for p, e := range want {
-			if passErr != nil && failed == nil {
-				r.setStatus(p, e, passErr)
-			} else {
-				r.setStatus(p, e, failed[p])
+	if !allOK || !r.wantOK {
+		// Replace the failures of want's objects with this pass's.
+		for p, st := range r.failed {
+			if !st.invalid {
+				delete(r.failed, p)
 			}
+		}
+		if passErr != nil && failed == nil {
+			for p, e := range want {
+				r.failed[p] = objStatus{entry: e, err: passErr}
+			}
+		}
+		for p, err := range failed {
+			r.failed[p] = objStatus{entry: want[p], err: err}
 		}
 	}
 	r.wantOK = allOK
@@ -462,8 +473,11 @@ func (r *Reconciler) setupAndRead() (kernelView, error) {
 // programmed reports whether the last pass that handled prefix p put it in
 // the kernel (so the kernel object is podmesh's).
 func (r *Reconciler) programmed(p netip.Prefix) bool {
-	st, ok := r.objs[p]
-	return ok && st.err == nil
+	if _, ok := r.want[p]; !ok {
+		return false
+	}
+	_, bad := r.failed[p]
+	return !bad
 }
 
 const (
