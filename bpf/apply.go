@@ -1,8 +1,11 @@
 package bpf
 
 import (
+	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/sirupsen/logrus"
 )
@@ -55,43 +58,61 @@ func (d *Datapath) Apply(upserts []Entry, deletes []netip.Prefix) (SyncStats, er
 }
 
 // planApply validates and encodes the input of Apply: the keys and values to
-// upsert (each prefix once) and the keys to delete (each once).
+// upsert (each prefix once) and the keys to delete (each once), both in key
+// order. The trie inserts and removes keys in order markedly faster than in
+// random order (consecutive operations walk the same upper nodes), and
+// sorted, a repeated prefix is next to its twin.
 func planApply(upserts []Entry, deletes []netip.Prefix) (upKeys []podmeshIpcacheKey, upVals []podmeshIpcacheValue, delKeys []podmeshIpcacheKey, err error) {
-	up := make(map[podmeshIpcacheKey]podmeshIpcacheValue, len(upserts))
-	upKeys = make([]podmeshIpcacheKey, 0, len(upserts))
-	upVals = make([]podmeshIpcacheValue, 0, len(upserts))
+	recs := make([]ipcacheRecord, 0, len(upserts))
 	for _, e := range upserts {
 		n, err := e.normalize()
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		k, v := encodeKey(n.Prefix), encodeValue(n)
-		if old, dup := up[k]; dup {
-			if old != v {
-				return nil, nil, nil, fmt.Errorf("%w: %s", ErrConflictingEntries, n.Prefix)
+		recs = append(recs, ipcacheRecord{encodeKey(n.Prefix), encodeValue(n)})
+	}
+	slices.SortFunc(recs, func(a, b ipcacheRecord) int { return compareKeys(a.k, b.k) })
+	upKeys = make([]podmeshIpcacheKey, 0, len(recs))
+	upVals = make([]podmeshIpcacheValue, 0, len(recs))
+	for i, r := range recs {
+		if i > 0 && r.k == recs[i-1].k {
+			if r.v != recs[i-1].v {
+				return nil, nil, nil, fmt.Errorf("%w: %s", ErrConflictingEntries, keyString(r.k))
 			}
 			continue
 		}
-		up[k] = v
-		upKeys = append(upKeys, k)
-		upVals = append(upVals, v)
+		upKeys = append(upKeys, r.k)
+		upVals = append(upVals, r.v)
 	}
-	del := make(map[podmeshIpcacheKey]bool, len(deletes))
 	delKeys = make([]podmeshIpcacheKey, 0, len(deletes))
 	for _, p := range deletes {
 		n, err := normalizePrefix(p)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		k := encodeKey(n)
-		if _, ok := up[k]; ok {
-			return nil, nil, nil, fmt.Errorf("%w: %s both upserted and deleted", ErrConflictingEntries, n)
+		delKeys = append(delKeys, encodeKey(n))
+	}
+	slices.SortFunc(delKeys, compareKeys)
+	delKeys = slices.Compact(delKeys)
+	for _, k := range delKeys {
+		if _, found := slices.BinarySearchFunc(upKeys, k, compareKeys); found {
+			return nil, nil, nil, fmt.Errorf("%w: %s both upserted and deleted", ErrConflictingEntries, keyString(k))
 		}
-		if del[k] {
-			continue
-		}
-		del[k] = true
-		delKeys = append(delKeys, k)
 	}
 	return upKeys, upVals, delKeys, nil
+}
+
+// compareKeys orders keys as the trie lays them out: by the bits it
+// matches (family, then address), then by prefix length.
+func compareKeys(a, b podmeshIpcacheKey) int {
+	if c := cmp.Compare(a.Family, b.Family); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(binary.BigEndian.Uint64(a.Addr[:8]), binary.BigEndian.Uint64(b.Addr[:8])); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(binary.BigEndian.Uint64(a.Addr[8:]), binary.BigEndian.Uint64(b.Addr[8:])); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Prefixlen, b.Prefixlen)
 }
