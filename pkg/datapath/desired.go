@@ -109,13 +109,19 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 	}
 	now := time.Now()
 	moved := false
+	// An empty table (an agent start): every entry is a new object.
+	fresh := len(d.objects) == 0
 	for p, e := range m {
-		if len(d.clusters) == 1 {
+		switch {
+		case fresh:
+			d.addObjectLocked(p, e, now)
+			moved = true
+		case len(d.clusters) == 1:
 			// The only cluster: its entry wins without a search.
 			moved = d.setObjectLocked(p, e, true, now) || moved
-			continue
+		default:
+			moved = d.resolveLocked(p, now) || moved
 		}
-		moved = d.resolveLocked(p, now) || moved
 	}
 	if old != nil {
 		for p := range old.entries {
@@ -241,6 +247,15 @@ func (d *Desired) setObjectLocked(p netip.Prefix, best Entry, found bool, now ti
 		d.compactLocked()
 	}
 	return true
+}
+
+// addObjectLocked adds the object of a prefix the table does not hold.
+func (d *Desired) addObjectLocked(p netip.Prefix, e Entry, now time.Time) {
+	o := d.newObjectLocked()
+	d.revision++
+	o.Entry, o.Revision, o.changed = e, d.revision, now
+	d.objects[p] = o
+	d.byRev = append(d.byRev, revSlot{rev: d.revision, obj: o})
 }
 
 // objectChunk is how many objects newObjectLocked allocates at once.

@@ -286,9 +286,9 @@ func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
 	r.podCIDRs = ch.PodCIDRs
-	if len(ch.Objects) > 2*len(r.want) {
-		// Many new objects (an agent start, a cluster joining): grow the
-		// table once rather than step by step.
+	if len(r.want) > 0 && len(ch.Objects) > 2*len(r.want) {
+		// Many new objects (a cluster joining): grow the table once
+		// rather than step by step.
 		r.want = growMap(r.want, len(ch.Objects))
 	}
 	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
@@ -317,12 +317,21 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	sysErr := r.checkSysctls(fam)
 	// r.programmed answers from the status before this pass.
 	written, failed := r.b.update(nil, upd, r.programmed)
-	for p, e := range upd {
-		r.putWant(p, e)
-		if err := failed[p]; err != nil {
-			r.failed[p] = objStatus{entry: e, err: err}
-		} else if len(r.failed) > 0 {
-			delete(r.failed, p)
+	if len(r.want) == 0 {
+		// The first objects (an agent start, the first cluster joining):
+		// the update set is the valid set.
+		r.want, r.wantCount = upd, countByCluster(upd)
+		for p, err := range failed {
+			r.failed[p] = objStatus{entry: upd[p], err: err}
+		}
+	} else {
+		for p, e := range upd {
+			r.putWant(p, e)
+			if err := failed[p]; err != nil {
+				r.failed[p] = objStatus{entry: e, err: err}
+			} else if len(r.failed) > 0 {
+				delete(r.failed, p)
+			}
 		}
 	}
 	r.wantOK = r.wantOK && len(failed) == 0
