@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -25,10 +26,20 @@ func benchIpcacheEntries(n int) []Entry {
 	return out
 }
 
-func BenchmarkApply100k(b *testing.B) {
+// loadedBench loads a datapath for a benchmark and writes es into its
+// ipcache.
+func loadedBench(b *testing.B, es []Entry) *Datapath {
 	testutils.RequireRoot(b)
 	d, _ := loadTest(b, 1)
+	_, err := d.Apply(es, nil)
+	require.NoError(b, err)
+	return d
+}
+
+// Overwriting 100,000 entries in place.
+func BenchmarkApply100k(b *testing.B) {
 	es := benchIpcacheEntries(100_000)
+	d := loadedBench(b, es)
 	for b.Loop() {
 		if _, err := d.Apply(es, nil); err != nil {
 			b.Fatal(err)
@@ -36,12 +47,32 @@ func BenchmarkApply100k(b *testing.B) {
 	}
 }
 
+// 100,000 entries into an empty ipcache, given in key order and in random
+// order (Apply sorts both).
+func BenchmarkApply100kFromEmpty(b *testing.B) {
+	for _, shuffled := range []bool{false, true} {
+		b.Run(fmt.Sprintf("shuffled=%v", shuffled), func(b *testing.B) {
+			es := benchIpcacheEntries(100_000)
+			if shuffled {
+				rand.Shuffle(len(es), func(i, j int) { es[i], es[j] = es[j], es[i] })
+			}
+			d := loadedBench(b, nil)
+			for b.Loop() {
+				b.StopTimer()
+				_, err := d.Sync(nil, true)
+				require.NoError(b, err)
+				b.StartTimer()
+				if _, err := d.Apply(es, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkRead100k(b *testing.B) {
-	testutils.RequireRoot(b)
-	d, _ := loadTest(b, 1)
 	es := benchIpcacheEntries(100_000)
-	_, err := d.Apply(es, nil)
-	require.NoError(b, err)
+	d := loadedBench(b, es)
 	b.ReportAllocs()
 	for b.Loop() {
 		got, _, err := d.Read()
@@ -51,12 +82,10 @@ func BenchmarkRead100k(b *testing.B) {
 	}
 }
 
+// The full pass's read over a converged ipcache: the dump and its digest.
 func BenchmarkDumpDigest100k(b *testing.B) {
-	testutils.RequireRoot(b)
-	d, _ := loadTest(b, 1)
 	es := benchIpcacheEntries(100_000)
-	_, err := d.Apply(es, nil)
-	require.NoError(b, err)
+	d := loadedBench(b, es)
 	var want Digest
 	for _, e := range es {
 		require.NoError(b, want.Add(e))
@@ -66,37 +95,6 @@ func BenchmarkDumpDigest100k(b *testing.B) {
 		dump, err := d.Dump()
 		if err != nil || dump.Digest() != want {
 			b.Fatalf("dump of %d entries differs: %v", dump.Len(), err)
-		}
-	}
-}
-
-func BenchmarkApply100kShuffled(b *testing.B) {
-	testutils.RequireRoot(b)
-	d, _ := loadTest(b, 1)
-	es := benchIpcacheEntries(100_000)
-	rand.Shuffle(len(es), func(i, j int) { es[i], es[j] = es[j], es[i] })
-	for b.Loop() {
-		b.StopTimer()
-		_, err := d.Sync(nil, true)
-		require.NoError(b, err)
-		b.StartTimer()
-		if _, err := d.Apply(es, nil); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkApply100kSorted(b *testing.B) {
-	testutils.RequireRoot(b)
-	d, _ := loadTest(b, 1)
-	es := benchIpcacheEntries(100_000)
-	for b.Loop() {
-		b.StopTimer()
-		_, err := d.Sync(nil, true)
-		require.NoError(b, err)
-		b.StartTimer()
-		if _, err := d.Apply(es, nil); err != nil {
-			b.Fatal(err)
 		}
 	}
 }

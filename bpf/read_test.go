@@ -25,11 +25,7 @@ func digestOf(t *testing.T, es ...Entry) Digest {
 func TestDumpDigestEqualsTheWrittenSetAndMovesWithAnyDifference(t *testing.T) {
 	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
-	base := []Entry{
-		entry("10.2.0.0/16", "192.168.1.2", 2),
-		entry("fd00:2::/64", "fd77::2", 2),
-		entry("10.3.0.0/16", "192.168.1.3", 3),
-	}
+	base := sampleEntries()
 	_, err := d.Apply(base, nil)
 	require.NoError(t, err)
 	want := digestOf(t, base[2], base[0], base[1])
