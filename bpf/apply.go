@@ -64,19 +64,25 @@ func (d *Datapath) Apply(upserts []Entry, deletes []netip.Prefix) (SyncStats, er
 // sorted, a repeated prefix is next to its twin.
 func planApply(upserts []Entry, deletes []netip.Prefix) (upKeys []podmeshIpcacheKey, upVals []podmeshIpcacheValue, delKeys []podmeshIpcacheKey, err error) {
 	recs := make([]ipcacheRecord, 0, len(upserts))
+	order := make([]sortedRef, 0, len(upserts))
 	for _, e := range upserts {
 		n, err := e.normalize()
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		recs = append(recs, ipcacheRecord{encodeKey(n.Prefix), encodeValue(n)})
+		k := encodeKey(n.Prefix)
+		order = append(order, sortedRef{key: orderOf(k), i: int32(len(recs))})
+		recs = append(recs, ipcacheRecord{k, encodeValue(n)})
 	}
-	slices.SortFunc(recs, func(a, b ipcacheRecord) int { return compareKeys(a.k, b.k) })
+	// Sorting small fixed keys and gathering the records once is several
+	// times cheaper than sorting the records.
+	slices.SortFunc(order, func(a, b sortedRef) int { return a.key.compare(b.key) })
 	upKeys = make([]podmeshIpcacheKey, 0, len(recs))
 	upVals = make([]podmeshIpcacheValue, 0, len(recs))
-	for i, r := range recs {
-		if i > 0 && r.k == recs[i-1].k {
-			if r.v != recs[i-1].v {
+	for j, o := range order {
+		r := recs[o.i]
+		if j > 0 && o.key == order[j-1].key {
+			if prev := recs[order[j-1].i]; r.v != prev.v {
 				return nil, nil, nil, fmt.Errorf("%w: %s", ErrConflictingEntries, keyString(r.k))
 			}
 			continue
@@ -102,17 +108,35 @@ func planApply(upserts []Entry, deletes []netip.Prefix) (upKeys []podmeshIpcache
 	return upKeys, upVals, delKeys, nil
 }
 
+// keyOrder is a key's place in the trie's order (family, address, prefix
+// length) as three integers.
+type keyOrder struct{ a, b, c uint64 }
+
+func orderOf(k podmeshIpcacheKey) keyOrder {
+	be := binary.BigEndian
+	return keyOrder{
+		a: uint64(k.Family)<<56 | be.Uint64(k.Addr[0:8])>>8,
+		b: be.Uint64(k.Addr[7:15]),
+		c: uint64(k.Addr[15])<<32 | uint64(k.Prefixlen),
+	}
+}
+
+func (o keyOrder) compare(p keyOrder) int {
+	if c := cmp.Compare(o.a, p.a); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(o.b, p.b); c != 0 {
+		return c
+	}
+	return cmp.Compare(o.c, p.c)
+}
+
+// sortedRef is a record's place in the order and its index.
+type sortedRef struct {
+	key keyOrder
+	i   int32
+}
+
 // compareKeys orders keys as the trie lays them out: by the bits it
 // matches (family, then address), then by prefix length.
-func compareKeys(a, b podmeshIpcacheKey) int {
-	if c := cmp.Compare(a.Family, b.Family); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(binary.BigEndian.Uint64(a.Addr[:8]), binary.BigEndian.Uint64(b.Addr[:8])); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(binary.BigEndian.Uint64(a.Addr[8:]), binary.BigEndian.Uint64(b.Addr[8:])); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Prefixlen, b.Prefixlen)
-}
+func compareKeys(a, b podmeshIpcacheKey) int { return orderOf(a).compare(orderOf(b)) }
