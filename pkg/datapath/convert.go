@@ -214,13 +214,14 @@ func (s routeSpec) matches(have netlink.Route) bool {
 	if have.Protocol != RouteProtocol || have.Table != routeTable {
 		return false
 	}
-	k := kernelRouteOf(have)
+	// The caller found have under the spec's prefix.
+	k := kernelRouteOf(have, s.prefix)
 	return k.sig(s.link) == s.sig()
 }
 
-// kernelRouteOf is the compact form of a netlink route.
-func kernelRouteOf(r netlink.Route) kernelRoute {
-	dst, _ := routeKey(r)
+// kernelRouteOf is the compact form of a netlink route whose destination is
+// dst.
+func kernelRouteOf(r netlink.Route, dst netip.Prefix) kernelRoute {
 	return kernelRoute{
 		dst: dst, gw: ipToAddr(r.Gw), via: viaAddr(r.Via),
 		link: r.LinkIndex, mtu: r.MTU, priority: r.Priority, table: r.Table, flags: r.Flags,

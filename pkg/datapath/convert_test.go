@@ -260,9 +260,9 @@ func TestRouteViewInSyncOnlyWhenPodmeshRoutesAreExactlyTheWantedOnes(t *testing.
 				if p.Addr().Is6() {
 					r.Scope, r.Priority = netlink.SCOPE_UNIVERSE, 1024
 				}
-				rs = append(rs, kernelRouteOf(r))
+				rs = append(rs, kernelRouteOf(r, p))
 			}
-			foreign := kernelRouteOf(netlink.Route{Dst: prefixToIPNet(mustPrefix("10.99.0.0/24")), Gw: net.ParseIP("192.168.77.1"), Protocol: unix.RTPROT_STATIC, Table: routeTable})
+			foreign := kernelRouteOf(netlink.Route{Gw: net.ParseIP("192.168.77.1"), Protocol: unix.RTPROT_STATIC, Table: routeTable}, mustPrefix("10.99.0.0/24"))
 			return append(rs, foreign)
 		}
 		link := linkOf(want, spec)
