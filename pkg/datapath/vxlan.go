@@ -146,7 +146,9 @@ type peerKey struct {
 	v4       bool
 }
 
-func peerKeyOf(e Entry) peerKey { return peerKey{endpoint: e.TunnelEndpoint, v4: e.Prefix.Addr().Is4()} }
+func peerKeyOf(e Entry) peerKey {
+	return peerKey{endpoint: e.TunnelEndpoint, v4: e.Prefix.Addr().Is4()}
+}
 
 // setPeer makes the FDB entry of e's endpoint and the neighbour entry of
 // its gateway match (each once per call of update: fdbErr and neighErr hold
