@@ -112,6 +112,19 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 			}
 			writes, _ = fullPass(t, b, want, cidrs, false)
 			assert.Equal(t, 1, writes, "the full pass repairs exactly the missing object")
+			if mode != ModeEBPF {
+				// Changed behind the backend's back: same prefix, same
+				// protocol, another MTU; only comparing the routes'
+				// fields (their signatures' digest) notices it.
+				changed := ours[mustPrefix("10.2.0.0/24")]
+				changed.MTU = 1280
+				require.NoError(t, h.RouteReplace(&changed))
+				writes, _ = fullPass(t, b, want, cidrs, false)
+				assert.Equal(t, 1, writes, "the full pass repairs exactly the changed route")
+				now, _, err := listRoutes(r.rb)
+				require.NoError(t, err)
+				assert.Equal(t, ours[mustPrefix("10.2.0.0/24")].MTU, now[mustPrefix("10.2.0.0/24")].MTU)
+			}
 			if mode == ModeEBPF {
 				// Changed behind the backend's back: the entry is the
 				// same prefix with another value, so only comparing
