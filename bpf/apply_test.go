@@ -28,11 +28,7 @@ func prefixes(ps ...string) []netip.Prefix {
 func TestApplyIsIncrementalIdempotentAndDeletesMissingKeysAsSuccess(t *testing.T) {
 	testutils.RequireRoot(t)
 	d, _ := loadTest(t, 1)
-	base := []Entry{
-		entry("10.2.0.0/16", "192.168.1.2", 2),
-		entry("fd00:2::/64", "fd77::2", 2),
-		entry("10.3.0.0/16", "192.168.1.3", 3),
-	}
+	base := sampleEntries()
 	_, err := d.Sync(base, true)
 	require.NoError(t, err)
 

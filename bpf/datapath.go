@@ -92,6 +92,9 @@ type Datapath struct {
 	objs   podmeshObjects
 	links  map[int]link.Link
 	closed bool
+	// lastDump is how many entries the last Dump read: the capacity the
+	// next one starts with.
+	lastDump int
 }
 
 // Load loads the program and its maps. Maps pinned under o.PinDir are

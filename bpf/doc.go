@@ -43,9 +43,12 @@
 // record, so nothing can drift apart from it. Apply upserts and deletes only
 // the entries it is given, without reading the map, in batched system calls
 // (BPF_MAP_UPDATE_BATCH / DELETE_BATCH): the call for incremental work and
-// the datapath reconciler's update and delete operations. Entries reads the
-// whole map in batches (BPF_MAP_LOOKUP_BATCH): the reconciler's full-pass
-// read. Sync converges the map on a whole set in one call (read, diff,
+// the datapath reconciler's update and delete operations; it writes in the
+// trie's key order, which the kernel inserts markedly faster. Dump reads the
+// whole map in batches (BPF_MAP_LOOKUP_BATCH) and keeps it raw: the
+// reconciler's full-pass read, which compares the dump's Digest with the
+// Digest of the desired entries and decodes (Dump.Entries) only when they
+// differ. Entries and Read are Dump decoded. Sync converges the map on a whole set in one call (read, diff,
 // write, and with prune delete the rest, undecodable entries included).
 //
 // # Restarts and upgrades

@@ -89,3 +89,12 @@ func newNetNS(t testing.TB) netns.NsHandle {
 
 // inNetNS runs fn on a locked OS thread inside ns.
 func inNetNS(ns netns.NsHandle, fn func() error) error { return netnsutil.Do(ns, fn) }
+
+// sampleEntries are three entries of two clusters, IPv4 and IPv6.
+func sampleEntries() []Entry {
+	return []Entry{
+		entry("10.2.0.0/16", "192.168.1.2", 2),
+		entry("fd00:2::/64", "fd77::2", 2),
+		entry("10.3.0.0/16", "192.168.1.3", 3),
+	}
+}

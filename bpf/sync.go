@@ -54,14 +54,18 @@ func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 		have    = make(map[podmeshIpcacheKey]podmeshIpcacheValue, len(want))
 		delKeys []podmeshIpcacheKey
 	)
-	err := dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
+	dump := Dump{keys: make([]podmeshIpcacheKey, 0, len(want)), vals: make([]podmeshIpcacheValue, 0, len(want))}
+	if err := dumpIpcacheInto(d.objs.PodmeshIpcache, &dump); err != nil {
+		return SyncStats{}, err
+	}
+	for i, k := range dump.keys {
 		p, err := decodeKey(k)
 		if err != nil {
 			// Not ours to interpret, but in our map: a prune removes it.
 			if prune {
 				delKeys = append(delKeys, k)
 			}
-			return
+			continue
 		}
 		// The trie ignores bits past the prefix length, so a key with
 		// such bits names the same entry as the canonical one.
@@ -71,10 +75,7 @@ func (d *Datapath) Sync(entries []Entry, prune bool) (SyncStats, error) {
 			}
 			k = c
 		}
-		have[k] = v
-	})
-	if err != nil {
-		return SyncStats{}, err
+		have[k] = dump.vals[i]
 	}
 	var (
 		upKeys []podmeshIpcacheKey
@@ -129,42 +130,12 @@ func (d *Datapath) Entries() ([]Entry, error) {
 // Read is Entries that also counts the entries it left out because they do
 // not decode, so a caller knows whether a pruning Sync has work to do.
 func (d *Datapath) Read() (entries []Entry, undecodable int, err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return nil, 0, ErrClosed
+	dump, err := d.Dump()
+	if err != nil {
+		return nil, 0, err
 	}
-	err = dumpIpcache(d.objs.PodmeshIpcache, func(k podmeshIpcacheKey, v podmeshIpcacheValue) {
-		if e, err := decodeEntry(k, v); err == nil {
-			entries = append(entries, e)
-		} else {
-			undecodable++
-		}
-	})
-	return entries, undecodable, err
-}
-
-// dumpIpcache calls fn for every key and value in the ipcache, reading it in
-// batches where the kernel supports that.
-func dumpIpcache(m *ebpf.Map, fn func(podmeshIpcacheKey, podmeshIpcacheValue)) error {
-	keys := make([]podmeshIpcacheKey, batchSize)
-	vals := make([]podmeshIpcacheValue, batchSize)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			fn(keys[i], vals[i])
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if errors.Is(err, ebpf.ErrNotSupported) && n == 0 {
-			return iterateIpcache(m, fn)
-		}
-		if err != nil {
-			return fmt.Errorf("dump ipcache: %w", err)
-		}
-	}
+	entries, undecodable = dump.Entries()
+	return entries, undecodable, nil
 }
 
 func iterateIpcache(m *ebpf.Map, fn func(podmeshIpcacheKey, podmeshIpcacheValue)) error {

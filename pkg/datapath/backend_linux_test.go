@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podmesh/podmesh/bpf"
 	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
@@ -111,6 +112,32 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 			}
 			writes, _ = fullPass(t, b, want, cidrs, false)
 			assert.Equal(t, 1, writes, "the full pass repairs exactly the missing object")
+			if mode != ModeEBPF {
+				// Changed behind the backend's back: same prefix, same
+				// protocol, another MTU; only comparing the routes'
+				// fields (their signatures' digest) notices it.
+				changed := ours[mustPrefix("10.2.0.0/24")]
+				changed.MTU = 1280
+				require.NoError(t, h.RouteReplace(&changed))
+				writes, _ = fullPass(t, b, want, cidrs, false)
+				assert.Equal(t, 1, writes, "the full pass repairs exactly the changed route")
+				now, _, err := listRoutes(r.rb)
+				require.NoError(t, err)
+				assert.Equal(t, ours[mustPrefix("10.2.0.0/24")].MTU, now[mustPrefix("10.2.0.0/24")].MTU)
+			}
+			if mode == ModeEBPF {
+				// Changed behind the backend's back: the entry is the
+				// same prefix with another value, so only comparing
+				// values (the dump's digest) notices it.
+				dp := b.(*ebpfBackend).dp
+				_, err := dp.Apply([]bpf.Entry{{Prefix: mustPrefix("10.2.5.77/32"), TunnelEndpoint: mustAddr("192.168.77.9"), ClusterID: 2}}, nil)
+				require.NoError(t, err)
+				writes, _ = fullPass(t, b, want, cidrs, false)
+				assert.Equal(t, 1, writes, "the full pass repairs exactly the changed object")
+				es, err := dp.Entries()
+				require.NoError(t, err)
+				assert.Contains(t, es, bpf.Entry{Prefix: mustPrefix("10.2.5.77/32"), TunnelEndpoint: peer.IP, ClusterID: 2})
+			}
 
 			writes, _ = fullPass(t, b, map[netip.Prefix]Entry{}, cidrs, false)
 			assert.Zero(t, writes, "nothing is removed while prune is not allowed")

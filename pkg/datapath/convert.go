@@ -208,36 +208,26 @@ func (s routeSpec) route() netlink.Route {
 // kernel fills in on its own (priority of IPv6 routes, the resolved output
 // link of a gateway route, flags other than onlink) are not compared, nor is
 // the scope of IPv6 routes, which the kernel does not keep (it always
-// reports universe).
+// reports universe). What is compared is the routes' signatures (routeSig),
+// the same a full pass's digest of a whole dump is made of.
 func (s routeSpec) matches(have netlink.Route) bool {
 	if have.Protocol != RouteProtocol || have.Table != routeTable {
 		return false
 	}
-	if s.prefix.Addr().Is4() && have.Scope != s.scope {
-		return false
+	// The caller found have under the spec's prefix.
+	k := kernelRouteOf(have, s.prefix)
+	return k.sig(s.link) == s.sig()
+}
+
+// kernelRouteOf is the compact form of a netlink route whose destination is
+// dst.
+func kernelRouteOf(r netlink.Route, dst netip.Prefix) kernelRoute {
+	return kernelRoute{
+		dst: dst, gw: ipToAddr(r.Gw), via: viaAddr(r.Via),
+		link: r.LinkIndex, mtu: r.MTU, priority: r.Priority, table: r.Table, flags: r.Flags,
+		family: uint8(r.Family), tos: uint8(r.Tos), protocol: r.Protocol, scope: r.Scope, typ: uint8(r.Type),
+		multipath: len(r.MultiPath) > 0, encap: r.Encap != nil,
 	}
-	if have.Type != 0 && have.Type != unix.RTN_UNICAST {
-		return false
-	}
-	if s.link != 0 && have.LinkIndex != s.link {
-		return false
-	}
-	var gw, via netip.Addr
-	if s.via {
-		via = s.gw
-	} else {
-		gw = s.gw
-	}
-	if ipToAddr(have.Gw) != gw || viaAddr(have.Via) != via {
-		return false
-	}
-	if (have.Flags&int(netlink.FLAG_ONLINK) != 0) != s.onlink {
-		return false
-	}
-	if have.MTU != s.mtu {
-		return false
-	}
-	return len(have.MultiPath) == 0 && have.Encap == nil
 }
 
 // desiredRoute converts an Entry into the route podmesh installs for it.

@@ -3,6 +3,7 @@ package datapath
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -234,4 +235,67 @@ func TestIPNetRoundTrip(t *testing.T) {
 	got, ok := ipNetToPrefix(prefixToIPNet(mustPrefix("10.2.0.9/24")))
 	require.True(t, ok)
 	assert.Equal(t, mustPrefix("10.2.0.0/24"), got, "prefixes are masked")
+}
+
+// A dump's digest says "in sync" exactly when podmesh's routes are the
+// wanted ones in every compared field and no foreign route holds a wanted
+// prefix.
+func TestRouteViewInSyncOnlyWhenPodmeshRoutesAreExactlyTheWantedOnes(t *testing.T) {
+	for _, rp := range []routeParams{
+		{mode: ModeNative, mtu: 1500},
+		{mode: ModeVXLAN, linkIndex: 7, mtu: 1450},
+	} {
+		spec := func(e Entry) routeSpec { return specFor(e, rp) }
+		want := map[netip.Prefix]Entry{}
+		for _, c := range []struct{ p, ep string }{{"10.2.0.0/24", "192.168.0.3"}, {"10.2.1.7/32", "192.168.0.4"}, {"fd02::/64", "192.168.0.3"}} {
+			want[mustPrefix(c.p)] = Entry{Prefix: mustPrefix(c.p), TunnelEndpoint: mustAddr(c.ep), ClusterID: 2}
+		}
+		converged := func() []kernelRoute {
+			var rs []kernelRoute
+			for _, p := range sortedPrefixes(want) {
+				r := spec(want[p]).route()
+				if rp.mode == ModeNative {
+					r.LinkIndex = 3 // resolved by the kernel
+				}
+				if p.Addr().Is6() {
+					r.Scope, r.Priority = netlink.SCOPE_UNIVERSE, 1024
+				}
+				rs = append(rs, kernelRouteOf(r, p))
+			}
+			foreign := kernelRouteOf(netlink.Route{Gw: net.ParseIP("192.168.77.1"), Protocol: unix.RTPROT_STATIC, Table: routeTable}, mustPrefix("10.99.0.0/24"))
+			return append(rs, foreign)
+		}
+		link := linkOf(want, spec)
+		rs := converged()
+		slices.Reverse(rs)
+		assert.True(t, (&routeView{routes: rs}).inSync(want, spec, link), "%s: converged, in any order", rp.mode)
+
+		for name, mutate := range map[string]func([]kernelRoute) []kernelRoute{
+			"a route missing": func(rs []kernelRoute) []kernelRoute { return rs[1:] },
+			"an extra podmesh route": func(rs []kernelRoute) []kernelRoute {
+				extra := rs[0]
+				extra.dst = mustPrefix("10.2.9.0/24")
+				return append(rs, extra)
+			},
+			"another mtu":     func(rs []kernelRoute) []kernelRoute { rs[0].mtu = 1400; return rs },
+			"another gateway": func(rs []kernelRoute) []kernelRoute { rs[1].gw = mustAddr("192.168.0.9"); return rs },
+			"another type":    func(rs []kernelRoute) []kernelRoute { rs[0].typ = unix.RTN_BLACKHOLE; return rs },
+			"a multipath route": func(rs []kernelRoute) []kernelRoute {
+				rs[0].multipath = true
+				return rs
+			},
+			"a foreign route on a wanted prefix": func(rs []kernelRoute) []kernelRoute {
+				f := rs[len(rs)-1]
+				f.dst = mustPrefix("10.2.1.7/32")
+				return append(rs, f)
+			},
+		} {
+			assert.False(t, (&routeView{routes: mutate(converged())}).inSync(want, spec, link), "%s: %s", rp.mode, name)
+		}
+		if rp.mode == ModeVXLAN {
+			rs := converged()
+			rs[0].link = 8
+			assert.False(t, (&routeView{routes: rs}).inSync(want, spec, link), "a vxlan route on another link")
+		}
+	}
 }

@@ -58,6 +58,7 @@ type Desired struct {
 	forgotten    uint64 // tombstones up to this revision were dropped
 	revision     uint64
 	pruneAllowed bool
+	slab         []Object // the chunk newObjectLocked carves objects from
 
 	changed chan struct{}
 }
@@ -68,8 +69,8 @@ type desiredCluster struct {
 }
 
 type revSlot struct {
-	rev    uint64
-	prefix netip.Prefix
+	rev uint64
+	obj *Object
 }
 
 // tombstonesKept bounds the withdrawn prefixes Desired remembers; a reader
@@ -100,10 +101,27 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 		return
 	}
 	d.clusters[cluster] = &desiredCluster{podCIDRs: slices.Clone(podCIDRs), entries: m}
+	if len(m) > 2*len(d.objects) {
+		// A large first set (an agent start, a cluster joining): grow the
+		// table once rather than step by step.
+		d.objects = growMap(d.objects, len(m))
+		d.byRev = slices.Grow(d.byRev, len(m))
+	}
 	now := time.Now()
 	moved := false
-	for p := range m {
-		moved = d.resolveLocked(p, now) || moved
+	// An empty table (an agent start): every entry is a new object.
+	fresh := len(d.objects) == 0
+	for p, e := range m {
+		switch {
+		case fresh:
+			d.addObjectLocked(p, e, now)
+			moved = true
+		case len(d.clusters) == 1:
+			// The only cluster: its entry wins without a search.
+			moved = d.setObjectLocked(p, e, true, now) || moved
+		default:
+			moved = d.resolveLocked(p, now) || moved
+		}
 	}
 	if old != nil {
 		for p := range old.entries {
@@ -197,12 +215,18 @@ func (d *Desired) resolveLocked(p netip.Prefix, now time.Time) bool {
 			best, owner, found = e, name, true
 		}
 	}
+	return d.setObjectLocked(p, best, found, now)
+}
+
+// setObjectLocked makes best (found: else a tombstone) the object of prefix
+// p, with a new revision if it changed. It reports whether it did.
+func (d *Desired) setObjectLocked(p netip.Prefix, best Entry, found bool, now time.Time) bool {
 	o := d.objects[p]
 	switch {
 	case o == nil && !found:
 		return false
 	case o == nil:
-		o = &Object{}
+		o = d.newObjectLocked()
 		d.objects[p] = o
 	case !o.Deleted && found && o.Entry == best:
 		return false
@@ -218,11 +242,34 @@ func (d *Desired) resolveLocked(p netip.Prefix, now time.Time) bool {
 		o.Entry.Prefix = p
 		d.tombstones++
 	}
-	d.byRev = append(d.byRev, revSlot{rev: d.revision, prefix: p})
+	d.byRev = append(d.byRev, revSlot{rev: d.revision, obj: o})
 	if len(d.byRev) > 2*len(d.objects)+1024 || d.tombstones > tombstonesKept {
 		d.compactLocked()
 	}
 	return true
+}
+
+// addObjectLocked adds the object of a prefix the table does not hold.
+func (d *Desired) addObjectLocked(p netip.Prefix, e Entry, now time.Time) {
+	o := d.newObjectLocked()
+	d.revision++
+	o.Entry, o.Revision, o.changed = e, d.revision, now
+	d.objects[p] = o
+	d.byRev = append(d.byRev, revSlot{rev: d.revision, obj: o})
+}
+
+// objectChunk is how many objects newObjectLocked allocates at once.
+const objectChunk = 256
+
+// newObjectLocked returns a new object, carved from a chunk allocated for
+// objectChunk of them: one allocation per chunk instead of one per object.
+// A chunk lives as long as any of its objects.
+func (d *Desired) newObjectLocked() *Object {
+	if len(d.slab) == cap(d.slab) {
+		d.slab = make([]Object, 0, objectChunk)
+	}
+	d.slab = d.slab[:len(d.slab)+1]
+	return &d.slab[len(d.slab)-1]
 }
 
 // compactLocked drops stale revision slots and, when there are too many, the
@@ -247,10 +294,11 @@ func (d *Desired) compactLocked() {
 	}
 	live := d.byRev[:0]
 	for _, s := range d.byRev {
-		if o := d.objects[s.prefix]; o != nil && o.Revision == s.rev {
+		if s.obj.Revision == s.rev && d.objects[s.obj.Entry.Prefix] == s.obj {
 			live = append(live, s)
 		}
 	}
+	clear(d.byRev[len(live):]) // let dropped objects go
 	d.byRev = live
 }
 
@@ -325,9 +373,13 @@ func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 		return Changes{}, false
 	}
 	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
+	c.Objects = make([]Object, 0, len(d.byRev)-i)
 	for _, s := range d.byRev[i:] {
-		o := d.objects[s.prefix]
-		if o == nil || o.Revision != s.rev {
+		// A slot is stale once its object moved on to a later revision.
+		// A tombstone compactLocked dropped keeps its revision, but lies
+		// at or below d.forgotten, which rev is not below.
+		o := s.obj
+		if o.Revision != s.rev {
 			continue
 		}
 		if c.Oldest.IsZero() || o.changed.Before(c.Oldest) {
@@ -347,7 +399,7 @@ func (d *Desired) oldestSince(rev uint64) time.Time {
 	var oldest time.Time
 	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
 	for _, s := range d.byRev[i:] {
-		if o := d.objects[s.prefix]; o != nil && o.Revision == s.rev && (oldest.IsZero() || o.changed.Before(oldest)) {
+		if o := s.obj; o.Revision == s.rev && (oldest.IsZero() || o.changed.Before(oldest)) {
 			oldest = o.changed
 		}
 	}

@@ -32,7 +32,13 @@
 // different), delete what this process saw withdrawn, prune. What a full
 // pass had to write or remove is the drift it found: it is counted
 // (Status.LastOutOfSync, OutOfSyncTotal, podmesh_datapath_out_of_sync_total)
-// and a pass over a converged kernel writes nothing. Each object keeps its
+// and a pass over a converged kernel writes nothing. A full pass compares
+// digests first (the ipcache dump's bpf.Digest, a routeDigest of podmesh's
+// routes, each against the desired set's) and decodes and indexes the read
+// only when they differ; when the desired revision has not moved since the
+// last pass it also reuses that pass's valid set and leaves the per-object
+// status alone, so a no-op re-check costs the kernel's dump and one hash
+// per object. Each object keeps its
 // own status (nil or the error that kept it from the kernel): a failing
 // object does not stop the others, and the statuses sum up to the per
 // cluster Programmed and Failed counts and the per-prefix Errors of Status.
@@ -44,7 +50,8 @@
 // Kernel state is left in place when Run returns.
 //
 // Kernel work is batched: ipcache writes and deletes go through
-// BPF_MAP_UPDATE_BATCH / DELETE_BATCH, the full-pass read through
+// BPF_MAP_UPDATE_BATCH / DELETE_BATCH (in the trie's key order), the
+// full-pass read through
 // BPF_MAP_LOOKUP_BATCH; routes go to the kernel 256 requests per sendmsg
 // over one rtnetlink socket, NLM_F_REPLACE (or NLM_F_EXCL for a prefix this
 // process has not programmed, so a foreign route is never overwritten)

@@ -98,11 +98,27 @@ func ipcacheEntry(e Entry) bpf.Entry {
 	return bpf.Entry{Prefix: e.Prefix.Masked(), TunnelEndpoint: e.TunnelEndpoint.Unmap(), ClusterID: e.ClusterID}
 }
 
-// ipcacheView is a full pass's read of the ipcache: the decodable entries
-// by prefix, and how many entries did not decode.
+// ipcacheView is a full pass's read of the ipcache. It starts as the raw
+// dump; update compares its digest with the desired entries' and decodes it
+// (into have, with the count of entries that did not decode) only when they
+// differ, so a pass over a converged ipcache decodes and indexes nothing.
 type ipcacheView struct {
+	dump        *bpf.Dump
+	inSync      bool // the dump holds exactly the valid desired entries
 	have        map[netip.Prefix]bpf.Entry
 	undecodable int
+}
+
+// decode fills have from the dump, once.
+func (v *ipcacheView) decode() {
+	if v.have != nil {
+		return
+	}
+	es, undecodable := v.dump.Entries()
+	v.have, v.undecodable = make(map[netip.Prefix]bpf.Entry, len(es)), undecodable
+	for _, e := range es {
+		v.have[e.Prefix] = e
+	}
 }
 
 // setup makes the device exist and match and the program attached.
@@ -187,25 +203,37 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 }
 
 func (b *ebpfBackend) read() (kernelView, error) {
-	have, undecodable, err := b.dp.Read()
+	dump, err := b.dp.Dump()
 	if err != nil {
 		return nil, fmt.Errorf("list ipcache: %w", err)
 	}
-	v := &ipcacheView{have: make(map[netip.Prefix]bpf.Entry, len(have)), undecodable: undecodable}
-	for _, e := range have {
-		v.have[e.Prefix] = e
-	}
-	return v, nil
+	return &ipcacheView{dump: dump}, nil
 }
 
 // update writes the ipcache entries of want in one batched call: with a
-// view only those missing or different, without one all of them.
+// view only those missing or different, without one all of them. With a
+// view whose digest equals want's it writes nothing and decodes nothing.
 func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	failed := make(map[netip.Prefix]error)
 	var have map[netip.Prefix]bpf.Entry
 	if v, ok := kv.(*ipcacheView); ok {
+		var digest bpf.Digest
+		for p, e := range want {
+			err := checkClusterID(e)
+			if err == nil {
+				err = digest.Add(ipcacheEntry(e))
+			}
+			if err != nil {
+				failed[p] = err
+			}
+		}
+		if v.inSync = digest == v.dump.Digest(); v.inSync {
+			return 0, failed
+		}
+		clear(failed)
+		v.decode()
 		have = v.have
 	}
-	failed := make(map[netip.Prefix]error)
 	up := make([]bpf.Entry, 0, len(want))
 	for p, e := range want {
 		if err := checkClusterID(e); err != nil {
@@ -255,6 +283,10 @@ func (b *ebpfBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed 
 		return 0, nil
 	}
 	v := kv.(*ipcacheView)
+	if v.inSync {
+		return 0, nil
+	}
+	v.decode()
 	if v.undecodable > 0 {
 		keep := make([]bpf.Entry, 0, len(want))
 		for _, e := range want {

@@ -87,23 +87,12 @@ func (r *Reconciler) removeLeftovers() error {
 // needs no change: tunnel-mode routes point at podmesh_vxlan, where
 // decapsulated return traffic arrives, and native routes at the underlay
 // link, so strict reverse-path checks pass; its value is logged once.
-func (r *Reconciler) checkSysctls(want map[netip.Prefix]Entry) error {
-	has4, has6 := false, false
-	for p := range want {
-		if p.Addr().Is4() {
-			has4 = true
-		} else {
-			has6 = true
-		}
-		if has4 && has6 {
-			break
-		}
-	}
+func (r *Reconciler) checkSysctls(fam families) error {
 	var need []string
-	if has4 {
+	if fam&hasIPv4 != 0 {
 		need = append(need, "net.ipv4.ip_forward")
 	}
-	if has6 {
+	if fam&hasIPv6 != 0 {
 		need = append(need, "net.ipv6.conf.all.forwarding")
 	}
 	var errs []error
@@ -117,11 +106,35 @@ func (r *Reconciler) checkSysctls(want map[netip.Prefix]Entry) error {
 			errs = append(errs, err)
 		}
 	}
-	if !r.rpFilterLogged && len(want) > 0 {
+	if !r.rpFilterLogged && fam != 0 {
 		r.rpFilterLogged = true
 		if v, err := r.sysctl("net.ipv4.conf.all.rp_filter", ""); err == nil {
 			r.log.WithField("rp_filter", v).Info("Remote prefix routes point at the device return traffic arrives on, so the reverse-path filter passes it")
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// families is a set of address families.
+type families uint8
+
+const (
+	hasIPv4 families = 1 << iota
+	hasIPv6
+)
+
+// prefixFamilies returns the families of the prefixes of m.
+func prefixFamilies(m map[netip.Prefix]Entry) families {
+	var f families
+	for p := range m {
+		if p.Addr().Is4() {
+			f |= hasIPv4
+		} else {
+			f |= hasIPv6
+		}
+		if f == hasIPv4|hasIPv6 {
+			break
+		}
+	}
+	return f
 }

@@ -53,31 +53,34 @@ func isLinkNotFound(err error) bool {
 }
 
 // listRoutes dumps the routes of podmesh's table for both families and splits
-// them into podmesh's own (tagged with RouteProtocol) and foreign ones. It
-// retries a dump the kernel reports interrupted: an inconsistent read must
-// not drive a prune.
+// them into podmesh's own (tagged with RouteProtocol) and foreign ones.
 func listRoutes(rb *routeBatcher) (ours, foreign map[netip.Prefix]netlink.Route, err error) {
+	v, err := readRoutes(rb)
+	if err != nil {
+		return nil, nil, err
+	}
+	v.index()
+	return v.ours, v.foreign, nil
+}
+
+// dumpTable dumps the routes of podmesh's table for both families. It
+// retries a dump the kernel reports interrupted: an inconsistent read must
+// not drive a prune. sizeHint is the size of the last dump.
+func dumpTable(rb *routeBatcher, sizeHint int) ([]kernelRoute, error) {
+	var (
+		rs  []kernelRoute
+		err error
+	)
 	for range dumpRetries {
-		ours = make(map[netip.Prefix]netlink.Route)
-		foreign = make(map[netip.Prefix]netlink.Route)
-		err = rb.dumpRoutes(routeTable, func(r netlink.Route) {
-			pfx, ok := routeKey(r)
-			switch {
-			case !ok:
-			case r.Protocol == RouteProtocol:
-				ours[pfx] = r
-			case r.Type == unix.RTN_UNICAST || r.Type == 0:
-				foreign[pfx] = r
-			}
-		})
+		rs, err = rb.dumpRoutes(routeTable, make([]kernelRoute, 0, sizeHint+sizeHint/8))
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("list routes: %w", err)
+		return nil, fmt.Errorf("list routes: %w", err)
 	}
-	return ours, foreign, nil
+	return rs, nil
 }
 
 // linkMTUFor returns the MTU of the link holding addr.

@@ -78,9 +78,15 @@ type Reconciler struct {
 	status Status
 
 	// Owned by the Run goroutine.
-	rev            uint64                     // desired revision the last pass processed
-	objs           map[netip.Prefix]objStatus // per-object status of every live desired object processed
-	count          map[string]*clusterCount   // objs summed per cluster
+	rev uint64 // desired revision the last pass processed
+	// The per-object status: an object of want is programmed unless
+	// failed holds it; failed also holds the live objects validate
+	// rejected (never in want).
+	want           map[netip.Prefix]Entry     // the valid live desired objects as of rev
+	wantCount      map[string]int             // want's objects per cluster
+	wantFamilies   families                   // the address families of want's prefixes (a superset)
+	wantOK         bool                       // the last pass left every object of want programmed
+	failed         map[netip.Prefix]objStatus // live objects the last pass that handled them could not program
 	undeleted      map[netip.Prefix]error     // withdrawn objects whose delete failed; retried by every full pass
 	podCIDRs       map[string][]netip.Prefix  // the remote clusters' pod CIDRs as of the last full pass
 	pruneAllowed   bool                       // PruneAllowed as of the last full pass
@@ -183,8 +189,8 @@ func newReconciler(cfg Config, log logrus.FieldLogger) *Reconciler {
 		log:          log,
 		desired:      cfg.Desired,
 		ns:           nsRunner{ns: netns.None()},
-		objs:         make(map[netip.Prefix]objStatus),
-		count:        make(map[string]*clusterCount),
+		wantCount:    make(map[string]int),
+		failed:       make(map[netip.Prefix]objStatus),
 		undeleted:    make(map[netip.Prefix]error),
 		clusterNames: make(map[uint32]string),
 		metrics:      newMetrics(),
@@ -268,7 +274,7 @@ func (r *Reconciler) reconcile(full bool) bool {
 // it is then among the changes) or have no object processed yet.
 func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 	for c, ps := range now {
-		if !slices.Equal(ps, r.podCIDRs[c]) && r.count[c] != nil {
+		if !slices.Equal(ps, r.podCIDRs[c]) && r.hasObjects(c) {
 			return false
 		}
 	}
@@ -280,6 +286,11 @@ func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
 	r.podCIDRs = ch.PodCIDRs
+	if len(r.want) > 0 && len(ch.Objects) > 2*len(r.want) {
+		// Many new objects (a cluster joining): grow the table once
+		// rather than step by step.
+		r.want = growMap(r.want, len(ch.Objects))
+	}
 	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
 	var del []Entry
 	bad := make(map[netip.Prefix]Entry)
@@ -291,7 +302,8 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 		}
 		if err := r.validate(o.Entry); err != nil {
 			bad[p] = o.Entry
-			r.setStatus(p, o.Entry, err)
+			r.dropWant(p)
+			r.failed[p] = objStatus{entry: o.Entry, err: err, invalid: true}
 			continue
 		}
 		upd[p] = o.Entry
@@ -300,11 +312,29 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	for p, e := range bad {
 		del = append(del, Entry{Prefix: p.Masked(), Cluster: e.Cluster})
 	}
-	sysErr := r.checkSysctls(upd)
+	fam := prefixFamilies(upd)
+	r.wantFamilies |= fam
+	sysErr := r.checkSysctls(fam)
+	// r.programmed answers from the status before this pass.
 	written, failed := r.b.update(nil, upd, r.programmed)
-	for p, e := range upd {
-		r.setStatus(p, e, failed[p])
+	if len(r.want) == 0 {
+		// The first objects (an agent start, the first cluster joining):
+		// the update set is the valid set.
+		r.want, r.wantCount = upd, countByCluster(upd)
+		for p, err := range failed {
+			r.failed[p] = objStatus{entry: upd[p], err: err}
+		}
+	} else {
+		for p, e := range upd {
+			r.putWant(p, e)
+			if err := failed[p]; err != nil {
+				r.failed[p] = objStatus{entry: e, err: err}
+			} else if len(r.failed) > 0 {
+				delete(r.failed, p)
+			}
+		}
 	}
+	r.wantOK = r.wantOK && len(failed) == 0
 	// Cluster routes after the objects they lead to, before deletions.
 	var routeErr error
 	if cidrsMoved {
@@ -332,22 +362,54 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 // different), delete what this process saw withdrawn, and prune what
 // podmesh owns and nobody wants once prune is allowed. What it had to write
 // or remove is the drift it found.
+//
+// The kernel is read on every full pass; the desired side is not: when the
+// desired table's revision has not moved since the last pass, the valid
+// objects that pass left in r.want are the desired set, nothing was
+// withdrawn, and the per-object status only needs touching if some object
+// failed now or before. Its cost then follows the kernel read, not the
+// bookkeeping.
 func (r *Reconciler) full(start time.Time) bool {
-	oldest := r.desired.oldestSince(r.rev)
-	snap := r.desired.Snapshot()
-	invalid := make(map[netip.Prefix]error)
-	invalidEntry := make(map[netip.Prefix]Entry)
-	r.podCIDRs = snap.PodCIDRs
-	want := snap.Entries // the valid ones, after this loop
-	for p, e := range want {
-		if err := r.validate(e); err != nil {
-			invalid[p], invalidEntry[p] = err, e
-			delete(want, p)
-			continue
+	var (
+		oldest time.Time
+		snap   Snapshot
+		gone   []Entry // withdrawn while this process ran
+	)
+	moved := r.want == nil || r.desired.Version() != r.rev
+	if moved {
+		oldest = r.desired.oldestSince(r.rev)
+		snap = r.desired.Snapshot()
+		r.podCIDRs = snap.PodCIDRs
+		invalid := make(map[netip.Prefix]objStatus)
+		for p, e := range snap.Entries { // the valid ones, after this loop
+			if err := r.validate(e); err != nil {
+				invalid[p] = objStatus{entry: e, err: err, invalid: true}
+				delete(snap.Entries, p)
+				continue
+			}
+			r.clusterNames[e.ClusterID] = e.Cluster
 		}
-		r.clusterNames[e.ClusterID] = e.Cluster
+		// What the last pass knew and the table no longer holds.
+		for p, e := range r.want {
+			_, ok := snap.Entries[p]
+			if _, bad := invalid[p]; !ok && !bad {
+				gone = append(gone, Entry{Prefix: p, Cluster: e.Cluster})
+			}
+		}
+		for p, st := range r.failed {
+			_, ok := snap.Entries[p]
+			if _, bad := invalid[p]; st.invalid && !ok && !bad {
+				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
+			}
+		}
+		r.want, r.failed = snap.Entries, invalid
+		r.wantCount = countByCluster(r.want)
+		r.wantFamilies = prefixFamilies(r.want)
+	} else {
+		snap = Snapshot{PodCIDRs: r.podCIDRs, Revision: r.rev, PruneAllowed: r.pruneAllowed}
 	}
-	sysErr := r.checkSysctls(want)
+	want := r.want
+	sysErr := r.checkSysctls(r.wantFamilies)
 	if r.autoMTU {
 		r.followUnderlayMTU()
 	}
@@ -362,15 +424,7 @@ func (r *Reconciler) full(start time.Time) bool {
 		passErr = err
 	} else {
 		written, failed = r.b.update(v, want, r.programmed)
-		// Withdrawn while this process ran: delete, even before prune is
-		// allowed.
-		var gone []Entry
-		for p, st := range r.objs {
-			_, ok := want[p]
-			if _, bad := invalid[p]; !ok && !bad {
-				gone = append(gone, Entry{Prefix: p, Cluster: st.entry.Cluster})
-			}
-		}
+		// Withdrawn objects go even before prune is allowed.
 		for p := range r.undeleted {
 			if _, ok := want[p]; !ok {
 				gone = append(gone, Entry{Prefix: p})
@@ -378,7 +432,6 @@ func (r *Reconciler) full(start time.Time) bool {
 		}
 		dfailed := r.b.delete(gone)
 		for _, e := range gone {
-			r.forget(e.Prefix)
 			if err := dfailed[e.Prefix]; err != nil {
 				r.undeleted[e.Prefix] = err
 			} else {
@@ -392,16 +445,24 @@ func (r *Reconciler) full(start time.Time) bool {
 		removed += routed
 		passErr = errors.Join(routeErr, perr)
 	}
-	for p, e := range invalidEntry {
-		r.setStatus(p, e, invalid[p])
-	}
-	for p, e := range want {
+	allOK := passErr == nil && len(failed) == 0
+	if !allOK || !r.wantOK {
+		// Replace the failures of want's objects with this pass's.
+		for p, st := range r.failed {
+			if !st.invalid {
+				delete(r.failed, p)
+			}
+		}
 		if passErr != nil && failed == nil {
-			r.setStatus(p, e, passErr)
-		} else {
-			r.setStatus(p, e, failed[p])
+			for p, e := range want {
+				r.failed[p] = objStatus{entry: e, err: passErr}
+			}
+		}
+		for p, err := range failed {
+			r.failed[p] = objStatus{entry: want[p], err: err}
 		}
 	}
+	r.wantOK = allOK
 	if err == nil && passErr == nil && snap.PruneAllowed && len(failed) == 0 {
 		passErr = r.removeLeftovers()
 	}
@@ -421,8 +482,11 @@ func (r *Reconciler) setupAndRead() (kernelView, error) {
 // programmed reports whether the last pass that handled prefix p put it in
 // the kernel (so the kernel object is podmesh's).
 func (r *Reconciler) programmed(p netip.Prefix) bool {
-	st, ok := r.objs[p]
-	return ok && st.err == nil
+	if _, ok := r.want[p]; !ok {
+		return false
+	}
+	_, bad := r.failed[p]
+	return !bad
 }
 
 const (
@@ -442,6 +506,17 @@ func clusterCIDRs(by map[string][]netip.Prefix) []netip.Prefix {
 	}
 	sortPrefixes(out)
 	return slices.Compact(out)
+}
+
+// growMap returns m, or a copy of it with room for n more entries when it
+// is small.
+func growMap[K comparable, V any](m map[K]V, n int) map[K]V {
+	if len(m) >= n {
+		return m
+	}
+	grown := make(map[K]V, len(m)+n)
+	maps.Copy(grown, m)
+	return grown
 }
 
 func podCIDRsEqual(a, b map[string][]netip.Prefix) bool {

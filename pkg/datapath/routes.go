@@ -1,8 +1,10 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -13,18 +15,70 @@ import (
 // (one route per prefix) and the ebpf mode uses for its cluster routes (one
 // route per remote cluster pod CIDR).
 
-// routeView is one dump of podmesh's table, split into podmesh's own routes
-// (tagged with RouteProtocol) and everybody else's.
+// routeView is one dump of podmesh's table. A pass over a converged table
+// only needs to know that podmesh's routes are exactly the wanted ones, which
+// a digest of the dump answers (inSync) without indexing anything; the maps
+// of podmesh's own routes (tagged with RouteProtocol) and everybody else's
+// by prefix are built on first use (index).
 type routeView struct {
+	routes        []kernelRoute
 	ours, foreign map[netip.Prefix]netlink.Route
+	// synced: updateRoutes found podmesh's routes exactly the wanted ones,
+	// so prune has nothing to remove either.
+	synced bool
 }
 
 func readRoutes(rb *routeBatcher) (*routeView, error) {
-	ours, foreign, err := listRoutes(rb)
+	rs, err := dumpTable(rb, rb.lastDump)
 	if err != nil {
 		return nil, err
 	}
-	return &routeView{ours: ours, foreign: foreign}, nil
+	rb.lastDump = len(rs)
+	return &routeView{routes: rs}, nil
+}
+
+// index builds ours and foreign, once.
+func (v *routeView) index() {
+	if v.ours != nil {
+		return
+	}
+	v.ours = make(map[netip.Prefix]netlink.Route)
+	v.foreign = make(map[netip.Prefix]netlink.Route)
+	for i := range v.routes {
+		k := &v.routes[i]
+		switch {
+		case !k.dst.IsValid():
+		case k.protocol == RouteProtocol:
+			v.ours[k.dst] = k.route()
+		case k.typ == unix.RTN_UNICAST || k.typ == 0:
+			v.foreign[k.dst] = k.route()
+		}
+	}
+}
+
+// inSync reports whether podmesh's routes in the dump are exactly the
+// routes of want (spec per entry; link is the output link the specs name, 0
+// when they leave it to the kernel) and no foreign route holds a wanted
+// prefix: then a full pass has nothing to write or prune. It compares the
+// digests of both sides, so it decodes nothing into maps.
+func (v *routeView) inSync(want map[netip.Prefix]Entry, spec func(Entry) routeSpec, link int) bool {
+	var have, wanted routeDigest
+	for i := range v.routes {
+		k := &v.routes[i]
+		switch {
+		case !k.dst.IsValid():
+		case k.protocol == RouteProtocol:
+			have.add(k.sig(link))
+		case k.typ == unix.RTN_UNICAST || k.typ == 0:
+			if _, ok := want[k.dst]; ok {
+				return false
+			}
+		}
+	}
+	for _, e := range want {
+		wanted.add(spec(e).sig())
+	}
+	return have == wanted
 }
 
 // errForeignRoute is the failure of a prefix that a route podmesh did not
@@ -42,6 +96,10 @@ func updateRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry, s
 	failed = make(map[netip.Prefix]error)
 	var ops []routeOp
 	if v != nil {
+		if v.synced = v.inSync(want, spec, linkOf(want, spec)); v.synced {
+			return 0, failed
+		}
+		v.index()
 		plan := planRoutes(want, spec, v.ours, v.foreign, func(netip.Prefix) bool { return false })
 		for p := range plan.conflicts {
 			failed[p] = errForeignRoute
@@ -110,6 +168,10 @@ func specRoutes(es []Entry, spec func(Entry) routeSpec) []netlink.Route {
 // pruneRoutes removes the routes of the view that podmesh created and want
 // does not hold.
 func pruneRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry) (removed int, err error) {
+	if v.synced {
+		return 0, nil
+	}
+	v.index()
 	var goneP []netip.Prefix
 	for p := range v.ours {
 		if _, ok := want[p]; !ok {
@@ -133,4 +195,105 @@ func pruneRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry) (r
 		removed++
 	}
 	return removed, errors.Join(errs...)
+}
+
+// linkOf is the output link the specs of want name (they all name the same
+// one); 0 without entries or when the kernel resolves it.
+func linkOf(want map[netip.Prefix]Entry, spec func(Entry) routeSpec) int {
+	for _, e := range want {
+		return spec(e).link
+	}
+	return 0
+}
+
+// routeSig is what routeSpec.matches compares of a route, in one form for
+// both sides: a wanted route and a kernel route that matches it have equal
+// signatures.
+type routeSig struct {
+	dst     netip.Prefix
+	gw, via netip.Addr
+	link    int           // 0 when the specs leave the output link to the kernel
+	scope   netlink.Scope // IPv4 only: the kernel keeps none for IPv6 routes
+	onlink  bool
+	mtu     int
+	plain   bool // unicast, no multipath, no encapsulation: the only routes matches accepts
+}
+
+func (s routeSpec) sig() routeSig {
+	g := routeSig{dst: s.prefix, link: s.link, onlink: s.onlink, mtu: s.mtu, plain: true}
+	if s.via {
+		g.via = s.gw
+	} else {
+		g.gw = s.gw
+	}
+	if s.prefix.Addr().Is4() {
+		g.scope = s.scope
+	}
+	return g
+}
+
+// sig is the kernel route's signature against specs naming output link
+// link (0: the kernel's choice, not compared).
+func (k *kernelRoute) sig(link int) routeSig {
+	g := routeSig{
+		dst: k.dst, gw: k.gw, via: k.via, mtu: k.mtu,
+		onlink: k.flags&int(netlink.FLAG_ONLINK) != 0,
+		plain:  (k.typ == 0 || k.typ == unix.RTN_UNICAST) && !k.multipath && !k.encap,
+	}
+	if link != 0 {
+		g.link = k.link
+	}
+	if k.dst.Addr().Is4() {
+		g.scope = k.scope
+	}
+	return g
+}
+
+// routeDigest is an order-independent summary of a set of route signatures:
+// their number and two sums of per-signature 64-bit hashes under
+// independent seeds. Equal sets have equal digests; a route missing, added
+// or different moves both sums, so unequal sets collide only if both 64-bit
+// sums do.
+type routeDigest struct {
+	n    int
+	a, b uint64
+}
+
+var routeSeedA, routeSeedB = maphash.MakeSeed(), maphash.MakeSeed()
+
+func (d *routeDigest) add(g routeSig) {
+	var buf [64]byte
+	b := appendAddr(buf[:0], g.dst.Addr())
+	b = append(b, byte(g.dst.Bits()))
+	b = appendAddr(b, g.gw)
+	b = appendAddr(b, g.via)
+	b = binary.NativeEndian.AppendUint32(b, uint32(g.link))
+	b = binary.NativeEndian.AppendUint32(b, uint32(g.mtu))
+	b = append(b, byte(g.scope), boolByte(g.onlink), boolByte(g.plain))
+	d.n++
+	d.a += maphash.Bytes(routeSeedA, b)
+	d.b += maphash.Bytes(routeSeedB, b)
+}
+
+// appendAddr appends a's family (0: invalid) and its 16 bytes.
+func appendAddr(b []byte, a netip.Addr) []byte {
+	var fam byte
+	switch {
+	case a.Is4():
+		fam = 4
+	case a.IsValid():
+		fam = 6
+	}
+	a16 := a.As16()
+	if !a.IsValid() {
+		a16 = [16]byte{}
+	}
+	return append(append(b, fam), a16[:]...)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }

@@ -54,77 +54,89 @@ type Status struct {
 	Drops map[string]Counter
 }
 
-// objStatus is the status of one desired object: its entry as last
-// processed, and the error that kept it from the kernel (nil: programmed).
+// objStatus is a failed object: its entry as last processed and the error
+// that kept it from the kernel.
 type objStatus struct {
-	entry Entry
-	err   error
+	entry   Entry
+	err     error
+	invalid bool // validate rejected it: it is not in want
 }
-
-type clusterCount struct{ programmed, failed int }
 
 // errorsKept bounds Status.Errors.
 const errorsKept = 64
 
-// setStatus records the status of one live object and keeps the per-cluster
-// sums.
-func (r *Reconciler) setStatus(p netip.Prefix, e Entry, err error) {
-	if st, ok := r.objs[p]; ok && st.entry == e && st.err == err {
+// putWant records valid object p with entry e in want, keeping the
+// per-cluster count.
+func (r *Reconciler) putWant(p netip.Prefix, e Entry) {
+	old, ok := r.want[p]
+	r.want[p] = e
+	if ok && old.Cluster == e.Cluster {
 		return
 	}
-	r.forget(p)
-	r.objs[p] = objStatus{entry: e, err: err}
-	c := r.count[e.Cluster]
-	if c == nil {
-		c = &clusterCount{}
-		r.count[e.Cluster] = c
+	if ok {
+		r.uncount(old.Cluster)
 	}
-	if err != nil {
-		c.failed++
-	} else {
-		c.programmed++
+	r.wantCount[e.Cluster]++
+}
+
+// dropWant removes object p from want.
+func (r *Reconciler) dropWant(p netip.Prefix) {
+	if old, ok := r.want[p]; ok {
+		delete(r.want, p)
+		r.uncount(old.Cluster)
+	}
+}
+
+func (r *Reconciler) uncount(cluster string) {
+	if r.wantCount[cluster]--; r.wantCount[cluster] <= 0 {
+		delete(r.wantCount, cluster)
 	}
 }
 
 // forget drops the status of an object.
 func (r *Reconciler) forget(p netip.Prefix) {
-	st, ok := r.objs[p]
-	if !ok {
-		return
+	r.dropWant(p)
+	delete(r.failed, p)
+}
+
+// hasObjects reports whether any live object of cluster was processed.
+func (r *Reconciler) hasObjects(cluster string) bool {
+	if r.wantCount[cluster] > 0 {
+		return true
 	}
-	delete(r.objs, p)
-	c := r.count[st.entry.Cluster]
-	if st.err != nil {
-		c.failed--
-	} else {
-		c.programmed--
+	for _, st := range r.failed {
+		if st.entry.Cluster == cluster {
+			return true
+		}
 	}
-	if c.failed == 0 && c.programmed == 0 {
-		delete(r.count, st.entry.Cluster)
+	return false
+}
+
+func countByCluster(m map[netip.Prefix]Entry) map[string]int {
+	out := make(map[string]int)
+	for _, e := range m {
+		out[e.Cluster]++
 	}
+	return out
 }
 
 // finish publishes a pass's outcome to status, metrics and the log.
 func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int, oldest time.Time, passErr error) bool {
-	programmed := make(map[string]int, len(r.count))
+	programmed := maps.Clone(r.wantCount)
 	failedBy := make(map[string]int)
-	nFailed := 0
-	for c, n := range r.count {
-		if n.programmed > 0 {
-			programmed[c] = n.programmed
-		}
-		if n.failed > 0 {
-			failedBy[c] = n.failed
-			nFailed += n.failed
+	nFailed := len(r.failed)
+	for _, st := range r.failed {
+		failedBy[st.entry.Cluster]++
+		if !st.invalid {
+			programmed[st.entry.Cluster]--
 		}
 	}
+	maps.DeleteFunc(programmed, func(_ string, n int) bool { return n <= 0 })
 	errs := make(map[string]string)
 	if nFailed+len(r.undeleted) > 0 {
 		failed := make(map[netip.Prefix]error, nFailed+len(r.undeleted))
-		for p, st := range r.objs {
-			if st.err != nil {
-				failed[p.Masked()] = st.err
-			}
+		for p, st := range r.failed {
+			failed[p.Masked()] = st.err
 		}
 		maps.Copy(failed, r.undeleted)
 		for _, p := range sortedPrefixes(failed) {
@@ -176,7 +188,7 @@ func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int,
 	}
 	r.mu.Unlock()
 
-	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.objs), "writes": writes, "duration": now.Sub(start)}
+	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.want), "writes": writes, "duration": now.Sub(start)}
 	if kind == passFull {
 		fields["out_of_sync"] = outOfSync
 	}

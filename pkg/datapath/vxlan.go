@@ -108,35 +108,22 @@ func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours f
 	v, _ := kv.(*vxlanView)
 	written := 0
 	// FDB and neighbour entries first (once per endpoint and gateway), so a
-	// route never leads to an unresolved gateway.
+	// route never leads to an unresolved gateway. Prefixes share a few
+	// endpoints: the work and its outcome are per endpoint and family.
 	fdbErr := make(map[netip.Addr]error)
 	neighErr := make(map[netip.Addr]error)
+	peerErr := make(map[peerKey]error)
 	pending := make(map[netip.Prefix]error)
 	for p, e := range want {
-		if _, done := fdbErr[e.TunnelEndpoint]; !done {
-			f := desiredFDB(e.TunnelEndpoint, b.linkIndex)
-			var err error
-			if h, ok := v.fdbOf(f); !ok || ipToAddr(h.IP) != e.TunnelEndpoint {
-				written++
-				if err = b.h.NeighSet(&f); err != nil {
-					err = fmt.Errorf("set fdb %s dst %s: %w", f.HardwareAddr, e.TunnelEndpoint, err)
-				}
-			}
-			fdbErr[e.TunnelEndpoint] = err
+		k := peerKeyOf(e)
+		err, done := peerErr[k]
+		if !done {
+			var n int
+			n, err = b.setPeer(v, e, fdbErr, neighErr)
+			written += n
+			peerErr[k] = err
 		}
-		n := desiredNeigh(e, b.linkIndex)
-		gw := ipToAddr(n.IP)
-		if _, done := neighErr[gw]; !done {
-			var err error
-			if h, ok := v.neighOf(gw); !ok || !neighMatches(n, h) {
-				written++
-				if err = b.h.NeighSet(&n); err != nil {
-					err = fmt.Errorf("set neighbour %s lladdr %s: %w", gw, n.HardwareAddr, err)
-				}
-			}
-			neighErr[gw] = err
-		}
-		if err := errors.Join(fdbErr[e.TunnelEndpoint], neighErr[gw]); err != nil {
+		if err != nil {
 			pending[p] = err
 		}
 	}
@@ -149,6 +136,49 @@ func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours f
 		failed[p] = errors.Join(err, failed[p])
 	}
 	return written + rw, failed
+}
+
+// peerKey names what a prefix's route needs on the device: the FDB entry of
+// its endpoint and the neighbour entry of its gateway, which depends on the
+// endpoint and the prefix's family (vtep).
+type peerKey struct {
+	endpoint netip.Addr
+	v4       bool
+}
+
+func peerKeyOf(e Entry) peerKey {
+	return peerKey{endpoint: e.TunnelEndpoint, v4: e.Prefix.Addr().Is4()}
+}
+
+// setPeer makes the FDB entry of e's endpoint and the neighbour entry of
+// its gateway match (each once per call of update: fdbErr and neighErr hold
+// the outcomes so far) and returns how many it wrote and their error.
+func (b *vxlanBackend) setPeer(v *vxlanView, e Entry, fdbErr, neighErr map[netip.Addr]error) (int, error) {
+	written := 0
+	if _, done := fdbErr[e.TunnelEndpoint]; !done {
+		f := desiredFDB(e.TunnelEndpoint, b.linkIndex)
+		var err error
+		if h, ok := v.fdbOf(f); !ok || ipToAddr(h.IP) != e.TunnelEndpoint {
+			written++
+			if err = b.h.NeighSet(&f); err != nil {
+				err = fmt.Errorf("set fdb %s dst %s: %w", f.HardwareAddr, e.TunnelEndpoint, err)
+			}
+		}
+		fdbErr[e.TunnelEndpoint] = err
+	}
+	n := desiredNeigh(e, b.linkIndex)
+	gw := ipToAddr(n.IP)
+	if _, done := neighErr[gw]; !done {
+		var err error
+		if h, ok := v.neighOf(gw); !ok || !neighMatches(n, h) {
+			written++
+			if err = b.h.NeighSet(&n); err != nil {
+				err = fmt.Errorf("set neighbour %s lladdr %s: %w", gw, n.HardwareAddr, err)
+			}
+		}
+		neighErr[gw] = err
+	}
+	return written, errors.Join(fdbErr[e.TunnelEndpoint], neighErr[gw])
 }
 
 func (v *vxlanView) fdbOf(f netlink.Neigh) (netlink.Neigh, bool) {
@@ -185,14 +215,25 @@ func (b *vxlanBackend) prune(kv kernelView, want map[netip.Prefix]Entry, allowed
 	}
 	usedGW := make(map[netip.Addr]bool)
 	usedMAC := make(map[string]bool)
+	peers := make(map[peerKey]Entry) // prefixes share a few endpoints
 	for _, e := range want {
+		if k := peerKeyOf(e); !hasKey(peers, k) {
+			peers[k] = e
+		}
+	}
+	for _, e := range peers {
 		gw, _ := vtep(e.Prefix, e.TunnelEndpoint)
 		usedGW[gw] = true
 		usedMAC[TunnelMAC(e.TunnelEndpoint).String()] = true
 	}
-	for _, r := range v.ours {
-		if r.LinkIndex == b.linkIndex {
-			usedGW[routeGateway(r)] = true
+	if !v.synced {
+		// Routes beyond the wanted ones (prune not allowed yet, or
+		// failed) may still lead to a gateway.
+		v.index()
+		for _, r := range v.ours {
+			if r.LinkIndex == b.linkIndex {
+				usedGW[routeGateway(r)] = true
+			}
 		}
 	}
 	for gw, n := range v.neigh {
@@ -225,4 +266,9 @@ func routeGateway(r netlink.Route) netip.Addr {
 		return a
 	}
 	return viaAddr(r.Via)
+}
+
+func hasKey[K comparable, V any](m map[K]V, k K) bool {
+	_, ok := m[k]
+	return ok
 }
