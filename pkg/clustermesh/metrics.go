@@ -7,7 +7,7 @@ import (
 // collector exports Status as Prometheus metrics at scrape time, so no
 // metric can drift from what `podmesh-agent status` shows.
 type collector struct {
-	mesh *Mesh
+	status func() Status
 
 	configured, ready, remoteReady, failures, lastFailure *prometheus.Desc
 	nodes, endpoints, prefixes, invalidNow, invalidTotal  *prometheus.Desc
@@ -15,12 +15,14 @@ type collector struct {
 }
 
 // Collector returns the mesh's metrics; the caller registers it.
-func (m *Mesh) Collector() prometheus.Collector {
+func (m *Mesh) Collector() prometheus.Collector { return newCollector(m.Status) }
+
+func newCollector(status func() Status) prometheus.Collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("podmesh_agent_"+name, help, labels, nil)
 	}
 	return &collector{
-		mesh:         m,
+		status:       status,
 		configured:   d("remote_clusters", "Remote clusters configured in the config directory."),
 		ready:        d("remote_clusters_ready", "Remote clusters that are connected, synced and have a fresh heartbeat."),
 		remoteReady:  d("remote_cluster_ready", "1 when the remote cluster is ready.", "cluster"),
@@ -43,7 +45,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	st := c.mesh.Status()
+	st := c.status()
 	ready := 0
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
