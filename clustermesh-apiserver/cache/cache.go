@@ -1,0 +1,421 @@
+package cache
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/podmesh/podmesh/pkg/clustermesh"
+	"github.com/podmesh/podmesh/pkg/datapath"
+	"github.com/podmesh/podmesh/pkg/meshapi"
+)
+
+// MaxTxnOps bounds the operations of one write transaction (etcd's default
+// --max-txn-ops is 128).
+const MaxTxnOps = 128
+
+// Options configure a Cache.
+type Options struct {
+	Cluster   string
+	ClusterID uint32
+	PodCIDRs  []netip.Prefix
+	// ConfigDir holds one etcd-client YAML file per remote cluster, in the
+	// agents' format.
+	ConfigDir string
+	// Etcd writes the cache; its user must be allowed to read and write
+	// meshapi.CacheRoot.
+	Etcd *clientv3.Client
+	// SyncTimeout ends the wait for every remote's first sync: then the
+	// canary is written and leftovers of a previous run are pruned.
+	SyncTimeout time.Duration
+	// StatusInterval is how often remote statuses are compared with what
+	// the cache holds (a change is written at the next pass).
+	StatusInterval time.Duration
+	Timing         clustermesh.Timing
+	Log            logrus.FieldLogger
+}
+
+// Cache mirrors the remote clusters into the local etcd.
+type Cache struct {
+	opts   Options
+	log    logrus.FieldLogger
+	mesh   *clustermesh.Mesh
+	wake   chan struct{}
+	synced chan struct{}
+
+	// mu protects want, removed and pruneAllowed.
+	mu sync.Mutex
+	// want holds per cluster the entries it should have (config, nodes,
+	// endpoints), replaced as a whole, never modified in place.
+	want map[string]map[string][]byte
+	// removed holds clusters to delete from the cache now, even before
+	// pruning is allowed.
+	removed      map[string]bool
+	pruneAllowed bool
+}
+
+// New returns a Cache; Run starts it.
+func New(opts Options) (*Cache, error) {
+	if opts.Etcd == nil {
+		return nil, errors.New("cache: no etcd client")
+	}
+	if opts.Log == nil {
+		opts.Log = logrus.New()
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 200 * time.Millisecond
+	}
+	c := &Cache{
+		opts:    opts,
+		log:     opts.Log.WithField("component", "cache"),
+		wake:    make(chan struct{}, 1),
+		synced:  make(chan struct{}),
+		want:    make(map[string]map[string][]byte),
+		removed: make(map[string]bool),
+	}
+	m, err := clustermesh.New(clustermesh.Options{
+		LocalCluster: opts.Cluster, LocalClusterID: opts.ClusterID, LocalPodCIDRs: opts.PodCIDRs,
+		ConfigDir: opts.ConfigDir, Desired: (*desired)(c), States: (*states)(c),
+		SyncTimeout: opts.SyncTimeout, Timing: opts.Timing, Log: c.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	c.mesh = m
+	return c, nil
+}
+
+// Synced is closed once the cache's canary is written: every configured
+// remote synced once, or the sync timeout passed.
+func (c *Cache) Synced() <-chan struct{} { return c.synced }
+
+// Status is the cache's view of every remote (the agent's status format).
+func (c *Cache) Status() clustermesh.Status { return c.mesh.Status() }
+
+// Mesh is the remote-cluster watcher the cache runs (metrics, status).
+func (c *Cache) Mesh() *clustermesh.Mesh { return c.mesh }
+
+func (c *Cache) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// desired is the clustermesh.DesiredSet side of the cache: removals and the
+// permission to prune; entries come through states.
+type desired Cache
+
+func (d *desired) SetCluster(string, []netip.Prefix, []datapath.Entry) {}
+
+func (d *desired) RemoveCluster(cluster string) {
+	c := (*Cache)(d)
+	c.mu.Lock()
+	delete(c.want, cluster)
+	c.removed[cluster] = true
+	c.mu.Unlock()
+	c.kick()
+}
+
+func (d *desired) AllowPrune() {
+	c := (*Cache)(d)
+	c.mu.Lock()
+	c.pruneAllowed = true
+	c.mu.Unlock()
+	c.kick()
+}
+
+// states receives each remote's validated state.
+type states Cache
+
+func (s *states) SetClusterState(cc *meshapi.ClusterConfig, nodes map[string]*meshapi.Node, endpoints map[string]*meshapi.Endpoint) {
+	c := (*Cache)(s)
+	want, err := Entries(cc, nodes, endpoints)
+	if err != nil {
+		c.log.WithError(err).WithField("cluster", cc.Name).Error("Cannot encode a remote cluster for the cache; keeping what the cache holds")
+		return
+	}
+	c.mu.Lock()
+	c.want[cc.Name] = want
+	delete(c.removed, cc.Name)
+	c.mu.Unlock()
+	c.kick()
+}
+
+// Run mirrors the remotes into etcd until ctx is done. The cache's keys stay
+// in etcd when it returns (a restart serves them, marked not ready).
+func (c *Cache) Run(ctx context.Context) error {
+	epoch, err := c.ensureEpoch(ctx)
+	if err != nil {
+		return err
+	}
+	have, err := c.list(ctx)
+	if err != nil {
+		return err
+	}
+	have[meshapi.CacheEpochKey] = []byte(epoch)
+	c.log.WithFields(logrus.Fields{"keys": len(have), "epoch": epoch}).Info("Cache starting")
+
+	meshErr := make(chan error, 1)
+	mctx, stop := context.WithCancel(ctx)
+	defer func() { stop(); <-meshErr }()
+	go func() { meshErr <- c.mesh.Run(mctx) }()
+
+	w := &writer{c: c, have: have}
+	ticker := time.NewTicker(c.opts.StatusInterval)
+	defer ticker.Stop()
+	meshSynced := c.mesh.Synced()
+	for {
+		if err := w.flush(ctx); err != nil && ctx.Err() == nil {
+			c.log.WithError(err).Warn("Writing the cache failed; retrying")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.wake:
+		case <-ticker.C:
+		case <-meshSynced:
+			meshSynced = nil // closed: wake once
+		}
+	}
+}
+
+// ensureEpoch returns the epoch of this etcd, creating it once.
+func (c *Cache) ensureEpoch(ctx context.Context) (string, error) {
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("cache epoch: %w", err)
+	}
+	fresh := base64.RawURLEncoding.EncodeToString(b)
+	k := meshapi.CacheEpochKey
+	resp, err := c.opts.Etcd.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, fresh)).
+		Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return "", fmt.Errorf("cache epoch: %w", err)
+	}
+	if resp.Succeeded {
+		return fresh, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return "", errors.New("cache epoch: vanished while read")
+	}
+	return string(kvs[0].Value), nil
+}
+
+// list reads every key the cache holds (a previous run's, after a restart).
+func (c *Cache) list(ctx context.Context) (map[string][]byte, error) {
+	have := make(map[string][]byte)
+	key, end := meshapi.CacheRoot, clientv3.GetPrefixRangeEnd(meshapi.CacheRoot)
+	for {
+		resp, err := c.opts.Etcd.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(1000))
+		if err != nil {
+			return nil, fmt.Errorf("list the cache: %w", err)
+		}
+		for _, kv := range resp.Kvs {
+			have[string(kv.Key)] = kv.Value
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return have, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// writer owns what etcd holds under CacheRoot (have); only Run's goroutine
+// uses it.
+type writer struct {
+	c      *Cache
+	have   map[string][]byte
+	synced bool
+}
+
+// flush writes the difference between the wanted and the held keys.
+func (w *writer) flush(ctx context.Context) error {
+	c := w.c
+	c.mu.Lock()
+	want := make(map[string]map[string][]byte, len(c.want))
+	for k, v := range c.want {
+		want[k] = v
+	}
+	removed := make(map[string]bool, len(c.removed))
+	for k := range c.removed {
+		removed[k] = true
+	}
+	pruneAllowed := c.pruneAllowed
+	c.mu.Unlock()
+
+	target := make(map[string][]byte)
+	for _, m := range want {
+		for k, v := range m {
+			target[k] = v
+		}
+	}
+	held := w.heldClusters()
+	for _, rs := range c.mesh.Status().Remotes {
+		if _, ok := want[rs.Cluster]; !ok && !(held[rs.Cluster] && !removed[rs.Cluster]) {
+			continue
+		}
+		st := meshapi.CacheStatus{Cluster: rs.Cluster, ClusterID: rs.ClusterID, Synced: true, Ready: rs.Ready, Reason: rs.Reason, Since: rs.Since.UTC(), Format: meshapi.CacheFormat}
+		if !rs.Ready {
+			st.LastHeartbeat = rs.LastHeartbeat.UTC()
+		}
+		if st.ClusterID == 0 { // known from the previous run's config only
+			st.ClusterID = w.heldClusterID(rs.Cluster)
+		}
+		b, err := meshapi.Encode(st)
+		if err != nil {
+			return err
+		}
+		target[meshapi.CacheStatusKey(rs.Cluster)] = b
+	}
+	target[meshapi.CacheEpochKey] = w.have[meshapi.CacheEpochKey]
+	meshSynced := false
+	select {
+	case <-c.mesh.Synced():
+		meshSynced = true
+	default:
+	}
+	if meshSynced {
+		if v, ok := w.have[meshapi.CacheSyncedKey]; ok && w.synced {
+			target[meshapi.CacheSyncedKey] = v
+		} else {
+			target[meshapi.CacheSyncedKey] = []byte(meshapi.FormatTime(time.Now()))
+		}
+	} else if v, ok := w.have[meshapi.CacheSyncedKey]; ok {
+		target[meshapi.CacheSyncedKey] = v // a previous run's: its data is served meanwhile
+	}
+
+	var ops []op
+	for k, v := range target {
+		if old, ok := w.have[k]; !ok || !bytes.Equal(old, v) {
+			ops = append(ops, op{key: k, value: v})
+		}
+	}
+	for k := range w.have {
+		if _, ok := target[k]; ok {
+			continue
+		}
+		if cluster := keyCluster(k); pruneAllowed || removed[cluster] {
+			ops = append(ops, op{key: k, delete: true})
+		}
+	}
+	slices.SortFunc(ops, func(a, b op) int { return cmp.Or(cmp.Compare(a.rank(), b.rank()), strings.Compare(a.key, b.key)) })
+	if err := w.write(ctx, ops); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	for cluster := range removed {
+		if c.removed[cluster] && !w.heldClusters()[cluster] {
+			delete(c.removed, cluster)
+		}
+	}
+	c.mu.Unlock()
+	if meshSynced && !w.synced {
+		w.synced = true
+		close(c.synced)
+		c.log.Info("Cache synced: every configured remote synced once, or the sync timeout passed")
+	}
+	return nil
+}
+
+// write applies ops in order, MaxTxnOps at a time, updating have.
+func (w *writer) write(ctx context.Context, ops []op) error {
+	for len(ops) > 0 {
+		n := min(len(ops), MaxTxnOps)
+		batch := make([]clientv3.Op, 0, n)
+		for _, o := range ops[:n] {
+			if o.delete {
+				batch = append(batch, clientv3.OpDelete(o.key))
+			} else {
+				batch = append(batch, clientv3.OpPut(o.key, string(o.value)))
+			}
+		}
+		if _, err := w.c.opts.Etcd.Txn(ctx).Then(batch...).Commit(); err != nil {
+			return fmt.Errorf("write %d cache keys: %w", n, err)
+		}
+		for _, o := range ops[:n] {
+			if o.delete {
+				delete(w.have, o.key)
+			} else {
+				w.have[o.key] = o.value
+			}
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// heldClusters lists the clusters whose config the cache holds.
+func (w *writer) heldClusters() map[string]bool {
+	out := make(map[string]bool)
+	for k := range w.have {
+		if name, ok := strings.CutPrefix(k, meshapi.CacheClusterConfigPrefix); ok {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+func (w *writer) heldClusterID(cluster string) uint32 {
+	cc, err := meshapi.DecodeClusterConfig(w.have[meshapi.CacheClusterConfigPrefix+cluster])
+	if err != nil {
+		return 0
+	}
+	return cc.ID
+}
+
+// op is one write of a flush.
+type op struct {
+	key    string
+	value  []byte
+	delete bool
+}
+
+// rank orders a flush: a cluster's config is written before its entries and
+// deleted before them (agents withdraw a cluster on its config's deletion);
+// statuses follow the entries they describe; the canary comes last.
+func (o op) rank() int {
+	switch {
+	case o.key == meshapi.CacheSyncedKey:
+		return 5
+	case strings.HasPrefix(o.key, meshapi.CacheStatusPrefix):
+		return 4
+	case strings.HasPrefix(o.key, meshapi.CacheClusterConfigPrefix) && o.delete:
+		return 0
+	case strings.HasPrefix(o.key, meshapi.CacheClusterConfigPrefix):
+		return 1
+	case o.delete:
+		return 3
+	}
+	return 2
+}
+
+// keyCluster returns the cluster a cache key belongs to ("" for the
+// cache's own keys).
+func keyCluster(key string) string {
+	rest, ok := strings.CutPrefix(key, meshapi.CacheRoot)
+	if !ok {
+		return ""
+	}
+	_, tail, ok := strings.Cut(rest, "/")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(tail, "/")
+	return name
+}
