@@ -25,6 +25,7 @@ var defaultServerDNSNames = []string{
 	"clustermesh-apiserver",
 	"clustermesh-apiserver." + defaultNamespace,
 	"clustermesh-apiserver." + defaultNamespace + ".svc",
+	certs.CacheServiceName + "." + defaultNamespace + ".svc",
 }
 
 // renewWarning is how close to expiry connect and verify start warning.
@@ -183,6 +184,82 @@ func (c *cli) cmdPeer(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "wrote client certificate %s for cluster %s to read cluster %s: %s, %s (valid until %s)\n",
 		kp.Cert.Subject.CommonName, *peer, ca.cluster, l.peerCert(*peer), l.peerKey(*peer), formatTime(kp.Cert.NotAfter))
+	return nil
+}
+
+// cmdCacheSecret issues the local agents' client certificate (CN
+// local-<cluster>, from the cluster's own CA) and renders the podmesh-cache
+// Secret the agents mount to read their own cluster's cache.
+func (c *cli) cmdCacheSecret(args []string) error {
+	fs := c.newFlagSet("cache-secret", "cache-secret --dir DIR [--endpoint URL]... [--out FILE|-] [--validity 365d] [--force]")
+	dir := fs.String("dir", "", "cluster directory holding ca.crt and ca.key (required)")
+	var endpoints []string
+	fs.Var(listFlag{&endpoints}, "endpoint", "URL the agents dial (repeatable; default the in-cluster cache Service)")
+	out := fs.String("out", "-", "where to write the Secret manifest; - for stdout")
+	namespace := fs.String("namespace", defaultNamespace, "namespace of the Secret")
+	validity := certs.DefaultLeafValidity
+	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
+	keyType := certs.KeyECDSAP256
+	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	force := fs.Bool("force", false, "overwrite --out")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usagef("cache-secret: --dir is required")
+	}
+	if *out != "-" {
+		if err := refuseExisting(*force, *out); err != nil {
+			return err
+		}
+	}
+	if len(endpoints) == 0 {
+		endpoints = []string{certs.CacheEndpoint(*namespace)}
+	}
+	l := layout{*dir}
+	ca, err := l.loadCA(c.now())
+	if err != nil {
+		return err
+	}
+	opts := certs.Options{
+		CommonName:   certs.LocalCN(ca.cluster),
+		Organization: []string{"podmesh"},
+		NotBefore:    c.now().Add(-time.Minute),
+		Validity:     validity,
+		KeyType:      keyType,
+	}
+	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
+		return err
+	}
+	kp, err := ca.ca.IssueClient(opts)
+	if err != nil {
+		return err
+	}
+	caPEM, err := readFile("CA certificate", l.caCert())
+	if err != nil {
+		return err
+	}
+	files, err := certs.CacheSecretFiles(endpoints, caPEM, kp.CertPEM, kp.KeyPEM)
+	if err != nil {
+		return err
+	}
+	secret := newSecret(certs.CacheSecretName, *namespace, "Opaque")
+	secret.Data = files
+	body, err := secret.marshal()
+	if err != nil {
+		return err
+	}
+	if *out == "-" {
+		if _, err := c.stdout.Write(body); err != nil {
+			return fmt.Errorf("write secret manifest to stdout: %w", err)
+		}
+		return nil
+	}
+	if err := writeAtomic(*out, body, 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "wrote Secret %s/%s (client certificate %s, valid until %s) for cluster %s's agents to %s\n",
+		*namespace, certs.CacheSecretName, kp.Cert.Subject.CommonName, formatTime(kp.Cert.NotAfter), ca.cluster, *out)
 	return nil
 }
 
