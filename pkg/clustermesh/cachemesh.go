@@ -165,7 +165,7 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 	wg.Go(func() { c.probe(ctx, cancel, cli, v.epochRead) })
 	wg.Go(func() { c.watchFile(ctx, cancel, cfg.Hash) })
 
-	published := false
+	published, complete := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -188,15 +188,23 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 				}
 			}
 		}
-		if ctx.Err() != nil || !v.listed || !v.cacheSynced {
+		if ctx.Err() != nil || !v.listed {
 			continue
 		}
-		c.publish(v, !published)
+		// Clusters are pushed as soon as the listing is in; what the
+		// listing lacks is withdrawn only once the cache says it is
+		// complete (its canary), so a replica still filling up never
+		// makes an agent withdraw.
+		withdrawAbsent := v.cacheSynced && !complete
+		c.publish(v, !published, withdrawAbsent)
 		if !published {
 			published = true
-			c.connectedNow()
-			c.log.WithField("remotes", len(v.clusters)).Info("Cache listed; remote clusters synced from the cache")
-			c.allowPrune("the cache's listing is applied")
+			c.reachable()
+		}
+		if withdrawAbsent {
+			complete = true
+			c.log.WithField("remotes", len(v.clusters)).Info("Cache listed and synced; remote clusters served from the cache")
+			c.allowPrune("the cache's complete listing is applied")
 		}
 	}
 }
@@ -256,11 +264,12 @@ func (c *CacheMesh) probe(ctx context.Context, cancel context.CancelCauseFunc, c
 }
 
 // publish pushes the clusters of v that changed (all of them on a session's
-// first publish, which also withdraws what the cache no longer holds).
-func (c *CacheMesh) publish(v *cacheView, full bool) {
+// first publish); withdrawAbsent also withdraws what was pushed before and
+// the cache no longer holds.
+func (c *CacheMesh) publish(v *cacheView, all, withdrawAbsent bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if full {
+	if withdrawAbsent {
 		for name := range c.pushed {
 			if _, ok := v.clusters[name]; !ok {
 				c.withdrawLocked(name, "removed from the cache")
@@ -268,7 +277,7 @@ func (c *CacheMesh) publish(v *cacheView, full bool) {
 		}
 	}
 	dirty := v.dirty
-	if full {
+	if all {
 		dirty = make(map[string]bool, len(v.clusters))
 		for name := range v.clusters {
 			dirty[name] = true
@@ -327,8 +336,6 @@ func (c *CacheMesh) withdrawLocked(name, why string) {
 	c.opts.Desired.RemoveCluster(name)
 	c.log.WithFields(logrus.Fields{"cluster": name, "reason": why}).Info("Remote cluster withdrawn")
 }
-
-func (c *CacheMesh) connectedNow() { c.reachable() }
 
 func (c *CacheMesh) reachable() {
 	c.mu.Lock()

@@ -272,6 +272,7 @@ func (l *Lab) StartAgent(ctx context.Context, n *Node) error {
 		"--cluster-id="+itoa(int(c.ID)),
 		"--pod-cidrs="+joinPrefixes(c.PodCIDRs),
 		"--kubeconfig="+kube.Kubeconfig,
+		"--mesh-mode=direct", // the emulated nodes dial every remote; cache mode needs the real install
 		"--clustermesh-config="+n.ConfigDir,
 		"--routing-mode="+n.Mode,
 		"--tunnel-port="+itoa(TunnelPort),
