@@ -34,12 +34,15 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "latency", "latency or memory")
+	mode := flag.String("mode", "latency", "latency, memory or cache (cache-agent and storm-agents are its children)")
 	changes := flag.Int("changes", 1000, "latency: number of changes")
 	clusters := flag.Int("clusters", 50, "memory: remote clusters")
 	nodes := flag.Int("nodes", 100, "nodes per remote cluster")
 	endpoints := flag.Int("endpoints", 1000, "endpoints per remote cluster")
 	etcdBin := flag.String("etcd", "bin/etcd", "etcd binary")
+	storm := flag.Int("storm", 1000, "cache: agents restarted at once against one cache replica (0: no storm)")
+	churn := flag.Duration("churn", 20*time.Second, "cache: how long to measure convergence under churn (0: not at all)")
+	cacheFile := flag.String("cache-file", "", "cache-agent, storm-agents: the cache's etcd-client file")
 	viaProxy := flag.Bool("proxy", false, "latency: read through clustermesh-apiserver's read-only mTLS proxy (in this process) instead of etcd directly")
 	flag.Parse()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -50,8 +53,14 @@ func main() {
 		err = latency(ctx, *etcdBin, *changes, *nodes, *endpoints, *viaProxy)
 	case "memory":
 		err = memory(ctx, *etcdBin, *clusters, *nodes, *endpoints)
+	case "cache":
+		err = cacheBench(ctx, *etcdBin, *clusters, *nodes, *endpoints, *storm, *churn)
+	case "cache-agent":
+		err = cacheAgent(ctx, *cacheFile)
+	case "storm-agents":
+		err = stormAgents(ctx, *cacheFile, *storm)
 	default:
-		err = fmt.Errorf("-mode %q: want latency or memory", *mode)
+		err = fmt.Errorf("-mode %q: want latency, memory or cache", *mode)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-agent:", err)
