@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -55,11 +56,14 @@ type Cache struct {
 	wake   chan struct{}
 	synced chan struct{}
 
-	// mu protects want, removed and pruneAllowed.
+	// mu protects want, dirty, removed and pruneAllowed.
 	mu sync.Mutex
 	// want holds per cluster the entries it should have (config, nodes,
 	// endpoints), replaced as a whole, never modified in place.
 	want map[string]map[string][]byte
+	// dirty holds the clusters whose want changed since the writer last
+	// took them (or whose write failed).
+	dirty map[string]bool
 	// removed holds clusters to delete from the cache now, even before
 	// pruning is allowed.
 	removed      map[string]bool
@@ -83,6 +87,7 @@ func New(opts Options) (*Cache, error) {
 		wake:    make(chan struct{}, 1),
 		synced:  make(chan struct{}),
 		want:    make(map[string]map[string][]byte),
+		dirty:   make(map[string]bool),
 		removed: make(map[string]bool),
 	}
 	m, err := clustermesh.New(clustermesh.Options{
@@ -125,6 +130,7 @@ func (d *desired) RemoveCluster(cluster string) {
 	c.mu.Lock()
 	delete(c.want, cluster)
 	c.removed[cluster] = true
+	c.dirty[cluster] = true
 	c.mu.Unlock()
 	c.kick()
 }
@@ -150,6 +156,7 @@ func (s *states) SetClusterState(cc *meshapi.ClusterConfig, nodes map[string]*me
 	c.mu.Lock()
 	c.want[cc.Name] = want
 	delete(c.removed, cc.Name)
+	c.dirty[cc.Name] = true
 	c.mu.Unlock()
 	c.kick()
 }
@@ -173,7 +180,7 @@ func (c *Cache) Run(ctx context.Context) error {
 	defer func() { stop(); <-meshErr }()
 	go func() { meshErr <- c.mesh.Run(mctx) }()
 
-	w := &writer{c: c, have: have}
+	w := newWriter(c, have)
 	ticker := time.NewTicker(c.opts.StatusInterval)
 	defer ticker.Stop()
 	meshSynced := c.mesh.Synced()
@@ -236,38 +243,158 @@ func (c *Cache) list(ctx context.Context) (map[string][]byte, error) {
 	}
 }
 
-// writer owns what etcd holds under CacheRoot (have); only Run's goroutine
-// uses it.
+// writer owns what etcd holds under CacheRoot (have, and the same keys by
+// cluster); only Run's goroutine uses it. A pass costs the clusters that
+// changed, not the whole cache.
 type writer struct {
-	c      *Cache
-	have   map[string][]byte
-	synced bool
+	c         *Cache
+	have      map[string][]byte
+	byCluster map[string]map[string]bool
+	synced    bool
+	pruned    bool
 }
 
-// flush writes the difference between the wanted and the held keys.
+func newWriter(c *Cache, have map[string][]byte) *writer {
+	w := &writer{c: c, have: have, byCluster: make(map[string]map[string]bool)}
+	for k := range have {
+		w.track(k, true)
+	}
+	return w
+}
+
+// track records that key is (held) or is not held, by cluster.
+func (w *writer) track(key string, held bool) {
+	cluster := keyCluster(key)
+	if cluster == "" {
+		return
+	}
+	m := w.byCluster[cluster]
+	if held {
+		if m == nil {
+			m = make(map[string]bool)
+			w.byCluster[cluster] = m
+		}
+		m[key] = true
+		return
+	}
+	delete(m, key)
+	if len(m) == 0 {
+		delete(w.byCluster, cluster)
+	}
+}
+
+// flush writes what changed: the entries of the dirty clusters, every
+// remote's status, the canary, and (once) the pruning of a previous run's
+// clusters that are no longer configured.
 func (w *writer) flush(ctx context.Context) error {
 	c := w.c
 	c.mu.Lock()
-	want := make(map[string]map[string][]byte, len(c.want))
-	for k, v := range c.want {
-		want[k] = v
-	}
-	removed := make(map[string]bool, len(c.removed))
-	for k := range c.removed {
-		removed[k] = true
-	}
-	pruneAllowed := c.pruneAllowed
-	c.mu.Unlock()
-
-	target := make(map[string][]byte)
-	for _, m := range want {
-		for k, v := range m {
-			target[k] = v
+	dirty := c.dirty
+	c.dirty = make(map[string]bool)
+	want := make(map[string]map[string][]byte, len(dirty))
+	for name := range dirty {
+		if m, ok := c.want[name]; ok {
+			want[name] = m
 		}
 	}
-	held := w.heldClusters()
-	for _, rs := range c.mesh.Status().Remotes {
-		if _, ok := want[rs.Cluster]; !ok && !(held[rs.Cluster] && !removed[rs.Cluster]) {
+	wanted := make(map[string]bool, len(c.want))
+	for name := range c.want {
+		wanted[name] = true
+	}
+	removed := maps.Clone(c.removed)
+	prune := c.pruneAllowed && !w.pruned
+	c.mu.Unlock()
+
+	var ops []op
+	put := func(k string, v []byte) {
+		if old, ok := w.have[k]; !ok || !bytes.Equal(old, v) {
+			ops = append(ops, op{key: k, value: v})
+		}
+	}
+	del := func(k string) {
+		if _, ok := w.have[k]; ok {
+			ops = append(ops, op{key: k, delete: true})
+		}
+	}
+	for name := range dirty {
+		m, ok := want[name]
+		for k, v := range m {
+			put(k, v)
+		}
+		if !ok && !removed[name] {
+			continue // nothing wanted yet: keep what a previous run left
+		}
+		for k := range w.byCluster[name] {
+			if _, keep := m[k]; !keep && !strings.HasPrefix(k, meshapi.CacheStatusPrefix) {
+				del(k)
+			}
+		}
+	}
+	if prune {
+		for name, keys := range w.byCluster {
+			if !wanted[name] {
+				for k := range keys {
+					del(k)
+				}
+			}
+		}
+	}
+
+	statuses, err := w.statuses(wanted, removed)
+	if err != nil {
+		return err
+	}
+	for name := range w.byCluster {
+		k := meshapi.CacheStatusKey(name)
+		if _, ok := statuses[k]; !ok && (removed[name] || prune && !wanted[name]) {
+			del(k)
+		}
+	}
+	for k, v := range statuses {
+		put(k, v)
+	}
+	meshSynced := false
+	select {
+	case <-c.mesh.Synced():
+		meshSynced = true
+	default:
+	}
+	if meshSynced && !w.synced {
+		put(meshapi.CacheSyncedKey, []byte(meshapi.FormatTime(time.Now())))
+	}
+
+	slices.SortFunc(ops, func(a, b op) int { return cmp.Or(cmp.Compare(a.rank(), b.rank()), strings.Compare(a.key, b.key)) })
+	if err := w.write(ctx, ops); err != nil {
+		c.mu.Lock()
+		for name := range dirty {
+			c.dirty[name] = true // retried by the next pass
+		}
+		c.mu.Unlock()
+		return err
+	}
+	c.mu.Lock()
+	for name := range removed {
+		if c.removed[name] && len(w.byCluster[name]) == 0 {
+			delete(c.removed, name)
+		}
+	}
+	c.mu.Unlock()
+	w.pruned = w.pruned || prune
+	if meshSynced && !w.synced {
+		w.synced = true
+		close(c.synced)
+		c.log.Info("Cache synced: every configured remote synced once, or the sync timeout passed")
+	}
+	return nil
+}
+
+// statuses computes the status key of every remote that has entries in the
+// cache (wanted now, or left by a previous run and not removed).
+func (w *writer) statuses(wanted, removed map[string]bool) (map[string][]byte, error) {
+	out := make(map[string][]byte)
+	for _, rs := range w.c.mesh.Status().Remotes {
+		held := len(w.byCluster[rs.Cluster]) > 0
+		if !wanted[rs.Cluster] && !(held && !removed[rs.Cluster]) {
 			continue
 		}
 		st := meshapi.CacheStatus{Cluster: rs.Cluster, ClusterID: rs.ClusterID, Synced: true, Ready: rs.Ready, Reason: rs.Reason, Since: rs.Since.UTC(), Format: meshapi.CacheFormat}
@@ -279,58 +406,11 @@ func (w *writer) flush(ctx context.Context) error {
 		}
 		b, err := meshapi.Encode(st)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		target[meshapi.CacheStatusKey(rs.Cluster)] = b
+		out[meshapi.CacheStatusKey(rs.Cluster)] = b
 	}
-	target[meshapi.CacheEpochKey] = w.have[meshapi.CacheEpochKey]
-	meshSynced := false
-	select {
-	case <-c.mesh.Synced():
-		meshSynced = true
-	default:
-	}
-	if meshSynced {
-		if v, ok := w.have[meshapi.CacheSyncedKey]; ok && w.synced {
-			target[meshapi.CacheSyncedKey] = v
-		} else {
-			target[meshapi.CacheSyncedKey] = []byte(meshapi.FormatTime(time.Now()))
-		}
-	} else if v, ok := w.have[meshapi.CacheSyncedKey]; ok {
-		target[meshapi.CacheSyncedKey] = v // a previous run's: its data is served meanwhile
-	}
-
-	var ops []op
-	for k, v := range target {
-		if old, ok := w.have[k]; !ok || !bytes.Equal(old, v) {
-			ops = append(ops, op{key: k, value: v})
-		}
-	}
-	for k := range w.have {
-		if _, ok := target[k]; ok {
-			continue
-		}
-		if cluster := keyCluster(k); pruneAllowed || removed[cluster] {
-			ops = append(ops, op{key: k, delete: true})
-		}
-	}
-	slices.SortFunc(ops, func(a, b op) int { return cmp.Or(cmp.Compare(a.rank(), b.rank()), strings.Compare(a.key, b.key)) })
-	if err := w.write(ctx, ops); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	for cluster := range removed {
-		if c.removed[cluster] && !w.heldClusters()[cluster] {
-			delete(c.removed, cluster)
-		}
-	}
-	c.mu.Unlock()
-	if meshSynced && !w.synced {
-		w.synced = true
-		close(c.synced)
-		c.log.Info("Cache synced: every configured remote synced once, or the sync timeout passed")
-	}
-	return nil
+	return out, nil
 }
 
 // write applies ops in order, MaxTxnOps at a time, updating have.
@@ -354,21 +434,11 @@ func (w *writer) write(ctx context.Context, ops []op) error {
 			} else {
 				w.have[o.key] = o.value
 			}
+			w.track(o.key, !o.delete)
 		}
 		ops = ops[n:]
 	}
 	return nil
-}
-
-// heldClusters lists the clusters whose config the cache holds.
-func (w *writer) heldClusters() map[string]bool {
-	out := make(map[string]bool)
-	for k := range w.have {
-		if name, ok := strings.CutPrefix(k, meshapi.CacheClusterConfigPrefix); ok {
-			out[name] = true
-		}
-	}
-	return out
 }
 
 func (w *writer) heldClusterID(cluster string) uint32 {
