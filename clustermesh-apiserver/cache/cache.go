@@ -81,6 +81,7 @@ func New(opts Options) (*Cache, error) {
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 200 * time.Millisecond
 	}
+	opts.Timing = withCacheTiming(opts.Timing)
 	c := &Cache{
 		opts:    opts,
 		log:     opts.Log.WithField("component", "cache"),
@@ -100,6 +101,31 @@ func New(opts Options) (*Cache, error) {
 	}
 	c.mesh = m
 	return c, nil
+}
+
+// CacheTiming is what the cache runs its remote sessions with where
+// Options.Timing leaves a field zero: one process watches every remote, so
+// liveness reads are rarer and more patient than an agent's (a remote that
+// dies is still reported stale within ProbeInterval + ProbeTimeout, 3 s),
+// and a busy cache does not end sessions, and re-list remotes, for a slow
+// answer.
+var CacheTiming = clustermesh.Timing{
+	ProbeInterval:  time.Second,
+	ProbeTimeout:   2 * time.Second,
+	RequestTimeout: 15 * time.Second,
+}
+
+func withCacheTiming(t clustermesh.Timing) clustermesh.Timing {
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&t.ProbeInterval, &CacheTiming.ProbeInterval},
+		{&t.ProbeTimeout, &CacheTiming.ProbeTimeout},
+		{&t.RequestTimeout, &CacheTiming.RequestTimeout},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	return t
 }
 
 // Synced is closed once the cache's canary is written: every configured

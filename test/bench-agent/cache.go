@@ -186,8 +186,8 @@ func cacheBench(ctx context.Context, bin string, clusters, nodes, endpoints, sto
 	if err := runChild(ctx, &res, "-mode=cache-agent", "-cache-file="+r.cacheFile); err != nil {
 		return err
 	}
-	fmt.Printf("agent synced from the cache in %s: %d remotes, %d nodes, %d endpoints held, %d desired prefixes; agent process RSS %s, CPU %s\n",
-		res.Sync.Round(time.Millisecond), res.Remotes, res.Nodes, res.Endpoints, res.Prefixes, mib(res.RSS), res.CPU.Round(time.Millisecond))
+	fmt.Printf("agent synced from the cache in %s: %d remotes, %d nodes, %d endpoints held, %d desired prefixes; agent process RSS %s, CPU %s, session failures %d\n",
+		res.Sync.Round(time.Millisecond), res.Remotes, res.Nodes, res.Endpoints, res.Prefixes, mib(res.RSS), res.CPU.Round(time.Millisecond), res.Reconnects)
 
 	if churn > 0 {
 		if err := cacheConvergence(ctx, e, r, clusters, nodes, endpoints, churn); err != nil {
@@ -241,7 +241,7 @@ func cacheAgent(ctx context.Context, file string) error {
 		res.Nodes += rs.Nodes
 		res.Endpoints += rs.Endpoints
 		res.Prefixes += rs.Prefixes
-		res.Reconnects += rs.Failures
+		res.Reconnects = max(res.Reconnects, rs.Failures) // the cache session's, repeated per remote
 	}
 	res.RSS = measure().rss
 	res.CPU = cpuTime()
@@ -344,40 +344,60 @@ func churnAll(ctx context.Context, cli *clientv3.Client, clusters, nodes, endpoi
 	if perSecond == 0 {
 		return nil
 	}
+	ticks := make(chan int)
+	var g errgroup.Group
+	for range 8 { // parallel writers, so the rate holds under load
+		g.Go(func() error {
+			for i := range ticks {
+				if err := churnOne(ctx, cli, i, clusters, nodes, endpoints); err != nil && ctx.Err() == nil {
+					return err
+				}
+				n.Add(1)
+			}
+			return nil
+		})
+	}
 	t := time.NewTicker(time.Second / time.Duration(perSecond))
 	defer t.Stop()
 	for i := 0; ; i++ {
 		select {
 		case <-ctx.Done():
-			return nil
+			close(ticks)
+			return g.Wait()
 		case <-t.C:
 		}
-		c := cluster{name: "c" + strconv.Itoa(i%clusters), id: uint32(i%clusters + 2), index: i % clusters}
-		var v any
-		var key string
-		if i%11 == 10 { // one node write per ten endpoint writes
-			k := (i / 11) % nodes
-			key = meshapi.NodeKey(c.name, nodeName(k))
-			v = meshapi.Node{Cluster: c.name, ClusterID: c.id, Name: nodeName(k), InternalIPs: []netip.Addr{c.nodeIP(k)}, PodCIDRs: []netip.Prefix{c.nodeCIDR(k)}}
-		} else {
-			j := (i / 11) % endpoints
-			k := j % nodes
-			ip := c.nodeCIDR(k).Addr().Next().Next()
-			if j%10 == 9 {
-				ip = c.uncovered(j)
-			}
-			key = meshapi.EndpointKey(c.name, "bench", "pod-"+strconv.Itoa(j))
-			v = meshapi.Endpoint{Cluster: c.name, ClusterID: c.id, Namespace: "bench", Name: "pod-" + strconv.Itoa(j), Node: nodeName(k), IPs: []netip.Addr{ip}, Hostname: strconv.Itoa(i)}
+		select {
+		case ticks <- i:
+		default: // every writer busy: this tick's change is skipped (and not counted)
 		}
-		b, err := meshapi.Encode(v)
-		if err != nil {
-			return err
-		}
-		if _, err := cli.Put(ctx, key, string(b)); err != nil && ctx.Err() == nil {
-			return err
-		}
-		n.Add(1)
 	}
+}
+
+// churnOne writes the i-th churn change.
+func churnOne(ctx context.Context, cli *clientv3.Client, i, clusters, nodes, endpoints int) error {
+	c := cluster{name: "c" + strconv.Itoa(i%clusters), id: uint32(i%clusters + 2), index: i % clusters}
+	var v any
+	var key string
+	if i%11 == 10 { // one node write per ten endpoint writes
+		k := (i / 11) % nodes
+		key = meshapi.NodeKey(c.name, nodeName(k))
+		v = meshapi.Node{Cluster: c.name, ClusterID: c.id, Name: nodeName(k), InternalIPs: []netip.Addr{c.nodeIP(k)}, PodCIDRs: []netip.Prefix{c.nodeCIDR(k)}}
+	} else {
+		j := (i / 11) % endpoints
+		k := j % nodes
+		ip := c.nodeCIDR(k).Addr().Next().Next()
+		if j%10 == 9 {
+			ip = c.uncovered(j)
+		}
+		key = meshapi.EndpointKey(c.name, "bench", "pod-"+strconv.Itoa(j))
+		v = meshapi.Endpoint{Cluster: c.name, ClusterID: c.id, Namespace: "bench", Name: "pod-" + strconv.Itoa(j), Node: nodeName(k), IPs: []netip.Addr{ip}, Hostname: strconv.Itoa(i)}
+	}
+	b, err := meshapi.Encode(v)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, key, string(b))
+	return err
 }
 
 // stormResult is what the storm child reports.
@@ -386,6 +406,7 @@ type stormResult struct {
 	AllSynced time.Duration
 	P50, P99  time.Duration
 	Keys      int64
+	Bytes     int64
 }
 
 // cacheStorm restarts n agents at once against the replica (a child
@@ -419,8 +440,8 @@ func cacheStorm(ctx context.Context, r *replica, n int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("storm: %d agents (own TLS connection each) restarted at once against one cache replica: all synced in %s (per agent p50 %s, p99 %s; %d keys listed each); replica process RSS %s before, peak %s, CPU %s during the storm\n",
-		res.Agents, res.AllSynced.Round(time.Millisecond), res.P50.Round(time.Millisecond), res.P99.Round(time.Millisecond), res.Keys, mib(base), mib(peak.Load()), (cpuTime() - cpu0).Round(time.Millisecond))
+	fmt.Printf("storm: %d agents (own TLS connection each) restarted at once against one cache replica: all synced in %s (per agent p50 %s, p99 %s; each listed %d keys, %s of keys and values); replica process RSS %s before, peak %s, CPU %s during the storm\n",
+		res.Agents, res.AllSynced.Round(time.Millisecond), res.P50.Round(time.Millisecond), res.P99.Round(time.Millisecond), res.Keys, mib(res.Bytes), mib(base), mib(peak.Load()), (cpuTime() - cpu0).Round(time.Millisecond))
 	return nil
 }
 
@@ -437,6 +458,7 @@ func stormAgents(ctx context.Context, file string, n int) error {
 	defer cancel()
 	lat := make([]time.Duration, n)
 	keys := make([]int64, n)
+	size := make([]int64, n)
 	var g errgroup.Group
 	var clis sync.Map
 	t0 := time.Now()
@@ -447,7 +469,7 @@ func stormAgents(ctx context.Context, file string, n int) error {
 				return err
 			}
 			clis.Store(i, cli)
-			rev, count, err := listAll(ctx, cli)
+			rev, count, bytes, err := listAll(ctx, cli)
 			if err != nil {
 				return fmt.Errorf("agent %d: %w", i, err)
 			}
@@ -455,7 +477,7 @@ func stormAgents(ctx context.Context, file string, n int) error {
 			if wr, ok := <-wch; !ok || wr.Err() != nil {
 				return fmt.Errorf("agent %d: watch: %v", i, wr.Err())
 			}
-			lat[i], keys[i] = time.Since(t0), count
+			lat[i], keys[i], size[i] = time.Since(t0), count, bytes
 			return nil
 		})
 	}
@@ -466,14 +488,13 @@ func stormAgents(ctx context.Context, file string, n int) error {
 		return err
 	}
 	slices.Sort(lat)
-	return json.NewEncoder(os.Stdout).Encode(stormResult{Agents: n, AllSynced: all, P50: lat[n/2], P99: lat[min(n-1, n*99/100)], Keys: keys[0]})
+	return json.NewEncoder(os.Stdout).Encode(stormResult{Agents: n, AllSynced: all, P50: lat[n/2], P99: lat[min(n-1, n*99/100)], Keys: keys[0], Bytes: size[0]})
 }
 
 // listAll lists the cache prefix in pages and returns the listing's
-// revision and key count.
-func listAll(ctx context.Context, cli *clientv3.Client) (int64, int64, error) {
+// revision, key count and bytes (keys and values).
+func listAll(ctx context.Context, cli *clientv3.Client) (rev, count, bytes int64, err error) {
 	key, end := meshapi.CacheRoot, clientv3.GetPrefixRangeEnd(meshapi.CacheRoot)
-	var rev, count int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(kvstore.DefaultPageSize)}
 		if rev > 0 {
@@ -481,14 +502,17 @@ func listAll(ctx context.Context, cli *clientv3.Client) (int64, int64, error) {
 		}
 		resp, err := cli.Get(ctx, key, opts...)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		count += int64(len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			bytes += int64(len(kv.Key) + len(kv.Value))
+		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, count, nil
+			return rev, count, bytes, nil
 		}
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
