@@ -325,9 +325,22 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 			return fmt.Errorf("change %d not seen by the agent after 30s", i)
 		}
 	}
-	cancel()
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
+
+	// A remote's file removed: until the agent has withdrawn it.
+	gone := w.expectRemoved("c1")
+	t0 := time.Now()
+	if err := e.removeFromConfigDir("c1"); err != nil {
+		return err
+	}
+	select {
+	case at := <-gone:
+		fmt.Printf("remote c1's file removed from the cache's config directory -> withdrawn from the agent's desired set: %s\n", at.Sub(t0).Round(time.Millisecond))
+	case <-time.After(time.Minute):
+		return errors.New("removed remote not withdrawn after a minute")
+	}
+	cancel()
 	var reconnects uint64
 	for _, rs := range m.Status().Remotes {
 		reconnects = max(reconnects, rs.Failures)
@@ -525,4 +538,25 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// expectRemoved returns a channel that receives the time cluster is
+// removed from the desired set.
+func (w *watcher) expectRemoved(cluster string) <-chan time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.removed, w.removedHit = cluster, make(chan time.Time, 1)
+	return w.removedHit
+}
+
+// RemoveCluster timestamps the awaited removal.
+func (w *watcher) RemoveCluster(cluster string) {
+	w.Desired.RemoveCluster(cluster)
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.removedHit != nil && cluster == w.removed {
+		w.removedHit <- now
+		w.removedHit = nil
+	}
 }

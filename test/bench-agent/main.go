@@ -77,7 +77,9 @@ type env struct {
 	agentEndpoint string
 	ca            *certs.CA
 	admin         *clientv3.Client
-	cmd           *exec.Cmd
+	// meshFiles is the config directory's content (writeConfigDir).
+	meshFiles map[string][]byte
+	cmd       *exec.Cmd
 }
 
 func freePort() (int, error) {
@@ -238,7 +240,15 @@ func (e *env) writeConfigDir(names []string) (string, error) {
 		files[n] = fmt.Appendf(nil, "endpoints: [%s]\ntrusted-ca-file: agent-ca.crt\ncert-file: agent.crt\nkey-file: agent.key\n", ep)
 	}
 	dir := filepath.Join(e.dir, "clustermesh")
+	e.meshFiles = files
 	return dir, certs.WriteSecretVolume(dir, files)
+}
+
+// removeFromConfigDir removes one cluster's file from the config directory
+// written by writeConfigDir, the way the kubelet updates a Secret volume.
+func (e *env) removeFromConfigDir(name string) error {
+	delete(e.meshFiles, name)
+	return certs.WriteSecretVolume(filepath.Join(e.dir, "clustermesh"), e.meshFiles)
 }
 
 // cluster describes one synthetic remote cluster.
@@ -357,11 +367,13 @@ func startMesh(ctx context.Context, dir string, desired clustermesh.DesiredSet) 
 type watcher struct {
 	*datapath.Desired
 
-	// mu protects prefix, present, hit.
-	mu      sync.Mutex
-	prefix  netip.Prefix
-	present bool
-	hit     chan time.Time
+	// mu protects prefix, present, hit, removed and removedHit.
+	mu         sync.Mutex
+	prefix     netip.Prefix
+	present    bool
+	hit        chan time.Time
+	removed    string
+	removedHit chan time.Time
 }
 
 func (w *watcher) expect(p netip.Prefix, present bool) <-chan time.Time {
