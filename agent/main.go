@@ -109,7 +109,7 @@ func run(ctx context.Context, cfg *config, d deps) error {
 	}
 	mesh, err := newMesh(cfg, clustermesh.Options{
 		LocalCluster: cfg.ClusterName, LocalClusterID: cfg.ClusterID, LocalPodCIDRs: cfg.PodCIDRs,
-		LocalTunnelIP: node.TunnelIP, Desired: desired,
+		LocalTunnelIP: node.TunnelIP, Desired: desired, Dial: serviceDialer(d.kube),
 		SyncTimeout: cfg.SyncTimeout, Programmed: func() map[string]int { return dp.Status().Programmed },
 		Log: log.WithFields(logrus.Fields{"component": "clustermesh", "meshMode": cfg.MeshMode}),
 	})

@@ -366,7 +366,12 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 						}
 						continue
 					}
-					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the namespaced permissions are the importer's Lease and podmesh-established")
+					if role.Name == "podmesh-agent-cache" {
+						require.Equal(t, []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"services"}, ResourceNames: []string{certs.CacheServiceName}, Verbs: []string{"get"}}},
+							role.Rules, "the agents read the cache Service's ClusterIP, nothing else")
+						continue
+					}
+					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the namespaced permissions are the importer's Lease, podmesh-established and the agents' cache Service")
 					for _, r := range role.Rules {
 						require.Equal(t, []string{"coordination.k8s.io"}, r.APIGroups)
 						require.Equal(t, []string{"leases"}, r.Resources)

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -201,6 +202,7 @@ func TestReplicaRestartAndSwitchWithdrawNothingThatExists(t *testing.T) {
 	east.Delete(t, meshapi.NodeKey("east", nodeName(5)))
 	vanished := map[netip.Prefix]bool{netip.MustParsePrefix(nodeCIDR(5)): true}
 	delete(all, netip.MustParsePrefix(nodeCIDR(5)))
+	east.Heartbeat(t, time.Now())
 	r = tr.start(t, r.dataDir) // same data: same epoch, agents resume
 	a.waitEntries(t, "east", all)
 	eventually(t, "east ready again", func() bool { s, _ := a.remote("east"); return s.Ready })
@@ -209,6 +211,7 @@ func TestReplicaRestartAndSwitchWithdrawNothingThatExists(t *testing.T) {
 	vanished[netip.MustParsePrefix(nodeCIDR(4))] = true
 	delete(all, netip.MustParsePrefix(nodeCIDR(4)))
 	r.stop()
+	east.Heartbeat(t, time.Now()) // the remote stays fresh however long this test has run
 	r = tr.start(t, "") // another replica: another epoch, agents re-list
 	r.waitSynced(t)
 	a.waitEntries(t, "east", all)

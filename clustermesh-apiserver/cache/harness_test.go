@@ -37,13 +37,7 @@ const (
 
 var (
 	localCIDRs = []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}
-	fastTiming = clustermesh.Timing{
-		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  time.Second,
-		DialTimeout:   time.Second,
-		BackoffMin:    50 * time.Millisecond,
-		BackoffMax:    300 * time.Millisecond,
-	}
+	fastTiming = cmt.FastTiming
 )
 
 // replica is one clustermesh-apiserver's cache: its embedded etcd, the
@@ -79,7 +73,7 @@ func newTier(t *testing.T, remotes ...*cmt.Remote) *tier {
 	}
 	log := logrus.New()
 	log.SetLevel(logrus.DebugLevel)
-	log.SetOutput(testWriter{t})
+	log.SetOutput(cmt.LogWriter{TB: t})
 	return &tier{dir: dir, pki: proxytest.NewPKI(t), addr: "127.0.0.1:0", log: log}
 }
 
@@ -241,14 +235,6 @@ func want(cluster string, id uint32, pairs ...string) map[netip.Prefix]datapath.
 		out[pp] = datapath.Entry{Prefix: pp, TunnelEndpoint: netip.MustParseAddr(via), ClusterID: id, Cluster: cluster}
 	}
 	return out
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 func nodeName(i int) string { return fmt.Sprintf("e%d", i) }

@@ -141,7 +141,7 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 	t := c.opts.Timing
 	one := *cfg
 	one.Endpoints = []string{cfg.Endpoints[rand.IntN(len(cfg.Endpoints))]}
-	cli, err := kvstore.NewClient(&one, kvstore.ClientOptions{DialTimeout: t.DialTimeout, KeepAlive: t.KeepAlive, KeepAliveTimeout: t.RequestTimeout})
+	cli, err := kvstore.NewClient(&one, kvstore.ClientOptions{DialTimeout: t.DialTimeout, KeepAlive: t.KeepAlive, KeepAliveTimeout: t.RequestTimeout, Dial: c.opts.Dial})
 	if err != nil {
 		return false, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -100,6 +101,9 @@ type Options struct {
 	// CacheFile is the etcd-client YAML file of the local cluster's cache
 	// (cache mode, NewCache); it replaces ConfigDir.
 	CacheFile string
+	// Dial, when set, opens the cache's connections (cache mode): the
+	// agent resolves a Service name through the Kubernetes API with it.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Desired receives every remote cluster's entries (a *datapath.Desired).
 	Desired DesiredSet
 	// States, when set, also receives every remote cluster's validated

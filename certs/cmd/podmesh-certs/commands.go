@@ -187,6 +187,22 @@ func (c *cli) cmdPeer(args []string) error {
 	return nil
 }
 
+// emitSecret writes a Secret manifest to out (0600), or to stdout when out
+// is "-", which it reports.
+func (c *cli) emitSecret(secret *secretManifest, out string) (toStdout bool, err error) {
+	body, err := secret.marshal()
+	if err != nil {
+		return false, err
+	}
+	if out == "-" {
+		if _, err := c.stdout.Write(body); err != nil {
+			return true, fmt.Errorf("write secret manifest to stdout: %w", err)
+		}
+		return true, nil
+	}
+	return false, writeAtomic(out, body, 0o600)
+}
+
 // cmdCacheSecret issues the local agents' client certificate (CN
 // local-<cluster>, from the cluster's own CA) and renders the podmesh-cache
 // Secret the agents mount to read their own cluster's cache.
@@ -245,17 +261,7 @@ func (c *cli) cmdCacheSecret(args []string) error {
 	}
 	secret := newSecret(certs.CacheSecretName, *namespace, "Opaque")
 	secret.Data = files
-	body, err := secret.marshal()
-	if err != nil {
-		return err
-	}
-	if *out == "-" {
-		if _, err := c.stdout.Write(body); err != nil {
-			return fmt.Errorf("write secret manifest to stdout: %w", err)
-		}
-		return nil
-	}
-	if err := writeAtomic(*out, body, 0o600); err != nil {
+	if toStdout, err := c.emitSecret(secret, *out); err != nil || toStdout {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "wrote Secret %s/%s (client certificate %s, valid until %s) for cluster %s's agents to %s\n",
@@ -458,17 +464,7 @@ func (c *cli) cmdServerSecret(args []string) error {
 	secret.Data["tls.crt"] = kp.CertPEM
 	secret.Data["tls.key"] = kp.KeyPEM
 	secret.Data["ca.crt"] = caPEM
-	body, err := secret.marshal()
-	if err != nil {
-		return err
-	}
-	if *out == "-" {
-		if _, err := c.stdout.Write(body); err != nil {
-			return fmt.Errorf("write secret manifest to stdout: %w", err)
-		}
-		return nil
-	}
-	if err := writeAtomic(*out, body, 0o600); err != nil {
+	if toStdout, err := c.emitSecret(secret, *out); err != nil || toStdout {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "wrote Secret %s/%s for cluster %s's clustermesh-apiserver to %s\n", *namespace, *name, ca.cluster, *out)
