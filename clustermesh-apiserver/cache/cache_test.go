@@ -212,7 +212,7 @@ func TestReplicaRestartAndSwitchWithdrawNothingThatExists(t *testing.T) {
 	delete(all, netip.MustParsePrefix(nodeCIDR(4)))
 	r.stop()
 	east.Heartbeat(t, time.Now()) // the remote stays fresh however long this test has run
-	r = tr.start(t, "") // another replica: another epoch, agents re-list
+	r = tr.start(t, "")           // another replica: another epoch, agents re-list
 	r.waitSynced(t)
 	a.waitEntries(t, "east", all)
 	eventually(t, "east ready on the new replica", func() bool { s, _ := a.remote("east"); return s.Ready })
