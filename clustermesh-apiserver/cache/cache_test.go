@@ -41,10 +41,13 @@ func TestAgentThroughCacheHoldsNodePrefixesAndOnlyPodIPsOutsideNodeCIDRs(t *test
 	a.waitEntries(t, "west", want("west", 3, "10.3.1.0/24 via 192.168.2.1"))
 
 	keys := r.cacheKeys(t)
-	require.NotContains(t, keys, meshapi.CacheEndpointsPrefix+"east/default/inside", "a pod IP inside its node's CIDR is not cached")
-	require.NotContains(t, keys, meshapi.CacheEndpointsPrefix+"east/default/orphan", "a pod of an unknown node is not cached")
-	require.Contains(t, keys, meshapi.CacheEndpointsPrefix+"east/default/outside")
-	dual, err := meshapi.DecodeEndpoint([]byte(keys[meshapi.CacheEndpointsPrefix+"east/default/dual"]))
+	cached := cachedEntries(t, keys)
+	require.NotContains(t, cached, meshapi.EndpointKey("east", "default", "inside"), "a pod IP inside its node's CIDR is not cached")
+	require.NotContains(t, cached, meshapi.EndpointKey("east", "default", "orphan"), "a pod of an unknown node is not cached")
+	require.Contains(t, cached, meshapi.EndpointKey("east", "default", "outside"))
+	require.Contains(t, cached, meshapi.NodeKey("east", "e1"))
+	require.Contains(t, keys, meshapi.CacheShardKey("east", 0, 1), "a small cluster is one shard")
+	dual, err := meshapi.DecodeEndpoint([]byte(cached[meshapi.EndpointKey("east", "default", "dual")]))
 	require.NoError(t, err)
 	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.2.201.4")}, dual.IPs, "only the IP outside the node's CIDR")
 	for k := range keys {
@@ -62,7 +65,7 @@ func TestAgentThroughCacheHoldsNodePrefixesAndOnlyPodIPsOutsideNodeCIDRs(t *test
 		"10.2.1.0/24 via 192.168.1.1", "10.2.200.0/24 via 192.168.1.1", "10.2.2.0/24 via 192.168.1.2",
 		"10.2.201.4/32 via 192.168.1.2"))
 	eventually(t, "the covered pod leaves the cache", func() bool {
-		_, ok := r.cacheKeys(t)[meshapi.CacheEndpointsPrefix+"east/default/outside"]
+		_, ok := cachedEntries(t, r.cacheKeys(t))[meshapi.EndpointKey("east", "default", "outside")]
 		return !ok
 	})
 }
@@ -92,7 +95,7 @@ func TestRemoteUnreachableStaysInCacheMarkedStale(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, st.Ready)
 	require.NotEmpty(t, st.Reason)
-	require.Contains(t, r.cacheKeys(t), meshapi.CacheNodesPrefix+"east/e1", "the cache keeps the last state")
+	require.Contains(t, cachedEntries(t, r.cacheKeys(t)), meshapi.NodeKey("east", "e1"), "the cache keeps the last state")
 
 	east.Fwd.Restore(t)
 	eventually(t, "east ready again", func() bool { s, _ := a.remote("east"); return s.Ready })

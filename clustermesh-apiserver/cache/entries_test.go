@@ -1,6 +1,7 @@
 package cache_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -38,18 +39,56 @@ func TestEntriesCarryNodesAndOnlyPodIPsOutsideTheirNodesCIDRs(t *testing.T) {
 	for k := range got {
 		keys = append(keys, k)
 	}
-	require.ElementsMatch(t, []string{
-		meshapi.CacheClusterConfigPrefix + "east",
-		meshapi.CacheNodesPrefix + "east/n1",
-		meshapi.CacheEndpointsPrefix + "east/ns/outside",
-	}, keys)
-	n, err := meshapi.DecodeNode(got[meshapi.CacheNodesPrefix+"east/n1"])
+	require.ElementsMatch(t, []string{meshapi.CacheClusterConfigPrefix + "east", meshapi.CacheShardKey("east", 0, 1)}, keys)
+	shard, err := meshapi.DecodeCacheShard(got[meshapi.CacheShardKey("east", 0, 1)])
+	require.NoError(t, err)
+	wire := make([]string, 0, len(shard.Entries))
+	for k := range shard.Entries {
+		wire = append(wire, k)
+	}
+	require.ElementsMatch(t, []string{meshapi.NodeKey("east", "n1"), meshapi.EndpointKey("east", "ns", "outside")}, wire)
+	n, err := meshapi.DecodeNode(shard.Entries[meshapi.NodeKey("east", "n1")])
 	require.NoError(t, err)
 	require.Equal(t, n1, n)
-	e, err := meshapi.DecodeEndpoint(got[meshapi.CacheEndpointsPrefix+"east/ns/outside"])
+	e, err := meshapi.DecodeEndpoint(shard.Entries[meshapi.EndpointKey("east", "ns", "outside")])
 	require.NoError(t, err)
 	require.Equal(t, []netip.Addr{netip.MustParseAddr("10.2.200.1")}, e.IPs)
 	c, err := meshapi.DecodeClusterConfig(got[meshapi.CacheClusterConfigPrefix+"east"])
 	require.NoError(t, err)
 	require.Equal(t, cc.Name, c.Name)
+}
+
+// TestEntriesShardLargeClustersWithEachPodBesideItsNode: a cluster of many
+// nodes is split into ShardCount shards; every node is in exactly one, and a
+// pod cached for its IP outside the node's CIDR is in its node's shard.
+func TestEntriesShardLargeClustersWithEachPodBesideItsNode(t *testing.T) {
+	cc := &meshapi.ClusterConfig{Name: "east", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, FormatVersion: 1}
+	nodes := map[string]*meshapi.Node{}
+	endpoints := map[string]*meshapi.Endpoint{}
+	for i := range 1000 {
+		name := fmt.Sprintf("n%d", i)
+		nodes[name] = &meshapi.Node{Cluster: "east", ClusterID: 2, Name: name, InternalIPs: []netip.Addr{netip.AddrFrom4([4]byte{192, 168, byte(i / 256), byte(i % 256)})},
+			PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i / 256), byte(i % 256), 0}), 24)}}
+		endpoints[meshapi.EndpointKey("east", "ns", "p"+name)] = &meshapi.Endpoint{Cluster: "east", ClusterID: 2, Namespace: "ns", Name: "p" + name, Node: name,
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 200, byte(i / 256), byte(i % 256)})}}
+	}
+	got, err := cache.Entries(cc, nodes, endpoints)
+	require.NoError(t, err)
+	count := meshapi.ShardCount(1000)
+	require.Len(t, got, 1+count)
+	seen := map[string]int{}
+	for i := range count {
+		shard, err := meshapi.DecodeCacheShard(got[meshapi.CacheShardKey("east", i, count)])
+		require.NoError(t, err)
+		for k, raw := range shard.Entries {
+			seen[k]++
+			if e, err := meshapi.DecodeEndpoint(raw); err == nil && e.Node != "" {
+				require.Equal(t, i, meshapi.ShardOf(e.Node, count), "pod %s beside its node", k)
+			}
+		}
+	}
+	require.Len(t, seen, 2000)
+	for k, n := range seen {
+		require.Equal(t, 1, n, k)
+	}
 }

@@ -244,3 +244,21 @@ func nodeCIDR(i int) string { return fmt.Sprintf("10.2.%d.0/24", i) }
 func add(m map[netip.Prefix]datapath.Entry, cluster string, id uint32, pairs ...string) {
 	maps.Copy(m, want(cluster, id, pairs...))
 }
+
+// cachedEntries decodes every shard among keys: wire key -> value.
+func cachedEntries(t *testing.T, keys map[string]string) map[string]string {
+	t.Helper()
+	out := make(map[string]string)
+	for k, v := range keys {
+		if !strings.HasPrefix(k, meshapi.CacheShardsPrefix) {
+			continue
+		}
+		s, err := meshapi.DecodeCacheShard([]byte(v))
+		require.NoError(t, err, k)
+		for wk, raw := range s.Entries {
+			require.NotContains(t, out, wk, "one shard per entry")
+			out[wk] = string(raw)
+		}
+	}
+	return out
+}

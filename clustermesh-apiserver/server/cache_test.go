@@ -38,9 +38,12 @@ func TestServerServesItsCacheToLocalAgentsOnly(t *testing.T) {
 
 	ctx := t.Context()
 	local := (&proxytest.Env{PKI: h.pki, Endpoint: "https://" + h.srv.CacheAddr()}).Client(t, certs.LocalCN(cluster))
-	resp, err := local.Get(ctx, meshapi.CacheNodesPrefix+"west/", clientv3.WithPrefix())
+	resp, err := local.Get(ctx, meshapi.CacheShardKey("west", 0, 1))
 	require.NoError(t, err)
-	require.Len(t, resp.Kvs, 1, "the remote's node is in the cache")
+	require.Len(t, resp.Kvs, 1)
+	shard, err := meshapi.DecodeCacheShard(resp.Kvs[0].Value)
+	require.NoError(t, err)
+	require.Contains(t, shard.Entries, meshapi.NodeKey("west", "w1"), "the remote's node is in the cache")
 	_, err = local.Get(ctx, meshapi.ClusterConfigKey(cluster))
 	require.ErrorContains(t, err, "permission denied", "the cache listener serves the cache only")
 

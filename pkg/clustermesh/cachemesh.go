@@ -3,8 +3,10 @@ package clustermesh
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -457,9 +459,13 @@ type cachedCluster struct {
 	cfg    *meshapi.ClusterConfig
 	status *meshapi.CacheStatus
 	state  *clusterState
-	// pending holds entries that arrived before the config (wire key ->
+	// pending holds shards that arrived before the config (shard key ->
 	// value); they are validated when it arrives.
-	pending      map[string][]byte
+	pending map[string][]byte
+	// shards holds per shard key the wire keys it carries and a hash of
+	// each value; owner says which shard carries a wire key now.
+	shards       map[string]map[string]uint64
+	owner        map[string]string
 	invalidTotal map[string]uint64
 	lastInvalid  string
 }
@@ -477,7 +483,7 @@ func (v *cacheView) epochRead() string {
 func (v *cacheView) cluster(name string) *cachedCluster {
 	cl := v.clusters[name]
 	if cl == nil {
-		cl = &cachedCluster{pending: make(map[string][]byte), invalidTotal: make(map[string]uint64)}
+		cl = &cachedCluster{pending: make(map[string][]byte), shards: make(map[string]map[string]uint64), owner: make(map[string]string), invalidTotal: make(map[string]uint64)}
 		v.clusters[name] = cl
 	}
 	return cl
@@ -519,8 +525,8 @@ func (v *cacheView) apply(ev kvstore.Event) error {
 			cl.status, _ = meshapi.DecodeCacheStatus(ev.Value) // an undecodable status is "not synced"
 		}
 		v.dirty[name] = true
-	case "nodes", "endpoints":
-		v.applyEntry(name, ev)
+	case "shards":
+		v.applyShard(name, ev)
 	}
 	return nil
 }
@@ -551,30 +557,72 @@ func (v *cacheView) applyConfig(name string, ev kvstore.Event) error {
 	cl.cfg = cc
 	cl.state = newClusterState(cc)
 	for key, val := range cl.pending {
-		cl.applyWire(key, kvstore.Event{Kind: kvstore.Upsert, Key: key, Value: val})
+		cl.applyShard(key, val)
 	}
 	cl.pending = nil
 	return nil
 }
 
-func (v *cacheView) applyEntry(name string, ev kvstore.Event) {
-	wire, err := meshapi.CacheKeyToWire(ev.Key)
-	if err != nil {
-		return
-	}
+// applyShard folds a shard event in: held until the cluster's config
+// arrives, then applied entry by entry.
+func (v *cacheView) applyShard(name string, ev kvstore.Event) {
 	v.dirty[name] = true
 	cl := v.cluster(name)
-	wev := ev
-	wev.Key = wire
+	var value []byte
+	if ev.Kind == kvstore.Upsert {
+		value = ev.Value
+	}
 	if cl.state == nil {
-		if ev.Kind == kvstore.Delete {
-			delete(cl.pending, wire)
+		if value == nil {
+			delete(cl.pending, ev.Key)
 		} else if cl.rawCfg == nil {
-			cl.pending[wire] = ev.Value
+			cl.pending[ev.Key] = value
 		}
 		return
 	}
-	cl.applyWire(wire, wev)
+	cl.applyShard(ev.Key, value)
+}
+
+// applyShard replaces what shard held (nil: the shard is gone) with what it
+// holds now: each entry that is new or changed goes through the same decode
+// and validation as in direct mode, under its wire key; an entry the shard
+// no longer holds is deleted unless another shard took it over (the shard
+// count changed). An undecodable shard withdraws what it held.
+func (cl *cachedCluster) applyShard(shardKey string, value []byte) {
+	var entries map[string]json.RawMessage
+	if value != nil {
+		s, err := meshapi.DecodeCacheShard(value)
+		if err != nil {
+			cl.invalidTotal[InvalidReason(err)]++
+			cl.lastInvalid = shardKey + ": " + err.Error()
+		} else {
+			entries = s.Entries
+		}
+	}
+	old := cl.shards[shardKey]
+	next := make(map[string]uint64, len(entries))
+	for key, raw := range entries {
+		h := fnv.New64a()
+		h.Write(raw)
+		sum := h.Sum64()
+		next[key] = sum
+		cl.owner[key] = shardKey
+		if prev, ok := old[key]; ok && prev == sum {
+			continue
+		}
+		cl.applyWire(key, kvstore.Event{Kind: kvstore.Upsert, Key: key, Value: raw})
+	}
+	for key := range old {
+		if _, ok := next[key]; !ok && cl.owner[key] == shardKey {
+			delete(cl.owner, key)
+			cl.applyWire(key, kvstore.Event{Kind: kvstore.Delete, Key: key})
+		}
+	}
+	if value == nil {
+		delete(cl.shards, shardKey)
+	} else {
+		cl.shards[shardKey] = next
+	}
 }
 
 func (cl *cachedCluster) applyWire(key string, ev kvstore.Event) {

@@ -1,9 +1,10 @@
 package meshapi
 
 import (
+	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
-	"strings"
 	"time"
 )
 
@@ -25,18 +26,24 @@ import (
 //	                                                synced once (or the sync timeout passed)
 //	podmesh-cache/v1/cluster-config/<cluster>       the remote's ClusterConfig, as admitted
 //	podmesh-cache/v1/status/<cluster>               CacheStatus: freshness of the remote
-//	podmesh-cache/v1/nodes/<cluster>/<node>         Node, as the remote published it
-//	podmesh-cache/v1/endpoints/<cluster>/<ns>/<pod> Endpoint with only the IPs outside its
-//	                                                node's pod CIDRs (absent when none)
+//	podmesh-cache/v1/shards/<cluster>/<i>-of-<n>    CacheShard: the nodes whose name hashes
+//	                                                to shard i of n (ShardOf), as the remote
+//	                                                published them, and their pods' Endpoints
+//	                                                reduced to the IPs outside the node's pod
+//	                                                CIDRs (absent when none)
 //
-// so CacheKeyToWire turns a cache key back into the wire key it mirrors and
-// an agent validates a cached entry with exactly the checks of direct mode.
+// A shard carries its entries under their wire keys, with the values as the
+// remote wrote them (or reduced), so an agent validates a cached entry with
+// exactly the checks of direct mode. Shards exist because an agent's
+// bootstrap costs per key far more than per byte: a few hundred nodes per
+// value make a listing of 250 clusters a few hundred keys instead of tens of
+// thousands. A node and its pods share a shard, so a node's change and the
+// pods it covers arrive in one value.
 const (
 	CacheRoot                = "podmesh-cache/v1/"
 	CacheClusterConfigPrefix = CacheRoot + "cluster-config/"
 	CacheStatusPrefix        = CacheRoot + "status/"
-	CacheNodesPrefix         = CacheRoot + "nodes/"
-	CacheEndpointsPrefix     = CacheRoot + "endpoints/"
+	CacheShardsPrefix        = CacheRoot + "shards/"
 	// CacheEpochKey names the etcd a replica serves: revisions of one
 	// replica mean nothing to another, so an agent resumes a watch only
 	// while the epoch it listed is the one it reads.
@@ -44,26 +51,64 @@ const (
 	// CacheSyncedKey is the cache's canary: before it exists the cache may
 	// still be filling, and an agent withdraws nothing for what is absent.
 	CacheSyncedKey = CacheRoot + "synced"
-	// CacheFormat is the version of the cache layout and CacheStatus.
+	// CacheFormat is the version of the cache layout, CacheStatus and
+	// CacheShard.
 	CacheFormat = 1
+	// NodesPerShard is what ShardCount aims at per shard.
+	NodesPerShard = 256
+	// MaxCacheShardSize bounds one shard value (etcd refuses requests over
+	// 1.5 MiB by default).
+	MaxCacheShardSize = 1 << 20
+	// MaxCacheShardEntries bounds the entries of one shard.
+	MaxCacheShardEntries = 16384
 )
 
-// WireToCacheKey returns the cache key that mirrors a wire key of Root.
-func WireToCacheKey(key string) (string, error) {
-	rest, ok := strings.CutPrefix(key, Root)
-	if !ok {
-		return "", fmt.Errorf("key %q: %w: want prefix %q", key, ErrInvalidKey, Root)
-	}
-	return CacheRoot + rest, nil
+// CacheShard is the value at podmesh-cache/v1/shards/<cluster>/<i>-of-<n>:
+// wire key -> wire value, for nodes and endpoints of one cluster.
+type CacheShard struct {
+	Entries map[string]json.RawMessage `json:"entries"`
+	Format  int                        `json:"format"`
 }
 
-// CacheKeyToWire returns the wire key a cache key mirrors.
-func CacheKeyToWire(key string) (string, error) {
-	rest, ok := strings.CutPrefix(key, CacheRoot)
-	if !ok {
-		return "", fmt.Errorf("key %q: %w: want prefix %q", key, ErrInvalidKey, CacheRoot)
+// DecodeCacheShard decodes and bounds a shard; its entries are checked one
+// by one by the reader, as if read from the remote itself.
+func DecodeCacheShard(data []byte) (*CacheShard, error) {
+	if len(data) > MaxCacheShardSize {
+		return nil, fmt.Errorf("%w: shard of %d bytes, limit %d", ErrTooLarge, len(data), MaxCacheShardSize)
 	}
-	return Root + rest, nil
+	var s CacheShard
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("decode JSON: %w", err)
+	}
+	if s.Format != CacheFormat {
+		return nil, fmt.Errorf("%w: cache format %d, want %d", ErrUnsupported, s.Format, CacheFormat)
+	}
+	if len(s.Entries) > MaxCacheShardEntries {
+		return nil, fmt.Errorf("%w: %d entries in a shard, limit %d", ErrTooLarge, len(s.Entries), MaxCacheShardEntries)
+	}
+	return &s, nil
+}
+
+// ShardCount is the number of shards for a cluster of n nodes: a power of
+// two, about NodesPerShard nodes each.
+func ShardCount(nodes int) int {
+	n := 1
+	for n*NodesPerShard < nodes {
+		n *= 2
+	}
+	return n
+}
+
+// ShardOf is the shard of a node (and its pods) among count.
+func ShardOf(node string, count int) int {
+	h := fnv.New32a()
+	h.Write([]byte(node))
+	return int(h.Sum32() % uint32(count))
+}
+
+// CacheShardKey returns podmesh-cache/v1/shards/<cluster>/<i>-of-<n>.
+func CacheShardKey(cluster string, i, n int) string {
+	return fmt.Sprintf("%s%s/%d-of-%d", CacheShardsPrefix, cluster, i, n)
 }
 
 // CacheStatusKey returns podmesh-cache/v1/status/<cluster>.

@@ -2,6 +2,7 @@ package meshapi_test
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,25 +53,40 @@ func TestOutsideNodeCIDRsKeepsOnlyPodIPsOutsideTheNodesCIDRs(t *testing.T) {
 	}
 }
 
-func TestCacheKeysMirrorWireKeysOutsideThePeersRange(t *testing.T) {
-	for _, wire := range []string{
-		meshapi.ClusterConfigKey("east"), meshapi.NodeKey("east", "n1"), meshapi.EndpointKey("east", "ns", "p"),
-	} {
-		c, err := meshapi.WireToCacheKey(wire)
-		require.NoError(t, err)
-		require.True(t, strings.HasPrefix(c, meshapi.CacheRoot))
-		require.False(t, strings.HasPrefix(c, meshapi.Root), "%s is in the peers' range", c)
-		back, err := meshapi.CacheKeyToWire(c)
-		require.NoError(t, err)
-		require.Equal(t, wire, back)
+func TestCacheKeysStayOutsideThePeersRange(t *testing.T) {
+	for _, k := range []string{meshapi.CacheRoot, meshapi.CacheShardKey("east", 0, 1), meshapi.CacheStatusKey("east"), meshapi.CacheEpochKey} {
+		require.True(t, strings.HasPrefix(k, meshapi.CacheRoot), k)
+		// The peers' etcd role covers ["podmesh/", "podmesh0").
+		require.True(t, k < "podmesh/" || k >= "podmesh0", "%s is in the peers' range", k)
 	}
-	_, err := meshapi.WireToCacheKey("other/key")
-	require.ErrorIs(t, err, meshapi.ErrInvalidKey)
-	_, err = meshapi.CacheKeyToWire(meshapi.NodeKey("east", "n1"))
-	require.ErrorIs(t, err, meshapi.ErrInvalidKey)
-	// The peers' etcd role covers ["podmesh/", "podmesh0"): the cache prefix
-	// must sort outside it.
-	require.True(t, meshapi.CacheRoot < "podmesh/" || meshapi.CacheRoot >= "podmesh0")
+}
+
+func TestShardsSpreadNodesAndHoldAboutNodesPerShard(t *testing.T) {
+	require.Equal(t, 1, meshapi.ShardCount(0))
+	require.Equal(t, 1, meshapi.ShardCount(meshapi.NodesPerShard))
+	require.Equal(t, 2, meshapi.ShardCount(meshapi.NodesPerShard+1))
+	require.Equal(t, 32, meshapi.ShardCount(5000))
+	counts := make([]int, 32)
+	for i := range 5000 {
+		s := meshapi.ShardOf("node-"+strconv.Itoa(i), 32)
+		require.True(t, s >= 0 && s < 32)
+		counts[s]++
+	}
+	for i, c := range counts {
+		require.Greater(t, c, 100, "shard %d holds %d of 5000 nodes", i, c)
+		require.Less(t, c, 220, "shard %d holds %d of 5000 nodes", i, c)
+	}
+	require.Equal(t, meshapi.ShardOf("n1", 8), meshapi.ShardOf("n1", 8), "stable")
+}
+
+func TestDecodeCacheShardBoundsAndFormat(t *testing.T) {
+	s, err := meshapi.DecodeCacheShard([]byte(`{"entries":{"podmesh/v1/nodes/east/n1":{"name":"n1"}},"format":1}`))
+	require.NoError(t, err)
+	require.Len(t, s.Entries, 1)
+	_, err = meshapi.DecodeCacheShard([]byte(`{"entries":{},"format":2}`))
+	require.ErrorIs(t, err, meshapi.ErrUnsupported)
+	_, err = meshapi.DecodeCacheShard(make([]byte, meshapi.MaxCacheShardSize+1))
+	require.ErrorIs(t, err, meshapi.ErrTooLarge)
 }
 
 func TestDecodeCacheStatusRequiresItsFieldsAndFormat(t *testing.T) {
