@@ -23,9 +23,13 @@ import (
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
-// MaxTxnOps bounds the operations of one write transaction (etcd's default
-// --max-txn-ops is 128).
-const MaxTxnOps = 128
+// MaxTxnOps and MaxTxnBytes bound one write transaction (etcd's defaults
+// are 128 operations and 1.5 MiB per request); a single operation larger
+// than MaxTxnBytes still goes alone (a shard is at most 1 MiB).
+const (
+	MaxTxnOps   = 128
+	MaxTxnBytes = 1 << 20
+)
 
 // Options configure a Cache.
 type Options struct {
@@ -439,10 +443,18 @@ func (w *writer) statuses(wanted, removed map[string]bool) (map[string][]byte, e
 	return out, nil
 }
 
-// write applies ops in order, MaxTxnOps at a time, updating have.
+// write applies ops in order, in transactions of at most MaxTxnOps and
+// MaxTxnBytes, updating have.
 func (w *writer) write(ctx context.Context, ops []op) error {
 	for len(ops) > 0 {
-		n := min(len(ops), MaxTxnOps)
+		n, size := 0, 0
+		for n < len(ops) && n < MaxTxnOps {
+			size += len(ops[n].key) + len(ops[n].value)
+			if n > 0 && size > MaxTxnBytes {
+				break
+			}
+			n++
+		}
 		batch := make([]clientv3.Op, 0, n)
 		for _, o := range ops[:n] {
 			if o.delete {
