@@ -22,6 +22,12 @@ import (
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
+// CachePageSize is how many keys of the cache one listing request reads:
+// shards are large (up to 1 MiB), so a page is a few shards, and a replica
+// that serves a thousand restarting agents at once holds a few hundred KiB
+// per agent in flight, not the whole cache.
+const CachePageSize = 16
+
 // errReplicaChanged ends a cache session whose connection landed on another
 // replica (another etcd, whose revisions mean nothing to this listing).
 var errReplicaChanged = errors.New("cache replica changed")
@@ -154,7 +160,7 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 	defer wg.Wait()
 
 	events := make(chan kvstore.Event, 1024)
-	lw := &kvstore.ListWatcher{Client: cli, Prefix: meshapi.CacheRoot, Backoff: kvstore.Backoff{Min: t.BackoffMin, Max: t.BackoffMax}, Log: c.log}
+	lw := &kvstore.ListWatcher{Client: cli, Prefix: meshapi.CacheRoot, PageSize: CachePageSize, Backoff: kvstore.Backoff{Min: t.BackoffMin, Max: t.BackoffMax}, Log: c.log}
 	wg.Go(func() {
 		_ = lw.Run(ctx, func(ev kvstore.Event) {
 			select {

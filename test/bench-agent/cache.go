@@ -514,7 +514,7 @@ func stormAgents(ctx context.Context, file string, n int) error {
 func listAll(ctx context.Context, cli *clientv3.Client) (rev, count, bytes int64, err error) {
 	key, end := meshapi.CacheRoot, clientv3.GetPrefixRangeEnd(meshapi.CacheRoot)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(kvstore.DefaultPageSize)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(clustermesh.CachePageSize)}
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
