@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"net"
@@ -79,10 +80,7 @@ func (c *cli) cmdServer(args []string) error {
 	var dnsNames, ips []string
 	fs.Var(listFlag{&dnsNames}, "dns", "DNS name peers dial (repeatable or comma-separated); the in-cluster Service names are always included")
 	fs.Var(listFlag{&ips}, "ip", "IP address peers dial, e.g. a node IP for the NodePort (repeatable or comma-separated)")
-	validity := certs.DefaultLeafValidity
-	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
-	keyType := certs.KeyECDSAP256
-	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	validity, keyType := leafFlags(fs)
 	force := fs.Bool("force", false, "replace an existing server certificate")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -115,8 +113,8 @@ func (c *cli) cmdServer(args []string) error {
 		DNSNames:     dedupe(append(slices.Clone(defaultServerDNSNames), dnsNames...)),
 		IPAddresses:  ipAddrs,
 		NotBefore:    c.now().Add(-time.Minute),
-		Validity:     validity,
-		KeyType:      keyType,
+		Validity:     *validity,
+		KeyType:      *keyType,
 	}
 	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
 		return err
@@ -137,10 +135,7 @@ func (c *cli) cmdPeer(args []string) error {
 	fs := c.newFlagSet("peer", "peer --dir DIR --peer NAME [--validity 365d] [--key-type ecdsa-p256] [--force]")
 	dir := fs.String("dir", "", "directory of the SERVING cluster, holding its ca.crt and ca.key (required)")
 	peer := fs.String("peer", "", "name of the cluster whose agents will read this cluster (required)")
-	validity := certs.DefaultLeafValidity
-	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
-	keyType := certs.KeyECDSAP256
-	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	validity, keyType := leafFlags(fs)
 	force := fs.Bool("force", false, "replace an existing peer certificate")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -166,8 +161,8 @@ func (c *cli) cmdPeer(args []string) error {
 		CommonName:   certs.PeerCN(*peer),
 		Organization: []string{"podmesh"},
 		NotBefore:    c.now().Add(-time.Minute),
-		Validity:     validity,
-		KeyType:      keyType,
+		Validity:     *validity,
+		KeyType:      *keyType,
 	}
 	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
 		return err
@@ -185,6 +180,16 @@ func (c *cli) cmdPeer(args []string) error {
 	fmt.Fprintf(c.stderr, "wrote client certificate %s for cluster %s to read cluster %s: %s, %s (valid until %s)\n",
 		kp.Cert.Subject.CommonName, *peer, ca.cluster, l.peerCert(*peer), l.peerKey(*peer), formatTime(kp.Cert.NotAfter))
 	return nil
+}
+
+// leafFlags defines --validity and --key-type of a command that issues a
+// leaf certificate.
+func leafFlags(fs *flag.FlagSet) (*time.Duration, *certs.KeyType) {
+	validity := certs.DefaultLeafValidity
+	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
+	keyType := certs.KeyECDSAP256
+	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	return &validity, &keyType
 }
 
 // emitSecret writes a Secret manifest to out (0600), or to stdout when out
@@ -213,10 +218,7 @@ func (c *cli) cmdCacheSecret(args []string) error {
 	fs.Var(listFlag{&endpoints}, "endpoint", "URL the agents dial (repeatable; default the in-cluster cache Service)")
 	out := fs.String("out", "-", "where to write the Secret manifest; - for stdout")
 	namespace := fs.String("namespace", defaultNamespace, "namespace of the Secret")
-	validity := certs.DefaultLeafValidity
-	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
-	keyType := certs.KeyECDSAP256
-	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	validity, keyType := leafFlags(fs)
 	force := fs.Bool("force", false, "overwrite --out")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -241,8 +243,8 @@ func (c *cli) cmdCacheSecret(args []string) error {
 		CommonName:   certs.LocalCN(ca.cluster),
 		Organization: []string{"podmesh"},
 		NotBefore:    c.now().Add(-time.Minute),
-		Validity:     validity,
-		KeyType:      keyType,
+		Validity:     *validity,
+		KeyType:      *keyType,
 	}
 	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
 		return err
