@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -164,19 +163,7 @@ func (tr *tier) startAgent(t *testing.T) *agent {
 		SyncTimeout: time.Minute, Timing: fastTiming, Log: tr.log.WithField("agent", "a"),
 	})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	stop := sync.OnceFunc(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.ErrorIs(t, err, context.Canceled)
-		case <-time.After(waitLong):
-			t.Error("agent did not stop")
-		}
-	})
-	t.Cleanup(stop)
+	stop := cmt.Run(t, m.Run, waitLong)
 	return &agent{CacheMesh: m, rec: rec, stop: stop}
 }
 

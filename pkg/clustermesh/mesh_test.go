@@ -1,11 +1,9 @@
 package clustermesh_test
 
 import (
-	"context"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,19 +53,7 @@ func startMesh(t *testing.T, dir *cmt.ConfigDir, mutate ...func(*clustermesh.Opt
 	}
 	m, err := clustermesh.New(opts)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	stop := sync.OnceFunc(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.ErrorIs(t, err, context.Canceled)
-		case <-time.After(30 * time.Second):
-			t.Error("mesh did not stop within 30s")
-		}
-	})
-	t.Cleanup(stop)
+	stop := cmt.Run(t, m.Run, 30*time.Second)
 	return &testMesh{Mesh: m, rec: rec, dir: dir, stop: stop}
 }
 
