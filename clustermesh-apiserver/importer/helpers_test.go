@@ -70,6 +70,8 @@ type fakeCluster struct {
 	// file is the etcd-client YAML (written into a config dir by mount).
 	yaml []byte
 	dir  string
+
+	exportsCapability bool
 }
 
 func newFakeCluster(t testing.TB, name string, id uint32, cidr string, exportsCapability bool) *fakeCluster {
@@ -78,16 +80,33 @@ func newFakeCluster(t testing.TB, name string, id uint32, cidr string, exportsCa
 	fwd := kvstoretest.StartForwarder(t, e.Addr)
 	dir := t.TempDir()
 	files := e.WriteClientFiles(t, dir, name, "remote-east")
-	c := &fakeCluster{name: name, id: id, cidr: netip.MustParsePrefix(cidr), etcd: e, fwd: fwd, dir: dir,
+	c := &fakeCluster{name: name, id: id, cidr: netip.MustParsePrefix(cidr), etcd: e, fwd: fwd, dir: dir, exportsCapability: exportsCapability,
 		yaml: kvstoretest.ClientYAML("https://"+fwd.Addr, e.CAFile, files.CertFile, files.KeyFile)}
-	cc := meshapi.ClusterConfig{Name: name, ID: id, PodCIDRs: []netip.Prefix{c.cidr}, ServiceCIDRs: []netip.Prefix{},
-		Capabilities: meshapi.Capabilities{Endpoints: true, Services: true, ServiceExports: exportsCapability}, FormatVersion: meshapi.FormatVersion}
-	c.put(t, meshapi.ClusterConfigKey(name), cc)
-	e.Put(t, meshapi.HeartbeatKey(name), meshapi.FormatTime(time.Now()))
-	for _, k := range meshapi.SyncedKinds {
-		e.Put(t, meshapi.SyncedKey(name, k), meshapi.FormatTime(time.Now()))
-	}
+	c.publishMeta(t)
 	return c
+}
+
+// publishMeta writes what a cluster's apiserver writes before any service:
+// its config, heartbeat and sync canaries.
+func (c *fakeCluster) publishMeta(t testing.TB) {
+	t.Helper()
+	cc := meshapi.ClusterConfig{Name: c.name, ID: c.id, PodCIDRs: []netip.Prefix{c.cidr}, ServiceCIDRs: []netip.Prefix{},
+		Capabilities: meshapi.Capabilities{Endpoints: true, Services: true, ServiceExports: c.exportsCapability}, FormatVersion: meshapi.FormatVersion}
+	c.put(t, meshapi.ClusterConfigKey(c.name), cc)
+	c.etcd.Put(t, meshapi.HeartbeatKey(c.name), meshapi.FormatTime(time.Now()))
+	for _, k := range meshapi.SyncedKinds {
+		c.etcd.Put(t, meshapi.SyncedKey(c.name, k), meshapi.FormatTime(time.Now()))
+	}
+}
+
+// rebuild replaces the cluster's etcd by an empty one behind the same
+// address, as a replaced clustermesh-apiserver pod with an emptyDir does,
+// and publishes the cluster's meta keys there; connections to the old one
+// are cut.
+func (c *fakeCluster) rebuild(t testing.TB) {
+	t.Helper()
+	c.etcd = c.etcd.Rebuilt(t)
+	c.publishMeta(t)
 }
 
 func (c *fakeCluster) put(t testing.TB, key string, v any) {
@@ -202,4 +221,14 @@ func addrsOf(ss []discoveryv1.EndpointSlice) map[string]bool {
 
 func ep(ip, hostname string) meshapi.ServiceEndpoint {
 	return meshapi.ServiceEndpoint{IP: netip.MustParseAddr(ip), Hostname: hostname, Node: "node-1", Ready: true, Serving: true, Zone: "zone-a"}
+}
+
+// clusterStatus is the importer's status of one cluster (zero if unknown).
+func clusterStatus(imp *Importer, name string) ClusterStatus {
+	for _, c := range imp.Status().Clusters {
+		if c.Cluster == name {
+			return c
+		}
+	}
+	return ClusterStatus{}
 }

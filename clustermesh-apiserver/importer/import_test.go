@@ -2,6 +2,7 @@ package importer
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -278,14 +279,7 @@ func TestRemoteFailures(t *testing.T) {
 	imp, stop := runImporter(t, k, dir, nil)
 	require.Eventually(t, func() bool { return len(addrsOf(k.slicesOf(t, "shop", "web", "west"))) == 2 }, waitFor, 50*time.Millisecond)
 
-	status := func(name string) ClusterStatus {
-		for _, c := range imp.Status().Clusters {
-			if c.Cluster == name {
-				return c
-			}
-		}
-		return ClusterStatus{}
-	}
+	status := func(name string) ClusterStatus { return clusterStatus(imp, name) }
 	west.fwd.Cut()
 	require.Eventually(t, func() bool { return !status("west").Connected }, waitFor, 50*time.Millisecond)
 	// While west is unreachable it changes: .10 goes, .12 comes.
@@ -342,6 +336,38 @@ func TestRemoteFailures(t *testing.T) {
 		return len(k.slicesOf(t, "shop", "web", "south")) == 0 && apierrors.IsNotFound(err)
 	}, waitFor, 10*time.Millisecond)
 	t.Logf("config file removed → slices and import gone after %s (measured, not asserted)", time.Since(start).Round(time.Millisecond))
+}
+
+// TestRemoteRebuiltBehindItsAddressIsListedAgain: west's clustermesh-
+// apiserver is replaced by one with an empty etcd behind the same address
+// (its history restarts at revision 1) and publishes a changed endpoint
+// there. The importer must notice the broken connection and list again;
+// resuming its watch from the old revision would wait for revisions the
+// new store reaches only much later and miss the change.
+func TestRemoteRebuiltBehindItsAddressIsListedAgain(t *testing.T) {
+	k := startKube(t)
+	k.namespace(t, "shop")
+	west := newFakeCluster(t, "west", 2, "10.2.0.0/16", true)
+	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", "")))
+	imp, _ := runImporter(t, k, newConfigDir(t, west), nil)
+	require.Eventually(t, func() bool {
+		return assert.ObjectsAreEqual(map[string]bool{"10.2.0.10": true}, addrsOf(k.slicesOf(t, "shop", "web", "west")))
+	}, waitFor, 50*time.Millisecond)
+	// The old store's history runs well ahead of what the new one reaches.
+	for i := range 100 {
+		west.etcd.Put(t, "unrelated/filler", strconv.Itoa(i))
+	}
+	failuresBefore := clusterStatus(imp, "west").Failures
+
+	west.rebuild(t)
+	west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.20", "")))
+	west.fwd.Retarget(west.etcd.Addr)
+	require.Eventually(t, func() bool {
+		return assert.ObjectsAreEqual(map[string]bool{"10.2.0.20": true}, addrsOf(k.slicesOf(t, "shop", "web", "west")))
+	}, waitFor, 50*time.Millisecond, "the rebuilt remote's endpoints were never imported: %v", addrsOf(k.slicesOf(t, "shop", "web", "west")))
+	st := clusterStatus(imp, "west")
+	assert.Greater(t, st.Failures, failuresBefore, "the broken connection is counted")
+	assert.Contains(t, st.LastError, "connection to the remote broke")
 }
 
 // TestLeaderElection: two importers share the Lease; only the holder

@@ -83,6 +83,7 @@ func (s *source) session(ctx context.Context) (established bool, err error) {
 	defer closeKV()
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	lost := kvstore.ConnectionLost(sctx, kv)
 	done := make(chan struct{})
 	defer func() { cancel(nil); <-done }()
 
@@ -99,7 +100,7 @@ func (s *source) session(ctx context.Context) (established bool, err error) {
 	probes := make(chan struct{}, 2)
 	go func() {
 		defer func() { probes <- struct{}{} }()
-		s.probe(sctx, cancel, kv)
+		s.probe(sctx, cancel, kv, lost)
 	}()
 	go func() {
 		defer func() { probes <- struct{}{} }()
@@ -258,8 +259,11 @@ func (s *source) waitCanary(ctx context.Context, kv kvstore.KV) error {
 }
 
 // probe reads the heartbeat every ProbeInterval; a failed read ends the
-// session (the state stays), a successful one says the data is current.
-func (s *source) probe(ctx context.Context, cancel context.CancelCauseFunc, kv kvstore.KV) {
+// session (the state stays), a successful one says the data is current. A
+// broken connection (lost) ends the session at once: the server the client
+// would reconnect to may be a rebuilt etcd whose history is not the one the
+// watch would resume, so the next session lists again.
+func (s *source) probe(ctx context.Context, cancel context.CancelCauseFunc, kv kvstore.KV, lost <-chan struct{}) {
 	t := s.imp.opts.Timing
 	ticker := time.NewTicker(t.ProbeInterval)
 	defer ticker.Stop()
@@ -277,6 +281,9 @@ func (s *source) probe(ctx context.Context, cancel context.CancelCauseFunc, kv k
 		s.imp.contact(s.name, s.gen)
 		select {
 		case <-ctx.Done():
+			return
+		case <-lost:
+			cancel(kvstore.ErrConnectionLost)
 			return
 		case <-ticker.C:
 		}

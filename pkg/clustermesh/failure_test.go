@@ -92,6 +92,41 @@ func TestMeshKeepsStateWhileRemoteUnreachableAndWithdrawsOnlyVanished(t *testing
 	}
 }
 
+// TestMeshListsARebuiltRemoteAgain: the remote's apiserver is replaced by
+// one whose etcd starts empty behind the same address (its revisions start
+// again at 1, far below the ones the agent saw) and publishes a changed
+// state. The agent must list it again, not resume its watch at a revision
+// the new history reaches only later, and must withdraw nothing that still
+// exists on the way.
+func TestMeshListsARebuiltRemoteAgain(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
+	east.PutNode(t, "e2", "192.168.1.2", "10.2.2.0/24")
+	dir := cmt.NewConfigDir(t)
+	dir.Add(t, east)
+	m := startMesh(t, dir)
+	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1", "10.2.2.0/24 via 192.168.1.2"))
+	m.waitReady(t, "east")
+	for i := range 100 {
+		east.Put(t, "unrelated/filler", strconv.Itoa(i))
+	}
+	failures := m.remote(t, "east").Failures
+
+	east.Rebuild(t)
+	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
+	east.PutNode(t, "e2", "192.168.1.202", "10.2.2.0/24")
+	east.PutNode(t, "e3", "192.168.1.3", "10.2.3.0/24")
+	east.Fwd.Retarget(east.Etcd.Addr)
+	m.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1", "10.2.2.0/24 via 192.168.1.202", "10.2.3.0/24 via 192.168.1.3"))
+	m.waitReady(t, "east")
+	st := m.remote(t, "east")
+	require.Greater(t, st.Failures, failures, "the broken connection is counted")
+	require.Contains(t, st.LastError, "connection to the remote broke")
+	for _, c := range m.rec.Changes() {
+		require.Empty(t, c.Removed, "withdrew %v, which still exists", c.Removed)
+	}
+}
+
 func TestMeshWithdrawsRemovedFileWithinOneSecond(t *testing.T) {
 	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
 	west := cmt.StartRemote(t, "west", 3, "10.3.0.0/16")

@@ -3,13 +3,12 @@ package clustermesh
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/connectivity"
 
+	"github.com/podmesh/podmesh/pkg/kvstore"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -23,9 +22,10 @@ import (
 // cut remote is therefore reported within ProbeInterval + ProbeTimeout:
 //
 //   - a remote whose process died or whose connection was reset: the gRPC
-//     connection leaves READY at once, which triggers a read without
-//     waiting for the next tick; the read cannot complete before the
-//     client reconnects, so it is unanswered after ProbeTimeout;
+//     connection leaves READY, which ends the session at once
+//     (watchConnection): the server that answers after the client
+//     reconnects may be a rebuilt etcd with another history, so the next
+//     session lists again instead of resuming;
 //   - a path that silently drops packets: the next read is unanswered.
 //
 // A slow but live remote, or a busy local machine, only has to answer one
@@ -36,10 +36,6 @@ import (
 // (HeartbeatStaleAfter).
 func (s *session) probe() {
 	t := s.mesh.opts.Timing
-	kick := make(chan struct{}, 1)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Go(func() { s.watchConnectivity(kick) })
 	ticker := time.NewTicker(t.ProbeInterval)
 	defer ticker.Stop()
 	s.alive()
@@ -59,7 +55,6 @@ func (s *session) probe() {
 		case <-s.ctx.Done():
 			return
 		case <-ticker.C:
-		case <-kick:
 		}
 	}
 }
@@ -146,21 +141,13 @@ func (s *session) heard(kvs []*mvccpb.KeyValue) {
 }
 
 // watchConnectivity signals kick whenever the client's connection leaves
-// READY, until the session ends.
-func (s *session) watchConnectivity(kick chan<- struct{}) {
-	conn := s.cli.ActiveConnection()
-	if conn == nil {
-		return
-	}
-	st := conn.GetState()
-	for conn.WaitForStateChange(s.ctx, st) {
-		st = conn.GetState()
-		if st == connectivity.Ready {
-			continue
-		}
-		select {
-		case kick <- struct{}{}:
-		default:
-		}
+// watchConnection ends the session when its connection breaks after having
+// been ready (kvstore.ConnectionLost); lost was taken when the client was
+// created, so no break is missed.
+func (s *session) watchConnection(lost <-chan struct{}) {
+	select {
+	case <-lost:
+		s.cancel(kvstore.ErrConnectionLost)
+	case <-s.ctx.Done():
 	}
 }

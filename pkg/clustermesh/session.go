@@ -36,6 +36,9 @@ type session struct {
 	cancel context.CancelCauseFunc
 	donec  chan struct{}
 
+	// lost is closed when the client's connection breaks.
+	lost <-chan struct{}
+
 	// lastHeard is when the remote last answered, in Unix nanoseconds.
 	lastHeard atomic.Int64
 
@@ -53,7 +56,8 @@ func openSession(parent context.Context, m *Mesh, r *remote, gen uint64, cfg *kv
 		return nil, err
 	}
 	ctx, cancel := context.WithCancelCause(parent)
-	s := &session{mesh: m, r: r, gen: gen, log: r.log, cli: cli, ctx: ctx, cancel: cancel, donec: make(chan struct{})}
+	s := &session{mesh: m, r: r, gen: gen, log: r.log, cli: cli, ctx: ctx, cancel: cancel, donec: make(chan struct{}),
+		lost: kvstore.ConnectionLost(ctx, cli)}
 	go s.run(cfg)
 	return s, nil
 }
@@ -84,6 +88,7 @@ func (s *session) run(cfg *kvstore.Config) {
 
 // serve runs the phases of the session; its helpers run in wg.
 func (s *session) serve(wg *sync.WaitGroup, cfg *kvstore.Config) error {
+	wg.Go(func() { s.watchConnection(s.lost) })
 	cc, rev, err := s.admit(cfg)
 	if err != nil {
 		return err

@@ -21,11 +21,13 @@
 //     twice. Only ErrCompacted forces a re-list: the history it would need is
 //     gone.
 //   - A ListWatcher trusts that the server's history is the one it listed.
-//     An etcd rebuilt from scratch behind a live connection would make a
-//     resumed watch wait for revisions of a different history; podmesh's
-//     remote etcd and its proxy live in one process, so a rebuild always
-//     breaks the connection, and the agent starts a new session (a new
-//     ListWatcher) for every connection.
+//     An etcd rebuilt from scratch (a replaced clustermesh-apiserver pod
+//     with an emptyDir) behind the same address would make a resumed watch
+//     wait for revisions of a different history, and the etcd client
+//     reconnects and resumes on its own. A rebuild always breaks the
+//     connection, though (the etcd and its proxy live in one process), so
+//     consumers of remote data end their session when ConnectionLost fires
+//     and list again in a new one (a new ListWatcher).
 //   - The listing is paginated at one fixed revision, so a large prefix is
 //     never one huge response and the listing is still a consistent snapshot.
 package kvstore

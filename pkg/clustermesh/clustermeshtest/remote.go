@@ -29,12 +29,28 @@ func StartRemote(tb testing.TB, name string, id uint32, podCIDRs ...string) *Rem
 		Etcd: e,
 		Fwd:  kvstoretest.StartForwarder(tb, e.Addr),
 	}
-	r.PutJSON(tb, meshapi.ClusterConfigKey(name), r.Config)
+	r.publishMeta(tb)
+	return r
+}
+
+func (r *Remote) publishMeta(tb testing.TB) {
+	tb.Helper()
+	r.PutJSON(tb, meshapi.ClusterConfigKey(r.Name()), r.Config)
 	r.Heartbeat(tb, time.Now())
 	for _, k := range meshapi.SyncedKinds {
-		r.Put(tb, meshapi.SyncedKey(name, k), meshapi.FormatTime(time.Now()))
+		r.Put(tb, meshapi.SyncedKey(r.Name(), k), meshapi.FormatTime(time.Now()))
 	}
-	return r
+}
+
+// Rebuild replaces the remote's etcd by an empty one (same CA, history
+// restarting at revision 1) holding the cluster config, a heartbeat and the
+// canaries, as a replaced clustermesh-apiserver pod with an emptyDir would.
+// Fwd still relays to the old one until the test calls
+// Fwd.Retarget(r.Etcd.Addr), so the new state can be written first.
+func (r *Remote) Rebuild(tb testing.TB) {
+	tb.Helper()
+	r.Etcd = r.Etcd.Rebuilt(tb)
+	r.publishMeta(tb)
 }
 
 // Name is the cluster's name.

@@ -41,11 +41,25 @@ type Etcd struct {
 // StartEtcd starts an embedded etcd for the duration of the test.
 func StartEtcd(tb testing.TB, name string) *Etcd {
 	tb.Helper()
-	dir := tb.TempDir()
 	ca, err := certs.NewCA(certs.Options{CommonName: name + "-ca"})
 	if err != nil {
 		tb.Fatalf("create CA: %v", err)
 	}
+	return startEtcd(tb, name, ca)
+}
+
+// Rebuilt starts another etcd of the same name and CA with empty data, on a
+// new port: what a client finds behind an address whose server was replaced
+// and lost its data (an emptyDir etcd in a new pod). Its history starts
+// again at revision 1, so a watch resumed from s's revisions waits there for
+// a future that has nothing to do with s.
+func (s *Etcd) Rebuilt(tb testing.TB) *Etcd {
+	tb.Helper()
+	return startEtcd(tb, s.Name, s.CA)
+}
+
+func startEtcd(tb testing.TB, name string, ca *certs.CA) *Etcd {
+	dir := tb.TempDir()
 	caFile := filepath.Join(dir, "ca.crt")
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
 		tb.Fatalf("write CA: %v", err)

@@ -13,13 +13,13 @@ import (
 // would; Unstall lets them flow again.
 type Forwarder struct {
 	// Addr is the host:port clients dial; it stays the same across Cut/Restore.
-	Addr   string
-	target string
+	Addr string
 
-	// mu protects ln, conns and flowing.
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]struct{}
+	// mu protects target, ln, conns and flowing.
+	mu     sync.Mutex
+	target string
+	ln     net.Listener
+	conns  map[net.Conn]struct{}
 	// flowing is closed while bytes are relayed; Stall replaces it with an
 	// open channel.
 	flowing chan struct{}
@@ -89,6 +89,18 @@ func (f *Forwarder) gate() <-chan struct{} {
 	return f.flowing
 }
 
+// Retarget relays new connections to target and closes every relayed one,
+// as a Service does when its only endpoint moves to a new pod: clients find
+// a different server behind the same address.
+func (f *Forwarder) Retarget(target string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.target = target
+	for c := range f.conns {
+		c.Close()
+	}
+}
+
 // Restore listens on Addr again.
 func (f *Forwarder) Restore(tb testing.TB) {
 	tb.Helper()
@@ -138,7 +150,10 @@ func (f *Forwarder) relay(in net.Conn) {
 	if !f.track(in) {
 		return
 	}
-	out, err := net.Dial("tcp", f.target)
+	f.mu.Lock()
+	target := f.target
+	f.mu.Unlock()
+	out, err := net.Dial("tcp", target)
 	if err != nil {
 		f.untrack(in)
 		return
