@@ -68,7 +68,7 @@ func startAgent(t *testing.T, kube kubernetes.Interface, dir string) *agentUnder
 	t.Helper()
 	cfg, err := parseFlags([]string{
 		"--node-name=w1", "--cluster-name=west", "--cluster-id=1", "--pod-cidrs=10.1.0.0/16",
-		"--clustermesh-config=" + dir, "--status-listen=127.0.0.1:0", "--sync-timeout=1m",
+		"--mesh-mode=direct", "--clustermesh-config=" + dir, "--status-listen=127.0.0.1:0", "--sync-timeout=1m",
 	}, func(string) string { return "" }, io.Discard)
 	require.NoError(t, err)
 	a := &agentUnderTest{}
@@ -197,7 +197,7 @@ func (f *failingDatapath) Run(context.Context) error { return errBoom }
 func TestAgentStopsEveryPartWhenOnePartFails(t *testing.T) {
 	cfg, err := parseFlags([]string{
 		"--node-name=w1", "--cluster-name=west", "--cluster-id=1", "--pod-cidrs=10.1.0.0/16",
-		"--clustermesh-config=" + cmt.NewConfigDir(t).Dir, "--status-listen=127.0.0.1:0",
+		"--mesh-mode=direct", "--clustermesh-config=" + cmt.NewConfigDir(t).Dir, "--status-listen=127.0.0.1:0",
 	}, func(string) string { return "" }, io.Discard)
 	require.NoError(t, err)
 	log := logrus.New()

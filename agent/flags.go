@@ -18,6 +18,13 @@ import (
 // Routing modes, as datapath.Config.Mode.
 var routingModes = []string{"ebpf", "vxlan", "native"}
 
+// Mesh modes: read the remotes through the local cluster's cache tier, or
+// dial every remote (small meshes).
+const (
+	meshModeCache  = "cache"
+	meshModeDirect = "direct"
+)
+
 // config is the validated command line.
 type config struct {
 	NodeName          string
@@ -26,6 +33,8 @@ type config struct {
 	PodCIDRs          []netip.Prefix
 	Kubeconfig        string
 	ClustermeshConfig string
+	MeshMode          string
+	CacheConfig       string
 	RoutingMode       string
 	TunnelPort        int
 	MTU               int
@@ -37,6 +46,7 @@ type config struct {
 
 const (
 	defaultClustermeshConfig = "/var/lib/podmesh/clustermesh"
+	defaultCacheConfig       = "/var/lib/podmesh/cache/cache.yaml"
 	defaultBPFRoot           = "/sys/fs/bpf/podmesh"
 	defaultStatusListen      = "127.0.0.1:9876"
 	defaultSyncTimeout       = 2 * time.Minute
@@ -56,6 +66,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&podCIDRs, "pod-cidrs", "", "comma-separated pod CIDRs of the local cluster")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig of the local cluster (in-cluster when empty)")
 	fs.StringVar(&c.ClustermeshConfig, "clustermesh-config", defaultClustermeshConfig, "directory with one etcd-client YAML file per remote cluster")
+	fs.StringVar(&c.MeshMode, "mesh-mode", meshModeCache, "cache: read every remote through the local cluster's clustermesh-apiserver cache (one connection); direct: dial every remote cluster (small meshes)")
+	fs.StringVar(&c.CacheConfig, "cache-config", defaultCacheConfig, "cache mode: etcd-client YAML file of the local cluster's cache")
 	fs.StringVar(&c.RoutingMode, "routing-mode", "ebpf", "datapath: "+strings.Join(routingModes, ", "))
 	fs.IntVar(&c.TunnelPort, "tunnel-port", meshapi.DefaultTunnelUDPPort, "VXLAN UDP port")
 	fs.IntVar(&c.MTU, "mtu", 0, "underlay MTU (0: the MTU of the link holding the node IP)")
@@ -95,8 +107,17 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	} else {
 		c.PodCIDRs = cidrs
 	}
-	if c.ClustermeshConfig == "" {
-		bad("clustermesh-config", errors.New("must not be empty"))
+	switch c.MeshMode {
+	case meshModeDirect:
+		if c.ClustermeshConfig == "" {
+			bad("clustermesh-config", errors.New("must not be empty"))
+		}
+	case meshModeCache:
+		if c.CacheConfig == "" {
+			bad("cache-config", errors.New("must not be empty in cache mode"))
+		}
+	default:
+		bad("mesh-mode", fmt.Errorf("%q is not one of %s, %s", c.MeshMode, meshModeCache, meshModeDirect))
 	}
 	if !slices.Contains(routingModes, c.RoutingMode) {
 		bad("routing-mode", fmt.Errorf("%q is not one of %s", c.RoutingMode, strings.Join(routingModes, ", ")))

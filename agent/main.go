@@ -72,6 +72,24 @@ type deps struct {
 
 func newReconciler(c datapath.Config) (dataplane, error) { return datapath.New(c) }
 
+// remoteClusters is what the agent runs of pkg/clustermesh: a Mesh (direct
+// mode) or a CacheMesh (cache mode).
+type remoteClusters interface {
+	meshStatus
+	Run(ctx context.Context) error
+	Collector() prometheus.Collector
+}
+
+// newMesh builds the remote-cluster watcher of cfg's mesh mode.
+func newMesh(cfg *config, opts clustermesh.Options) (remoteClusters, error) {
+	if cfg.MeshMode == meshModeCache {
+		opts.CacheFile = cfg.CacheConfig
+		return clustermesh.NewCache(opts)
+	}
+	opts.ConfigDir = cfg.ClustermeshConfig
+	return clustermesh.New(opts)
+}
+
 // run wires the parts and runs them until ctx is done or one fails.
 func run(ctx context.Context, cfg *config, d deps) error {
 	log := d.log.WithFields(logrus.Fields{"node": cfg.NodeName, "localCluster": cfg.ClusterName})
@@ -89,11 +107,11 @@ func run(ctx context.Context, cfg *config, d deps) error {
 	if err != nil {
 		return fmt.Errorf("start datapath: %w", err)
 	}
-	mesh, err := clustermesh.New(clustermesh.Options{
+	mesh, err := newMesh(cfg, clustermesh.Options{
 		LocalCluster: cfg.ClusterName, LocalClusterID: cfg.ClusterID, LocalPodCIDRs: cfg.PodCIDRs,
-		LocalTunnelIP: node.TunnelIP, ConfigDir: cfg.ClustermeshConfig, Desired: desired,
+		LocalTunnelIP: node.TunnelIP, Desired: desired, Dial: serviceDialer(d.kube),
 		SyncTimeout: cfg.SyncTimeout, Programmed: func() map[string]int { return dp.Status().Programmed },
-		Log: log.WithField("component", "clustermesh"),
+		Log: log.WithFields(logrus.Fields{"component": "clustermesh", "meshMode": cfg.MeshMode}),
 	})
 	if err != nil {
 		return err

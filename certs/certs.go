@@ -24,6 +24,10 @@ const (
 // PeerCN returns the client certificate CN a peer cluster presents.
 func PeerCN(peerCluster string) string { return "remote-" + peerCluster }
 
+// LocalCN is the CN of the client certificate cluster's own agents present
+// to its cache proxy (the cache tier); it is never on the peers' allow-list.
+func LocalCN(cluster string) string { return "local-" + cluster }
+
 // Options describe one certificate.
 type Options struct {
 	CommonName   string

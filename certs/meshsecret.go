@@ -48,3 +48,33 @@ func MeshSecretFiles(cluster string, endpoints []string, caPEM, certPEM, keyPEM 
 	}
 	return files, nil
 }
+
+// The cache tier's local credential: what a cluster's own agents mount to
+// read its clustermesh-apiserver's cache (daemonset/ expects these names).
+const (
+	// CacheSecretName is the Secret the agents mount at /var/lib/podmesh/cache.
+	CacheSecretName = "podmesh-cache"
+	// CacheConfigKey is the etcd-client YAML key of that Secret.
+	CacheConfigKey = "cache.yaml"
+	// CacheServiceName is the ClusterIP Service of the cache proxy.
+	CacheServiceName = "clustermesh-apiserver-cache"
+	// CachePort is the cache proxy's port (clustermesh-apiserver --cache-listen).
+	CachePort = 2381
+)
+
+// CacheEndpoint is the in-cluster URL of the cache proxy in namespace.
+func CacheEndpoint(namespace string) string {
+	return ProxyEndpoint(CacheServiceName+"."+namespace+".svc", CachePort)
+}
+
+// CacheSecretFiles returns the keys of the podmesh-cache Secret: cache.yaml
+// (etcd-client YAML with relative file names) and ca.crt, tls.crt, tls.key
+// (a client certificate with CN LocalCN(cluster), issued by the cluster's
+// own CA).
+func CacheSecretFiles(endpoints []string, caPEM, certPEM, keyPEM []byte) (map[string][]byte, error) {
+	body, err := yaml.Marshal(kvstore.ClientFile{Endpoints: endpoints, TrustedCAFile: "ca.crt", CertFile: "tls.crt", KeyFile: "tls.key"})
+	if err != nil {
+		return nil, fmt.Errorf("marshal the cache's etcd config: %w", err)
+	}
+	return map[string][]byte{CacheConfigKey: body, "ca.crt": caPEM, "tls.crt": certPEM, "tls.key": keyPEM}, nil
+}

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	mcscrd "sigs.k8s.io/mcs-api/config/crd"
 
+	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -179,7 +180,17 @@ func TestAgentDaemonSet(t *testing.T) {
 			require.Equal(t, int32(0o400), *mesh.Secret.DefaultMode)
 			require.Equal(t, "/var/lib/podmesh/clustermesh", mounts["clustermesh"].MountPath)
 			require.True(t, mounts["clustermesh"].ReadOnly)
-			require.Len(t, spec.Volumes, 2, "no other host access")
+
+			require.Contains(t, c.Args, "--mesh-mode=cache", "the cache tier is the default")
+			require.Contains(t, c.Args, "--cache-config=/var/lib/podmesh/cache/"+certs.CacheConfigKey)
+			cache := vols["cache"]
+			require.NotNil(t, cache.Secret)
+			require.Equal(t, certs.CacheSecretName, cache.Secret.SecretName, "what podmesh-certs cache-secret renders")
+			require.True(t, cache.Secret.Optional != nil && *cache.Secret.Optional, "direct mode needs no cache credential")
+			require.Equal(t, int32(0o400), *cache.Secret.DefaultMode)
+			require.Equal(t, "/var/lib/podmesh/cache", mounts["cache"].MountPath)
+			require.True(t, mounts["cache"].ReadOnly)
+			require.Len(t, spec.Volumes, 3, "no other host access")
 		})
 	}
 }
@@ -238,6 +249,14 @@ func TestClusterMeshAPIServer(t *testing.T) {
 			require.NotNil(t, meshMount)
 			require.Equal(t, "/var/lib/podmesh/clustermesh", meshMount.MountPath)
 			require.True(t, meshMount.ReadOnly)
+
+			// The cache tier: its own port, reached in-cluster only.
+			require.Contains(t, c.Args, fmt.Sprintf("--cache-listen=:%d", certs.CachePort))
+			cacheSvc := typed[corev1.Service](t, find(t, objs, "Service", certs.CacheServiceName))
+			require.Equal(t, corev1.ServiceTypeClusterIP, cacheSvc.Spec.Type, "the cache is never exposed outside the cluster")
+			require.Len(t, cacheSvc.Spec.Ports, 1)
+			require.Equal(t, int32(certs.CachePort), cacheSvc.Spec.Ports[0].Port)
+			require.Equal(t, d.Spec.Template.Labels["app.kubernetes.io/name"], cacheSvc.Spec.Selector["app.kubernetes.io/name"])
 
 			svc := typed[corev1.Service](t, find(t, objs, "Service", "clustermesh-apiserver"))
 			require.Equal(t, d.Spec.Template.Labels["app.kubernetes.io/name"], svc.Spec.Selector["app.kubernetes.io/name"])
@@ -347,7 +366,12 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 						}
 						continue
 					}
-					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the namespaced permissions are the importer's Lease and podmesh-established")
+					if role.Name == "podmesh-agent-cache" {
+						require.Equal(t, []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"services"}, ResourceNames: []string{certs.CacheServiceName}, Verbs: []string{"get"}}},
+							role.Rules, "the agents read the cache Service's ClusterIP, nothing else")
+						continue
+					}
+					require.Equal(t, "podmesh-service-importer-lease", role.Name, "the namespaced permissions are the importer's Lease, podmesh-established and the agents' cache Service")
 					for _, r := range role.Rules {
 						require.Equal(t, []string{"coordination.k8s.io"}, r.APIGroups)
 						require.Equal(t, []string{"leases"}, r.Resources)

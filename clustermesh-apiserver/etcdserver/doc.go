@@ -12,7 +12,10 @@
 //     read and write the podmesh/ prefix, and a reader whose role may only
 //     read it (plus etcd's "__lostleader" key, which etcd's gRPC proxy
 //     watches to track the leader). The reader is the proxy's identity, so a
-//     bug in the proxy still cannot write.
+//     bug in the proxy still cannot write. A fourth user, the cache reader,
+//     is the identity of the proxy that serves the cache tier to this
+//     cluster's agents: it may read "podmesh-cache/" only, which the writer
+//     may also write and the (peers') reader may not read at all.
 //   - Passwords are random, new at every start, held in memory and never
 //     logged — with one exception: the root password is also kept in the
 //     data directory (0600), because the data directory is reused across

@@ -29,6 +29,14 @@ const (
 	ReaderUser = "podmesh-reader"
 	WriterRole = "podmesh-writer"
 	ReaderRole = "podmesh-reader"
+	// CacheReaderUser is the identity of the proxy that serves the cache to
+	// this cluster's own agents: its role reads CachePrefix only.
+	CacheReaderUser = "podmesh-cache-reader"
+	CacheReaderRole = "podmesh-cache-reader"
+	// CachePrefix is meshapi.CacheRoot's top level: the writer may write
+	// it, the cache reader read it, the reader (the peers' proxy) nothing
+	// of it.
+	CachePrefix = "podmesh-cache/"
 	// KeyPrefix is the part of the keyspace the writer may write and the
 	// reader may read.
 	KeyPrefix = "podmesh/"
@@ -70,6 +78,9 @@ type Server struct {
 	Writer *clientv3.Client
 	// Reader is authenticated as ReaderUser: read-only under KeyPrefix.
 	Reader *clientv3.Client
+	// CacheReader is authenticated as CacheReaderUser: read-only under
+	// CachePrefix.
+	CacheReader *clientv3.Client
 
 	etcd      *embed.Etcd
 	passwords map[string]string // user -> password; never logged
@@ -199,7 +210,7 @@ func start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := ensureRoles(ctx, root); err != nil {
 		return nil, err
 	}
-	for _, u := range []struct{ user, role string }{{WriterUser, WriterRole}, {ReaderUser, ReaderRole}} {
+	for _, u := range []struct{ user, role string }{{WriterUser, WriterRole}, {ReaderUser, ReaderRole}, {CacheReaderUser, CacheReaderRole}} {
 		pw, err := randomPassword()
 		if err != nil {
 			return nil, err
@@ -219,6 +230,9 @@ func start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	if s.Reader, err = s.NewClient(ctx, ReaderUser); err != nil {
+		return nil, err
+	}
+	if s.CacheReader, err = s.NewClient(ctx, CacheReaderUser); err != nil {
 		return nil, err
 	}
 	cfg.Log.WithFields(logrus.Fields{"endpoint": s.Endpoint, "dataDir": cfg.DataDir, "reused": existing}).Info("Embedded etcd ready")
@@ -273,7 +287,7 @@ func (s *Server) dial(ctx context.Context, user, password string) (*clientv3.Cli
 // Close closes the clients and stops etcd.
 func (s *Server) Close() error {
 	var errs []error
-	for _, c := range []*clientv3.Client{s.Writer, s.Reader} {
+	for _, c := range []*clientv3.Client{s.Writer, s.Reader, s.CacheReader} {
 		if c != nil {
 			if err := c.Close(); err != nil && !errors.Is(err, context.Canceled) {
 				errs = append(errs, fmt.Errorf("close etcd client: %w", err))
@@ -346,6 +360,7 @@ func (q *quietOnClose) With(fields []zapcore.Field) zapcore.Core {
 
 func ensureRoles(ctx context.Context, root *clientv3.Client) error {
 	end := clientv3.GetPrefixRangeEnd(KeyPrefix)
+	cacheEnd := clientv3.GetPrefixRangeEnd(CachePrefix)
 	grants := []struct {
 		role      string
 		key, end  string
@@ -354,6 +369,9 @@ func ensureRoles(ctx context.Context, root *clientv3.Client) error {
 		{WriterRole, KeyPrefix, end, clientv3.PermissionType(clientv3.PermReadWrite)},
 		{ReaderRole, KeyPrefix, end, clientv3.PermissionType(clientv3.PermRead)},
 		{ReaderRole, lostLeaderKey, "", clientv3.PermissionType(clientv3.PermRead)},
+		{WriterRole, CachePrefix, cacheEnd, clientv3.PermissionType(clientv3.PermReadWrite)},
+		{CacheReaderRole, CachePrefix, cacheEnd, clientv3.PermissionType(clientv3.PermRead)},
+		{CacheReaderRole, lostLeaderKey, "", clientv3.PermissionType(clientv3.PermRead)},
 	}
 	for _, g := range grants {
 		if _, err := root.RoleAdd(ctx, g.role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {

@@ -36,6 +36,10 @@ type Config struct {
 	// Client talks to etcd; it should be authenticated as the read-only
 	// user. The proxy does not close it.
 	Client *clientv3.Client
+	// DenyPrefixes are key prefixes never served, whatever Client may read:
+	// a Range, Txn or Watch that touches one is refused with
+	// PermissionDenied (the peers' proxy denies meshapi.CacheRoot).
+	DenyPrefixes []string
 	// Metrics, when set, receives refusals and handshake failures.
 	Metrics *Metrics
 	Log     logrus.FieldLogger
@@ -88,7 +92,7 @@ func Start(ctx context.Context, cfg Config) (_ *Proxy, err error) {
 	// instead of the connection simply going away, which clients resume
 	// from their last revision on their own.
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	g := &guard{metrics: cfg.Metrics, log: cfg.Log}
+	g := &guard{metrics: cfg.Metrics, log: cfg.Log, deny: newDeniedRanges(cfg.DenyPrefixes)}
 	creds := &countingCreds{TransportCredentials: credentials.NewTLS(cfg.TLS), failures: cfg.Metrics.HandshakeFailures, log: cfg.Log}
 	srv := grpc.NewServer(
 		grpc.Creds(creds),
@@ -147,6 +151,7 @@ func (p *Proxy) Stop() {
 type guard struct {
 	metrics *Metrics
 	log     logrus.FieldLogger
+	deny    deniedRanges
 }
 
 func (g *guard) refuse(ctx context.Context, method string) error {
@@ -170,6 +175,9 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 	if !allowedMethods[info.FullMethod] {
 		return g.refuse(ss.Context(), info.FullMethod)
 	}
+	if info.FullMethod == methodWatch && len(g.deny) > 0 {
+		ss = &deniedWatchStream{ServerStream: ss, deny: g.deny, guard: g}
+	}
 	return handler(srv, ss)
 }
 
@@ -186,6 +194,9 @@ type readOnlyKV struct {
 }
 
 func (k *readOnlyKV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if k.guard.deny.touches(r.Key, r.RangeEnd) {
+		return nil, k.guard.refuseKey(ctx, methodRange, r.Key)
+	}
 	resp, err := k.kv.Do(ctx, grpcproxy.RangeRequestToOp(r))
 	if err != nil {
 		return nil, err
@@ -196,6 +207,9 @@ func (k *readOnlyKV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRe
 func (k *readOnlyKV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if txnWrites(r) {
 		return nil, k.guard.refuse(ctx, methodTxn+" (with a write)")
+	}
+	if k.guard.deny.txnTouches(r) {
+		return nil, k.guard.refuseKey(ctx, methodTxn, nil)
 	}
 	resp, err := k.kv.Do(ctx, grpcproxy.TxnRequestToOp(r))
 	if err != nil {

@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -37,6 +39,16 @@ type Config struct {
 	// files (the agents' format); when set, the apiserver imports the
 	// remotes' exported services (package importer).
 	ClusterMeshConfig string
+	// CacheListen is the address of the cache tier's read-only proxy for
+	// this cluster's own agents; the cache runs when it and
+	// ClusterMeshConfig are set.
+	CacheListen string
+	// CacheAllowedClients are the client certificate CNs the cache proxy
+	// accepts (default local-<cluster>).
+	CacheAllowedClients []string
+	// CacheSyncTimeout bounds the wait for every remote's first sync
+	// before the cache declares itself synced.
+	CacheSyncTimeout time.Duration
 	// LeaderElectionNamespace holds the importer's Lease; empty disables
 	// leader election (one replica only). LeaderElectionID names this
 	// instance (the pod name).
@@ -56,7 +68,7 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	var cfg Config
 	fs := flag.NewFlagSet("clustermesh-apiserver", flag.ContinueOnError)
 	fs.SetOutput(output)
-	var clusterID, podCIDRs, peers string
+	var clusterID, podCIDRs, peers, cacheClients string
 	fs.StringVar(&cfg.ClusterName, "cluster-name", "", "name of this cluster (required)")
 	fs.StringVar(&clusterID, "cluster-id", "", "ID of this cluster, 1..255 (required)")
 	fs.StringVar(&podCIDRs, "pod-cidrs", "", "comma-separated pod CIDRs of this cluster (required)")
@@ -72,6 +84,9 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 	fs.DurationVar(&cfg.CoalesceDelay, "coalesce-delay", kubesync.DefaultCoalesceDelay, "shortest time between two writes of one key: an idle key is written at once, a busy one once per this window (coalesces bursts)")
 	fs.IntVar(&cfg.SyncWorkers, "sync-workers", kubesync.DefaultWorkers, "parallel etcd writers")
 	fs.StringVar(&cfg.ClusterMeshConfig, "clustermesh-config", "", "directory of per-remote etcd-client YAML files (the agents' format); when set, import the remotes' exported services into this cluster")
+	fs.StringVar(&cfg.CacheListen, "cache-listen", ":2381", "address of the cache tier's read-only proxy for this cluster's own agents (with --clustermesh-config); empty disables the cache")
+	fs.StringVar(&cacheClients, "cache-allowed-clients", "", "comma-separated client certificate CNs the cache proxy accepts (default local-<cluster-name>)")
+	fs.DurationVar(&cfg.CacheSyncTimeout, "cache-sync-timeout", time.Minute, "the cache declares itself synced after this long even if a remote has not synced")
 	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the service importer's Lease (one writer among replicas); empty disables leader election")
 	fs.StringVar(&cfg.LeaderElectionID, "leader-election-id", defaultIdentity(), "this instance's identity in the Lease (the pod name)")
 	fs.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the ConfigMap "+EstablishedConfigMap+" that records when this cluster joined the mesh; empty: not recorded")
@@ -106,6 +121,10 @@ func ParseFlags(args []string, output io.Writer) (Config, error) {
 		}
 	}
 	cfg.AllowedPeers = splitList(peers)
+	cfg.CacheAllowedClients = splitList(cacheClients)
+	if len(cfg.CacheAllowedClients) == 0 && cfg.ClusterName != "" {
+		cfg.CacheAllowedClients = []string{certs.LocalCN(cfg.ClusterName)}
+	}
 	if err := cfg.validate(idKnown); err != nil {
 		errs = append(errs, err)
 	}
@@ -145,6 +164,19 @@ func (c *Config) validate(checkID bool) error {
 			errs = append(errs, fmt.Errorf("--allowed-peers: %q contains white space", p))
 		}
 	}
+	if c.CacheEnabled() {
+		if _, _, err := net.SplitHostPort(c.CacheListen); err != nil {
+			errs = append(errs, fmt.Errorf("--cache-listen %q: %w", c.CacheListen, err))
+		}
+		if len(c.CacheAllowedClients) == 0 {
+			errs = append(errs, errors.New("--cache-allowed-clients: required with --cache-listen"))
+		}
+		for _, p := range c.CacheAllowedClients {
+			if slices.Contains(c.AllowedPeers, p) {
+				errs = append(errs, fmt.Errorf("--cache-allowed-clients: %q is also an allowed peer: a peer must never read the cache", p))
+			}
+		}
+	}
 	for _, f := range []struct{ flag, value string }{{"--listen", c.Listen}, {"--health-listen", c.HealthListen}} {
 		if _, _, err := net.SplitHostPort(f.value); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", f.flag, f.value, err))
@@ -163,6 +195,9 @@ func (c *Config) validate(checkID bool) error {
 	}
 	return errors.Join(errs...)
 }
+
+// CacheEnabled reports whether the cache tier runs.
+func (c *Config) CacheEnabled() bool { return c.ClusterMeshConfig != "" && c.CacheListen != "" }
 
 func splitList(s string) []string {
 	var out []string

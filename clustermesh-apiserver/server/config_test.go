@@ -145,3 +145,24 @@ func TestParseFlagsImporterFlags(t *testing.T) {
 	_, err = ParseFlags(with(validArgs(), "--clustermesh-config=/d", "--leader-election-id="), io.Discard)
 	require.ErrorContains(t, err, "--leader-election-id: required")
 }
+
+// TestCacheFlags: with --clustermesh-config the cache runs on :2381 for the
+// local agents' CN by default; a CN that is also an allowed peer is refused,
+// so a peer can never read the cache.
+func TestCacheFlags(t *testing.T) {
+	cfg, err := ParseFlags(with(validArgs(), "--clustermesh-config=/etc/mesh"), io.Discard)
+	require.NoError(t, err)
+	require.True(t, cfg.CacheEnabled())
+	require.Equal(t, ":2381", cfg.CacheListen)
+	require.Equal(t, []string{"local-east"}, cfg.CacheAllowedClients)
+
+	cfg, err = ParseFlags(with(validArgs(), "--clustermesh-config=/etc/mesh", "--cache-listen="), io.Discard)
+	require.NoError(t, err)
+	require.False(t, cfg.CacheEnabled(), "an empty --cache-listen turns the cache off")
+	cfg, err = ParseFlags(validArgs(), io.Discard)
+	require.NoError(t, err)
+	require.False(t, cfg.CacheEnabled(), "no remotes, no cache")
+
+	_, err = ParseFlags(with(validArgs(), "--clustermesh-config=/etc/mesh", "--cache-allowed-clients=remote-west"), io.Discard)
+	require.ErrorContains(t, err, `--cache-allowed-clients: "remote-west" is also an allowed peer`)
+}

@@ -20,10 +20,12 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/podmesh/podmesh/clustermesh-apiserver/cache"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/importer"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy"
+	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
 // Server is one clustermesh-apiserver.
@@ -43,6 +45,8 @@ type Server struct {
 	mu         sync.Mutex
 	etcd       *etcdserver.Server
 	importer   *importer.Importer
+	cache      *cache.Cache
+	cacheAddr  string
 	proxyAddr  string
 	healthAddr string
 }
@@ -148,6 +152,21 @@ func (s *Server) ProxyAddr() string {
 	return s.proxyAddr
 }
 
+// CacheAddr is the cache proxy's listening address (after Started), empty
+// when the cache does not run.
+func (s *Server) CacheAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cacheAddr
+}
+
+// Cache is the cache tier (after Started), nil when it does not run.
+func (s *Server) Cache() *cache.Cache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cache
+}
+
 // HealthAddr is the health endpoint's listening address (after Started).
 func (s *Server) HealthAddr() string {
 	s.mu.Lock()
@@ -250,7 +269,7 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 		}
 	}()
 
-	p, err := proxy.Start(ctx, proxy.Config{Listener: proxyLis, TLS: s.tls, Client: e.Reader, Metrics: s.proxyMetrics, Log: s.log})
+	p, err := proxy.Start(ctx, proxy.Config{Listener: proxyLis, TLS: s.tls, Client: e.Reader, DenyPrefixes: []string{meshapi.CacheRoot}, Metrics: s.proxyMetrics, Log: s.log})
 	if err != nil {
 		proxyLis.Close()
 		return err
@@ -259,6 +278,24 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 		p.Stop()
 		s.log.Info("Proxy stopped")
 	}()
+
+	var c *cache.Cache
+	var cacheProxy *proxy.Proxy
+	cacheErr := make(chan error, 1)
+	if s.cfg.CacheEnabled() {
+		cacheCtx, stopCache := context.WithCancel(ctx)
+		cacheDone := make(chan struct{})
+		if c, cacheProxy, err = s.startCache(cacheCtx, e, cacheErr, cacheDone); err != nil {
+			stopCache()
+			return err
+		}
+		defer func() {
+			cacheProxy.Stop()
+			stopCache()
+			<-cacheDone
+			s.log.Info("Cache stopped")
+		}()
+	}
 
 	var imp *importer.Importer
 	importErr := make(chan error, 1)
@@ -291,6 +328,10 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 
 	s.mu.Lock()
 	s.etcd, s.importer, s.proxyAddr, s.healthAddr = e, imp, p.Addr(), healthLis.Addr().String()
+	s.cache = c
+	if cacheProxy != nil {
+		s.cacheAddr = cacheProxy.Addr()
+	}
 	s.mu.Unlock()
 	close(s.started)
 	s.log.WithFields(logrus.Fields{"proxy": p.Addr(), "health": healthLis.Addr().String()}).Info("clustermesh-apiserver started")
@@ -310,7 +351,38 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 		return fmt.Errorf("health endpoint stopped: %w", err)
 	case err := <-importErr:
 		return fmt.Errorf("service importer stopped: %w", err)
+	case err := <-cacheErr:
+		return fmt.Errorf("cache stopped: %w", err)
 	}
+}
+
+// startCache runs the cache tier (its mirror of the remotes in ctx, until
+// ctx is done, failures to errc) and its proxy for this cluster's agents:
+// its own listener, TLS that accepts only the local agents' CNs, and an etcd
+// user that may read the cache prefix only.
+func (s *Server) startCache(ctx context.Context, e *etcdserver.Server, errc chan<- error, done chan<- struct{}) (*cache.Cache, *proxy.Proxy, error) {
+	c, err := cache.New(cache.Options{
+		Cluster: s.cfg.ClusterName, ClusterID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs,
+		ConfigDir: s.cfg.ClusterMeshConfig, Etcd: e.Writer, SyncTimeout: s.cfg.CacheSyncTimeout, Log: s.log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	tlsCfg, err := proxy.ReloadingServerTLS(s.cfg.TLSCert, s.cfg.TLSKey, s.cfg.TLSClientCA, s.cfg.CacheAllowedClients, s.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := proxy.Start(ctx, proxy.Config{Listen: s.cfg.CacheListen, TLS: tlsCfg, Client: e.CacheReader, Metrics: s.proxyMetrics, Log: s.log.WithField("proxy", "cache")})
+	if err != nil {
+		return nil, nil, err
+	}
+	go func() {
+		defer close(done)
+		if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+			errc <- err
+		}
+	}()
+	return c, p, nil
 }
 
 func (s *Server) healthMux(gatherer prometheus.Gatherer) *http.ServeMux {
@@ -325,6 +397,17 @@ func (s *Server) healthMux(gatherer prometheus.Gatherer) *http.ServeMux {
 		default:
 			http.Error(w, "not ready: sync canaries not written yet", http.StatusServiceUnavailable)
 		}
+	})
+	mux.HandleFunc("/status/cache", func(w http.ResponseWriter, _ *http.Request) {
+		c := s.Cache()
+		if c == nil {
+			http.Error(w, "the cache does not run (no --clustermesh-config or --cache-listen) or has not started", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(c.Status())
 	})
 	mux.HandleFunc("/status/imports", func(w http.ResponseWriter, _ *http.Request) {
 		imp := s.Importer()

@@ -50,4 +50,15 @@
 //   - Pruning of kernel state the agent did not create in this run is
 //     allowed (Desired.AllowPrune) only once every configured remote has
 //     synced at least once, or after the sync timeout.
+//   - Two consumers of the same code. Mesh is direct mode (the agent dials
+//     every remote) and, with Options.States, the cache tier's watcher in
+//     clustermesh-apiserver (package cache), which mirrors every validated
+//     remote into its own etcd. CacheMesh (cachemesh.go) is the agent's
+//     cache mode: one connection to its own cluster's cache, one list+watch
+//     of meshapi.CacheRoot; each cached entry still goes through
+//     clusterState's validation, the Registry and ComputeEntries, so an
+//     agent and its cache cannot disagree on what an entry means. A session
+//     ends when the connection lands on another replica (another epoch),
+//     and the next one re-lists into a fresh view; what the new replica
+//     lacks is withdrawn only after its canary (meshapi.CacheSyncedKey).
 package clustermesh

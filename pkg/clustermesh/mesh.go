@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -79,6 +80,14 @@ type DesiredSet interface {
 	AllowPrune()
 }
 
+// StateSink receives every remote cluster's full validated state after each
+// batch of changes, next to its entries (the cache tier mirrors it). The
+// maps belong to the caller's session and change after the call returns:
+// the sink must take what it needs before returning, and must not block.
+type StateSink interface {
+	SetClusterState(cc *meshapi.ClusterConfig, nodes map[string]*meshapi.Node, endpoints map[string]*meshapi.Endpoint)
+}
+
 // Options configure a Mesh.
 type Options struct {
 	LocalCluster   string
@@ -89,8 +98,18 @@ type Options struct {
 	LocalTunnelIP netip.Addr
 	// ConfigDir holds one etcd-client YAML file per remote cluster.
 	ConfigDir string
+	// CacheFile is the etcd-client YAML file of the local cluster's cache
+	// (cache mode, NewCache); it replaces ConfigDir.
+	CacheFile string
+	// Dial, when set, opens the cache's connections (cache mode): the
+	// agent resolves a Service name through the Kubernetes API with it.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Desired receives every remote cluster's entries (a *datapath.Desired).
 	Desired DesiredSet
+	// States, when set, also receives every remote cluster's validated
+	// state, in the same order and under the same lock as Desired, so a
+	// removal or refusal (Desired.RemoveCluster) is never overtaken.
+	States StateSink
 	// SyncTimeout allows pruning even if some remote has not synced by then.
 	SyncTimeout time.Duration
 	// Programmed, when set, reports the datapath's programmed prefix count
@@ -268,14 +287,18 @@ func (m *Mesh) currentLocked(r *remote, gen uint64) bool {
 }
 
 // push replaces a remote's entries and declared pod CIDRs (from its
-// admitted cluster-config) if gen is still its current generation.
-func (m *Mesh) push(r *remote, gen uint64, podCIDRs []netip.Prefix, entries []datapath.Entry) bool {
+// admitted cluster-config) if gen is still its current generation; States,
+// when set, gets the state the entries were computed from.
+func (m *Mesh) push(r *remote, gen uint64, state *clusterState, entries []datapath.Entry) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.currentLocked(r, gen) || r.evict == nil { // superseded, or displaced
 		return false
 	}
-	m.opts.Desired.SetCluster(r.name, podCIDRs, entries)
+	m.opts.Desired.SetCluster(r.name, state.cfg.PodCIDRs, entries)
+	if m.opts.States != nil {
+		m.opts.States.SetClusterState(state.cfg, state.nodes, state.endpoints)
+	}
 	return true
 }
 

@@ -1,11 +1,9 @@
 package clustermesh_test
 
 import (
-	"context"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,13 +26,7 @@ const (
 var (
 	localCIDRs  = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}
 	localTunnel = netip.MustParseAddr("192.168.0.1")
-	fastTiming  = clustermesh.Timing{
-		ProbeInterval: 100 * time.Millisecond,
-		ProbeTimeout:  time.Second,
-		DialTimeout:   time.Second,
-		BackoffMin:    50 * time.Millisecond,
-		BackoffMax:    300 * time.Millisecond,
-	}
+	fastTiming  = cmt.FastTiming
 )
 
 type testMesh struct {
@@ -51,7 +43,7 @@ func startMesh(t *testing.T, dir *cmt.ConfigDir, mutate ...func(*clustermesh.Opt
 	rec := cmt.NewRecorder()
 	log := logrus.New()
 	log.SetLevel(logrus.DebugLevel)
-	log.SetOutput(testWriter{t})
+	log.SetOutput(cmt.LogWriter{TB: t})
 	opts := clustermesh.Options{
 		LocalCluster: localName, LocalClusterID: localID, LocalPodCIDRs: localCIDRs, LocalTunnelIP: localTunnel,
 		ConfigDir: dir.Dir, Desired: rec, Timing: fastTiming, Log: log,
@@ -61,29 +53,8 @@ func startMesh(t *testing.T, dir *cmt.ConfigDir, mutate ...func(*clustermesh.Opt
 	}
 	m, err := clustermesh.New(opts)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	stop := sync.OnceFunc(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.ErrorIs(t, err, context.Canceled)
-		case <-time.After(30 * time.Second):
-			t.Error("mesh did not stop within 30s")
-		}
-	})
-	t.Cleanup(stop)
+	stop := cmt.Run(t, m.Run, 30*time.Second)
 	return &testMesh{Mesh: m, rec: rec, dir: dir, stop: stop}
-}
-
-// testWriter sends logs to t.Log, so they show only for failing tests.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 // eventually waits until cond holds, failing the test after d.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy/proxytest"
+	"github.com/podmesh/podmesh/pkg/clustermesh/clustermeshtest"
 	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -117,7 +118,7 @@ func TestMeshThroughReadOnlyProxy(t *testing.T) {
 	east.del(t, meshapi.NodeKey("east", "e2"))
 	east.node(t, "e4", "192.168.1.4", "10.2.4.0/24")
 	log := logrus.New()
-	log.SetOutput(testWriter{t})
+	log.SetOutput(clustermeshtest.LogWriter{TB: t})
 	p, err := proxy.Start(t.Context(), proxy.Config{Listen: addr, TLS: east.env.PKI.ServerTLS(t, "remote-local"), Client: east.env.Etcd.Reader, Log: log})
 	require.NoError(t, err)
 	t.Cleanup(p.Stop)

@@ -303,7 +303,7 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 			continue
 		}
 		entries, st := ComputeEntries(s.r.name, cc.ID, s.mesh.opts.LocalTunnelIP, state.nodes, state.endpoints)
-		if !s.mesh.push(s.r, s.gen, cc.PodCIDRs, entries) {
+		if !s.mesh.push(s.r, s.gen, state, entries) {
 			return errSuperseded
 		}
 		rec.update(s.gen, func() {

@@ -1,12 +1,14 @@
 package kvstore
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"sigs.k8s.io/yaml"
 )
 
@@ -209,6 +212,10 @@ type ClientOptions struct {
 	// KeepAliveTimeout is how long a ping may go unanswered before the
 	// connection is closed; default KeepAlive.
 	KeepAliveTimeout time.Duration
+	// Dial, when set, opens the TCP connections (addr is an endpoint's
+	// host:port); TLS still verifies the endpoint's host name. The agent
+	// uses it to reach a Service by its name without cluster DNS.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // NewClient builds an etcd client from c. The client never syncs its
@@ -228,7 +235,12 @@ func NewClient(c *Config, o ClientOptions) (*clientv3.Client, error) {
 	if c.TLS != nil {
 		tlsCfg = c.TLS.Clone()
 	}
+	var dialOpts []grpc.DialOption
+	if o.Dial != nil {
+		dialOpts = append(dialOpts, grpc.WithContextDialer(o.Dial))
+	}
 	cli, err := clientv3.New(clientv3.Config{
+		DialOptions:          dialOpts,
 		Endpoints:            c.Endpoints,
 		TLS:                  tlsCfg,
 		DialTimeout:          o.DialTimeout,

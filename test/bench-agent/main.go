@@ -34,12 +34,15 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "latency", "latency or memory")
+	mode := flag.String("mode", "latency", "latency, memory or cache (cache-agent and storm-agents are its children)")
 	changes := flag.Int("changes", 1000, "latency: number of changes")
 	clusters := flag.Int("clusters", 50, "memory: remote clusters")
 	nodes := flag.Int("nodes", 100, "nodes per remote cluster")
 	endpoints := flag.Int("endpoints", 1000, "endpoints per remote cluster")
 	etcdBin := flag.String("etcd", "bin/etcd", "etcd binary")
+	storm := flag.Int("storm", 1000, "cache: agents restarted at once against one cache replica (0: no storm)")
+	churn := flag.Duration("churn", 20*time.Second, "cache: how long to measure convergence under churn (0: not at all)")
+	cacheFile := flag.String("cache-file", "", "cache-agent, storm-agents: the cache's etcd-client file")
 	viaProxy := flag.Bool("proxy", false, "latency: read through clustermesh-apiserver's read-only mTLS proxy (in this process) instead of etcd directly")
 	flag.Parse()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -50,8 +53,14 @@ func main() {
 		err = latency(ctx, *etcdBin, *changes, *nodes, *endpoints, *viaProxy)
 	case "memory":
 		err = memory(ctx, *etcdBin, *clusters, *nodes, *endpoints)
+	case "cache":
+		err = cacheBench(ctx, *etcdBin, *clusters, *nodes, *endpoints, *storm, *churn)
+	case "cache-agent":
+		err = cacheAgent(ctx, *cacheFile)
+	case "storm-agents":
+		err = stormAgents(ctx, *cacheFile, *storm)
 	default:
-		err = fmt.Errorf("-mode %q: want latency or memory", *mode)
+		err = fmt.Errorf("-mode %q: want latency, memory or cache", *mode)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-agent:", err)
@@ -68,7 +77,9 @@ type env struct {
 	agentEndpoint string
 	ca            *certs.CA
 	admin         *clientv3.Client
-	cmd           *exec.Cmd
+	// meshFiles is the config directory's content (writeConfigDir).
+	meshFiles map[string][]byte
+	cmd       *exec.Cmd
 }
 
 func freePort() (int, error) {
@@ -229,7 +240,15 @@ func (e *env) writeConfigDir(names []string) (string, error) {
 		files[n] = fmt.Appendf(nil, "endpoints: [%s]\ntrusted-ca-file: agent-ca.crt\ncert-file: agent.crt\nkey-file: agent.key\n", ep)
 	}
 	dir := filepath.Join(e.dir, "clustermesh")
+	e.meshFiles = files
 	return dir, certs.WriteSecretVolume(dir, files)
+}
+
+// removeFromConfigDir removes one cluster's file from the config directory
+// written by writeConfigDir, the way the kubelet updates a Secret volume.
+func (e *env) removeFromConfigDir(name string) error {
+	delete(e.meshFiles, name)
+	return certs.WriteSecretVolume(filepath.Join(e.dir, "clustermesh"), e.meshFiles)
 }
 
 // cluster describes one synthetic remote cluster.
@@ -348,11 +367,13 @@ func startMesh(ctx context.Context, dir string, desired clustermesh.DesiredSet) 
 type watcher struct {
 	*datapath.Desired
 
-	// mu protects prefix, present, hit.
-	mu      sync.Mutex
-	prefix  netip.Prefix
-	present bool
-	hit     chan time.Time
+	// mu protects prefix, present, hit, removed and removedHit.
+	mu         sync.Mutex
+	prefix     netip.Prefix
+	present    bool
+	hit        chan time.Time
+	removed    string
+	removedHit chan time.Time
 }
 
 func (w *watcher) expect(p netip.Prefix, present bool) <-chan time.Time {

@@ -69,7 +69,11 @@ func (l *Lab) InstallPodmesh(ctx context.Context, c *Cluster) error {
 	if err != nil {
 		return err
 	}
-	for _, s := range []*corev1.Secret{tls, mesh} {
+	cache, err := cacheSecret(c)
+	if err != nil {
+		return err
+	}
+	for _, s := range []*corev1.Secret{tls, mesh, cache} {
 		if err := l.ApplyObject(ctx, c, s.Name, s); err != nil {
 			return err
 		}
@@ -213,13 +217,28 @@ func (l *Lab) apiServerTLSSecret(c *Cluster) (*corev1.Secret, error) {
 	}
 	kp, err := c.CA.IssueServer(certs.Options{
 		CommonName:  "clustermesh-apiserver." + c.Name,
-		DNSNames:    []string{"clustermesh-apiserver", "clustermesh-apiserver.podmesh-system.svc"},
+		DNSNames:    []string{"clustermesh-apiserver", "clustermesh-apiserver.podmesh-system.svc", certs.CacheServiceName + ".podmesh-system.svc"},
 		IPAddresses: ips,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s: proxy serving certificate: %w", c.Name, err)
 	}
 	return secret(APIServerTLSSecret, map[string][]byte{"tls.crt": kp.CertPEM, "tls.key": kp.KeyPEM, "ca.crt": c.CA.CertPEM}), nil
+}
+
+// cacheSecret is podmesh-cache for cluster c, as `podmesh-certs
+// cache-secret` renders it: c's own agents' credential (CN local-<c>, from
+// c's CA) for c's cache Service.
+func cacheSecret(c *Cluster) (*corev1.Secret, error) {
+	kp, err := c.CA.IssueClient(certs.Options{CommonName: certs.LocalCN(c.Name)})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: cache client certificate: %w", c.Name, err)
+	}
+	files, err := certs.CacheSecretFiles([]string{certs.CacheEndpoint(PodmeshNamespace)}, c.CA.CertPEM, kp.CertPEM, kp.KeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
+	return secret(certs.CacheSecretName, files), nil
 }
 
 // meshSecret is podmesh-clustermesh for cluster c: the files of every

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"net"
@@ -25,6 +26,7 @@ var defaultServerDNSNames = []string{
 	"clustermesh-apiserver",
 	"clustermesh-apiserver." + defaultNamespace,
 	"clustermesh-apiserver." + defaultNamespace + ".svc",
+	certs.CacheServiceName + "." + defaultNamespace + ".svc",
 }
 
 // renewWarning is how close to expiry connect and verify start warning.
@@ -78,10 +80,7 @@ func (c *cli) cmdServer(args []string) error {
 	var dnsNames, ips []string
 	fs.Var(listFlag{&dnsNames}, "dns", "DNS name peers dial (repeatable or comma-separated); the in-cluster Service names are always included")
 	fs.Var(listFlag{&ips}, "ip", "IP address peers dial, e.g. a node IP for the NodePort (repeatable or comma-separated)")
-	validity := certs.DefaultLeafValidity
-	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
-	keyType := certs.KeyECDSAP256
-	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	validity, keyType := leafFlags(fs)
 	force := fs.Bool("force", false, "replace an existing server certificate")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -114,8 +113,8 @@ func (c *cli) cmdServer(args []string) error {
 		DNSNames:     dedupe(append(slices.Clone(defaultServerDNSNames), dnsNames...)),
 		IPAddresses:  ipAddrs,
 		NotBefore:    c.now().Add(-time.Minute),
-		Validity:     validity,
-		KeyType:      keyType,
+		Validity:     *validity,
+		KeyType:      *keyType,
 	}
 	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
 		return err
@@ -136,10 +135,7 @@ func (c *cli) cmdPeer(args []string) error {
 	fs := c.newFlagSet("peer", "peer --dir DIR --peer NAME [--validity 365d] [--key-type ecdsa-p256] [--force]")
 	dir := fs.String("dir", "", "directory of the SERVING cluster, holding its ca.crt and ca.key (required)")
 	peer := fs.String("peer", "", "name of the cluster whose agents will read this cluster (required)")
-	validity := certs.DefaultLeafValidity
-	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
-	keyType := certs.KeyECDSAP256
-	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	validity, keyType := leafFlags(fs)
 	force := fs.Bool("force", false, "replace an existing peer certificate")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -165,8 +161,8 @@ func (c *cli) cmdPeer(args []string) error {
 		CommonName:   certs.PeerCN(*peer),
 		Organization: []string{"podmesh"},
 		NotBefore:    c.now().Add(-time.Minute),
-		Validity:     validity,
-		KeyType:      keyType,
+		Validity:     *validity,
+		KeyType:      *keyType,
 	}
 	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
 		return err
@@ -183,6 +179,95 @@ func (c *cli) cmdPeer(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "wrote client certificate %s for cluster %s to read cluster %s: %s, %s (valid until %s)\n",
 		kp.Cert.Subject.CommonName, *peer, ca.cluster, l.peerCert(*peer), l.peerKey(*peer), formatTime(kp.Cert.NotAfter))
+	return nil
+}
+
+// leafFlags defines --validity and --key-type of a command that issues a
+// leaf certificate.
+func leafFlags(fs *flag.FlagSet) (*time.Duration, *certs.KeyType) {
+	validity := certs.DefaultLeafValidity
+	fs.Var(durationFlag{&validity}, "validity", "certificate validity")
+	keyType := certs.KeyECDSAP256
+	fs.Var(keyTypeFlag{&keyType}, "key-type", "key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096")
+	return &validity, &keyType
+}
+
+// emitSecret writes a Secret manifest to out (0600), or to stdout when out
+// is "-", which it reports.
+func (c *cli) emitSecret(secret *secretManifest, out string) (toStdout bool, err error) {
+	body, err := secret.marshal()
+	if err != nil {
+		return false, err
+	}
+	if out == "-" {
+		if _, err := c.stdout.Write(body); err != nil {
+			return true, fmt.Errorf("write secret manifest to stdout: %w", err)
+		}
+		return true, nil
+	}
+	return false, writeAtomic(out, body, 0o600)
+}
+
+// cmdCacheSecret issues the local agents' client certificate (CN
+// local-<cluster>, from the cluster's own CA) and renders the podmesh-cache
+// Secret the agents mount to read their own cluster's cache.
+func (c *cli) cmdCacheSecret(args []string) error {
+	fs := c.newFlagSet("cache-secret", "cache-secret --dir DIR [--endpoint URL]... [--out FILE|-] [--validity 365d] [--force]")
+	dir := fs.String("dir", "", "cluster directory holding ca.crt and ca.key (required)")
+	var endpoints []string
+	fs.Var(listFlag{&endpoints}, "endpoint", "URL the agents dial (repeatable; default the in-cluster cache Service)")
+	out := fs.String("out", "-", "where to write the Secret manifest; - for stdout")
+	namespace := fs.String("namespace", defaultNamespace, "namespace of the Secret")
+	validity, keyType := leafFlags(fs)
+	force := fs.Bool("force", false, "overwrite --out")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usagef("cache-secret: --dir is required")
+	}
+	if *out != "-" {
+		if err := refuseExisting(*force, *out); err != nil {
+			return err
+		}
+	}
+	if len(endpoints) == 0 {
+		endpoints = []string{certs.CacheEndpoint(*namespace)}
+	}
+	l := layout{*dir}
+	ca, err := l.loadCA(c.now())
+	if err != nil {
+		return err
+	}
+	opts := certs.Options{
+		CommonName:   certs.LocalCN(ca.cluster),
+		Organization: []string{"podmesh"},
+		NotBefore:    c.now().Add(-time.Minute),
+		Validity:     *validity,
+		KeyType:      *keyType,
+	}
+	if err := checkWithinCA(ca, l.caCert(), opts); err != nil {
+		return err
+	}
+	kp, err := ca.ca.IssueClient(opts)
+	if err != nil {
+		return err
+	}
+	caPEM, err := readFile("CA certificate", l.caCert())
+	if err != nil {
+		return err
+	}
+	files, err := certs.CacheSecretFiles(endpoints, caPEM, kp.CertPEM, kp.KeyPEM)
+	if err != nil {
+		return err
+	}
+	secret := newSecret(certs.CacheSecretName, *namespace, "Opaque")
+	secret.Data = files
+	if toStdout, err := c.emitSecret(secret, *out); err != nil || toStdout {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "wrote Secret %s/%s (client certificate %s, valid until %s) for cluster %s's agents to %s\n",
+		*namespace, certs.CacheSecretName, kp.Cert.Subject.CommonName, formatTime(kp.Cert.NotAfter), ca.cluster, *out)
 	return nil
 }
 
@@ -381,17 +466,7 @@ func (c *cli) cmdServerSecret(args []string) error {
 	secret.Data["tls.crt"] = kp.CertPEM
 	secret.Data["tls.key"] = kp.KeyPEM
 	secret.Data["ca.crt"] = caPEM
-	body, err := secret.marshal()
-	if err != nil {
-		return err
-	}
-	if *out == "-" {
-		if _, err := c.stdout.Write(body); err != nil {
-			return fmt.Errorf("write secret manifest to stdout: %w", err)
-		}
-		return nil
-	}
-	if err := writeAtomic(*out, body, 0o600); err != nil {
+	if toStdout, err := c.emitSecret(secret, *out); err != nil || toStdout {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "wrote Secret %s/%s for cluster %s's clustermesh-apiserver to %s\n", *namespace, *name, ca.cluster, *out)

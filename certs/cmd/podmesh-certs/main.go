@@ -21,6 +21,8 @@ Commands:
   peer           issue a client certificate for a peer        (peers/<peer>.crt, .key)
   connect        render the Secret a peer's agents mount, add the peer to allowed-peers
   allowed-peers  print the --allowed-peers value for this cluster's clustermesh-apiserver
+  cache-secret   render the Secret this cluster's own agents mount to read its cache
+                 (client certificate CN local-<cluster>; never a peer's)
   rotate         reissue server/peer certificates before they expire (same CA)
   verify         check a cluster directory or an etcd-client config file
 
@@ -93,6 +95,7 @@ func (c *cli) run(args []string) error {
 		"server-secret": c.cmdServerSecret,
 		"peer":          c.cmdPeer,
 		"connect":       c.cmdConnect,
+		"cache-secret":  c.cmdCacheSecret,
 		"allowed-peers": c.cmdAllowedPeers,
 		"rotate":        c.cmdRotate,
 		"verify":        c.cmdVerify,
