@@ -74,6 +74,7 @@ func TestRealLabMultiClusterServices(t *testing.T) {
 		{"ChurnNamesFollowPods", m.testChurn},
 		{"GlobalServiceReachesBothClusters", m.testGlobalService},
 		{"ConflictOldestWinsAndPrivacy", m.testConflictAndPrivacy},
+		{"UntrustedRemoteRefusedAndRemovedConfigWithdrawn", m.testUntrustedRemoteAndConfigRemoval},
 		{"MeshAPIServerKilledNamesKeepResolving", m.testMeshAPIServerKilled},
 	} {
 		if !t.Run(step.name, step.run) {
