@@ -60,7 +60,7 @@ func run(ctx context.Context, duration time.Duration, seed int64, clusters, node
 		return 0, err
 	}
 	defer os.RemoveAll(imgDir)
-	imgs, err := lab.BuildImages(ctx, imgDir)
+	imgs, err := soak.BuildImages(ctx, imgDir, bin)
 	if err != nil {
 		return 0, err
 	}
@@ -77,7 +77,7 @@ func run(ctx context.Context, duration time.Duration, seed int64, clusters, node
 			fmt.Fprintln(os.Stderr, "lab down:", err)
 		}
 	}()
-	rep, err := soak.Run(ctx, l, soak.Config{Seed: seed, Duration: duration, Log: os.Stdout})
+	rep, err := soak.Run(ctx, l, soak.Config{Seed: seed, Duration: duration, Log: os.Stdout, CoreDNSImage: imgs.Ref("coredns")})
 	if rep != nil {
 		fmt.Println(rep.Summary())
 		for _, f := range rep.Failures() {

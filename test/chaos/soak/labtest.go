@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/podmesh/podmesh/images"
 	"github.com/podmesh/podmesh/test/kubetest"
 	"github.com/podmesh/podmesh/test/lab"
 )
@@ -64,4 +66,18 @@ type TestWriter struct{ TB testing.TB }
 func (w TestWriter) Write(p []byte) (int, error) {
 	w.TB.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// BuildImages builds this checkout's images and the lab's, CoreDNS (from
+// binDir, the tools) included, into outDir.
+func BuildImages(ctx context.Context, outDir, binDir string) (lab.ImageSet, error) {
+	imgs, err := images.Build(ctx, images.Options{OutDir: outDir, GoBuild: true, BinDir: binDir})
+	if err != nil {
+		return nil, fmt.Errorf("build images: %w", err)
+	}
+	out := make(lab.ImageSet, len(imgs))
+	for k, im := range imgs {
+		out[k] = lab.ImageArchive{Name: im.Name, Ref: im.Ref, Archive: im.Archive}
+	}
+	return out, nil
 }

@@ -2,9 +2,12 @@ package soak
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -32,6 +35,17 @@ type Config struct {
 	Traffic TrafficOptions
 	// Log receives one line per fault (optional).
 	Log io.Writer
+	// CoreDNSImage, when set, turns the services part on: CoreDNS in every
+	// cluster, the echo pods exported from every cluster, their clusterset
+	// name resolved continuously, the imports checked at the end. The lab
+	// must hold the image (images.Options.BinDir).
+	CoreDNSImage string
+	// RepoDir is the checkout with daemonset/coredns and the lab's CoreDNS
+	// manifest; default: found from the working directory.
+	RepoDir string
+	// LookupEvery is the period of each cluster's DNS lookups (default
+	// 250ms).
+	LookupEvery time.Duration
 }
 
 // Grace periods around a fault that cuts the data path on purpose: loss a
@@ -64,6 +78,14 @@ type Report struct {
 	ConvergeErr error
 	// Leaks are links, pins, EndpointSlices left behind.
 	Leaks []string
+	// Services is whether the services part ran; Lookups counts the DNS
+	// lookups, BadLookupsCut those that failed or answered wrong during a
+	// cut, BadLookups the others; ImportsErr is the end check.
+	Services      bool
+	Lookups       int
+	BadLookupsCut int
+	BadLookups    []BadLookup
+	ImportsErr    error
 }
 
 // Counts returns how many faults of each kind ran.
@@ -98,6 +120,16 @@ func (r *Report) Failures() []string {
 	for _, lk := range r.Leaks {
 		out = append(out, "leak: "+lk)
 	}
+	for k, b := range r.BadLookups {
+		if k == maxViolations {
+			out = append(out, fmt.Sprintf("... and %d more bad lookups", len(r.BadLookups)-k))
+			break
+		}
+		out = append(out, fmt.Sprintf("lookup of %s from %s at %s while no fault cut it: %s (faults then: %s)", ExportedName, b.From, b.At.Format("15:04:05.000"), b.Got, r.faultsAt(b.At)))
+	}
+	if r.ImportsErr != nil {
+		out = append(out, "imports differ from the exports: "+r.ImportsErr.Error())
+	}
 	return out
 }
 
@@ -119,6 +151,12 @@ func (r *Report) Summary() string {
 		r.Traffic.Duration.Round(time.Second), len(r.Traffic.UDP), sent, lost, r.LostCut, r.LostUnexplained,
 		len(r.Traffic.UDP), r.Traffic.TCPLines, len(r.Traffic.Breaks), r.BreaksCut, len(r.BreaksUnexplained))
 	fmt.Fprintf(&b, "\nownership: %d node samples (%d skipped while pins were replaced), %d violations", r.Samples, r.SampleReadErrs, len(r.Violations))
+	if r.Services {
+		fmt.Fprintf(&b, "\nDNS: %d lookups of %s, %d failed or wrong during a cut, %d unexplained; imports match exports at the end: %v",
+			r.Lookups, ExportedName, r.BadLookupsCut, len(r.BadLookups), r.ImportsErr == nil)
+	} else {
+		b.WriteString("\nDNS: services part off (no CoreDNS image)")
+	}
 	fmt.Fprintf(&b, "\nend state: converged=%v, leaks=%d", r.ConvergeErr == nil, len(r.Leaks))
 	return b.String()
 }
@@ -140,12 +178,28 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
+	if cfg.LookupEvery == 0 {
+		cfg.LookupEvery = 250 * time.Millisecond
+	}
 	rng := rand.New(rand.NewSource(cfg.Seed))
-	before, err := takeSnapshot(ctx, l)
+	eps, err := Endpoints(ctx, l)
 	if err != nil {
 		return nil, err
 	}
-	eps, err := Endpoints(ctx, l)
+	rep := &Report{Seed: cfg.Seed, Services: cfg.CoreDNSImage != ""}
+	var dns map[string]Endpoint
+	var probes *dnsProbes
+	if rep.Services {
+		if cfg.RepoDir == "" {
+			if cfg.RepoDir, err = repoDir(); err != nil {
+				return nil, err
+			}
+		}
+		if dns, err = setupServices(ctx, l, cfg.RepoDir, cfg.CoreDNSImage, eps); err != nil {
+			return nil, err
+		}
+	}
+	before, err := takeSnapshot(ctx, l)
 	if err != nil {
 		return nil, err
 	}
@@ -153,8 +207,10 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rep.Services {
+		probes = startDNSProbes(ctx, eps, dns, cfg.LookupEvery)
+	}
 	owners := startOwnership(ctx, l, cfg.SampleEvery)
-	rep := &Report{Seed: cfg.Seed}
 	t0 := time.Now()
 	var round []int // what is left of the current round, as indices into Kinds
 	for rounds := 0; ctx.Err() == nil; {
@@ -182,14 +238,19 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	rep.Samples, rep.SampleReadErrs, rep.Violations = owners.stop()
 	rep.ConvergeErr = l.WaitConverged(ctx, healTimeout)
 	rep.Traffic = traffic.Stop()
-	rep.attribute()
+	var bad []BadLookup
+	if rep.Services {
+		rep.Lookups, bad = probes.stop()
+		rep.ImportsErr = checkImports(ctx, eps, dns)
+	}
+	rep.attribute(bad)
 	rep.Leaks = waitNoLeaks(ctx, l, before, 2*time.Minute)
 	return rep, ctx.Err()
 }
 
 // attribute splits loss and breaks into those a cutting fault explains and
 // the rest.
-func (r *Report) attribute() {
+func (r *Report) attribute(bad []BadLookup) {
 	cut := func(fl Flow, at time.Time, after time.Duration) bool {
 		for _, f := range r.Faults {
 			if f.Cuts(fl) && !at.Before(f.Start.Add(-cutBefore)) && !at.After(f.End.Add(after)) {
@@ -220,6 +281,44 @@ func (r *Report) attribute() {
 			b.Err += " (faults then: " + r.faultsAt(b.At) + ")"
 			r.BreaksUnexplained = append(r.BreaksUnexplained, b)
 		}
+	}
+	// A lookup goes from the pod to its cluster's CoreDNS pod; what it
+	// answers comes from every cluster's export, which a deleted Secret
+	// of any cluster withdraws.
+	for _, b := range bad {
+		explained := false
+		for _, f := range r.Faults {
+			if b.At.Before(f.Start.Add(-cutBefore)) || b.At.After(f.End.Add(cutAfterUDP)) {
+				continue
+			}
+			if f.cutsCluster != "" || f.Cuts(Flow{From: b.From, To: b.DNS}) {
+				explained = true
+			}
+		}
+		if explained {
+			r.BadLookupsCut++
+		} else {
+			r.BadLookups = append(r.BadLookups, b)
+		}
+	}
+}
+
+// repoDir finds the checkout (daemonset/coredns) from the working
+// directory.
+func repoDir() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "daemonset", "coredns", "kustomization.yaml")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("find daemonset/coredns: not below a podmesh checkout (set Config.RepoDir)")
+		}
+		dir = parent
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/test/chaos/soak"
+	"github.com/podmesh/podmesh/test/kubetest"
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -32,12 +33,16 @@ func TestChaosSoakShort(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	imgs, err := lab.BuildImages(ctx, t.TempDir())
+	bin, err := kubetest.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := soak.BuildImages(ctx, t.TempDir(), bin)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := soak.UpTestLab(t, ctx, imgs, "", lab.Topology{Clusters: 2, Nodes: 2, Pods: 1})
-	rep, err := soak.Run(ctx, l, soak.Config{Seed: seed, Rounds: 1, Log: soak.TestWriter{TB: t}})
+	rep, err := soak.Run(ctx, l, soak.Config{Seed: seed, Rounds: 1, Log: soak.TestWriter{TB: t}, CoreDNSImage: imgs.Ref("coredns")})
 	if err != nil {
 		t.Fatalf("seed %d: soak could not run: %v", seed, err)
 	}
