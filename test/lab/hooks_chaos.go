@@ -18,87 +18,130 @@ import (
 // host — and start them again with the same command line, environment and
 // namespaces, as a supervisor (systemd, a kubelet's static pod) would.
 
-// Processes KillAndRestart knows how to find.
+// Processes the hooks know how to find.
 const (
-	ProcEtcd          = "etcd"           // a cluster's etcd (control plane)
-	ProcKubeAPIServer = "kube-apiserver" // a cluster's kube-apiserver
-	ProcKubelet       = "kubelet"        // a real node's kubelet
-	ProcContainerd    = "containerd"     // a real node's containerd
+	ProcEtcd              = "etcd"            // a cluster's etcd (control plane)
+	ProcKubeAPIServer     = "kube-apiserver"  // a cluster's kube-apiserver
+	ProcControllerManager = "kube-controller" // kube-controller-manager (comm is cut at 15 bytes)
+	ProcScheduler         = "kube-scheduler"  // a cluster's kube-scheduler
+	ProcKubelet           = "kubelet"         // a real node's kubelet
+	ProcContainerd        = "containerd"      // a real node's containerd
 )
 
-// KillAndRestart SIGKILLs one process of the lab — etcd or kube-apiserver of
-// cluster c's control plane (n nil), or the kubelet or containerd of real
-// node n — waits until it is gone, keeps it down for down, and starts it
-// again with the same argv and environment in the same network (and, for a
-// node's processes, mount) namespace. It returns the PID it killed. A
-// node's kubelet and containerd are never both down: the survivor's mount
-// namespace is the one the restarted process joins.
-func (l *Lab) KillAndRestart(ctx context.Context, c *Cluster, n *Node, name string, down time.Duration) (int, error) {
+// Process is one running process of the lab, as found by Process: enough
+// to start it again.
+type Process struct {
+	Name  string
+	PID   int
+	NetNS string
+	Argv  []string
+	Env   []string
+	// node is set for a real node's processes (they live in the node's
+	// private mount namespace).
+	node *Node
+}
+
+// Process finds the process name of cluster c's control plane (n nil) or
+// of real node n, among the processes inside that lab namespace.
+func (l *Lab) Process(c *Cluster, n *Node, name string) (Process, error) {
 	netns := c.NetNS
 	if n != nil {
 		netns = n.NetNS
 	}
 	pid, err := labProcByComm(netns, name)
 	if err != nil {
-		return 0, err
+		return Process{}, err
 	}
 	argv, err := procStrings(pid, "cmdline")
 	if err != nil {
-		return 0, err
+		return Process{}, err
 	}
 	env, err := procStrings(pid, "environ")
 	if err != nil {
-		return 0, err
+		return Process{}, err
 	}
-	var logPath string
-	switch {
-	case n == nil && (name == ProcEtcd || name == ProcKubeAPIServer):
-		logPath = l.logPath("chaos-" + c.Name + "-" + name)
-	case n != nil && name == ProcKubelet:
-		logPath = n.LogPath
-	case n != nil && name == ProcContainerd:
-		logPath = l.logPath("containerd-" + n.Name)
-	default:
-		return 0, fmt.Errorf("KillAndRestart: %s is not a process of a %s", name, map[bool]string{true: "node", false: "control plane"}[n != nil])
-	}
-	if n != nil {
-		// The node's private mount namespace lives on in the survivor.
-		other := ProcContainerd
-		if name == ProcContainerd {
-			other = ProcKubelet
+	return Process{Name: name, PID: pid, NetNS: netns, Argv: argv, Env: env, node: n}, nil
+}
+
+// Alive reports whether the process still runs (the same PID with the same
+// name, not a zombie).
+func (p Process) Alive() bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/comm")
+	return err == nil && strings.TrimSpace(string(data)) == p.Name && alive(p.PID)
+}
+
+// Respawn starts p again with the same argv and environment in the same
+// network namespace (and a node's process in the node's mount namespace,
+// taken from a surviving process of the node), as a supervisor would, and
+// returns the new process. A node's kubelet becomes the node's Kubelet.
+func (l *Lab) Respawn(p Process) (Process, error) {
+	argv := p.Argv
+	logPath := l.logPath("chaos-" + p.NetNS + "-" + p.Name)
+	if n := p.node; n != nil {
+		survivor := -1
+		for _, other := range []string{ProcContainerd, ProcKubelet} {
+			if other == p.Name {
+				continue
+			}
+			if pid, err := labProcByComm(p.NetNS, other); err == nil {
+				survivor = pid
+				break
+			}
 		}
-		survivor, err := labProcByComm(netns, other)
-		if err != nil {
-			return 0, fmt.Errorf("node %s: no %s to take the mount namespace from: %w", n.Name, other, err)
+		if survivor < 0 {
+			return Process{}, fmt.Errorf("node %s: no kubelet or containerd left to take the mount namespace from", n.Name)
 		}
 		argv = append([]string{"nsenter", "--mount=/proc/" + strconv.Itoa(survivor) + "/ns/mnt", "--"}, argv...)
+		switch p.Name {
+		case ProcKubelet:
+			logPath = n.LogPath
+		case ProcContainerd:
+			logPath = l.logPath("containerd-" + n.Name)
+		}
+	}
+	proc, err := startProc(l.log, "chaos-"+p.Name, p.NetNS, logPath, p.Env, argv...)
+	if err != nil {
+		return Process{}, err
+	}
+	if p.node != nil && p.Name == ProcKubelet {
+		l.mu.Lock()
+		p.node.Kubelet = proc
+		l.mu.Unlock()
+	}
+	np := p
+	np.PID = proc.Pid()
+	return np, nil
+}
+
+// KillAndRestart SIGKILLs one process of the lab — etcd or kube-apiserver of
+// cluster c's control plane (n nil), or the kubelet or containerd of real
+// node n — waits until it is gone, keeps it down for down, and starts it
+// again (Respawn). It returns the PID it killed. A node's kubelet and
+// containerd are never both down: the survivor's mount namespace is the
+// one the restarted process joins.
+func (l *Lab) KillAndRestart(ctx context.Context, c *Cluster, n *Node, name string, down time.Duration) (int, error) {
+	p, err := l.Process(c, n, name)
+	if err != nil {
+		return 0, err
 	}
 	var old *Proc
-	if n != nil && name == ProcKubelet {
+	if n != nil && name == ProcKubelet && n.Kubelet != nil && n.Kubelet.Pid() == p.PID {
 		old = n.Kubelet
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		return 0, fmt.Errorf("kill %s (pid %d): %w", name, pid, err)
+	if err := syscall.Kill(p.PID, syscall.SIGKILL); err != nil {
+		return 0, fmt.Errorf("kill %s (pid %d): %w", name, p.PID, err)
 	}
-	if old != nil && old.Pid() == pid {
+	if old != nil {
 		<-old.Done()
-	} else if !waitGone(pid, 10*time.Second) {
-		return pid, fmt.Errorf("%s (pid %d) did not exit on SIGKILL", name, pid)
+	} else if !waitGone(p.PID, 10*time.Second) {
+		return p.PID, fmt.Errorf("%s (pid %d) did not exit on SIGKILL", name, p.PID)
 	}
 	select {
 	case <-time.After(down):
 	case <-ctx.Done():
 	}
-	p, err := startProc(l.log, "chaos-"+name, netns, logPath, env, argv...)
-	if err != nil {
-		return pid, err
-	}
-	if old != nil {
-		l.mu.Lock()
-		n.Kubelet = p
-		l.mu.Unlock()
-	}
-	return pid, nil
+	_, err = l.Respawn(p)
+	return p.PID, err
 }
 
 // labProcByComm finds the one process named comm inside the lab namespace

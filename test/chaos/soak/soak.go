@@ -78,6 +78,10 @@ type Report struct {
 	ConvergeErr error
 	// Leaks are links, pins, EndpointSlices left behind.
 	Leaks []string
+	// Respawns are the kube-controller-managers and kube-schedulers that
+	// exited (lost their lease during a control-plane fault) and were
+	// restarted, as a kubelet restarts static pods.
+	Respawns []string
 	// Services is whether the services part ran; Lookups counts the DNS
 	// lookups, BadLookupsCut those that failed or answered wrong during a
 	// cut, BadLookups the others; ImportsErr is the end check.
@@ -157,6 +161,10 @@ func (r *Report) Summary() string {
 	} else {
 		b.WriteString("\nDNS: services part off (no CoreDNS image)")
 	}
+	fmt.Fprintf(&b, "\ncontrol-plane components restarted by the supervisor: %d", len(r.Respawns))
+	for _, s := range r.Respawns {
+		fmt.Fprintf(&b, "\n  %s", s)
+	}
 	fmt.Fprintf(&b, "\nend state: converged=%v, leaks=%d", r.ConvergeErr == nil, len(r.Leaks))
 	return b.String()
 }
@@ -211,6 +219,10 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 		probes = startDNSProbes(ctx, eps, dns, cfg.LookupEvery)
 	}
 	owners := startOwnership(ctx, l, cfg.SampleEvery)
+	sup, err := startSupervisor(ctx, l)
+	if err != nil {
+		return nil, err
+	}
 	t0 := time.Now()
 	var round []int // what is left of the current round, as indices into Kinds
 	for rounds := 0; ctx.Err() == nil; {
@@ -236,6 +248,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	}
 	rep.Duration = time.Since(t0)
 	rep.Samples, rep.SampleReadErrs, rep.Violations = owners.stop()
+	rep.Respawns = sup.stop()
 	rep.ConvergeErr = l.WaitConverged(ctx, healTimeout)
 	rep.Traffic = traffic.Stop()
 	var bad []BadLookup
