@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podmesh/podmesh/test/lab"
@@ -69,9 +70,9 @@ func (f Fault) Cuts(fl Flow) bool {
 const healTimeout = 3 * time.Minute
 
 // inject runs one fault of kind on a target picked with rng and waits until
-// the lab has healed: the killed process runs again and every cluster's
-// podmesh is rolled out.
-func inject(ctx context.Context, l *lab.Lab, rng *rand.Rand, kind string) Fault {
+// the lab has healed: the killed process runs again, every cluster's
+// podmesh is rolled out, and extra (when set) holds.
+func inject(ctx context.Context, l *lab.Lab, rng *rand.Rand, kind string, extra func(context.Context) error) Fault {
 	clusters := l.Clusters()
 	c := clusters[rng.Intn(len(clusters))]
 	nodes := c.NodeList()
@@ -130,6 +131,9 @@ func inject(ctx context.Context, l *lab.Lab, rng *rand.Rand, kind string) Fault 
 	if err == nil {
 		err = waitHealed(ctx, l)
 	}
+	if err == nil && extra != nil {
+		err = extra(ctx)
+	}
 	f.End, f.Err = time.Now(), err
 	return f
 }
@@ -156,10 +160,25 @@ func deletePod(ctx context.Context, l *lab.Lab, c *lab.Cluster, selector, node s
 		return fmt.Errorf("cluster %s: no pod %s on %q", c.Name, selector, node)
 	}
 	zero := int64(0)
-	if err := c.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+	podsAPI := c.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace)
+	if err := podsAPI.Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		return fmt.Errorf("cluster %s: delete pod %s: %w", c.Name, victim.Name, err)
 	}
-	return nil
+	// Healing starts once the victim is gone: until then the rollout
+	// status still counts it.
+	deadline := time.Now().Add(healTimeout)
+	for {
+		p, err := podsAPI.Get(ctx, victim.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || err == nil && p.UID != victim.UID {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster %s: pod %s still there %s after its deletion (%v)", c.Name, victim.Name, healTimeout, err)
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // waitHealed waits until every cluster's API answers and its podmesh is

@@ -222,3 +222,17 @@ func checkImports(ctx context.Context, eps []Endpoint, dns map[string]Endpoint) 
 	}
 	return errors.Join(errs...)
 }
+
+// waitImports polls checkImports until it holds or healTimeout passes.
+func waitImports(ctx context.Context, eps []Endpoint, dns map[string]Endpoint) error {
+	deadline := time.Now().Add(healTimeout)
+	for {
+		err := checkImports(ctx, eps, dns)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}

@@ -215,8 +215,12 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// With services on, a fault has healed once every cluster resolves the
+	// exported name to every echo pod again.
+	var healed func(context.Context) error
 	if rep.Services {
 		probes = startDNSProbes(ctx, eps, dns, cfg.LookupEvery)
+		healed = func(ctx context.Context) error { return waitImports(ctx, eps, dns) }
 	}
 	owners := startOwnership(ctx, l, cfg.SampleEvery)
 	sup, err := startSupervisor(ctx, l)
@@ -238,7 +242,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 		}
 		kind := cfg.Kinds[round[0]]
 		round = round[1:]
-		f := inject(ctx, l, rng, kind)
+		f := inject(ctx, l, rng, kind, healed)
 		rep.Faults = append(rep.Faults, f)
 		fmt.Fprintf(cfg.Log, "fault %d: %s\n", len(rep.Faults), f)
 		if f.Err != nil {
@@ -254,7 +258,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	var bad []BadLookup
 	if rep.Services {
 		rep.Lookups, bad = probes.stop()
-		rep.ImportsErr = checkImports(ctx, eps, dns)
+		rep.ImportsErr = waitImports(ctx, eps, dns)
 	}
 	rep.attribute(bad)
 	rep.Leaks = waitNoLeaks(ctx, l, before, 2*time.Minute)
