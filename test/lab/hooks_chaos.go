@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -197,3 +198,31 @@ func (l *Lab) UnderlayPort(n *Node) string {
 
 // BPFFSBase is the directory under which every node's bpffs root lives.
 func (l *Lab) BPFFSBase() string { return l.bpfBase }
+
+// ApplyPodmeshRelease installs another podmesh release on cluster c the way
+// a user upgrades or downgrades: the cluster's overlay (as InstallPodmesh
+// writes it) over the manifests in baseDir (a release's daemonset/base),
+// with the agent and clustermesh-apiserver images given, applied with
+// kubectl apply -k; it waits until both are rolled out. Nodes must hold
+// the images (Options.Images lists every archive they import). Not safe
+// concurrently with InstallPodmesh or SwitchRoutingMode.
+func (l *Lab) ApplyPodmeshRelease(ctx context.Context, c *Cluster, baseDir, agentRef, apiserverRef string) error {
+	base := filepath.Join(l.StateDir, "podmesh", "base")
+	if err := os.RemoveAll(base); err != nil {
+		return err
+	}
+	if err := os.CopyFS(base, os.DirFS(baseDir)); err != nil {
+		return fmt.Errorf("copy %s: %w", baseDir, err)
+	}
+	saved := l.opts.Images
+	l.opts.Images = ImageSet{{Name: "podmesh-agent", Ref: agentRef}, {Name: "clustermesh-apiserver", Ref: apiserverRef}}
+	overlay, err := l.writeOverlay(c)
+	l.opts.Images = saved
+	if err != nil {
+		return err
+	}
+	if out, err := l.Kubectl(ctx, c, "apply", "-k", overlay); err != nil {
+		return fmt.Errorf("cluster %s: kubectl apply -k (agent %s, clustermesh-apiserver %s): %w: %s", c.Name, agentRef, apiserverRef, err, out)
+	}
+	return l.WaitPodmeshRolledOut(ctx, c, 3*time.Minute)
+}

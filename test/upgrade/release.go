@@ -9,10 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"text/template"
-	"time"
 
-	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -86,52 +83,14 @@ func BuildTagged(ctx context.Context, repoDir, tag, workDir string) (Release, la
 	return r, set, nil
 }
 
-// overlayTmpl is a cluster's overlay as docs/install.md has a user write
-// it: the release's base, the cluster's identity, the images.
-var overlayTmpl = template.Must(template.New("overlay").Parse(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - base
-images:
-  - name: ghcr.io/podmesh/podmesh-agent
-    newName: {{.AgentName}}
-    newTag: {{.AgentTag}}
-  - name: ghcr.io/podmesh/clustermesh-apiserver
-    newName: {{.APIServerName}}
-    newTag: {{.APIServerTag}}
-patches:
-  - target:
-      kind: ConfigMap
-      name: podmesh-config
-    patch: |-
-      - op: replace
-        path: /data
-        value:
-          cluster-name: {{.Cluster}}
-          cluster-id: "{{.ID}}"
-          pod-cidrs: {{.PodCIDRs}}
-          routing-mode: {{.Mode}}
-          tunnel-port: "{{.TunnelPort}}"
-          allowed-peers: {{.AllowedPeers}}
-`))
-
 // Apply installs the agent of one release and the clustermesh-apiserver
 // of another (the same for a plain upgrade) on cluster c — the agent
 // DaemonSet from agent's daemonset/, the clustermesh-apiserver Deployment
-// from apiserver's — with kubectl apply -k, and waits until both are
-// rolled out. dir receives the overlays.
+// (its apiserver-*.yaml) from apiserver's — with the cluster's overlay and
+// kubectl apply -k, and waits until both are rolled out. dir receives the
+// merged manifests.
 func Apply(ctx context.Context, l *lab.Lab, c *lab.Cluster, agent, apiserver Release, dir string) error {
-	var peers []string
-	for _, o := range l.Clusters() {
-		if o != c {
-			peers = append(peers, certs.PeerCN(o.Name))
-		}
-	}
-	var cidrs []string
-	for _, p := range c.PodCIDRs {
-		cidrs = append(cidrs, p.String())
-	}
-	base := filepath.Join(dir, c.Name, "base")
+	base := filepath.Join(dir, c.Name+"-base")
 	if err := os.RemoveAll(base); err != nil {
 		return err
 	}
@@ -139,44 +98,23 @@ func Apply(ctx context.Context, l *lab.Lab, c *lab.Cluster, agent, apiserver Rel
 		return fmt.Errorf("copy daemonset/base of %s: %w", agent.Name, err)
 	}
 	if agent.SrcDir != apiserver.SrcDir {
-		// The clustermesh-apiserver's manifests from its own release.
 		from := filepath.Join(apiserver.SrcDir, "daemonset", "base")
 		ents, err := os.ReadDir(from)
 		if err != nil {
 			return err
 		}
 		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "apiserver-") {
-				data, err := os.ReadFile(filepath.Join(from, e.Name()))
-				if err != nil {
-					return err
-				}
-				if err := os.WriteFile(filepath.Join(base, e.Name()), data, 0o644); err != nil {
-					return err
-				}
+			if !strings.HasPrefix(e.Name(), "apiserver-") {
+				continue
+			}
+			data, err := os.ReadFile(filepath.Join(from, e.Name()))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(base, e.Name()), data, 0o644); err != nil {
+				return err
 			}
 		}
 	}
-	split := func(ref string) (string, string) {
-		k := strings.LastIndexByte(ref, ':')
-		return ref[:k], ref[k+1:]
-	}
-	d := map[string]string{
-		"Cluster": c.Name, "ID": fmt.Sprint(c.ID), "PodCIDRs": strings.Join(cidrs, ","), "Mode": l.RoutingMode(),
-		"TunnelPort": fmt.Sprint(lab.TunnelPort), "AllowedPeers": strings.Join(peers, ","),
-	}
-	d["AgentName"], d["AgentTag"] = split(agent.Agent)
-	d["APIServerName"], d["APIServerTag"] = split(apiserver.APIServer)
-	var b bytes.Buffer
-	if err := overlayTmpl.Execute(&b, d); err != nil {
-		return err
-	}
-	overlay := filepath.Join(dir, c.Name)
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), b.Bytes(), 0o644); err != nil {
-		return err
-	}
-	if out, err := l.Kubectl(ctx, c, "apply", "-k", overlay); err != nil {
-		return fmt.Errorf("cluster %s: kubectl apply -k (agent %s, clustermesh-apiserver %s): %w: %s", c.Name, agent.Name, apiserver.Name, err, out)
-	}
-	return l.WaitPodmeshRolledOut(ctx, c, 3*time.Minute)
+	return l.ApplyPodmeshRelease(ctx, c, base, agent.Agent, apiserver.APIServer)
 }

@@ -66,6 +66,10 @@ func (f Fault) Cuts(fl Flow) bool {
 	return false
 }
 
+// procOf is the process each process fault kills.
+var procOf = map[string]string{FaultKubelet: lab.ProcKubelet, FaultContainerd: lab.ProcContainerd,
+	FaultEtcd: lab.ProcEtcd, FaultKubeAPIServer: lab.ProcKubeAPIServer}
+
 // healTimeout bounds how long the lab may take to heal after a fault.
 const healTimeout = 3 * time.Minute
 
@@ -87,20 +91,19 @@ func inject(ctx context.Context, l *lab.Lab, rng *rand.Rand, kind string, extra 
 	case FaultAgentPod:
 		f.Target = n.Name
 		err = deletePod(ctx, l, c, "app.kubernetes.io/name=podmesh-agent", n.Name)
-	case FaultKubelet, FaultContainerd:
-		f.Target = n.Name
-		name := map[string]string{FaultKubelet: lab.ProcKubelet, FaultContainerd: lab.ProcContainerd}[kind]
+	case FaultKubelet, FaultContainerd, FaultEtcd, FaultKubeAPIServer:
 		var pid int
-		pid, err = l.KillAndRestart(ctx, c, n, name, down)
-		f.Detail = fmt.Sprintf("pid %d down %.1fs", pid, down.Seconds())
-		if err == nil {
-			err = l.WaitNodeReady(ctx, n, healTimeout)
+		name := procOf[kind]
+		if kind == FaultKubelet || kind == FaultContainerd {
+			f.Target = n.Name
+			pid, err = l.KillAndRestart(ctx, c, n, name, down)
+			if err == nil {
+				err = l.WaitNodeReady(ctx, n, healTimeout)
+			}
+		} else {
+			f.Target = c.Name
+			pid, err = l.KillAndRestart(ctx, c, nil, name, down)
 		}
-	case FaultEtcd, FaultKubeAPIServer:
-		f.Target = c.Name
-		name := map[string]string{FaultEtcd: lab.ProcEtcd, FaultKubeAPIServer: lab.ProcKubeAPIServer}[kind]
-		var pid int
-		pid, err = l.KillAndRestart(ctx, c, nil, name, down)
 		f.Detail = fmt.Sprintf("pid %d down %.1fs", pid, down.Seconds())
 	case FaultLinkFlap:
 		f.Target, f.cutsNode = n.Name, n.Name
