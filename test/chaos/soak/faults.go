@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podmesh/podmesh/test/lab"
@@ -167,21 +167,33 @@ func deletePod(ctx context.Context, l *lab.Lab, c *lab.Cluster, selector, node s
 	if err := podsAPI.Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		return fmt.Errorf("cluster %s: delete pod %s: %w", c.Name, victim.Name, err)
 	}
-	// Healing starts once the victim is gone: until then the rollout
-	// status still counts it.
+	// Healed once a replacement is Ready (the rollout status may still
+	// count the victim for a moment).
 	deadline := time.Now().Add(healTimeout)
 	for {
-		p, err := podsAPI.Get(ctx, victim.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) || err == nil && p.UID != victim.UID {
+		list, err := podsAPI.List(ctx, o)
+		if err == nil && slices.ContainsFunc(list.Items, func(p corev1.Pod) bool { return p.UID != victim.UID && podReady(&p) }) {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster %s: pod %s still there %s after its deletion (%v)", c.Name, victim.Name, healTimeout, err)
+			return fmt.Errorf("cluster %s: no Ready replacement of pod %s %s after its deletion (%v)", c.Name, victim.Name, healTimeout, err)
 		}
 		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // waitHealed waits until every cluster's API answers and its podmesh is
