@@ -27,6 +27,8 @@ tools: ## build the lab's Kubernetes v1.36 binaries, etcd and CoreDNS into bin/ 
 	@test/tools/build.sh $(BIN)
 
 IMAGE_TAG ?= dev
+FROM ?= v0.1.0
+DURATION ?= 30m
 
 .PHONY: images
 images: ## build the container images (podmesh-agent, clustermesh-apiserver, podmesh-certs; the lab's pause, echo, coredns) as docker-archives into bin/images/ (IMAGE_TAG=dev)
@@ -45,7 +47,17 @@ build: ## build podmesh-agent, clustermesh-apiserver, podmesh-certs and podmesh-
 test: deps tools ## run unit, integration, privileged datapath and end-to-end tests (tiers 1-4)
 	$(GO) vet ./...
 	bpf/check-generated.sh
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/test/chaos/soak$$')
+	@# The short chaos soak brings up its own real lab: after test/lab's, never next to it.
+	$(GO) test -count=1 -timeout 20m ./test/chaos/soak/
+
+.PHONY: test-upgrade
+test-upgrade: deps tools ## upgrade FROM (default v0.1.0) to this checkout and back on 2 real clusters under traffic: 0 lost (test/upgrade)
+	PODMESH_UPGRADE=1 PODMESH_UPGRADE_FROM=$(FROM) $(GO) test -count=1 -v -timeout 30m ./test/upgrade/
+
+.PHONY: chaos
+chaos: deps tools ## chaos soak on 3 real clusters x 2 nodes under traffic (DURATION=30m, SEED=n to replay a run)
+	$(GO) run ./test/chaos -duration $(DURATION) $(if $(SEED),-seed $(SEED))
 
 .PHONY: demo
 demo: deps ## bring up 3 real clusters x 2 kubelet nodes, podmesh from daemonset/, 2 echo pods per node; show the connectivity matrix and a node's status, tear down (KEEP=1 keeps it, MODE=vxlan|native)

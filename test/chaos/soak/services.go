@@ -1,0 +1,238 @@
+package soak
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podmesh/podmesh/test/lab"
+)
+
+// ExportedName is the clusterset name of the service every cluster
+// exports: the echo pods, headless, so a lookup lists every echo pod of
+// every cluster.
+const ExportedName = lab.EchoApp + "." + metav1.NamespaceDefault + ".svc.clusterset.local"
+
+// setupServices installs CoreDNS (daemonset/coredns and the lab's CoreDNS
+// manifest, test/lab/testdata/coredns.yaml, with image) in every cluster,
+// exports a headless Service of the echo pods from every cluster, and
+// waits until every cluster resolves ExportedName to every echo pod. It
+// returns each cluster's CoreDNS pod.
+func setupServices(ctx context.Context, l *lab.Lab, repo, image string, eps []Endpoint) (map[string]Endpoint, error) {
+	manifest, err := os.ReadFile(filepath.Join(repo, "test", "lab", "testdata", "coredns.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("CoreDNS manifest: %w", err)
+	}
+	path := filepath.Join(l.StateDir, "chaos-coredns.yaml")
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(manifest), "IMAGE", image)), 0o600); err != nil {
+		return nil, err
+	}
+	svc := &corev1.Service{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: metav1.ObjectMeta{Name: lab.EchoApp, Namespace: metav1.NamespaceDefault},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: corev1.ClusterIPNone,
+			Selector:  map[string]string{"app": lab.EchoApp},
+			Ports:     []corev1.ServicePort{{Name: "tcp", Protocol: corev1.ProtocolTCP, Port: lab.ServeTCPPort, TargetPort: intstr.FromInt32(lab.ServeTCPPort)}},
+		},
+	}
+	export := map[string]any{
+		"apiVersion": "multicluster.x-k8s.io/v1alpha1",
+		"kind":       "ServiceExport",
+		"metadata":   map[string]any{"name": lab.EchoApp, "namespace": metav1.NamespaceDefault},
+	}
+	dns := map[string]Endpoint{}
+	for _, c := range l.Clusters() {
+		for _, args := range [][]string{{"apply", "-k", filepath.Join(repo, "daemonset", "coredns")}, {"apply", "-f", path}} {
+			if out, err := l.Kubectl(ctx, c, args...); err != nil {
+				return nil, fmt.Errorf("cluster %s: kubectl %s: %w: %s", c.Name, strings.Join(args, " "), err, out)
+			}
+		}
+		if err := l.ApplyObject(ctx, c, "chaos-echo-service", svc); err != nil {
+			return nil, err
+		}
+		if err := l.ApplyObject(ctx, c, "chaos-echo-export", export); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range l.Clusters() {
+		if out, err := l.Kubectl(ctx, c, "-n", "kube-system", "rollout", "status", "deploy/coredns", "--timeout=3m"); err != nil {
+			return nil, fmt.Errorf("cluster %s: CoreDNS rollout: %w: %s", c.Name, err, out)
+		}
+		refs, err := l.ReadyPodRefs(ctx, c, "kube-system", "k8s-app=kube-dns")
+		if err != nil {
+			return nil, err
+		}
+		if len(refs) != 1 {
+			return nil, fmt.Errorf("cluster %s: %d Ready CoreDNS pods, want 1", c.Name, len(refs))
+		}
+		e, err := endpointOf(l, refs[0])
+		if err != nil {
+			return nil, err
+		}
+		dns[c.Name] = e
+	}
+	want := exportedIPs(eps)
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, q := range queriers(eps) {
+		for {
+			got, err := lookup(ctx, q, dns[q.Cluster])
+			if err == nil && slices.Equal(got, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("%s does not resolve %s to every echo pod %v after 2m: %v %v", q, ExportedName, want, got, err)
+			}
+			if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return dns, nil
+}
+
+// endpointOf finds the node of a pod by its IP.
+func endpointOf(l *lab.Lab, r lab.PodRef) (Endpoint, error) {
+	for _, n := range l.Nodes() {
+		if n.PodCIDR.Contains(r.IP) {
+			return Endpoint{PodRef: r, Node: n.Name}, nil
+		}
+	}
+	return Endpoint{}, fmt.Errorf("pod %s (%s) is in no node's pod CIDR", r, r.IP)
+}
+
+// queriers are the pods that resolve: the first echo pod of each cluster.
+func queriers(eps []Endpoint) []Endpoint {
+	var out []Endpoint
+	seen := map[string]bool{}
+	for _, e := range eps {
+		if !seen[e.Cluster] {
+			seen[e.Cluster] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func exportedIPs(eps []Endpoint) []netip.Addr {
+	var out []netip.Addr
+	for _, e := range eps {
+		out = append(out, e.IP)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// lookup resolves ExportedName's A records (sorted) from pod q through the
+// CoreDNS pod dns.
+func lookup(ctx context.Context, q, dns Endpoint) ([]netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	server := netip.AddrPortFrom(dns.IP, 53).String()
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return lab.DialIn(ctx, q.NetNS, network, server)
+	}}
+	ips, err := r.LookupNetIP(ctx, "ip4", ExportedName+".")
+	if err != nil {
+		return nil, err
+	}
+	for k := range ips {
+		ips[k] = ips[k].Unmap()
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	return ips, nil
+}
+
+// BadLookup is a lookup that failed or did not list exactly every echo pod.
+type BadLookup struct {
+	From, DNS Endpoint
+	At        time.Time
+	Got       string
+}
+
+// dnsProbes resolve ExportedName from one pod per cluster every interval.
+type dnsProbes struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// mu protects total and bad.
+	mu    sync.Mutex
+	total int
+	bad   []BadLookup
+}
+
+func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint, every time.Duration) *dnsProbes {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &dnsProbes{cancel: cancel}
+	want := exportedIPs(eps)
+	for _, q := range queriers(eps) {
+		p.wg.Go(func() {
+			for sleepCtx(ctx, every) == nil {
+				at := time.Now()
+				got, err := lookup(ctx, q, dns[q.Cluster])
+				if ctx.Err() != nil {
+					return
+				}
+				p.mu.Lock()
+				p.total++
+				if err != nil || !slices.Equal(got, want) {
+					b := BadLookup{From: q, DNS: dns[q.Cluster], At: at, Got: fmt.Sprint(got)}
+					if err != nil {
+						b.Got = err.Error()
+					}
+					p.bad = append(p.bad, b)
+				}
+				p.mu.Unlock()
+			}
+		})
+	}
+	return p
+}
+
+func (p *dnsProbes) stop() (int, []BadLookup) {
+	p.cancel()
+	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total, slices.Clone(p.bad)
+}
+
+// checkImports resolves ExportedName once more from every cluster: the
+// imports must list exactly the exported echo pods.
+func checkImports(ctx context.Context, eps []Endpoint, dns map[string]Endpoint) error {
+	want := exportedIPs(eps)
+	var errs []error
+	for _, q := range queriers(eps) {
+		got, err := lookup(ctx, q, dns[q.Cluster])
+		if err != nil || !slices.Equal(got, want) {
+			errs = append(errs, fmt.Errorf("%s resolves %s to %v (%v), want every exported echo pod %v", q, ExportedName, got, err, want))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitImports polls checkImports until it holds or healTimeout passes.
+func waitImports(ctx context.Context, eps []Endpoint, dns map[string]Endpoint) error {
+	deadline := time.Now().Add(healTimeout)
+	for {
+		err := checkImports(ctx, eps, dns)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
