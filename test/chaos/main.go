@@ -67,7 +67,7 @@ func run(ctx context.Context, duration time.Duration, seed int64, clusters, node
 	log := logrus.New()
 	log.Level = logrus.WarnLevel
 	fmt.Printf("chaos: seed %d, %s of faults on %d clusters x %d real nodes (lab %s)\n", seed, duration, clusters, nodes, prefix)
-	l, err := lab.Up(ctx, lab.Options{Prefix: prefix, BinDir: bin, Kubelets: true, Images: imgs, Log: log, Progress: os.Stdout},
+	l, err := lab.Up(ctx, lab.Options{Prefix: prefix, BinDir: bin, Images: imgs, Log: log, Progress: os.Stdout},
 		lab.Topology{Clusters: clusters, Nodes: nodes, Pods: 1})
 	if err != nil {
 		return 0, err

@@ -36,7 +36,7 @@ func UpTestLab(tb testing.TB, ctx context.Context, imgs lab.ImageSet, repo strin
 	log := logrus.New()
 	log.Out = TestWriter{tb}
 	log.Level = logrus.WarnLevel
-	o := lab.Options{Prefix: TestLabPrefixStart + hex.EncodeToString(b), BinDir: bin, Kubelets: true, Images: imgs, RepoDir: repo,
+	o := lab.Options{Prefix: TestLabPrefixStart + hex.EncodeToString(b), BinDir: bin, Images: imgs, RepoDir: repo,
 		Log: log, Progress: TestWriter{tb}}
 	l, err := lab.Up(ctx, o, topo)
 	if err != nil {
