@@ -1,5 +1,5 @@
-// Package soak runs podmesh's chaos soak on a real-kubelet lab (test/lab
-// the only kind there is): continuous traffic — a sequence-numbered UDP flow
+// Package soak runs podmesh's chaos soak on a real-kubelet lab (test/lab):
+// continuous traffic — a sequence-numbered UDP flow
 // and a TCP echo stream from every echo pod to every echo pod of the other
 // clusters — while faults drawn from a seeded random source hit the lab one
 // after the other: clustermesh-apiserver and agent pods killed, kubelets,
