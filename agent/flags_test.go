@@ -30,7 +30,7 @@ func TestParseFlags(t *testing.T) {
 				require.Equal(t, "ebpf", c.RoutingMode)
 				require.Equal(t, 8472, c.TunnelPort)
 				require.Equal(t, "/var/lib/podmesh/clustermesh", c.ClustermeshConfig)
-				require.Equal(t, "cache", c.MeshMode, "the cache tier is the default")
+				require.Equal(t, "direct", c.MeshMode, "direct stays the default until the cache tier passes on real clusters")
 				require.Equal(t, "/var/lib/podmesh/cache/cache.yaml", c.CacheConfig)
 				require.Equal(t, "/sys/fs/bpf/podmesh", c.BPFRoot)
 				require.Equal(t, "127.0.0.1:9876", c.StatusListen)
@@ -54,7 +54,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "overlapping CIDRs", args: []string{"--cluster-name=west", "--cluster-id=2", "--pod-cidrs=10.2.0.0/16,10.2.1.0/24"}, getenv: withNode, wantErr: []string{"--pod-cidrs:", "overlaps"}},
 		{name: "unknown routing mode", args: append([]string{"--routing-mode=geneve"}, base...), getenv: withNode, wantErr: []string{`--routing-mode: "geneve" is not one of ebpf, vxlan, native`}},
 		{name: "unknown mesh mode", args: append([]string{"--mesh-mode=gossip"}, base...), getenv: withNode, wantErr: []string{`--mesh-mode: "gossip" is not one of cache, direct`}},
-		{name: "cache mode without a cache file", args: append([]string{"--cache-config="}, base...), getenv: withNode, wantErr: []string{"--cache-config: must not be empty in cache mode"}},
+		{name: "cache mode without a cache file", args: append([]string{"--mesh-mode=cache", "--cache-config="}, base...), getenv: withNode, wantErr: []string{"--cache-config: must not be empty in cache mode"}},
 		{name: "bad tunnel port", args: append([]string{"--tunnel-port=70000"}, base...), getenv: withNode, wantErr: []string{"--tunnel-port: 70000 not in 1..65535"}},
 		{name: "bad MTU", args: append([]string{"--mtu=500"}, base...), getenv: withNode, wantErr: []string{"--mtu: 500"}},
 		{name: "bad sync timeout", args: append([]string{"--sync-timeout=0s"}, base...), getenv: withNode, wantErr: []string{"--sync-timeout: 0s must be positive"}},
