@@ -6,8 +6,9 @@
 // It prints one line per fault, then the summary and every failure, and
 // exits 1 when the run found something (replay it with the same -seed).
 // Only one real lab fits on a machine: run it under the lab lock,
-// `flock /tmp/podmesh-lab.lock go run ./test/chaos ...`. The tools come
-// from $PODMESH_BIN (or bin/), the images are built from this checkout.
+// `flock -o /tmp/podmesh-lab.lock go run ./test/chaos ...` (-o: the lab's
+// processes must not inherit the lock). The tools come from $PODMESH_BIN
+// (or bin/), the images are built from this checkout.
 package main
 
 import (
