@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -20,13 +21,24 @@ import (
 // is its durable home, and the API server, not a clock here, sets it.
 const EstablishedConfigMap = "podmesh-established"
 
+// errEstablishedByAnother says the ConfigMap records another cluster: a
+// second clustermesh-apiserver in the namespace (or a renamed cluster) is a
+// newcomer and must not inherit the first one's seniority.
+var errEstablishedByAnother = errors.New("ConfigMap records another cluster")
+
 // established returns the creation time of EstablishedConfigMap in
-// namespace, creating the ConfigMap on the first start.
+// namespace, creating the ConfigMap on the first start. When the ConfigMap
+// names another cluster or ID it returns errEstablishedByAnother: the
+// caller then publishes no time, which ranks after every cluster that has
+// one.
 func established(ctx context.Context, kube kubernetes.Interface, namespace, cluster string, id uint32) (time.Time, error) {
 	api := kube.CoreV1().ConfigMaps(namespace)
 	for range 2 {
 		cm, err := api.Get(ctx, EstablishedConfigMap, metav1.GetOptions{})
 		if err == nil {
+			if c, i := cm.Data["cluster"], cm.Data["clusterID"]; c != cluster || i != strconv.FormatUint(uint64(id), 10) {
+				return time.Time{}, fmt.Errorf("%w: %s/%s was created for cluster %q (ID %s), this is %q (ID %d)", errEstablishedByAnother, namespace, EstablishedConfigMap, c, i, cluster, id)
+			}
 			return cm.CreationTimestamp.UTC(), nil
 		}
 		if !apierrors.IsNotFound(err) {

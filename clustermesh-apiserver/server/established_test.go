@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -58,4 +59,24 @@ func TestClusterConfigCarriesAnEstablishedTimeThatSurvivesRestarts(t *testing.T)
 	h.start(t)
 	c = h.client(t)
 	require.True(t, first.Established.Equal(read().Established), "a restart publishes the same time")
+}
+
+// A second clustermesh-apiserver in the namespace (another cluster name,
+// as an impostor or a renamed cluster would be) finds the ConfigMap of the
+// first: it must not inherit that cluster's seniority, so it publishes no
+// established time and ranks after every cluster that has one.
+func TestAnotherClustersEstablishedTimeIsNotInherited(t *testing.T) {
+	h := newHarness(t)
+	const ns = "kube-system"
+	grantEstablishedRBAC(t, h, ns)
+	_, err := h.k.CoreV1().ConfigMaps(ns).Create(t.Context(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: server.EstablishedConfigMap},
+		Data:       map[string]string{"cluster": "first", "clusterID": "7"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	h.cfg.Namespace = ns
+	h.start(t)
+	cc, err := meshapi.DecodeClusterConfig([]byte(mustValue(t, h.client(t), meshapi.ClusterConfigKey(cluster))))
+	require.NoError(t, err)
+	require.True(t, cc.Established.IsZero(), "inherited %s from cluster first", cc.Established)
 }

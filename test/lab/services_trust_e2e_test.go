@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,15 +176,32 @@ func (m *mcsLab) importedAddrs(t require.TestingT, c *lab.Cluster, selector stri
 	return out
 }
 
-// apiServerSecretFile is the path, on the host, of file in the mesh Secret
-// volume of c's clustermesh-apiserver pod: the lab's per-node kubelet
-// directory, where the kubelet refreshes it.
+// apiServerSecretFile is the path, from the host, of file in the mesh
+// Secret volume of c's clustermesh-apiserver: through /proc/<pid>/root of
+// its process, since the kubelet mounts the volume inside the node's
+// private mount namespace, where the host cannot see it.
 func (m *mcsLab) apiServerSecretFile(t *testing.T, c *lab.Cluster, file string) string {
 	t.Helper()
-	p := m.apiServerPod(t, c)
-	path := filepath.Join(m.l.StateDir, "nodes", p.Spec.NodeName, "kubelet", "pods", string(p.UID), "volumes", "kubernetes.io~secret", "clustermesh", file)
-	_, err := os.Stat(path)
-	require.NoError(t, err, "the Secret file as the kubelet mounted it")
+	var path string
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+		require.NoError(ct, err)
+		var found []string
+		for _, f := range procs {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			args := strings.Split(string(b), "\x00")
+			if filepath.Base(args[0]) == "clustermesh-apiserver" && slices.Contains(args, "--cluster-name="+c.Name) {
+				found = append(found, filepath.Join(filepath.Dir(f), "root", "var/lib/podmesh/clustermesh", file))
+			}
+		}
+		require.Len(ct, found, 1, "cluster %s: clustermesh-apiserver processes", c.Name)
+		path = found[0]
+		_, err = os.Stat(path)
+		require.NoError(ct, err, "the Secret file as the clustermesh-apiserver sees it")
+	}, time.Minute, 200*time.Millisecond)
 	return path
 }
 
