@@ -360,8 +360,15 @@ func (m *mcsLab) oneDBPodPerCluster(t *testing.T) []lab.PodRef {
 // replacement and the time it was seen Ready.
 func (m *mcsLab) replaceDBPod(t *testing.T, c *lab.Cluster, name string) (lab.PodRef, time.Time) {
 	t.Helper()
-	oldIP, oldUID, ok := m.readyPod(c, name, "")
-	require.True(t, ok, "cluster %s: pod %s not Ready", c.Name, name)
+	// A pod seen Ready a moment ago may fail one readiness probe on a busy
+	// machine (seen once in a churn run): wait for it rather than fail.
+	var oldIP netip.Addr
+	var oldUID string
+	require.Eventually(t, func() bool {
+		var ok bool
+		oldIP, oldUID, ok = m.readyPod(c, name, "")
+		return ok
+	}, time.Minute, 10*time.Millisecond, "cluster %s: pod %s not Ready", c.Name, name)
 	m.kubectl(t, c, "-n", svcNS, "delete", "pod", name, "--wait=false")
 	var ip netip.Addr
 	require.Eventually(t, func() bool {
