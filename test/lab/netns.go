@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -172,4 +174,27 @@ func waitFor(ctx context.Context, timeout, every time.Duration, what string, con
 		case <-t.C:
 		}
 	}
+}
+
+// ResolverIn is a DNS resolver that queries dns:53 from inside the lab
+// namespace netns (a pod's), as that pod would.
+func ResolverIn(netns string, dns netip.Addr) *net.Resolver {
+	server := netip.AddrPortFrom(dns, 53).String()
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return DialIn(ctx, netns, network, server)
+	}}
+}
+
+// LookupIn resolves name's IPv4 addresses (sorted) from inside netns through
+// the DNS server dns.
+func LookupIn(ctx context.Context, netns string, dns netip.Addr, name string) ([]netip.Addr, error) {
+	ips, err := ResolverIn(netns, dns).LookupNetIP(ctx, "ip4", name+".")
+	if err != nil {
+		return nil, err
+	}
+	for k := range ips {
+		ips[k] = ips[k].Unmap()
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	return ips, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -147,29 +146,12 @@ func (m *mcsLab) readyPods(t *testing.T, c *lab.Cluster, ns, selector string) []
 	return refs
 }
 
-// resolver queries cluster's CoreDNS from inside the network namespace
-// fromNS (a pod's).
-func (m *mcsLab) resolver(fromNS, cluster string) *net.Resolver {
-	server := netip.AddrPortFrom(m.dns[cluster], 53).String()
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return lab.DialIn(ctx, fromNS, network, server)
-	}}
-}
-
 // lookup resolves name's A records (sorted) from the pod `from` through its
 // own cluster's CoreDNS.
 func (m *mcsLab) lookup(from lab.PodRef, name string) ([]netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(m.ctx, 2*time.Second)
 	defer cancel()
-	ips, err := m.resolver(from.NetNS, from.Cluster).LookupNetIP(ctx, "ip4", name+".")
-	if err != nil {
-		return nil, err
-	}
-	for k := range ips {
-		ips[k] = ips[k].Unmap()
-	}
-	slices.SortFunc(ips, netip.Addr.Compare)
-	return ips, nil
+	return lab.LookupIn(ctx, from.NetNS, m.dns[from.Cluster], name)
 }
 
 // dbName is the clusterset name of StatefulSet pod p.
@@ -300,7 +282,7 @@ func (m *mcsLab) testStatefulSet(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, ips, "%s resolving %s", from, name)
 		ctx, cancel := context.WithTimeout(m.ctx, 2*time.Second)
-		_, srvs, err := m.resolver(from.NetNS, from.Cluster).LookupSRV(ctx, "tcp", "tcp", name+".")
+		_, srvs, err := lab.ResolverIn(from.NetNS, m.dns[from.Cluster]).LookupSRV(ctx, "tcp", "tcp", name+".")
 		cancel()
 		require.NoError(t, err, "%s: SRV _tcp._tcp.%s", from, name)
 		var targets []string

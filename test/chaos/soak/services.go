@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -140,19 +139,7 @@ func exportedIPs(eps []Endpoint) []netip.Addr {
 func lookup(ctx context.Context, q, dns Endpoint) ([]netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	server := netip.AddrPortFrom(dns.IP, 53).String()
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return lab.DialIn(ctx, q.NetNS, network, server)
-	}}
-	ips, err := r.LookupNetIP(ctx, "ip4", ExportedName+".")
-	if err != nil {
-		return nil, err
-	}
-	for k := range ips {
-		ips[k] = ips[k].Unmap()
-	}
-	slices.SortFunc(ips, netip.Addr.Compare)
-	return ips, nil
+	return lab.LookupIn(ctx, q.NetNS, dns.IP, ExportedName)
 }
 
 // BadLookup is a lookup that failed or did not list exactly every echo pod.
