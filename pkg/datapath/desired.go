@@ -90,12 +90,16 @@ func NewDesired() *Desired {
 // cluster declares (its cluster-config's, as the mesh admitted them).
 // Entries keep their Cluster field as given; callers set it to cluster.
 func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []Entry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.objects) == 0 && len(entries) >= fillMin {
+		d.fillLocked(cluster, podCIDRs, entries)
+		return
+	}
 	m := make(map[netip.Prefix]Entry, len(entries))
 	for _, e := range entries {
 		m[e.Prefix] = e
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	old := d.clusters[cluster]
 	if old != nil && maps.Equal(old.entries, m) && slices.Equal(old.podCIDRs, podCIDRs) {
 		return
@@ -133,6 +137,44 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 	if moved || old == nil || !slices.Equal(old.podCIDRs, podCIDRs) {
 		d.bumpLocked(moved)
 	}
+}
+
+// fillMin is the size from which SetCluster fills an empty table with
+// fillLocked.
+const fillMin = 1024
+
+// fillLocked is SetCluster into an empty table (an agent start, the first
+// cluster joining): every entry is a new object, added in the order given,
+// so Changes returns them in that order (a sorted set stays sorted for the
+// backends), while another goroutine builds the cluster's own index.
+func (d *Desired) fillLocked(cluster string, podCIDRs []netip.Prefix, entries []Entry) {
+	m := make(map[netip.Prefix]Entry, len(entries))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for _, e := range entries {
+			m[e.Prefix] = e
+		}
+	})
+	d.objects = growMap(d.objects, len(entries))
+	d.byRev = slices.Grow(d.byRev, len(entries))
+	now := time.Now()
+	rev := d.revision
+	for _, e := range entries {
+		d.addObjectLocked(e.Prefix, e, now)
+	}
+	wg.Wait()
+	if len(m) != len(entries) {
+		// A prefix given twice: its last entry wins, as in the general
+		// case. Start again from the index, once per object.
+		clear(d.objects)
+		clear(d.byRev)
+		d.byRev, d.revision = d.byRev[:0], rev
+		for p, e := range m {
+			d.addObjectLocked(p, e, now)
+		}
+	}
+	d.clusters[cluster] = &desiredCluster{podCIDRs: slices.Clone(podCIDRs), entries: m}
+	d.bumpLocked(true)
 }
 
 // Upsert adds or replaces one entry of e.Cluster.

@@ -83,6 +83,7 @@ type Reconciler struct {
 	// failed holds it; failed also holds the live objects validate
 	// rejected (never in want).
 	want           map[netip.Prefix]Entry     // the valid live desired objects as of rev
+	wantGen        uint64                     // moves on every change of want; names its content for the backend
 	wantCount      map[string]int             // want's objects per cluster
 	wantFamilies   families                   // the address families of want's prefixes (a superset)
 	wantOK         bool                       // the last pass left every object of want programmed
@@ -291,7 +292,7 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 		// rather than step by step.
 		r.want = growMap(r.want, len(ch.Objects))
 	}
-	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
+	upd := make([]Entry, 0, len(ch.Objects)) // the valid changed objects, in revision order
 	var del []Entry
 	bad := make(map[netip.Prefix]Entry)
 	for _, o := range ch.Objects {
@@ -306,26 +307,41 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 			r.failed[p] = objStatus{entry: o.Entry, err: err, invalid: true}
 			continue
 		}
-		upd[p] = o.Entry
+		upd = append(upd, o.Entry)
 	}
 	// An object that turned invalid loses what an earlier pass programmed.
 	for p, e := range bad {
 		del = append(del, Entry{Prefix: p.Masked(), Cluster: e.Cluster})
 	}
-	fam := prefixFamilies(upd)
+	fam := entryFamilies(upd)
 	r.wantFamilies |= fam
 	sysErr := r.checkSysctls(fam)
-	// r.programmed answers from the status before this pass.
-	written, failed := r.b.update(nil, upd, r.programmed)
-	if len(r.want) == 0 {
+	var (
+		gen     uint64
+		first   = len(r.want) == 0
+		want    map[netip.Prefix]Entry
+		counted map[string]int
+		wg      sync.WaitGroup
+	)
+	if first {
 		// The first objects (an agent start, the first cluster joining):
-		// the update set is the valid set.
-		r.want, r.wantCount = upd, countByCluster(upd)
+		// the changed objects are the valid set. Its index is built on
+		// another goroutine while the backend writes.
+		r.wantGen++
+		gen = r.wantGen
+		wg.Go(func() { want = byPrefix(upd); counted = countByCluster(want) })
+	}
+	// r.programmed answers from the status before this pass.
+	written, failed := r.b.write(upd, gen, r.programmed)
+	wg.Wait()
+	if first {
+		r.want, r.wantCount = want, counted
 		for p, err := range failed {
-			r.failed[p] = objStatus{entry: upd[p], err: err}
+			r.failed[p] = objStatus{entry: want[p], err: err}
 		}
 	} else {
-		for p, e := range upd {
+		for _, e := range upd {
+			p := e.Prefix
 			r.putWant(p, e)
 			if err := failed[p]; err != nil {
 				r.failed[p] = objStatus{entry: e, err: err}
@@ -403,6 +419,7 @@ func (r *Reconciler) full(start time.Time) bool {
 			}
 		}
 		r.want, r.failed = snap.Entries, invalid
+		r.wantGen++
 		r.wantCount = countByCluster(r.want)
 		r.wantFamilies = prefixFamilies(r.want)
 	} else {
@@ -423,7 +440,7 @@ func (r *Reconciler) full(start time.Time) bool {
 	if err != nil {
 		passErr = err
 	} else {
-		written, failed = r.b.update(v, want, r.programmed)
+		written, failed = r.b.update(v, want, r.wantGen, r.programmed)
 		// Withdrawn objects go even before prune is allowed.
 		for p := range r.undeleted {
 			if _, ok := want[p]; !ok {
@@ -476,7 +493,7 @@ func (r *Reconciler) setupAndRead() (kernelView, error) {
 	if err := r.b.setup(); err != nil {
 		return nil, err
 	}
-	return r.b.read()
+	return r.b.read(r.want, r.wantGen)
 }
 
 // programmed reports whether the last pass that handled prefix p put it in

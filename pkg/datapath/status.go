@@ -70,6 +70,7 @@ const errorsKept = 64
 func (r *Reconciler) putWant(p netip.Prefix, e Entry) {
 	old, ok := r.want[p]
 	r.want[p] = e
+	r.wantGen++
 	if ok && old.Cluster == e.Cluster {
 		return
 	}
@@ -83,6 +84,7 @@ func (r *Reconciler) putWant(p netip.Prefix, e Entry) {
 func (r *Reconciler) dropWant(p netip.Prefix) {
 	if old, ok := r.want[p]; ok {
 		delete(r.want, p)
+		r.wantGen++
 		r.uncount(old.Cluster)
 	}
 }

@@ -77,7 +77,7 @@ type vxlanView struct {
 	fdb   map[string]netlink.Neigh     // permanent entries, by MAC
 }
 
-func (b *vxlanBackend) read() (kernelView, error) {
+func (b *vxlanBackend) read(map[netip.Prefix]Entry, uint64) (kernelView, error) {
 	rv, err := readRoutes(b.rb)
 	if err != nil {
 		return nil, err
@@ -104,7 +104,7 @@ func (b *vxlanBackend) read() (kernelView, error) {
 	return v, nil
 }
 
-func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
 	v, _ := kv.(*vxlanView)
 	written := 0
 	// FDB and neighbour entries first (once per endpoint and gateway), so a
@@ -136,6 +136,10 @@ func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours f
 		failed[p] = errors.Join(err, failed[p])
 	}
 	return written + rw, failed
+}
+
+func (b *vxlanBackend) write(objs []Entry, gen uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	return b.update(nil, byPrefix(objs), gen, ours)
 }
 
 // peerKey names what a prefix's route needs on the device: the FDB entry of
