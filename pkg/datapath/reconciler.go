@@ -94,6 +94,11 @@ type Reconciler struct {
 	lastOK         bool                       // the last pass left nothing failed; else the next one is full
 	rpFilterLogged bool
 	autoMTU        bool // Config.MTU was 0: follow the MTU of the link holding LocalIP
+	// wantIndexing is busy while another goroutine indexes the first
+	// objects into wantIndexed: the pass that fills an empty table does
+	// not wait for it; the next pass does (settleWant).
+	wantIndexing sync.WaitGroup
+	wantIndexed  map[netip.Prefix]Entry
 	// sysctl is nsSysctl; unit tests replace it.
 	sysctl        func(name, set string) (was string, err error)
 	leftoversDone bool
@@ -260,6 +265,7 @@ func (r *Reconciler) retryBackoff() *wait.Backoff {
 // (they decide what may be deleted and what is valid), or when asked.
 func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
+	r.settleWant()
 	if !full && r.lastOK {
 		ch, ok := r.desired.Changes(r.rev)
 		if ok && ch.PruneAllowed == r.pruneAllowed && r.incrementalCIDRs(ch.PodCIDRs) {
@@ -316,28 +322,28 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 	fam := entryFamilies(upd)
 	r.wantFamilies |= fam
 	sysErr := r.checkSysctls(fam)
-	var (
-		gen     uint64
-		first   = len(r.want) == 0
-		want    map[netip.Prefix]Entry
-		counted map[string]int
-		wg      sync.WaitGroup
-	)
+	var gen uint64
+	first := len(r.want) == 0
 	if first {
 		// The first objects (an agent start, the first cluster joining):
 		// the changed objects are the valid set. Its index is built on
-		// another goroutine while the backend writes.
+		// another goroutine while the backend writes, and only the next
+		// pass needs it.
 		r.wantGen++
 		gen = r.wantGen
-		wg.Go(func() { want = byPrefix(upd); counted = countByCluster(want) })
+		r.wantIndexing.Go(func() { r.wantIndexed = byPrefix(upd) })
 	}
 	// r.programmed answers from the status before this pass.
 	written, failed := r.b.write(upd, gen, r.programmed)
-	wg.Wait()
 	if first {
-		r.want, r.wantCount = want, counted
-		for p, err := range failed {
-			r.failed[p] = objStatus{entry: want[p], err: err}
+		r.wantCount = countByCluster(slices.Values(upd))
+		for _, e := range upd {
+			if len(failed) == 0 {
+				break
+			}
+			if err := failed[e.Prefix]; err != nil {
+				r.failed[e.Prefix] = objStatus{entry: e, err: err}
+			}
 		}
 	} else {
 		for _, e := range upd {
@@ -420,7 +426,7 @@ func (r *Reconciler) full(start time.Time) bool {
 		}
 		r.want, r.failed = snap.Entries, invalid
 		r.wantGen++
-		r.wantCount = countByCluster(r.want)
+		r.wantCount = countByCluster(maps.Values(r.want))
 		r.wantFamilies = prefixFamilies(r.want)
 	} else {
 		snap = Snapshot{PodCIDRs: r.podCIDRs, Revision: r.rev, PruneAllowed: r.pruneAllowed}
@@ -486,6 +492,14 @@ func (r *Reconciler) full(start time.Time) bool {
 	r.rev, r.pruneAllowed = snap.Revision, snap.PruneAllowed
 	r.metrics.outOfSync.Add(float64(written + removed))
 	return r.finish(start, passFull, written+removed, written+removed, oldest, errors.Join(passErr, sysErr))
+}
+
+// settleWant installs the index of the first objects once it is built.
+func (r *Reconciler) settleWant() {
+	r.wantIndexing.Wait()
+	if r.wantIndexed != nil {
+		r.want, r.wantIndexed = r.wantIndexed, nil
+	}
 }
 
 // setupAndRead makes the shared objects match and reads the kernel.

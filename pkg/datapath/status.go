@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"time"
@@ -114,9 +115,9 @@ func (r *Reconciler) hasObjects(cluster string) bool {
 	return false
 }
 
-func countByCluster(m map[netip.Prefix]Entry) map[string]int {
+func countByCluster(es iter.Seq[Entry]) map[string]int {
 	out := make(map[string]int)
-	for _, e := range m {
+	for e := range es {
 		out[e.Cluster]++
 	}
 	return out
@@ -190,7 +191,11 @@ func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int,
 	}
 	r.mu.Unlock()
 
-	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.want), "writes": writes, "duration": now.Sub(start)}
+	objects := 0
+	for _, n := range r.wantCount {
+		objects += n
+	}
+	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": objects, "writes": writes, "duration": now.Sub(start)}
 	if kind == passFull {
 		fields["out_of_sync"] = outOfSync
 	}
