@@ -34,21 +34,21 @@ type backend interface {
 	// backend that compares the kernel with something it derives from
 	// want may derive it while it reads.
 	read(want map[netip.Prefix]Entry, gen uint64) (kernelView, error)
-	// update realises objects. It is idempotent. gen is nonzero when want
-	// is the whole valid desired set (every full pass, and the incremental
-	// pass that fills an empty table): it names that set's content and
-	// moves whenever the set changes, so a backend may keep what it
-	// derives from the set (never what it read from the kernel) and reuse
-	// it while gen stays. With a view, objects the
-	// view shows in place are not written; without one, every object is
-	// written (a route that is new to this process is added exclusively,
-	// so a foreign route is never overwritten). It returns the number of
-	// objects it wrote and the per-prefix failures; one failing object
-	// does not stop the others.
-	update(v kernelView, want map[netip.Prefix]Entry, gen uint64, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error)
-	// write is update without a view for an incremental pass: objs (one
-	// per prefix) in the order given, revision order, which a backend
-	// may keep. gen as in update.
+	// update realises want, every valid desired object, against a full
+	// pass's read v: objects the view shows in place are not written, a
+	// prefix a foreign route holds is reported failed and left alone. It
+	// is idempotent. gen names want's content: it moves whenever the valid
+	// desired set changes, so a backend may keep what it derives from the
+	// set (never what it read from the kernel) and reuse it while gen
+	// stays. It returns the number of objects it wrote and the per-prefix
+	// failures; one failing object does not stop the others.
+	update(v kernelView, want map[netip.Prefix]Entry, gen uint64) (written int, failed map[netip.Prefix]error)
+	// write realises the objects of an incremental pass (one per prefix,
+	// in revision order) without reading the kernel: every object is
+	// written; a route ours does not claim (new to this process) is added
+	// exclusively, so a foreign route is never overwritten. gen is nonzero
+	// when objs is the whole valid desired set (the pass that fills an
+	// empty table) and names it as in update. Results as in update.
 	write(objs []Entry, gen uint64, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error)
 	// delete removes objects; one that is already gone is success.
 	delete(es []Entry) (failed map[netip.Prefix]error)

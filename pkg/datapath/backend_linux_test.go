@@ -43,7 +43,7 @@ func fullPass(t *testing.T, b backend, want map[netip.Prefix]Entry, cidrs []neti
 	gen := genOf(want)
 	v, err := b.read(want, gen)
 	require.NoError(t, err)
-	writes, failed = b.update(v, want, gen, nil)
+	writes, failed = b.update(v, want, gen)
 	routed, err := b.clusterRoutes(cidrs, allowed)
 	require.NoError(t, err)
 	removed, err := b.prune(v, want, allowed)

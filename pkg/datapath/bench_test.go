@@ -84,7 +84,7 @@ func (nullBackend) mode() string                                            { re
 func (nullBackend) setup() error                                            { return nil }
 func (nullBackend) read(map[netip.Prefix]Entry, uint64) (kernelView, error) { return nil, nil }
 func (nullBackend) delete([]Entry) map[netip.Prefix]error                   { return nil }
-func (nullBackend) update(kernelView, map[netip.Prefix]Entry, uint64, func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+func (nullBackend) update(kernelView, map[netip.Prefix]Entry, uint64) (int, map[netip.Prefix]error) {
 	return 0, nil
 }
 func (nullBackend) write([]Entry, uint64, func(netip.Prefix) bool) (int, map[netip.Prefix]error) {

@@ -210,7 +210,7 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 	}
 	rp := routeParams{mode: ModeEBPF, linkIndex: b.attached, mtu: b.deviceMTU()}
 	spec := func(e Entry) routeSpec { return specFor(e, rp) }
-	written, failed := updateRoutes(b.rb, rv, want, spec, nil)
+	written, failed := updateRoutes(b.rb, rv, want, spec)
 	var errs []error
 	for _, p := range sortedPrefixes(failed) {
 		errs = append(errs, fmt.Errorf("cluster route %s: %w", p, failed[p]))
@@ -266,7 +266,7 @@ func (b *ebpfBackend) read(want map[netip.Prefix]Entry, gen uint64) (kernelView,
 // view only those missing or different, without one all of them. With a
 // view whose dump matches want's image it writes nothing and decodes
 // nothing.
-func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, gen uint64, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, gen uint64) (int, map[netip.Prefix]error) {
 	var have map[netip.Prefix]bpf.Entry
 	if v, ok := kv.(*ipcacheView); ok {
 		if v.inSync = v.dump.Matches(v.want.im); v.inSync {

@@ -21,13 +21,12 @@ func (b *nativeBackend) read(map[netip.Prefix]Entry, uint64) (kernelView, error)
 	return readRoutes(b.rb)
 }
 
-func (b *nativeBackend) update(v kernelView, want map[netip.Prefix]Entry, _ uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	rv, _ := v.(*routeView)
-	return updateRoutes(b.rb, rv, want, b.spec, ours)
+func (b *nativeBackend) update(v kernelView, want map[netip.Prefix]Entry, _ uint64) (int, map[netip.Prefix]error) {
+	return updateRoutes(b.rb, v.(*routeView), want, b.spec)
 }
 
-func (b *nativeBackend) write(objs []Entry, gen uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	return b.update(nil, byPrefix(objs), gen, ours)
+func (b *nativeBackend) write(objs []Entry, _ uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	return writeRoutes(b.rb, objs, b.spec, ours)
 }
 
 func (b *nativeBackend) delete(es []Entry) map[netip.Prefix]error {

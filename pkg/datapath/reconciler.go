@@ -446,7 +446,7 @@ func (r *Reconciler) full(start time.Time) bool {
 	if err != nil {
 		passErr = err
 	} else {
-		written, failed = r.b.update(v, want, r.wantGen, r.programmed)
+		written, failed = r.b.update(v, want, r.wantGen)
 		// Withdrawn objects go even before prune is allowed.
 		for p := range r.undeleted {
 			if _, ok := want[p]; !ok {

@@ -62,7 +62,7 @@ func (f *fakeBackend) read(want map[netip.Prefix]Entry, gen uint64) (kernelView,
 	return v, nil
 }
 
-func (f *fakeBackend) update(kv kernelView, want map[netip.Prefix]Entry, gen uint64, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+func (f *fakeBackend) update(kv kernelView, want map[netip.Prefix]Entry, gen uint64) (int, map[netip.Prefix]error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.named(gen, want)
@@ -85,8 +85,8 @@ func (f *fakeBackend) update(kv kernelView, want map[netip.Prefix]Entry, gen uin
 	return written, failed
 }
 
-func (f *fakeBackend) write(objs []Entry, gen uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	return f.update(nil, byPrefix(objs), gen, ours)
+func (f *fakeBackend) write(objs []Entry, gen uint64, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	return f.update(nil, byPrefix(objs), gen)
 }
 
 func (f *fakeBackend) delete(es []Entry) map[netip.Prefix]error {
