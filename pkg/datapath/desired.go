@@ -423,11 +423,51 @@ type Changes struct {
 func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if rev > d.revision || rev < d.forgotten {
+	i, ok := d.changedFromLocked(rev)
+	if !ok {
 		return Changes{}, false
 	}
-	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
 	c.Objects = make([]Object, 0, len(d.byRev)-i)
+	c.Oldest = d.eachChangedLocked(i, func(o *Object) { c.Objects = append(c.Objects, *o) })
+	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
+	return c, true
+}
+
+// changedEntries is Changes for the reconciler: the entries of the moved
+// objects, live ones and tombstones apart, each in revision order, without
+// a copy of the objects (c.Objects is nil).
+func (d *Desired) changedEntries(rev uint64) (live, gone []Entry, c Changes, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i, ok := d.changedFromLocked(rev)
+	if !ok {
+		return nil, nil, Changes{}, false
+	}
+	live = make([]Entry, 0, len(d.byRev)-i)
+	c.Oldest = d.eachChangedLocked(i, func(o *Object) {
+		if o.Deleted {
+			gone = append(gone, o.Entry)
+		} else {
+			live = append(live, o.Entry)
+		}
+	})
+	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
+	return live, gone, c, true
+}
+
+// changedFromLocked returns the first revision slot after rev; ok is false
+// when tombstones after rev were already forgotten.
+func (d *Desired) changedFromLocked(rev uint64) (int, bool) {
+	if rev > d.revision || rev < d.forgotten {
+		return 0, false
+	}
+	return sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev }), true
+}
+
+// eachChangedLocked calls fn with every object whose current revision has
+// a slot from i on, in revision order, and returns when the oldest of them
+// changed.
+func (d *Desired) eachChangedLocked(i int, fn func(*Object)) (oldest time.Time) {
 	for _, s := range d.byRev[i:] {
 		// A slot is stale once its object moved on to a later revision.
 		// A tombstone compactLocked dropped keeps its revision, but lies
@@ -436,13 +476,12 @@ func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 		if o.Revision != s.rev {
 			continue
 		}
-		if c.Oldest.IsZero() || o.changed.Before(c.Oldest) {
-			c.Oldest = o.changed
+		if oldest.IsZero() || o.changed.Before(oldest) {
+			oldest = o.changed
 		}
-		c.Objects = append(c.Objects, *o)
+		fn(o)
 	}
-	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
-	return c, true
+	return oldest
 }
 
 // oldestSince returns when the oldest object changed after rev changed
@@ -450,14 +489,8 @@ func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 func (d *Desired) oldestSince(rev uint64) time.Time {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var oldest time.Time
 	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
-	for _, s := range d.byRev[i:] {
-		if o := s.obj; o.Revision == s.rev && (oldest.IsZero() || o.changed.Before(oldest)) {
-			oldest = o.changed
-		}
-	}
-	return oldest
+	return d.eachChangedLocked(i, func(*Object) {})
 }
 
 // Version is the table's revision; it increases on every change.

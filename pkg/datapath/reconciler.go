@@ -267,9 +267,9 @@ func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
 	r.settleWant()
 	if !full && r.lastOK {
-		ch, ok := r.desired.Changes(r.rev)
+		live, gone, ch, ok := r.desired.changedEntries(r.rev)
 		if ok && ch.PruneAllowed == r.pruneAllowed && r.incrementalCIDRs(ch.PodCIDRs) {
-			return r.incremental(start, ch)
+			return r.incremental(start, ch, live, gone)
 		}
 	}
 	return r.full(start)
@@ -290,30 +290,26 @@ func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 
 // incremental updates the changed objects and deletes the withdrawn ones,
 // without reading the kernel: its cost follows the changes, not the table.
-func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
+func (r *Reconciler) incremental(start time.Time, ch Changes, live, gone []Entry) bool {
 	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
 	r.podCIDRs = ch.PodCIDRs
-	if len(r.want) > 0 && len(ch.Objects) > 2*len(r.want) {
+	if len(r.want) > 0 && len(live) > 2*len(r.want) {
 		// Many new objects (a cluster joining): grow the table once
 		// rather than step by step.
-		r.want = growMap(r.want, len(ch.Objects))
+		r.want = growMap(r.want, len(live))
 	}
-	upd := make([]Entry, 0, len(ch.Objects)) // the valid changed objects, in revision order
-	var del []Entry
+	upd := live[:0] // the valid changed objects, in revision order, filtered in place
+	del := gone
 	bad := make(map[netip.Prefix]Entry)
-	for _, o := range ch.Objects {
-		p := o.Entry.Prefix
-		if o.Deleted {
-			del = append(del, o.Entry)
-			continue
-		}
-		if err := r.validate(o.Entry); err != nil {
-			bad[p] = o.Entry
+	for _, e := range live {
+		p := e.Prefix
+		if err := r.validate(e); err != nil {
+			bad[p] = e
 			r.dropWant(p)
-			r.failed[p] = objStatus{entry: o.Entry, err: err, invalid: true}
+			r.failed[p] = objStatus{entry: e, err: err, invalid: true}
 			continue
 		}
-		upd = append(upd, o.Entry)
+		upd = append(upd, e)
 	}
 	// An object that turned invalid loses what an earlier pass programmed.
 	for p, e := range bad {
