@@ -47,27 +47,35 @@ func BenchmarkApply100k(b *testing.B) {
 	}
 }
 
-// 100,000 entries into an empty ipcache, given in key order and in random
-// order (Apply sorts both).
-func BenchmarkApply100kFromEmpty(b *testing.B) {
+// inBothOrders runs fn as two sub-benchmarks on 100,000 entries: in the
+// trie's order, and shuffled.
+func inBothOrders(b *testing.B, fn func(b *testing.B, es []Entry)) {
 	for _, shuffled := range []bool{false, true} {
 		b.Run(fmt.Sprintf("shuffled=%v", shuffled), func(b *testing.B) {
 			es := benchIpcacheEntries(100_000)
 			if shuffled {
 				rand.Shuffle(len(es), func(i, j int) { es[i], es[j] = es[j], es[i] })
 			}
-			d := loadedBench(b, nil)
-			for b.Loop() {
-				b.StopTimer()
-				_, err := d.Sync(nil, true)
-				require.NoError(b, err)
-				b.StartTimer()
-				if _, err := d.Apply(es, nil); err != nil {
-					b.Fatal(err)
-				}
-			}
+			fn(b, es)
 		})
 	}
+}
+
+// 100,000 entries into an empty ipcache, given in the trie's order and at
+// random (Apply sorts those).
+func BenchmarkApply100kFromEmpty(b *testing.B) {
+	inBothOrders(b, func(b *testing.B, es []Entry) {
+		d := loadedBench(b, nil)
+		for b.Loop() {
+			b.StopTimer()
+			_, err := d.Sync(nil, true)
+			require.NoError(b, err)
+			b.StartTimer()
+			if _, err := d.Apply(es, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 func BenchmarkRead100k(b *testing.B) {
@@ -102,18 +110,12 @@ func BenchmarkDumpMatches100k(b *testing.B) {
 // at random: validation, encoding, the sort into the trie's order and
 // deduplication.
 func BenchmarkPlanApply100k(b *testing.B) {
-	for _, shuffled := range []bool{false, true} {
-		b.Run(fmt.Sprintf("shuffled=%v", shuffled), func(b *testing.B) {
-			es := benchIpcacheEntries(100_000)
-			if shuffled {
-				rand.Shuffle(len(es), func(i, j int) { es[i], es[j] = es[j], es[i] })
+	inBothOrders(b, func(b *testing.B, es []Entry) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := planApply(es, nil); err != nil {
+				b.Fatal(err)
 			}
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, _, err := planApply(es, nil); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
+		}
+	})
 }
