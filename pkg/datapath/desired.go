@@ -67,13 +67,21 @@ type desiredCluster struct {
 	podCIDRs []netip.Prefix
 	// entries point into one copy of the slice SetCluster was given (an
 	// index of pointers builds several times faster than one of values).
-	entries map[netip.Prefix]*Entry
+	// Read it through index: a large first set is indexed on another
+	// goroutine (indexing) after SetCluster returns.
+	entries  map[netip.Prefix]*Entry
+	indexing sync.WaitGroup
 }
 
-// indexEntries indexes a copy of entries by prefix; of a prefix given
-// twice, the last entry wins.
-func indexEntries(entries []Entry) map[netip.Prefix]*Entry {
-	own := slices.Clone(entries)
+// index returns the cluster's entries by prefix, once they are indexed.
+func (c *desiredCluster) index() map[netip.Prefix]*Entry {
+	c.indexing.Wait()
+	return c.entries
+}
+
+// indexEntries indexes own (a copy the caller gives up) by prefix; of a
+// prefix given twice, the last entry wins.
+func indexEntries(own []Entry) map[netip.Prefix]*Entry {
 	m := make(map[netip.Prefix]*Entry, len(own))
 	for i := range own {
 		m[own[i].Prefix] = &own[i]
@@ -113,9 +121,9 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 		d.fillLocked(cluster, podCIDRs, entries)
 		return
 	}
-	m := indexEntries(entries)
+	m := indexEntries(slices.Clone(entries))
 	old := d.clusters[cluster]
-	if old != nil && sameEntries(old.entries, m) && slices.Equal(old.podCIDRs, podCIDRs) {
+	if old != nil && sameEntries(old.index(), m) && slices.Equal(old.podCIDRs, podCIDRs) {
 		return
 	}
 	d.clusters[cluster] = &desiredCluster{podCIDRs: slices.Clone(podCIDRs), entries: m}
@@ -142,7 +150,7 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 		}
 	}
 	if old != nil {
-		for p := range old.entries {
+		for p := range old.index() {
 			if _, ok := m[p]; !ok {
 				moved = d.resolveLocked(p, now) || moved
 			}
@@ -160,13 +168,13 @@ const fillMin = 1024
 // fillLocked is SetCluster into an empty table (an agent start, the first
 // cluster joining): every entry is a new object, added in the order given,
 // so Changes returns them in that order (a sorted set stays sorted for the
-// backends), while another goroutine builds the cluster's own index.
+// backends). The cluster's own index is built on another goroutine, which
+// the next call that needs it waits for.
 func (d *Desired) fillLocked(cluster string, podCIDRs []netip.Prefix, entries []Entry) {
-	var (
-		m  map[netip.Prefix]*Entry
-		wg sync.WaitGroup
-	)
-	wg.Go(func() { m = indexEntries(entries) })
+	c := &desiredCluster{podCIDRs: slices.Clone(podCIDRs)}
+	own := slices.Clone(entries)
+	c.indexing.Go(func() { c.entries = indexEntries(own) })
+	d.clusters[cluster] = c
 	d.objects = growMap(d.objects, len(entries))
 	d.byRev = slices.Grow(d.byRev, len(entries))
 	now := time.Now()
@@ -174,18 +182,16 @@ func (d *Desired) fillLocked(cluster string, podCIDRs []netip.Prefix, entries []
 	for _, e := range entries {
 		d.addObjectLocked(e.Prefix, e, now)
 	}
-	wg.Wait()
-	if len(m) != len(entries) {
+	if len(d.objects) != len(entries) {
 		// A prefix given twice: its last entry wins, as in the general
 		// case. Start again from the index, once per object.
 		clear(d.objects)
 		clear(d.byRev)
 		d.byRev, d.revision = d.byRev[:0], rev
-		for p, e := range m {
+		for p, e := range c.index() {
 			d.addObjectLocked(p, *e, now)
 		}
 	}
-	d.clusters[cluster] = &desiredCluster{podCIDRs: slices.Clone(podCIDRs), entries: m}
 	d.bumpLocked(true)
 }
 
@@ -198,7 +204,7 @@ func (d *Desired) Upsert(e Entry) {
 		c = &desiredCluster{entries: make(map[netip.Prefix]*Entry)}
 		d.clusters[e.Cluster] = c
 	}
-	if old, ok := c.entries[e.Prefix]; ok && *old == e {
+	if old, ok := c.index()[e.Prefix]; ok && *old == e {
 		return
 	}
 	c.entries[e.Prefix] = &e
@@ -215,7 +221,7 @@ func (d *Desired) Delete(cluster string, p netip.Prefix) {
 	if c == nil {
 		return
 	}
-	if _, ok := c.entries[p]; !ok {
+	if _, ok := c.index()[p]; !ok {
 		return
 	}
 	delete(c.entries, p)
@@ -235,7 +241,7 @@ func (d *Desired) RemoveCluster(cluster string) {
 	delete(d.clusters, cluster)
 	now := time.Now()
 	moved := false
-	for p := range old.entries {
+	for p := range old.index() {
 		moved = d.resolveLocked(p, now) || moved
 	}
 	d.bumpLocked(moved && len(old.podCIDRs) == 0)
@@ -265,7 +271,7 @@ func (d *Desired) resolveLocked(p netip.Prefix, now time.Time) bool {
 		found bool
 	)
 	for name, c := range d.clusters {
-		if e, ok := c.entries[p]; ok && (!found || name < owner) {
+		if e, ok := c.index()[p]; ok && (!found || name < owner) {
 			best, owner, found = *e, name, true
 		}
 	}

@@ -322,12 +322,9 @@ func (r *Reconciler) incremental(start time.Time, ch Changes, live, gone []Entry
 	first := len(r.want) == 0
 	if first {
 		// The first objects (an agent start, the first cluster joining):
-		// the changed objects are the valid set. Its index is built on
-		// another goroutine while the backend writes, and only the next
-		// pass needs it.
+		// the changed objects are the valid set.
 		r.wantGen++
 		gen = r.wantGen
-		r.wantIndexing.Go(func() { r.wantIndexed = byPrefix(upd) })
 	}
 	// r.programmed answers from the status before this pass.
 	written, failed := r.b.write(upd, gen, r.programmed)
@@ -372,7 +369,13 @@ func (r *Reconciler) incremental(start time.Time, ch Changes, live, gone []Entry
 		}
 	}
 	r.rev = ch.Revision
-	return r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr, routeErr))
+	ok := r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr, routeErr))
+	if first {
+		// Only the next pass needs the valid set's index: it is built on
+		// another goroutine once this pass has published what it realised.
+		r.wantIndexing.Go(func() { r.wantIndexed = byPrefix(upd) })
+	}
+	return ok
 }
 
 // full converges the whole desired table against a fresh read of the
