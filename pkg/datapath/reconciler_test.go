@@ -233,12 +233,7 @@ func TestReconcilerRunConvergesOnChangesAndObservesLatency(t *testing.T) {
 		require.NoError(t, <-done)
 	}()
 	d.Upsert(entry("10.2.0.0/24", "192.168.0.3"))
-	deadline := time.Now().Add(10 * time.Second)
-	for r.Status().AppliedVersion < d.Version() {
-		require.True(t, time.Now().Before(deadline), "not converged")
-		tm := time.NewTimer(time.Millisecond)
-		<-tm.C
-	}
+	require.Eventually(t, func() bool { return r.Status().AppliedVersion >= d.Version() }, 10*time.Second, time.Millisecond, "not converged")
 	assert.True(t, fb.has("10.2.0.0/24"))
 	// Run observed a convergence latency sample.
 	reg := prometheus.NewPedanticRegistry()
