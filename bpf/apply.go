@@ -1,8 +1,6 @@
 package bpf
 
 import (
-	"cmp"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -29,20 +27,29 @@ import (
 // removed. Writes go in batches where the kernel supports them, upserts
 // before deletes.
 func (d *Datapath) Apply(upserts []Entry, deletes []netip.Prefix) (SyncStats, error) {
-	upKeys, upVals, delKeys, err := planApply(upserts, deletes)
+	up, delKeys, err := planApply(upserts, deletes)
 	if err != nil {
 		return SyncStats{}, err
 	}
+	return d.apply(up, delKeys)
+}
 
+// Write upserts every entry of im, as Apply does with the entries im was
+// made of: for a caller that keeps the image to compare dumps with.
+func (d *Datapath) Write(im *Image) (SyncStats, error) {
+	return d.apply(im, nil)
+}
+
+func (d *Datapath) apply(up *Image, delKeys []podmeshIpcacheKey) (SyncStats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return SyncStats{}, ErrClosed
 	}
-	if err := updateIpcache(d.objs.PodmeshIpcache, upKeys, upVals); err != nil {
+	if err := updateIpcache(d.objs.PodmeshIpcache, up.keys, up.vals); err != nil {
 		return SyncStats{}, err
 	}
-	stats := SyncStats{Added: len(upKeys)}
+	stats := SyncStats{Added: up.Len()}
 	deleted, _, err := deleteIpcache(d.objs.PodmeshIpcache, delKeys)
 	stats.Deleted = deleted
 	if err != nil {
@@ -57,86 +64,29 @@ func (d *Datapath) Apply(upserts []Entry, deletes []netip.Prefix) (SyncStats, er
 	return stats, nil
 }
 
-// planApply validates and encodes the input of Apply: the keys and values to
-// upsert (each prefix once) and the keys to delete (each once), both in key
-// order. The trie inserts and removes keys in order markedly faster than in
-// random order (consecutive operations walk the same upper nodes), and
-// sorted, a repeated prefix is next to its twin.
-func planApply(upserts []Entry, deletes []netip.Prefix) (upKeys []podmeshIpcacheKey, upVals []podmeshIpcacheValue, delKeys []podmeshIpcacheKey, err error) {
-	recs := make([]ipcacheRecord, 0, len(upserts))
-	order := make([]sortedRef, 0, len(upserts))
-	for _, e := range upserts {
-		n, err := e.normalize()
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		k := encodeKey(n.Prefix)
-		order = append(order, sortedRef{key: orderOf(k), i: int32(len(recs))})
-		recs = append(recs, ipcacheRecord{k, encodeValue(n)})
+// planApply validates and encodes the input of Apply: the image to upsert
+// and the keys to delete (each once), both in the trie's order, in which
+// the kernel inserts and removes markedly faster, and a repeated key lies
+// next to its twin.
+func planApply(upserts []Entry, deletes []netip.Prefix) (*Image, []podmeshIpcacheKey, error) {
+	up, err := NewImage(upserts)
+	if err != nil {
+		return nil, nil, err
 	}
-	// Sorting small fixed keys and gathering the records once is several
-	// times cheaper than sorting the records.
-	slices.SortFunc(order, func(a, b sortedRef) int { return a.key.compare(b.key) })
-	upKeys = make([]podmeshIpcacheKey, 0, len(recs))
-	upVals = make([]podmeshIpcacheValue, 0, len(recs))
-	for j, o := range order {
-		r := recs[o.i]
-		if j > 0 && o.key == order[j-1].key {
-			if prev := recs[order[j-1].i]; r.v != prev.v {
-				return nil, nil, nil, fmt.Errorf("%w: %s", ErrConflictingEntries, keyString(r.k))
-			}
-			continue
-		}
-		upKeys = append(upKeys, r.k)
-		upVals = append(upVals, r.v)
-	}
-	delKeys = make([]podmeshIpcacheKey, 0, len(deletes))
+	delKeys := make([]podmeshIpcacheKey, 0, len(deletes))
 	for _, p := range deletes {
 		n, err := normalizePrefix(p)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
 		delKeys = append(delKeys, encodeKey(n))
 	}
 	slices.SortFunc(delKeys, compareKeys)
 	delKeys = slices.Compact(delKeys)
 	for _, k := range delKeys {
-		if _, found := slices.BinarySearchFunc(upKeys, k, compareKeys); found {
-			return nil, nil, nil, fmt.Errorf("%w: %s both upserted and deleted", ErrConflictingEntries, keyString(k))
+		if _, found := slices.BinarySearchFunc(up.keys, k, compareKeys); found {
+			return nil, nil, fmt.Errorf("%w: %s both upserted and deleted", ErrConflictingEntries, keyString(k))
 		}
 	}
-	return upKeys, upVals, delKeys, nil
+	return up, delKeys, nil
 }
-
-// keyOrder is a key's place in the trie's order (family, address, prefix
-// length) as three integers.
-type keyOrder struct{ a, b, c uint64 }
-
-func orderOf(k podmeshIpcacheKey) keyOrder {
-	be := binary.BigEndian
-	return keyOrder{
-		a: uint64(k.Family)<<56 | be.Uint64(k.Addr[0:8])>>8,
-		b: be.Uint64(k.Addr[7:15]),
-		c: uint64(k.Addr[15])<<32 | uint64(k.Prefixlen),
-	}
-}
-
-func (o keyOrder) compare(p keyOrder) int {
-	if c := cmp.Compare(o.a, p.a); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(o.b, p.b); c != 0 {
-		return c
-	}
-	return cmp.Compare(o.c, p.c)
-}
-
-// sortedRef is a record's place in the order and its index.
-type sortedRef struct {
-	key keyOrder
-	i   int32
-}
-
-// compareKeys orders keys as the trie lays them out: by the bits it
-// matches (family, then address), then by prefix length.
-func compareKeys(a, b podmeshIpcacheKey) int { return orderOf(a).compare(orderOf(b)) }

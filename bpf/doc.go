@@ -44,11 +44,13 @@
 // the entries it is given, without reading the map, in batched system calls
 // (BPF_MAP_UPDATE_BATCH / DELETE_BATCH): the call for incremental work and
 // the datapath reconciler's update and delete operations; it writes in the
-// trie's key order, which the kernel inserts markedly faster. Dump reads the
-// whole map in batches (BPF_MAP_LOOKUP_BATCH) and keeps it raw: the
-// reconciler's full-pass read, which compares the dump's Digest with the
-// Digest of the desired entries and decodes (Dump.Entries) only when they
-// differ. Entries and Read are Dump decoded. Sync converges the map on a whole set in one call (read, diff,
+// trie's order, which the kernel inserts markedly faster. An Image is a set
+// of entries encoded and ordered as a dump of the map returns them (the
+// trie's postorder); Write writes one. Dump reads the whole map in batches
+// (BPF_MAP_LOOKUP_BATCH) and keeps it raw: the reconciler's full-pass read,
+// which checks with Dump.Matches that it is byte for byte the Image of the
+// desired entries and decodes (Dump.Entries) only when it is not. Entries
+// and Read are Dump decoded. Sync converges the map on a whole set in one call (read, diff,
 // write, and with prune delete the rest, undecodable entries included).
 //
 // # Restarts and upgrades

@@ -3,14 +3,14 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"hash/maphash"
 
 	"github.com/cilium/ebpf"
 )
 
 // Dump is one read of the ipcache, kept as the kernel's raw keys and values:
 // reading costs one copy, and a caller that only needs to know whether the
-// map holds a given set compares digests without decoding anything.
+// map holds a given set compares the dump with that set's Image without
+// decoding anything.
 type Dump struct {
 	keys []podmeshIpcacheKey
 	vals []podmeshIpcacheValue
@@ -77,51 +77,3 @@ func (s *Dump) Entries() (entries []Entry, undecodable int) {
 	}
 	return entries, undecodable
 }
-
-// Digest summarises the dump's entries as the kernel holds them.
-func (s *Dump) Digest() Digest {
-	var g Digest
-	for i := range s.keys {
-		g.add(s.keys[i], s.vals[i])
-	}
-	return g
-}
-
-// Digest is an order-independent summary of a set of ipcache entries in
-// their map encoding: the number of entries and two sums of per-entry 64-bit
-// hashes under independent seeds. Two sets with equal digests are equal
-// unless both 64-bit sums collide at once; any entry missing, added or
-// changed moves both sums. Seeds are per process, so digests compare only
-// within one.
-type Digest struct {
-	n    int
-	a, b uint64
-}
-
-var digestSeedA, digestSeedB = maphash.MakeSeed(), maphash.MakeSeed()
-
-type ipcacheRecord struct {
-	k podmeshIpcacheKey
-	v podmeshIpcacheValue
-}
-
-func (g *Digest) add(k podmeshIpcacheKey, v podmeshIpcacheValue) {
-	r := ipcacheRecord{k, v}
-	g.n++
-	g.a += maphash.Comparable(digestSeedA, r)
-	g.b += maphash.Comparable(digestSeedB, r)
-}
-
-// Add adds entry e in the form Apply and Sync write it, so the digest of
-// the entries a caller wrote equals the digest of a dump of them.
-func (g *Digest) Add(e Entry) error {
-	n, err := e.normalize()
-	if err != nil {
-		return err
-	}
-	g.add(encodeKey(n.Prefix), encodeValue(n))
-	return nil
-}
-
-// Len is the number of entries added.
-func (g Digest) Len() int { return g.n }

@@ -11,10 +11,10 @@ import (
 // cilium/statedb's reconciler operations. The reconciler drives every mode
 // through it alike:
 //
-//   - incremental pass: update(nil, changed objects), delete(withdrawn
+//   - incremental pass: write(changed objects), delete(withdrawn
 //     objects);
-//   - full pass: v := read(); update(v, every object); prune(v, every
-//     object).
+//   - full pass: v := read(every object); update(v, every object);
+//     prune(v, every object).
 //
 // A kernelView is what read found in the kernel, used by one pass and then
 // dropped: no backend keeps a copy of kernel state between passes.
@@ -30,15 +30,26 @@ type backend interface {
 	// It returns how many routes it wrote or removed.
 	clusterRoutes(cidrs []netip.Prefix, prune bool) (written int, err error)
 	// read dumps podmesh's objects (and the foreign routes in its way) for
-	// a full pass.
-	read() (kernelView, error)
-	// update realises objects. It is idempotent. With a view, objects the
-	// view shows in place are not written; without one, every object is
-	// written (a route that is new to this process is added exclusively,
-	// so a foreign route is never overwritten). It returns the number of
-	// objects it wrote and the per-prefix failures; one failing object
-	// does not stop the others.
-	update(v kernelView, want map[netip.Prefix]Entry, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error)
+	// a full pass over want. gen names want's content (see update); a
+	// backend that compares the kernel with something it derives from
+	// want may derive it while it reads.
+	read(want map[netip.Prefix]Entry, gen uint64) (kernelView, error)
+	// update realises want, every valid desired object, against a full
+	// pass's read v: objects the view shows in place are not written, a
+	// prefix a foreign route holds is reported failed and left alone. It
+	// is idempotent. gen names want's content: it moves whenever the valid
+	// desired set changes, so a backend may keep what it derives from the
+	// set (never what it read from the kernel) and reuse it while gen
+	// stays. It returns the number of objects it wrote and the per-prefix
+	// failures; one failing object does not stop the others.
+	update(v kernelView, want map[netip.Prefix]Entry, gen uint64) (written int, failed map[netip.Prefix]error)
+	// write realises the objects of an incremental pass (one per prefix,
+	// in revision order) without reading the kernel: every object is
+	// written; a route ours does not claim (new to this process) is added
+	// exclusively, so a foreign route is never overwritten. gen is nonzero
+	// when objs is the whole valid desired set (the pass that fills an
+	// empty table) and names it as in update. Results as in update.
+	write(objs []Entry, gen uint64, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error)
 	// delete removes objects; one that is already gone is success.
 	delete(es []Entry) (failed map[netip.Prefix]error)
 	// prune removes the podmesh-owned objects in v that want does not hold,
@@ -54,6 +65,15 @@ type backend interface {
 	underlayMTU() int
 	setUnderlayMTU(mtu int)
 	close() error
+}
+
+// byPrefix indexes objects by prefix.
+func byPrefix(objs []Entry) map[netip.Prefix]Entry {
+	m := make(map[netip.Prefix]Entry, len(objs))
+	for _, e := range objs {
+		m[e.Prefix] = e
+	}
+	return m
 }
 
 // kernelView is a backend's read of the kernel; only that backend looks

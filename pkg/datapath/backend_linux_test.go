@@ -2,9 +2,12 @@ package datapath
 
 import (
 	"encoding/binary"
+	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -18,14 +21,29 @@ import (
 	"github.com/podmesh/podmesh/pkg/datapath/datapathtest"
 )
 
+// genOf names want's content as the reconciler's generation does: the same
+// content, the same generation, so a backend reuses what it derived from
+// an unchanged set (and must still see the kernel drift under it).
+func genOf(want map[netip.Prefix]Entry) uint64 {
+	key := fmt.Sprint(want) // fmt prints maps sorted by key
+	if g, ok := generations[key]; ok {
+		return g
+	}
+	generations[key] = uint64(len(generations) + 1)
+	return generations[key]
+}
+
+var generations = map[string]uint64{}
+
 // fullPass runs a backend's full-pass operations as the reconciler does:
 // setup, read, update with the view, cluster routes, prune.
 func fullPass(t *testing.T, b backend, want map[netip.Prefix]Entry, cidrs []netip.Prefix, allowed bool) (writes int, failed map[netip.Prefix]error) {
 	t.Helper()
 	require.NoError(t, b.setup())
-	v, err := b.read()
+	gen := genOf(want)
+	v, err := b.read(want, gen)
 	require.NoError(t, err)
-	writes, failed = b.update(v, want, nil)
+	writes, failed = b.update(v, want, gen)
 	routed, err := b.clusterRoutes(cidrs, allowed)
 	require.NoError(t, err)
 	removed, err := b.prune(v, want, allowed)
@@ -128,7 +146,8 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 			if mode == ModeEBPF {
 				// Changed behind the backend's back: the entry is the
 				// same prefix with another value, so only comparing
-				// values (the dump's digest) notices it.
+				// values (the dump with the desired set's image) notices
+				// it.
 				dp := b.(*ebpfBackend).dp
 				_, err := dp.Apply([]bpf.Entry{{Prefix: mustPrefix("10.2.5.77/32"), TunnelEndpoint: mustAddr("192.168.77.9"), ClusterID: 2}}, nil)
 				require.NoError(t, err)
@@ -189,7 +208,7 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				mustPrefix("10.2.1.0/24"): {Prefix: mustPrefix("10.2.1.0/24"), TunnelEndpoint: third.IP, ClusterID: 2, Cluster: "b"},
 			}
 			inD1 := func(p netip.Prefix) bool { _, ok := d1[p]; return ok }
-			_, failed = b.update(nil, d2, inD1)
+			_, failed = b.write(slices.Collect(maps.Values(d2)), genOf(d2), inD1)
 			require.Empty(t, failed)
 			writes, _ = fullPass(t, b, d2, cidrs, false)
 			if mode == ModeVXLAN {
@@ -209,7 +228,7 @@ func TestBackendFullPassIsIdempotentAndPrunesOnlyItsOwn(t *testing.T) {
 				clash := netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 2, 9, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.ParseIP("192.168.77.200"), LinkIndex: eth.Attrs().Index, Protocol: unix.RTPROT_STATIC}
 				require.NoError(t, h.RouteAdd(&clash))
 				d3 := map[netip.Prefix]Entry{mustPrefix("10.2.9.0/24"): {Prefix: mustPrefix("10.2.9.0/24"), TunnelEndpoint: peer.IP, ClusterID: 2, Cluster: "b"}}
-				_, failed = b.update(nil, d3, func(netip.Prefix) bool { return false })
+				_, failed = b.write(slices.Collect(maps.Values(d3)), 0, func(netip.Prefix) bool { return false })
 				assert.ErrorIs(t, failed[mustPrefix("10.2.9.0/24")], errRouteExists)
 				_, failed = fullPass(t, b, d3, cidrs, true)
 				assert.ErrorIs(t, failed[mustPrefix("10.2.9.0/24")], errForeignRoute)

@@ -26,6 +26,17 @@ func benchEntries(n int) map[netip.Prefix]Entry {
 	return out
 }
 
+// benchSlice is benchEntries(n) in key order, as test/bench-datapath
+// gives them.
+func benchSlice(n int) []Entry {
+	out := make([]Entry, n)
+	for i := range out {
+		a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
+		out[i] = Entry{Prefix: netip.PrefixFrom(a, 32), TunnelEndpoint: netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + i%100)}), ClusterID: 2, Cluster: "b"}
+	}
+	return out
+}
+
 func BenchmarkPlanRoutesConverged100k(b *testing.B) {
 	want := benchEntries(100_000)
 	rp := routeParams{mode: ModeEBPF, linkIndex: 7, mtu: 1450}
@@ -69,11 +80,14 @@ func BenchmarkDesiredChanges1kOf100k(b *testing.B) {
 // reconciler's own per-object work from the kernel's.
 type nullBackend struct{ base }
 
-func (nullBackend) mode() string                          { return "null" }
-func (nullBackend) setup() error                          { return nil }
-func (nullBackend) read() (kernelView, error)             { return nil, nil }
-func (nullBackend) delete([]Entry) map[netip.Prefix]error { return nil }
-func (nullBackend) update(kernelView, map[netip.Prefix]Entry, func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+func (nullBackend) mode() string                                            { return "null" }
+func (nullBackend) setup() error                                            { return nil }
+func (nullBackend) read(map[netip.Prefix]Entry, uint64) (kernelView, error) { return nil, nil }
+func (nullBackend) delete([]Entry) map[netip.Prefix]error                   { return nil }
+func (nullBackend) update(kernelView, map[netip.Prefix]Entry, uint64) (int, map[netip.Prefix]error) {
+	return 0, nil
+}
+func (nullBackend) write([]Entry, uint64, func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
 	return 0, nil
 }
 func (nullBackend) prune(kernelView, map[netip.Prefix]Entry, bool) (int, error) { return 0, nil }

@@ -296,7 +296,7 @@ func sortRoutes(rs []netlink.Route) {
 	slices.SortFunc(rs, func(a, b netlink.Route) int {
 		pa, _ := routeKey(a)
 		pb, _ := routeKey(b)
-		return comparePrefix(pa, pb)
+		return pa.Compare(pb)
 	})
 }
 

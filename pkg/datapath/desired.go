@@ -65,7 +65,32 @@ type Desired struct {
 
 type desiredCluster struct {
 	podCIDRs []netip.Prefix
-	entries  map[netip.Prefix]Entry
+	// entries point into one copy of the slice SetCluster was given (an
+	// index of pointers builds several times faster than one of values).
+	// Read it through index: a large first set is indexed on another
+	// goroutine (indexing) after SetCluster returns.
+	entries  map[netip.Prefix]*Entry
+	indexing sync.WaitGroup
+}
+
+// index returns the cluster's entries by prefix, once they are indexed.
+func (c *desiredCluster) index() map[netip.Prefix]*Entry {
+	c.indexing.Wait()
+	return c.entries
+}
+
+// indexEntries indexes own (a copy the caller gives up) by prefix; of a
+// prefix given twice, the last entry wins.
+func indexEntries(own []Entry) map[netip.Prefix]*Entry {
+	m := make(map[netip.Prefix]*Entry, len(own))
+	for i := range own {
+		m[own[i].Prefix] = &own[i]
+	}
+	return m
+}
+
+func sameEntries(a, b map[netip.Prefix]*Entry) bool {
+	return maps.EqualFunc(a, b, func(x, y *Entry) bool { return *x == *y })
 }
 
 type revSlot struct {
@@ -90,14 +115,15 @@ func NewDesired() *Desired {
 // cluster declares (its cluster-config's, as the mesh admitted them).
 // Entries keep their Cluster field as given; callers set it to cluster.
 func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []Entry) {
-	m := make(map[netip.Prefix]Entry, len(entries))
-	for _, e := range entries {
-		m[e.Prefix] = e
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if len(d.objects) == 0 && len(entries) >= fillMin {
+		d.fillLocked(cluster, podCIDRs, entries)
+		return
+	}
+	m := indexEntries(slices.Clone(entries))
 	old := d.clusters[cluster]
-	if old != nil && maps.Equal(old.entries, m) && slices.Equal(old.podCIDRs, podCIDRs) {
+	if old != nil && sameEntries(old.index(), m) && slices.Equal(old.podCIDRs, podCIDRs) {
 		return
 	}
 	d.clusters[cluster] = &desiredCluster{podCIDRs: slices.Clone(podCIDRs), entries: m}
@@ -114,17 +140,17 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 	for p, e := range m {
 		switch {
 		case fresh:
-			d.addObjectLocked(p, e, now)
+			d.addObjectLocked(p, *e, now)
 			moved = true
 		case len(d.clusters) == 1:
 			// The only cluster: its entry wins without a search.
-			moved = d.setObjectLocked(p, e, true, now) || moved
+			moved = d.setObjectLocked(p, *e, true, now) || moved
 		default:
 			moved = d.resolveLocked(p, now) || moved
 		}
 	}
 	if old != nil {
-		for p := range old.entries {
+		for p := range old.index() {
 			if _, ok := m[p]; !ok {
 				moved = d.resolveLocked(p, now) || moved
 			}
@@ -135,19 +161,53 @@ func (d *Desired) SetCluster(cluster string, podCIDRs []netip.Prefix, entries []
 	}
 }
 
+// fillMin is the size from which SetCluster fills an empty table with
+// fillLocked.
+const fillMin = 1024
+
+// fillLocked is SetCluster into an empty table (an agent start, the first
+// cluster joining): every entry is a new object, added in the order given,
+// so Changes returns them in that order (a sorted set stays sorted for the
+// backends). The cluster's own index is built on another goroutine, which
+// the next call that needs it waits for.
+func (d *Desired) fillLocked(cluster string, podCIDRs []netip.Prefix, entries []Entry) {
+	c := &desiredCluster{podCIDRs: slices.Clone(podCIDRs)}
+	own := slices.Clone(entries)
+	c.indexing.Go(func() { c.entries = indexEntries(own) })
+	d.clusters[cluster] = c
+	d.objects = growMap(d.objects, len(entries))
+	d.byRev = slices.Grow(d.byRev, len(entries))
+	now := time.Now()
+	rev := d.revision
+	for _, e := range entries {
+		d.addObjectLocked(e.Prefix, e, now)
+	}
+	if len(d.objects) != len(entries) {
+		// A prefix given twice: its last entry wins, as in the general
+		// case. Start again from the index, once per object.
+		clear(d.objects)
+		clear(d.byRev)
+		d.byRev, d.revision = d.byRev[:0], rev
+		for p, e := range c.index() {
+			d.addObjectLocked(p, *e, now)
+		}
+	}
+	d.bumpLocked(true)
+}
+
 // Upsert adds or replaces one entry of e.Cluster.
 func (d *Desired) Upsert(e Entry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := d.clusters[e.Cluster]
 	if c == nil {
-		c = &desiredCluster{entries: make(map[netip.Prefix]Entry)}
+		c = &desiredCluster{entries: make(map[netip.Prefix]*Entry)}
 		d.clusters[e.Cluster] = c
 	}
-	if old, ok := c.entries[e.Prefix]; ok && old == e {
+	if old, ok := c.index()[e.Prefix]; ok && *old == e {
 		return
 	}
-	c.entries[e.Prefix] = e
+	c.entries[e.Prefix] = &e
 	if d.resolveLocked(e.Prefix, time.Now()) {
 		d.bumpLocked(true)
 	}
@@ -161,7 +221,7 @@ func (d *Desired) Delete(cluster string, p netip.Prefix) {
 	if c == nil {
 		return
 	}
-	if _, ok := c.entries[p]; !ok {
+	if _, ok := c.index()[p]; !ok {
 		return
 	}
 	delete(c.entries, p)
@@ -181,7 +241,7 @@ func (d *Desired) RemoveCluster(cluster string) {
 	delete(d.clusters, cluster)
 	now := time.Now()
 	moved := false
-	for p := range old.entries {
+	for p := range old.index() {
 		moved = d.resolveLocked(p, now) || moved
 	}
 	d.bumpLocked(moved && len(old.podCIDRs) == 0)
@@ -211,8 +271,8 @@ func (d *Desired) resolveLocked(p netip.Prefix, now time.Time) bool {
 		found bool
 	)
 	for name, c := range d.clusters {
-		if e, ok := c.entries[p]; ok && (!found || name < owner) {
-			best, owner, found = e, name, true
+		if e, ok := c.index()[p]; ok && (!found || name < owner) {
+			best, owner, found = *e, name, true
 		}
 	}
 	return d.setObjectLocked(p, best, found, now)
@@ -369,11 +429,51 @@ type Changes struct {
 func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if rev > d.revision || rev < d.forgotten {
+	i, ok := d.changedFromLocked(rev)
+	if !ok {
 		return Changes{}, false
 	}
-	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
 	c.Objects = make([]Object, 0, len(d.byRev)-i)
+	c.Oldest = d.eachChangedLocked(i, func(o *Object) { c.Objects = append(c.Objects, *o) })
+	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
+	return c, true
+}
+
+// changedEntries is Changes for the reconciler: the entries of the moved
+// objects, live ones and tombstones apart, each in revision order, without
+// a copy of the objects (c.Objects is nil).
+func (d *Desired) changedEntries(rev uint64) (live, gone []Entry, c Changes, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i, ok := d.changedFromLocked(rev)
+	if !ok {
+		return nil, nil, Changes{}, false
+	}
+	live = make([]Entry, 0, len(d.byRev)-i)
+	c.Oldest = d.eachChangedLocked(i, func(o *Object) {
+		if o.Deleted {
+			gone = append(gone, o.Entry)
+		} else {
+			live = append(live, o.Entry)
+		}
+	})
+	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
+	return live, gone, c, true
+}
+
+// changedFromLocked returns the first revision slot after rev; ok is false
+// when tombstones after rev were already forgotten.
+func (d *Desired) changedFromLocked(rev uint64) (int, bool) {
+	if rev > d.revision || rev < d.forgotten {
+		return 0, false
+	}
+	return sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev }), true
+}
+
+// eachChangedLocked calls fn with every object whose current revision has
+// a slot from i on, in revision order, and returns when the oldest of them
+// changed.
+func (d *Desired) eachChangedLocked(i int, fn func(*Object)) (oldest time.Time) {
 	for _, s := range d.byRev[i:] {
 		// A slot is stale once its object moved on to a later revision.
 		// A tombstone compactLocked dropped keeps its revision, but lies
@@ -382,13 +482,12 @@ func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 		if o.Revision != s.rev {
 			continue
 		}
-		if c.Oldest.IsZero() || o.changed.Before(c.Oldest) {
-			c.Oldest = o.changed
+		if oldest.IsZero() || o.changed.Before(oldest) {
+			oldest = o.changed
 		}
-		c.Objects = append(c.Objects, *o)
+		fn(o)
 	}
-	c.PodCIDRs, c.Revision, c.PruneAllowed = d.podCIDRsLocked(), d.revision, d.pruneAllowed
-	return c, true
+	return oldest
 }
 
 // oldestSince returns when the oldest object changed after rev changed
@@ -396,14 +495,8 @@ func (d *Desired) Changes(rev uint64) (c Changes, ok bool) {
 func (d *Desired) oldestSince(rev uint64) time.Time {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var oldest time.Time
 	i := sort.Search(len(d.byRev), func(i int) bool { return d.byRev[i].rev > rev })
-	for _, s := range d.byRev[i:] {
-		if o := s.obj; o.Revision == s.rev && (oldest.IsZero() || o.changed.Before(oldest)) {
-			oldest = o.changed
-		}
-	}
-	return oldest
+	return d.eachChangedLocked(i, func(*Object) {})
 }
 
 // Version is the table's revision; it increases on every change.

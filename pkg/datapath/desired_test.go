@@ -99,3 +99,41 @@ func TestDesiredChangesFallsBackWhenTombstonesWereForgotten(t *testing.T) {
 	assert.Len(t, ch.Objects, 1)
 	assert.Len(t, d.Snapshot().Entries, 2)
 }
+
+// A large first set fills the empty table in the order given; a prefix
+// given twice is one object with its last entry, as in the general case.
+func TestDesiredFirstLargeSetKeepsItsOrderAndItsLastDuplicate(t *testing.T) {
+	for _, dup := range []bool{false, true} {
+		d := NewDesired()
+		es := benchSlice(3 * fillMin)
+		if dup {
+			again := es[5]
+			again.TunnelEndpoint = mustAddr("192.168.9.9")
+			es = append(es, again)
+		}
+		cidrs := []netip.Prefix{mustPrefix("100.64.0.0/10")}
+		d.SetCluster("b", cidrs, es)
+		ch, ok := d.Changes(0)
+		require.True(t, ok)
+		require.Len(t, ch.Objects, 3*fillMin)
+		if !dup {
+			for i, o := range ch.Objects {
+				require.Equal(t, es[i], o.Entry, "object %d in the order given", i)
+			}
+		}
+		snap := d.Snapshot()
+		require.Len(t, snap.Entries, 3*fillMin)
+		want := map[netip.Prefix]Entry{}
+		for _, e := range es {
+			want[e.Prefix] = e
+		}
+		assert.Equal(t, want, snap.Entries)
+		for _, o := range ch.Objects {
+			assert.Equal(t, want[o.Entry.Prefix], o.Entry)
+		}
+		assert.Equal(t, map[string][]netip.Prefix{"b": cidrs}, ch.PodCIDRs)
+		v := d.Version()
+		d.SetCluster("b", cidrs, es)
+		assert.Equal(t, v, d.Version(), "the same set again changes nothing")
+	}
+}

@@ -33,17 +33,21 @@
 // pass had to write or remove is the drift it found: it is counted
 // (Status.LastOutOfSync, OutOfSyncTotal, podmesh_datapath_out_of_sync_total)
 // and a pass over a converged kernel writes nothing. A full pass compares
-// digests first (the ipcache dump's bpf.Digest, a routeDigest of podmesh's
-// routes, each against the desired set's) and decodes and indexes the read
-// only when they differ; when the desired revision has not moved since the
-// last pass it also reuses that pass's valid set and leaves the per-object
-// status alone, so a no-op re-check costs the kernel's dump and one hash
-// per object. Each object keeps its
+// summaries first (in ebpf mode the ipcache dump byte for byte with the
+// bpf.Image of the valid desired set, which the backend keeps while the
+// set's generation stays and otherwise builds while the kernel is read; in
+// the other modes a routeDigest of podmesh's routes against the desired
+// set's) and decodes and indexes the read only when they differ; when the
+// desired revision has not moved since the last pass it also reuses that
+// pass's valid set and leaves the per-object status alone, so a no-op
+// re-check costs the kernel's dump and one comparison (ebpf) or one hash
+// (routes) per object. Each object keeps its
 // own status (nil or the error that kept it from the kernel): a failing
 // object does not stop the others, and the statuses sum up to the per
 // cluster Programmed and Failed counts and the per-prefix Errors of Status.
 // Nothing keeps a copy of kernel state between passes: a full pass's read
-// is used by that pass and dropped; the kernel is the only record.
+// is used by that pass and dropped; the kernel is the only record (the
+// ebpf image is derived from the desired set, never from a read).
 // Until Desired.AllowPrune, prune removes nothing, and only what the desired
 // set withdrew while this process ran is deleted; so an agent restart, whose
 // desired set fills up over seconds, withdraws nothing that still exists.

@@ -3,8 +3,10 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -34,6 +36,47 @@ type ebpfBackend struct {
 	// routed are the cluster CIDRs this process routed, so that one the
 	// desired set withdraws loses its route even before prune is allowed.
 	routed []netip.Prefix
+	// image is what the ipcache holds when it holds exactly the valid
+	// desired set of generation image.gen: derived from the desired set
+	// only, never from the kernel, and kept while the set stays.
+	image wantImage
+}
+
+// wantImage is the ipcache image of one valid desired set: its entries in
+// the map's encoding and order (nil when they cannot form one, e.g. two
+// forms of one prefix), and the objects of the set the ipcache cannot hold.
+type wantImage struct {
+	gen    uint64
+	im     *bpf.Image
+	failed map[netip.Prefix]error
+}
+
+// imageOf derives the image of want.
+func imageOf(want map[netip.Prefix]Entry, gen uint64) wantImage {
+	wi := wantImage{gen: gen, failed: make(map[netip.Prefix]error)}
+	ib := bpf.NewImageBuilder(len(want))
+	for p, e := range want {
+		if err := checkClusterID(e); err != nil {
+			wi.failed[p] = err
+		} else if ib.Add(ipcacheEntry(e)) != nil {
+			return wi // no image: the entry-by-entry comparison reports what is wrong
+		}
+	}
+	wi.im, _ = ib.Image()
+	return wi
+}
+
+// imageFor returns the image of want, derived again only when gen moved (0:
+// a set without a name, derived every time).
+func (b *ebpfBackend) imageFor(want map[netip.Prefix]Entry, gen uint64) wantImage {
+	if gen == 0 || b.image.gen != gen {
+		wi := imageOf(want, gen)
+		if gen == 0 {
+			return wi
+		}
+		b.image = wi
+	}
+	return b.image
 }
 
 func newEBPFBackend(bs base, cfg Config) (backend, error) {
@@ -99,11 +142,13 @@ func ipcacheEntry(e Entry) bpf.Entry {
 }
 
 // ipcacheView is a full pass's read of the ipcache. It starts as the raw
-// dump; update compares its digest with the desired entries' and decodes it
-// (into have, with the count of entries that did not decode) only when they
-// differ, so a pass over a converged ipcache decodes and indexes nothing.
+// dump and the image of the desired set; update compares the two byte
+// images and decodes the dump (into have, with the count of entries that
+// did not decode) only when they differ, so a pass over a converged ipcache
+// decodes and indexes nothing.
 type ipcacheView struct {
 	dump        *bpf.Dump
+	want        wantImage
 	inSync      bool // the dump holds exactly the valid desired entries
 	have        map[netip.Prefix]bpf.Entry
 	undecodable int
@@ -165,7 +210,7 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 	}
 	rp := routeParams{mode: ModeEBPF, linkIndex: b.attached, mtu: b.deviceMTU()}
 	spec := func(e Entry) routeSpec { return specFor(e, rp) }
-	written, failed := updateRoutes(b.rb, rv, want, spec, nil)
+	written, failed := updateRoutes(b.rb, rv, want, spec)
 	var errs []error
 	for _, p := range sortedPrefixes(failed) {
 		errs = append(errs, fmt.Errorf("cluster route %s: %w", p, failed[p]))
@@ -202,38 +247,35 @@ func (b *ebpfBackend) clusterRoutes(cidrs []netip.Prefix, prune bool) (int, erro
 	return written, errors.Join(errs...)
 }
 
-func (b *ebpfBackend) read() (kernelView, error) {
+// read dumps the ipcache. The image of want to compare it with is derived
+// (when gen moved) on another goroutine while the kernel walks its trie.
+func (b *ebpfBackend) read(want map[netip.Prefix]Entry, gen uint64) (kernelView, error) {
+	v := &ipcacheView{}
+	var wg sync.WaitGroup
+	wg.Go(func() { v.want = b.imageFor(want, gen) })
 	dump, err := b.dp.Dump()
+	wg.Wait()
 	if err != nil {
 		return nil, fmt.Errorf("list ipcache: %w", err)
 	}
-	return &ipcacheView{dump: dump}, nil
+	v.dump = dump
+	return v, nil
 }
 
 // update writes the ipcache entries of want in one batched call: with a
 // view only those missing or different, without one all of them. With a
-// view whose digest equals want's it writes nothing and decodes nothing.
-func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	failed := make(map[netip.Prefix]error)
+// view whose dump matches want's image it writes nothing and decodes
+// nothing.
+func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, gen uint64) (int, map[netip.Prefix]error) {
 	var have map[netip.Prefix]bpf.Entry
 	if v, ok := kv.(*ipcacheView); ok {
-		var digest bpf.Digest
-		for p, e := range want {
-			err := checkClusterID(e)
-			if err == nil {
-				err = digest.Add(ipcacheEntry(e))
-			}
-			if err != nil {
-				failed[p] = err
-			}
+		if v.inSync = v.dump.Matches(v.want.im); v.inSync {
+			return 0, maps.Clone(v.want.failed)
 		}
-		if v.inSync = digest == v.dump.Digest(); v.inSync {
-			return 0, failed
-		}
-		clear(failed)
 		v.decode()
 		have = v.have
 	}
+	failed := make(map[netip.Prefix]error)
 	up := make([]bpf.Entry, 0, len(want))
 	for p, e := range want {
 		if err := checkClusterID(e); err != nil {
@@ -246,16 +288,69 @@ func (b *ebpfBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ func(
 		}
 		up = append(up, ie)
 	}
+	return b.apply(up, failed)
+}
+
+// write writes the ipcache entries of objs in one batched call. When objs
+// is the whole valid set (gen: an agent start), it writes that set's image
+// and keeps it for the next full pass to compare the kernel with; given in
+// the trie's order, as a sorted desired set is, the image needs no sort.
+func (b *ebpfBackend) write(objs []Entry, gen uint64, _ func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	failed := make(map[netip.Prefix]error)
+	if gen != 0 {
+		ib := bpf.NewImageBuilder(len(objs))
+		var err error
+		for _, e := range objs {
+			if cerr := checkClusterID(e); cerr != nil {
+				failed[e.Prefix] = cerr
+			} else if err = ib.Add(ipcacheEntry(e)); err != nil {
+				break
+			}
+		}
+		var im *bpf.Image
+		if err == nil {
+			im, err = ib.Image()
+		}
+		if err == nil {
+			b.image = wantImage{gen: gen, im: im, failed: maps.Clone(failed)}
+			if _, err := b.dp.Write(im); err != nil {
+				err = fmt.Errorf("update ipcache: %w", err)
+				for _, e := range objs {
+					if failed[e.Prefix] == nil {
+						failed[e.Prefix] = err
+					}
+				}
+			}
+			return im.Len(), failed
+		}
+		clear(failed) // the entry-by-entry path below reports it
+	}
+	up := make([]bpf.Entry, 0, len(objs))
+	for _, e := range objs {
+		if err := checkClusterID(e); err != nil {
+			failed[e.Prefix] = err
+			continue
+		}
+		up = append(up, ipcacheEntry(e))
+	}
+	return b.apply(up, failed)
+}
+
+// apply upserts up in one batched call; a failure fails every entry of up.
+func (b *ebpfBackend) apply(up []bpf.Entry, failed map[netip.Prefix]error) (int, map[netip.Prefix]error) {
 	if len(up) == 0 {
 		return 0, failed
 	}
 	if _, err := b.dp.Apply(up, nil); err != nil {
-		err = fmt.Errorf("update ipcache: %w", err)
-		for _, e := range up {
-			failed[e.Prefix] = err
-		}
+		failAll(failed, up, fmt.Errorf("update ipcache: %w", err))
 	}
 	return len(up), failed
+}
+
+func failAll(failed map[netip.Prefix]error, es []bpf.Entry, err error) {
+	for _, e := range es {
+		failed[e.Prefix] = err
+	}
 }
 
 func (b *ebpfBackend) delete(es []Entry) map[netip.Prefix]error {

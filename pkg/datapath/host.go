@@ -3,6 +3,8 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net/netip"
 	"os"
 
@@ -125,8 +127,23 @@ const (
 
 // prefixFamilies returns the families of the prefixes of m.
 func prefixFamilies(m map[netip.Prefix]Entry) families {
+	return familiesOf(maps.Keys(m))
+}
+
+// entryFamilies are the address families of es's prefixes.
+func entryFamilies(es []Entry) families {
+	return familiesOf(func(yield func(netip.Prefix) bool) {
+		for _, e := range es {
+			if !yield(e.Prefix) {
+				return
+			}
+		}
+	})
+}
+
+func familiesOf(ps iter.Seq[netip.Prefix]) families {
 	var f families
-	for p := range m {
+	for p := range ps {
 		if p.Addr().Is4() {
 			f |= hasIPv4
 		} else {

@@ -138,11 +138,4 @@ func sysctlPath(name string) string {
 	return filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/"))
 }
 
-func sortPrefixes(ps []netip.Prefix) { slices.SortFunc(ps, comparePrefix) }
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
+func sortPrefixes(ps []netip.Prefix) { slices.SortFunc(ps, netip.Prefix.Compare) }

@@ -17,11 +17,16 @@ func (b *nativeBackend) spec(e Entry) routeSpec {
 
 func (b *nativeBackend) setup() error { return nil }
 
-func (b *nativeBackend) read() (kernelView, error) { return readRoutes(b.rb) }
+func (b *nativeBackend) read(map[netip.Prefix]Entry, uint64) (kernelView, error) {
+	return readRoutes(b.rb)
+}
 
-func (b *nativeBackend) update(v kernelView, want map[netip.Prefix]Entry, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	rv, _ := v.(*routeView)
-	return updateRoutes(b.rb, rv, want, b.spec, ours)
+func (b *nativeBackend) update(v kernelView, want map[netip.Prefix]Entry, _ uint64) (int, map[netip.Prefix]error) {
+	return updateRoutes(b.rb, v.(*routeView), want, b.spec)
+}
+
+func (b *nativeBackend) write(objs []Entry, _ uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	return writeRoutes(b.rb, objs, b.spec, ours)
 }
 
 func (b *nativeBackend) delete(es []Entry) map[netip.Prefix]error {

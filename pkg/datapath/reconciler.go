@@ -83,6 +83,7 @@ type Reconciler struct {
 	// failed holds it; failed also holds the live objects validate
 	// rejected (never in want).
 	want           map[netip.Prefix]Entry     // the valid live desired objects as of rev
+	wantGen        uint64                     // moves on every change of want; names its content for the backend
 	wantCount      map[string]int             // want's objects per cluster
 	wantFamilies   families                   // the address families of want's prefixes (a superset)
 	wantOK         bool                       // the last pass left every object of want programmed
@@ -93,6 +94,11 @@ type Reconciler struct {
 	lastOK         bool                       // the last pass left nothing failed; else the next one is full
 	rpFilterLogged bool
 	autoMTU        bool // Config.MTU was 0: follow the MTU of the link holding LocalIP
+	// wantIndexing is busy while another goroutine indexes the first
+	// objects into wantIndexed: the pass that fills an empty table does
+	// not wait for it; the next pass does (settleWant).
+	wantIndexing sync.WaitGroup
+	wantIndexed  map[netip.Prefix]Entry
 	// sysctl is nsSysctl; unit tests replace it.
 	sysctl        func(name, set string) (was string, err error)
 	leftoversDone bool
@@ -259,10 +265,11 @@ func (r *Reconciler) retryBackoff() *wait.Backoff {
 // (they decide what may be deleted and what is valid), or when asked.
 func (r *Reconciler) reconcile(full bool) bool {
 	start := time.Now()
+	r.settleWant()
 	if !full && r.lastOK {
-		ch, ok := r.desired.Changes(r.rev)
+		live, gone, ch, ok := r.desired.changedEntries(r.rev)
 		if ok && ch.PruneAllowed == r.pruneAllowed && r.incrementalCIDRs(ch.PodCIDRs) {
-			return r.incremental(start, ch)
+			return r.incremental(start, ch, live, gone)
 		}
 	}
 	return r.full(start)
@@ -283,49 +290,57 @@ func (r *Reconciler) incrementalCIDRs(now map[string][]netip.Prefix) bool {
 
 // incremental updates the changed objects and deletes the withdrawn ones,
 // without reading the kernel: its cost follows the changes, not the table.
-func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
+func (r *Reconciler) incremental(start time.Time, ch Changes, live, gone []Entry) bool {
 	cidrsMoved := !podCIDRsEqual(ch.PodCIDRs, r.podCIDRs)
 	r.podCIDRs = ch.PodCIDRs
-	if len(r.want) > 0 && len(ch.Objects) > 2*len(r.want) {
+	if len(r.want) > 0 && len(live) > 2*len(r.want) {
 		// Many new objects (a cluster joining): grow the table once
 		// rather than step by step.
-		r.want = growMap(r.want, len(ch.Objects))
+		r.want = growMap(r.want, len(live))
 	}
-	upd := make(map[netip.Prefix]Entry, len(ch.Objects))
-	var del []Entry
+	upd := live[:0] // the valid changed objects, in revision order, filtered in place
+	del := gone
 	bad := make(map[netip.Prefix]Entry)
-	for _, o := range ch.Objects {
-		p := o.Entry.Prefix
-		if o.Deleted {
-			del = append(del, o.Entry)
-			continue
-		}
-		if err := r.validate(o.Entry); err != nil {
-			bad[p] = o.Entry
+	for _, e := range live {
+		p := e.Prefix
+		if err := r.validate(e); err != nil {
+			bad[p] = e
 			r.dropWant(p)
-			r.failed[p] = objStatus{entry: o.Entry, err: err, invalid: true}
+			r.failed[p] = objStatus{entry: e, err: err, invalid: true}
 			continue
 		}
-		upd[p] = o.Entry
+		upd = append(upd, e)
 	}
 	// An object that turned invalid loses what an earlier pass programmed.
 	for p, e := range bad {
 		del = append(del, Entry{Prefix: p.Masked(), Cluster: e.Cluster})
 	}
-	fam := prefixFamilies(upd)
+	fam := entryFamilies(upd)
 	r.wantFamilies |= fam
 	sysErr := r.checkSysctls(fam)
-	// r.programmed answers from the status before this pass.
-	written, failed := r.b.update(nil, upd, r.programmed)
-	if len(r.want) == 0 {
+	var gen uint64
+	first := len(r.want) == 0
+	if first {
 		// The first objects (an agent start, the first cluster joining):
-		// the update set is the valid set.
-		r.want, r.wantCount = upd, countByCluster(upd)
-		for p, err := range failed {
-			r.failed[p] = objStatus{entry: upd[p], err: err}
+		// the changed objects are the valid set.
+		r.wantGen++
+		gen = r.wantGen
+	}
+	// r.programmed answers from the status before this pass.
+	written, failed := r.b.write(upd, gen, r.programmed)
+	if first {
+		r.wantCount = countByCluster(slices.Values(upd))
+		for _, e := range upd {
+			if len(failed) == 0 {
+				break
+			}
+			if err := failed[e.Prefix]; err != nil {
+				r.failed[e.Prefix] = objStatus{entry: e, err: err}
+			}
 		}
 	} else {
-		for p, e := range upd {
+		for _, e := range upd {
+			p := e.Prefix
 			r.putWant(p, e)
 			if err := failed[p]; err != nil {
 				r.failed[p] = objStatus{entry: e, err: err}
@@ -354,7 +369,13 @@ func (r *Reconciler) incremental(start time.Time, ch Changes) bool {
 		}
 	}
 	r.rev = ch.Revision
-	return r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr, routeErr))
+	ok := r.finish(start, passIncremental, written+len(del), 0, ch.Oldest, errors.Join(sysErr, routeErr))
+	if first {
+		// Only the next pass needs the valid set's index: it is built on
+		// another goroutine once this pass has published what it realised.
+		r.wantIndexing.Go(func() { r.wantIndexed = byPrefix(upd) })
+	}
+	return ok
 }
 
 // full converges the whole desired table against a fresh read of the
@@ -403,7 +424,8 @@ func (r *Reconciler) full(start time.Time) bool {
 			}
 		}
 		r.want, r.failed = snap.Entries, invalid
-		r.wantCount = countByCluster(r.want)
+		r.wantGen++
+		r.wantCount = countByCluster(maps.Values(r.want))
 		r.wantFamilies = prefixFamilies(r.want)
 	} else {
 		snap = Snapshot{PodCIDRs: r.podCIDRs, Revision: r.rev, PruneAllowed: r.pruneAllowed}
@@ -423,7 +445,7 @@ func (r *Reconciler) full(start time.Time) bool {
 	if err != nil {
 		passErr = err
 	} else {
-		written, failed = r.b.update(v, want, r.programmed)
+		written, failed = r.b.update(v, want, r.wantGen)
 		// Withdrawn objects go even before prune is allowed.
 		for p := range r.undeleted {
 			if _, ok := want[p]; !ok {
@@ -471,12 +493,20 @@ func (r *Reconciler) full(start time.Time) bool {
 	return r.finish(start, passFull, written+removed, written+removed, oldest, errors.Join(passErr, sysErr))
 }
 
+// settleWant installs the index of the first objects once it is built.
+func (r *Reconciler) settleWant() {
+	r.wantIndexing.Wait()
+	if r.wantIndexed != nil {
+		r.want, r.wantIndexed = r.wantIndexed, nil
+	}
+}
+
 // setupAndRead makes the shared objects match and reads the kernel.
 func (r *Reconciler) setupAndRead() (kernelView, error) {
 	if err := r.b.setup(); err != nil {
 		return nil, err
 	}
-	return r.b.read()
+	return r.b.read(r.want, r.wantGen)
 }
 
 // programmed reports whether the last pass that handled prefix p put it in

@@ -85,35 +85,43 @@ func (v *routeView) inSync(want map[netip.Prefix]Entry, spec func(Entry) routeSp
 // create holds; podmesh leaves such a route alone.
 var errForeignRoute = errors.New("a route podmesh did not create holds this prefix")
 
-// updateRoutes installs the routes of want (spec per entry), in batches.
-// With a view it writes only the routes that are missing or different
-// (NLM_F_REPLACE, no read before) and reports a prefix a foreign route holds
-// as failed. Without one it writes every route: a prefix ours says podmesh
-// already routes is replaced in place; any other is added exclusively, so a
-// route someone else holds is never overwritten (the add fails with EEXIST,
-// and the full pass that follows the failure reads the kernel and decides).
-func updateRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry, spec func(Entry) routeSpec, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error) {
-	failed = make(map[netip.Prefix]error)
-	var ops []routeOp
-	if v != nil {
-		if v.synced = v.inSync(want, spec, linkOf(want, spec)); v.synced {
-			return 0, failed
-		}
-		v.index()
-		plan := planRoutes(want, spec, v.ours, v.foreign, func(netip.Prefix) bool { return false })
-		for p := range plan.conflicts {
-			failed[p] = errForeignRoute
-		}
-		ops = make([]routeOp, len(plan.upsert))
-		for i, r := range plan.upsert {
-			ops[i] = routeOp{replace: true, route: r}
-		}
-	} else {
-		ops = make([]routeOp, 0, len(want))
-		for p, e := range want {
-			ops = append(ops, routeOp{replace: ours(p), route: spec(e).route()})
-		}
+// updateRoutes installs the routes of want (spec per entry) that the view
+// shows missing or different, in batches (NLM_F_REPLACE, no read before),
+// and reports a prefix a foreign route holds as failed.
+func updateRoutes(rb *routeBatcher, v *routeView, want map[netip.Prefix]Entry, spec func(Entry) routeSpec) (written int, failed map[netip.Prefix]error) {
+	if v.synced = v.inSync(want, spec, linkOf(want, spec)); v.synced {
+		return 0, make(map[netip.Prefix]error)
 	}
+	v.index()
+	plan := planRoutes(want, spec, v.ours, v.foreign, func(netip.Prefix) bool { return false })
+	ops := make([]routeOp, len(plan.upsert))
+	for i, r := range plan.upsert {
+		ops[i] = routeOp{replace: true, route: r}
+	}
+	written, failed = runRoutes(rb, ops)
+	for p := range plan.conflicts {
+		failed[p] = errForeignRoute
+	}
+	return written, failed
+}
+
+// writeRoutes installs the routes of objs without a read, in batches: a
+// prefix ours says podmesh already routes is replaced in place; any other
+// is added exclusively, so a route someone else holds is never overwritten
+// (the add fails with EEXIST, and the full pass that follows the failure
+// reads the kernel and decides).
+func writeRoutes(rb *routeBatcher, objs []Entry, spec func(Entry) routeSpec, ours func(netip.Prefix) bool) (written int, failed map[netip.Prefix]error) {
+	ops := make([]routeOp, len(objs))
+	for i, e := range objs {
+		ops[i] = routeOp{replace: ours(e.Prefix), route: spec(e).route()}
+	}
+	return runRoutes(rb, ops)
+}
+
+// runRoutes sends ops and returns how many it sent and the failures by
+// prefix.
+func runRoutes(rb *routeBatcher, ops []routeOp) (written int, failed map[netip.Prefix]error) {
+	failed = make(map[netip.Prefix]error)
 	for i, err := range rb.run(ops) {
 		if err == nil {
 			continue

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"time"
@@ -70,6 +71,7 @@ const errorsKept = 64
 func (r *Reconciler) putWant(p netip.Prefix, e Entry) {
 	old, ok := r.want[p]
 	r.want[p] = e
+	r.wantGen++
 	if ok && old.Cluster == e.Cluster {
 		return
 	}
@@ -83,6 +85,7 @@ func (r *Reconciler) putWant(p netip.Prefix, e Entry) {
 func (r *Reconciler) dropWant(p netip.Prefix) {
 	if old, ok := r.want[p]; ok {
 		delete(r.want, p)
+		r.wantGen++
 		r.uncount(old.Cluster)
 	}
 }
@@ -112,9 +115,9 @@ func (r *Reconciler) hasObjects(cluster string) bool {
 	return false
 }
 
-func countByCluster(m map[netip.Prefix]Entry) map[string]int {
+func countByCluster(es iter.Seq[Entry]) map[string]int {
 	out := make(map[string]int)
-	for _, e := range m {
+	for e := range es {
 		out[e.Cluster]++
 	}
 	return out
@@ -188,7 +191,11 @@ func (r *Reconciler) finish(start time.Time, kind string, writes, outOfSync int,
 	}
 	r.mu.Unlock()
 
-	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": len(r.want), "writes": writes, "duration": now.Sub(start)}
+	objects := 0
+	for _, n := range r.wantCount {
+		objects += n
+	}
+	fields := logrus.Fields{"pass": kind, "revision": r.rev, "objects": objects, "writes": writes, "duration": now.Sub(start)}
 	if kind == passFull {
 		fields["out_of_sync"] = outOfSync
 	}

@@ -3,7 +3,10 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -77,7 +80,7 @@ type vxlanView struct {
 	fdb   map[string]netlink.Neigh     // permanent entries, by MAC
 }
 
-func (b *vxlanBackend) read() (kernelView, error) {
+func (b *vxlanBackend) read(map[netip.Prefix]Entry, uint64) (kernelView, error) {
 	rv, err := readRoutes(b.rb)
 	if err != nil {
 		return nil, err
@@ -104,8 +107,29 @@ func (b *vxlanBackend) read() (kernelView, error) {
 	return v, nil
 }
 
-func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
-	v, _ := kv.(*vxlanView)
+func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, _ uint64) (int, map[netip.Prefix]error) {
+	v := kv.(*vxlanView)
+	written, pending := b.setPeers(v, maps.Values(want))
+	rw, failed := updateRoutes(b.rb, v.routeView, want, b.spec)
+	for p, err := range pending {
+		failed[p] = errors.Join(err, failed[p])
+	}
+	return written + rw, failed
+}
+
+func (b *vxlanBackend) write(objs []Entry, _ uint64, ours func(netip.Prefix) bool) (int, map[netip.Prefix]error) {
+	written, pending := b.setPeers(nil, slices.Values(objs))
+	rw, failed := writeRoutes(b.rb, objs, b.spec, ours)
+	for p, err := range pending {
+		failed[p] = errors.Join(err, failed[p])
+	}
+	return written + rw, failed
+}
+
+// setPeers makes the FDB and neighbour entries of es match (v: a full
+// pass's read; nil: write them all) and returns how many it wrote and the
+// prefixes whose peer failed.
+func (b *vxlanBackend) setPeers(v *vxlanView, es iter.Seq[Entry]) (int, map[netip.Prefix]error) {
 	written := 0
 	// FDB and neighbour entries first (once per endpoint and gateway), so a
 	// route never leads to an unresolved gateway. Prefixes share a few
@@ -114,7 +138,7 @@ func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours f
 	neighErr := make(map[netip.Addr]error)
 	peerErr := make(map[peerKey]error)
 	pending := make(map[netip.Prefix]error)
-	for p, e := range want {
+	for e := range es {
 		k := peerKeyOf(e)
 		err, done := peerErr[k]
 		if !done {
@@ -124,18 +148,10 @@ func (b *vxlanBackend) update(kv kernelView, want map[netip.Prefix]Entry, ours f
 			peerErr[k] = err
 		}
 		if err != nil {
-			pending[p] = err
+			pending[e.Prefix] = err
 		}
 	}
-	var rv *routeView
-	if v != nil {
-		rv = v.routeView
-	}
-	rw, failed := updateRoutes(b.rb, rv, want, b.spec, ours)
-	for p, err := range pending {
-		failed[p] = errors.Join(err, failed[p])
-	}
-	return written + rw, failed
+	return written, pending
 }
 
 // peerKey names what a prefix's route needs on the device: the FDB entry of
