@@ -94,6 +94,37 @@ func FetchAgentStatus(ctx context.Context, netnsName, addr string) (*AgentStatus
 	return &st, nil
 }
 
+// netlinkIn opens a netlink handle bound to the named namespace.
+func netlinkIn(netnsName string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", netnsName, err)
+	}
+	return h, nil
+}
+
+// dumpRetry runs a netlink dump again, a few times, while the kernel
+// reports it interrupted by a concurrent change.
+func dumpRetry[T any](dump func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for range 5 {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return out, err
+}
+
+// PodReady reports whether pod p runs, is Ready and is not being deleted.
+func PodReady(p *corev1.Pod) bool { return podReady(p) }
+
 // Route is one podmesh route found in a node's namespace.
 type Route struct {
 	Prefix netip.Prefix
@@ -105,24 +136,15 @@ type Route struct {
 // PodmeshRoutes lists the routes podmesh-agent installed in the node's
 // namespace (protocol PodmeshRouteProtocol), by prefix.
 func PodmeshRoutes(netnsName string) (map[netip.Prefix]Route, error) {
-	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	h, err := netlinkIn(netnsName)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", netnsName, err)
+		return nil, err
 	}
 	defer h.Close()
-	var routes []netlink.Route
-	for range 5 {
-		routes, err = h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Protocol: PodmeshRouteProtocol, Table: unix.RT_TABLE_MAIN},
+	routes, err := dumpRetry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Protocol: PodmeshRouteProtocol, Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes in %s: %w", netnsName, err)
 	}
@@ -530,14 +552,9 @@ type TunnelPeers struct {
 // tunnel device in the named namespace (none when there is no device).
 func ReadTunnelPeers(netnsName string) (TunnelPeers, error) {
 	out := TunnelPeers{Neigh: map[netip.Addr]string{}, FDB: map[string]netip.Addr{}}
-	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	h, err := netlinkIn(netnsName)
 	if err != nil {
-		return out, fmt.Errorf("open netns %s: %w", netnsName, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return out, fmt.Errorf("netlink in %s: %w", netnsName, err)
+		return out, err
 	}
 	defer h.Close()
 	link, err := h.LinkByName(TunnelDevice)
@@ -549,13 +566,7 @@ func ReadTunnelPeers(netnsName string) (TunnelPeers, error) {
 	}
 	idx := link.Attrs().Index
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6, unix.AF_BRIDGE} {
-		var list []netlink.Neigh
-		for range 5 {
-			list, err = h.NeighList(idx, fam)
-			if !errors.Is(err, netlink.ErrDumpInterrupted) {
-				break
-			}
-		}
+		list, err := dumpRetry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, fam) })
 		if err != nil {
 			return out, fmt.Errorf("list %s entries of %s in %s: %w", familyName(fam), TunnelDevice, netnsName, err)
 		}
@@ -603,27 +614,28 @@ func checkTunnelPeers(netnsName string, want map[netip.Prefix]netip.Addr) (missi
 		neigh[vxlanGateway(p, ep)] = mac
 		fdb[mac] = ep
 	}
-	for gw, mac := range neigh {
-		if h, ok := have.Neigh[gw]; !ok || h != mac {
-			missing = append(missing, fmt.Sprintf("neigh %s lladdr %s (have %q)", gw, mac, h))
-		}
-	}
-	for gw, mac := range have.Neigh {
-		if _, ok := neigh[gw]; !ok {
-			extra = append(extra, fmt.Sprintf("neigh %s lladdr %s", gw, mac))
-		}
-	}
-	for mac, ep := range fdb {
-		if h, ok := have.FDB[mac]; !ok || h != ep {
-			missing = append(missing, fmt.Sprintf("fdb %s dst %s (have %v)", mac, ep, h))
-		}
-	}
-	for mac, ep := range have.FDB {
-		if _, ok := fdb[mac]; !ok {
-			extra = append(extra, fmt.Sprintf("fdb %s dst %s", mac, ep))
-		}
-	}
+	m, x := diffEntries("neigh %s lladdr %s", neigh, have.Neigh)
+	missing, extra = append(missing, m...), append(extra, x...)
+	m, x = diffEntries("fdb %s dst %s", fdb, have.FDB)
+	missing, extra = append(missing, m...), append(extra, x...)
 	return missing, extra, nil
+}
+
+// diffEntries describes (with format, taking key and value) the entries of
+// want that have lacks or holds with another value, and those have holds
+// beyond want.
+func diffEntries[K, V comparable](format string, want, have map[K]V) (missing, extra []string) {
+	for k, v := range want {
+		if h, ok := have[k]; !ok || h != v {
+			missing = append(missing, fmt.Sprintf(format+" (have %v)", k, v, h))
+		}
+	}
+	for k, v := range have {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, fmt.Sprintf(format, k, v))
+		}
+	}
+	return missing, extra
 }
 
 // ForeignRoutes lists every route of every table in the named namespace
@@ -631,23 +643,14 @@ func checkTunnelPeers(netnsName string, want map[netip.Prefix]netip.Addr) (missi
 // PodmeshRouteProtocol), one line each, sorted: what podmesh must never
 // touch.
 func ForeignRoutes(netnsName string) ([]string, error) {
-	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	h, err := netlinkIn(netnsName)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", netnsName, err)
+		return nil, err
 	}
 	defer h.Close()
-	var routes []netlink.Route
-	for range 5 {
-		routes, err = h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	routes, err := dumpRetry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes in %s: %w", netnsName, err)
 	}

@@ -98,7 +98,7 @@ func testRealPodOutsideNodeCIDR(t *testing.T, ctx context.Context, l *lab.Lab, m
 		if err != nil {
 			return err
 		}
-		if !podIsReady(p) {
+		if !lab.PodReady(p) {
 			return fmt.Errorf("not Ready: %s", p.Status.Phase)
 		}
 		return nil

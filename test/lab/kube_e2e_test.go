@@ -181,6 +181,13 @@ func testRealMatrix(t *testing.T, ctx context.Context, l *lab.Lab, mode string) 
 		if err := l.CheckNode(ctx, n, l.Remotes(n)); err != nil {
 			t.Error(err)
 		}
+		if mode == lab.ModeNative {
+			// Not an error: native mode does not use the tunnel device, and
+			// nothing routes to what an earlier mode left on it.
+			if peers, err := lab.ReadTunnelPeers(n.NetNS); err == nil && len(peers.Neigh)+len(peers.FDB) > 0 {
+				t.Logf("node %s: %s left from an earlier mode holds %d neighbour and %d FDB entries", n.Name, lab.TunnelDevice, len(peers.Neigh), len(peers.FDB))
+			}
+		}
 	}
 }
 
@@ -225,7 +232,7 @@ func testRealPodRescheduled(t *testing.T, ctx context.Context, l *lab.Lab, mode 
 			if fresh == "" {
 				fresh, created = p.Name, time.Now()
 			}
-			if podIsReady(p) {
+			if lab.PodReady(p) {
 				ready = time.Now()
 			}
 		case <-timeout:
@@ -255,20 +262,6 @@ func testRealPodRescheduled(t *testing.T, ctx context.Context, l *lab.Lab, mode 
 	matrixOK(t, ctx, refs)
 	t.Logf("MEASURED %s: pod start to Ready (watch): %s deleted, replacement %s created %.2fs after the delete and Ready %.2fs after its creation (reachable from every cluster)",
 		mode, victim.Name, fresh, created.Sub(t0).Seconds(), ready.Sub(created).Seconds())
-}
-
-// podIsReady reports whether the pod's Ready condition is true and it is
-// not being deleted.
-func podIsReady(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil {
-		return false
-	}
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady {
-			return cond.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // The clustermesh-apiserver pod of c2 is deleted (kubectl delete pod) while
@@ -326,7 +319,7 @@ func testRealMeshPodDeleted(t *testing.T, ctx context.Context, l *lab.Lab, mode 
 		if len(pods.Items) != 1 || pods.Items[0].Name == victim {
 			return fmt.Errorf("%d pods, victim %s", len(pods.Items), victim)
 		}
-		if !podIsReady(&pods.Items[0]) {
+		if !lab.PodReady(&pods.Items[0]) {
 			return fmt.Errorf("%s not Ready", pods.Items[0].Name)
 		}
 		replacement = pods.Items[0].Name

@@ -158,14 +158,9 @@ func (w *RouteWatch) pollIPCache(n *Node) error {
 // or turned into a non-permanent one (the kernel marks an entry failed
 // before it deletes it), a withdrawal.
 func (w *RouteWatch) watchTunnelPeers(n *Node) error {
-	ns, err := netns.GetFromPath(NetNSPath(n.NetNS))
+	h, err := netlinkIn(n.NetNS)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", n.NetNS, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", n.NetNS, err)
+		return err
 	}
 	link, err := h.LinkByName(TunnelDevice)
 	h.Close()
@@ -188,6 +183,11 @@ func (w *RouteWatch) watchTunnelPeers(n *Node) error {
 	for _, ep := range have.FDB {
 		permanent[peer{EventFDB, ep}] = true
 	}
+	ns, err := netns.GetFromPath(NetNSPath(n.NetNS))
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", n.NetNS, err)
+	}
+	defer ns.Close()
 	ch := make(chan netlink.NeighUpdate, 4096)
 	if err := netlink.NeighSubscribeWithOptions(ch, w.done, netlink.NeighSubscribeOptions{
 		Namespace:     &ns,
