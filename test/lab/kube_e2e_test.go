@@ -214,8 +214,8 @@ func testRealPodRescheduled(t *testing.T, ctx context.Context, l *lab.Lab, mode 
 	if out, err := l.Kubectl(ctx, c, "delete", "pod", victim.Name, "--wait=false"); err != nil {
 		t.Fatalf("kubectl delete pod: %v: %s", err, out)
 	}
-	// The replacement: the first pod the watch shows that was not there
-	// before; created when first seen, Ready when first seen Ready.
+	// The replacement: the first live pod the watch shows that was not
+	// there before; created when first seen, Ready when first seen Ready.
 	var fresh string
 	var created, ready time.Time
 	timeout := time.After(2 * time.Minute)
@@ -226,7 +226,7 @@ func testRealPodRescheduled(t *testing.T, ctx context.Context, l *lab.Lab, mode 
 				t.Fatal("echo pod watch closed before the replacement was Ready")
 			}
 			p, ok := ev.Object.(*corev1.Pod)
-			if !ok || old[p.Name] || (fresh != "" && p.Name != fresh) {
+			if !ok || old[p.Name] || (fresh != "" && p.Name != fresh) || (fresh == "" && p.DeletionTimestamp != nil) {
 				continue
 			}
 			if fresh == "" {
