@@ -13,7 +13,8 @@ import (
 )
 
 // watchRoutes starts a watch of every node's podmesh routes (and, in ebpf
-// mode, its ipcache), closed when the test ends.
+// mode, its ipcache; in vxlan mode, its tunnel neighbour and FDB entries),
+// closed when the test ends.
 func watchRoutes(t *testing.T, nodes []*lab.Node) []*lab.RouteWatch {
 	t.Helper()
 	var watches []*lab.RouteWatch
@@ -83,8 +84,9 @@ func (s *udpStream) stopAndCheckNoneLost(t *testing.T) uint64 {
 	return sent
 }
 
-// checkNoRouteRemoved fails the test for every podmesh route the watches
-// saw removed (of those prefixes for which counts says true; all when nil).
+// checkNoRouteRemoved fails the test for every podmesh route (ipcache,
+// tunnel neighbour or FDB entry) the watches saw removed (of those prefixes
+// for which counts says true; all when nil).
 func checkNoRouteRemoved(t *testing.T, nodes []*lab.Node, watches []*lab.RouteWatch, counts func(netip.Prefix) bool, during string) {
 	t.Helper()
 	for k, w := range watches {
@@ -94,7 +96,7 @@ func checkNoRouteRemoved(t *testing.T, nodes []*lab.Node, watches []*lab.RouteWa
 		}
 		for _, ev := range evs {
 			if !ev.Added && (counts == nil || counts(ev.Prefix)) {
-				t.Errorf("node %s: podmesh route %s removed %s", nodes[k].Name, ev.Prefix, during)
+				t.Errorf("node %s: podmesh %s %s removed %s", nodes[k].Name, ev.Kind, ev.Prefix, during)
 			}
 		}
 	}
@@ -143,4 +145,36 @@ func (ls latencies) String() string {
 	s := slices.Clone(ls)
 	slices.Sort(s)
 	return fmt.Sprintf("min %s median %s max %s (n=%d)", s[0].Round(time.Millisecond), s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), len(s))
+}
+
+// checkNothingForwarded fails the test for whatever node n still programs
+// for remote pods in its mode: podmesh routes; in ebpf mode ipcache
+// entries; in vxlan mode the tunnel device's neighbour and FDB entries.
+func checkNothingForwarded(t *testing.T, n *lab.Node) {
+	t.Helper()
+	routes, err := lab.PodmeshRoutes(n.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(routes) != 0 {
+		t.Errorf("node %s keeps %d podmesh routes: %v", n.Name, len(routes), routes)
+	}
+	switch n.Mode {
+	case lab.ModeEBPF:
+		cache, err := lab.ReadIPCache(n.BPFRoot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cache) != 0 {
+			t.Errorf("node %s keeps %d ipcache entries: %v", n.Name, len(cache), cache)
+		}
+	case lab.ModeVXLAN:
+		peers, err := lab.ReadTunnelPeers(n.NetNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(peers.Neigh)+len(peers.FDB) != 0 {
+			t.Errorf("node %s keeps tunnel peers on %s: neighbours %v, fdb %v", n.Name, lab.TunnelDevice, peers.Neigh, peers.FDB)
+		}
+	}
 }

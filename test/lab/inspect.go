@@ -2,12 +2,14 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -92,6 +94,37 @@ func FetchAgentStatus(ctx context.Context, netnsName, addr string) (*AgentStatus
 	return &st, nil
 }
 
+// netlinkIn opens a netlink handle bound to the named namespace.
+func netlinkIn(netnsName string) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", netnsName, err)
+	}
+	return h, nil
+}
+
+// dumpRetry runs a netlink dump again, a few times, while the kernel
+// reports it interrupted by a concurrent change.
+func dumpRetry[T any](dump func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for range 5 {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return out, err
+}
+
+// PodReady reports whether pod p runs, is Ready and is not being deleted.
+func PodReady(p *corev1.Pod) bool { return podReady(p) }
+
 // Route is one podmesh route found in a node's namespace.
 type Route struct {
 	Prefix netip.Prefix
@@ -103,24 +136,15 @@ type Route struct {
 // PodmeshRoutes lists the routes podmesh-agent installed in the node's
 // namespace (protocol PodmeshRouteProtocol), by prefix.
 func PodmeshRoutes(netnsName string) (map[netip.Prefix]Route, error) {
-	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	h, err := netlinkIn(netnsName)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", netnsName, err)
+		return nil, err
 	}
 	defer h.Close()
-	var routes []netlink.Route
-	for range 5 {
-		routes, err = h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Protocol: PodmeshRouteProtocol, Table: unix.RT_TABLE_MAIN},
+	routes, err := dumpRetry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Protocol: PodmeshRouteProtocol, Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes in %s: %w", netnsName, err)
 	}
@@ -265,8 +289,19 @@ func checkNode(n *Node, remotes []*Cluster, want map[netip.Prefix]netip.Addr) er
 			missing = append(missing, p.String())
 			continue
 		}
-		if n.Mode == ModeNative && r.Via != via {
-			missing = append(missing, fmt.Sprintf("%s via %s (have via %s)", p, via, r.Via))
+		switch n.Mode {
+		case ModeNative:
+			if r.Via != via {
+				missing = append(missing, fmt.Sprintf("%s via %s (have via %s)", p, via, r.Via))
+			}
+		case ModeVXLAN:
+			if gw := vxlanGateway(p, via); r.Via != gw || r.Dev != TunnelDevice {
+				missing = append(missing, fmt.Sprintf("%s via %s dev %s (have via %s dev %s)", p, gw, TunnelDevice, r.Via, r.Dev))
+			}
+		case ModeEBPF:
+			if r.Dev != TunnelDevice {
+				missing = append(missing, fmt.Sprintf("%s dev %s (have dev %s)", p, TunnelDevice, r.Dev))
+			}
 		}
 	}
 	for p := range have {
@@ -295,6 +330,13 @@ func checkNode(n *Node, remotes []*Cluster, want map[netip.Prefix]netip.Addr) er
 				extra = append(extra, "ipcache "+p.String())
 			}
 		}
+	}
+	if n.Mode == ModeVXLAN {
+		m, x, err := checkTunnelPeers(n.NetNS, want)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		missing, extra = append(missing, m...), append(extra, x...)
 	}
 	if len(missing) == 0 && len(extra) == 0 {
 		return nil
@@ -466,4 +508,158 @@ func (l *Lab) AgentCounters(ctx context.Context, n *Node, metric string) (map[st
 		out[c[1]] += v
 	}
 	return out, sc.Err()
+}
+
+// TunnelDevice is the device podmesh-agent creates in the tunnel modes
+// (vxlan, ebpf); see pkg/datapath.
+const TunnelDevice = "podmesh_vxlan"
+
+// tunnelMAC is the MAC address of a node's vxlan-mode tunnel device as
+// pkg/datapath documents it: 0e:70 and the four bytes of the node's IPv4
+// underlay address (the lab's underlay is IPv4). Computed here, not taken
+// from the datapath package, so the lab checks the documented contract.
+func tunnelMAC(endpoint netip.Addr) net.HardwareAddr {
+	b := endpoint.Unmap().As4()
+	return net.HardwareAddr{0x0e, 0x70, b[0], b[1], b[2], b[3]}
+}
+
+// vxlanGateway is the on-link gateway of a vxlan-mode route to prefix p
+// through the node at endpoint: the endpoint itself for an IPv4 prefix
+// (over the IPv4 underlay), the EUI-64 link-local address of the
+// endpoint's tunnel MAC for an IPv6 prefix.
+func vxlanGateway(p netip.Prefix, endpoint netip.Addr) netip.Addr {
+	if p.Addr().Is4() {
+		return endpoint
+	}
+	mac := tunnelMAC(endpoint)
+	var b [16]byte
+	b[0], b[1] = 0xfe, 0x80
+	b[8], b[9], b[10] = mac[0]^0x02, mac[1], mac[2]
+	b[11], b[12] = 0xff, 0xfe
+	b[13], b[14], b[15] = mac[3], mac[4], mac[5]
+	return netip.AddrFrom16(b)
+}
+
+// TunnelPeers is what a vxlan-mode node holds on its tunnel device for its
+// peers: the permanent neighbour entries (gateway -> MAC) and the permanent
+// FDB entries (MAC -> underlay endpoint).
+type TunnelPeers struct {
+	Neigh map[netip.Addr]string
+	FDB   map[string]netip.Addr
+}
+
+// ReadTunnelPeers lists the permanent neighbour and FDB entries on the
+// tunnel device in the named namespace (none when there is no device).
+func ReadTunnelPeers(netnsName string) (TunnelPeers, error) {
+	out := TunnelPeers{Neigh: map[netip.Addr]string{}, FDB: map[string]netip.Addr{}}
+	h, err := netlinkIn(netnsName)
+	if err != nil {
+		return out, err
+	}
+	defer h.Close()
+	link, err := h.LinkByName(TunnelDevice)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return out, nil
+	}
+	if err != nil {
+		return out, fmt.Errorf("find %s in %s: %w", TunnelDevice, netnsName, err)
+	}
+	idx := link.Attrs().Index
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6, unix.AF_BRIDGE} {
+		list, err := dumpRetry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, fam) })
+		if err != nil {
+			return out, fmt.Errorf("list %s entries of %s in %s: %w", familyName(fam), TunnelDevice, netnsName, err)
+		}
+		for _, e := range list {
+			if e.LinkIndex != idx || e.State&netlink.NUD_PERMANENT == 0 || len(e.HardwareAddr) != 6 {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(e.IP)
+			if fam == unix.AF_BRIDGE {
+				// podmesh's MACs are unicast; the kernel's own entries
+				// (all-zero default, multicast) are not peers.
+				if e.HardwareAddr[0]&1 == 0 && !bytes.Equal(e.HardwareAddr, make(net.HardwareAddr, 6)) {
+					out.FDB[e.HardwareAddr.String()] = ip.Unmap()
+				}
+				continue
+			}
+			out.Neigh[ip.Unmap()] = e.HardwareAddr.String()
+		}
+	}
+	return out, nil
+}
+
+func familyName(fam int) string {
+	switch fam {
+	case unix.AF_INET:
+		return "IPv4 neighbour"
+	case unix.AF_INET6:
+		return "IPv6 neighbour"
+	}
+	return "FDB"
+}
+
+// checkTunnelPeers compares a vxlan-mode node's neighbour and FDB entries
+// with what its routes to the wanted prefixes (prefix -> endpoint) need:
+// per gateway a neighbour entry with the endpoint's tunnel MAC, per
+// endpoint an FDB entry sending that MAC to the endpoint, nothing else.
+func checkTunnelPeers(netnsName string, want map[netip.Prefix]netip.Addr) (missing, extra []string, err error) {
+	have, err := ReadTunnelPeers(netnsName)
+	if err != nil {
+		return nil, nil, err
+	}
+	neigh, fdb := map[netip.Addr]string{}, map[string]netip.Addr{}
+	for p, ep := range want {
+		mac := tunnelMAC(ep).String()
+		neigh[vxlanGateway(p, ep)] = mac
+		fdb[mac] = ep
+	}
+	m, x := diffEntries("neigh %s lladdr %s", neigh, have.Neigh)
+	missing, extra = append(missing, m...), append(extra, x...)
+	m, x = diffEntries("fdb %s dst %s", fdb, have.FDB)
+	missing, extra = append(missing, m...), append(extra, x...)
+	return missing, extra, nil
+}
+
+// diffEntries describes (with format, taking key and value) the entries of
+// want that have lacks or holds with another value, and those have holds
+// beyond want.
+func diffEntries[K, V comparable](format string, want, have map[K]V) (missing, extra []string) {
+	for k, v := range want {
+		if h, ok := have[k]; !ok || h != v {
+			missing = append(missing, fmt.Sprintf(format+" (have %v)", k, v, h))
+		}
+	}
+	for k, v := range have {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, fmt.Sprintf(format, k, v))
+		}
+	}
+	return missing, extra
+}
+
+// ForeignRoutes lists every route of every table in the named namespace
+// that podmesh-agent did not install (protocol other than
+// PodmeshRouteProtocol), one line each, sorted: what podmesh must never
+// touch.
+func ForeignRoutes(netnsName string) ([]string, error) {
+	h, err := netlinkIn(netnsName)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	routes, err := dumpRetry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(unix.AF_UNSPEC, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list routes in %s: %w", netnsName, err)
+	}
+	var out []string
+	for _, r := range routes {
+		if r.Protocol != PodmeshRouteProtocol {
+			out = append(out, fmt.Sprintf("%s proto %d", r, r.Protocol))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }

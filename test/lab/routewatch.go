@@ -13,12 +13,27 @@ import (
 )
 
 // RouteEvent is one change of a podmesh route in a node's namespace, with
-// the time the lab received the kernel's notification.
+// the time the lab received the kernel's notification (or, for the
+// ipcache, read the change).
 type RouteEvent struct {
-	Time   time.Time
-	Added  bool
+	Time  time.Time
+	Added bool
+	// Kind is what changed: EventRoute, EventIPCache, EventNeigh or
+	// EventFDB.
+	Kind string
+	// Prefix is the route's or ipcache entry's prefix; for a neighbour
+	// entry its gateway, for an FDB entry its underlay endpoint, as a
+	// host prefix.
 	Prefix netip.Prefix
 }
+
+// The kinds of RouteEvent.
+const (
+	EventRoute   = "route"
+	EventIPCache = "ipcache entry"
+	EventNeigh   = "tunnel neighbour entry"
+	EventFDB     = "tunnel FDB entry"
+)
 
 // RouteWatch records every change of podmesh routes in one namespace from
 // the moment it is created: latency is measured on kernel notifications,
@@ -61,7 +76,7 @@ func WatchRoutes(netnsName string) (*RouteWatch, error) {
 				continue
 			}
 			bits, _ := u.Route.Dst.Mask.Size()
-			w.record(RouteEvent{Time: time.Now(), Added: u.Type == unix.RTM_NEWROUTE, Prefix: netip.PrefixFrom(addr.Unmap(), bits)})
+			w.record(RouteEvent{Time: time.Now(), Added: u.Type == unix.RTM_NEWROUTE, Kind: EventRoute, Prefix: netip.PrefixFrom(addr.Unmap(), bits)})
 		}
 	})
 	return w, nil
@@ -72,21 +87,38 @@ func WatchRoutes(netnsName string) (*RouteWatch, error) {
 const ipcachePollInterval = 2 * time.Millisecond
 
 // WatchPrefixes records the changes of what node n forwards to remote
-// prefixes: its podmesh routes, from kernel notifications, and in ebpf mode
+// prefixes: its podmesh routes, from kernel notifications; in ebpf mode
 // (where a route covers a whole remote cluster and per-node and per-pod
 // prefixes live only in the ipcache) its ipcache entries too, read every
 // ipcachePollInterval: an entry added or changed is an Added event, one
-// gone a withdrawal. A read that fails (an agent replacing its pins) is
-// skipped, never taken for a withdrawal.
+// gone a withdrawal (a read that fails, an agent replacing its pins, is
+// skipped, never taken for a withdrawal); in vxlan mode the permanent
+// neighbour and FDB entries on the tunnel device too, from kernel
+// notifications.
 func WatchPrefixes(n *Node) (*RouteWatch, error) {
 	w, err := WatchRoutes(n.NetNS)
-	if err != nil || n.Mode != ModeEBPF {
-		return w, err
+	if err != nil {
+		return nil, err
 	}
-	prev, err := ReadIPCache(n.BPFRoot)
+	switch n.Mode {
+	case ModeEBPF:
+		err = w.pollIPCache(n)
+	case ModeVXLAN:
+		err = w.watchTunnelPeers(n)
+	}
 	if err != nil {
 		w.Close()
 		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	return w, nil
+}
+
+// pollIPCache records the changes of n's ipcache, read every
+// ipcachePollInterval.
+func (w *RouteWatch) pollIPCache(n *Node) error {
+	prev, err := ReadIPCache(n.BPFRoot)
+	if err != nil {
+		return err
 	}
 	w.wg.Go(func() {
 		t := time.NewTicker(ipcachePollInterval)
@@ -105,19 +137,83 @@ func WatchPrefixes(n *Node) (*RouteWatch, error) {
 			var evs []RouteEvent
 			for p, e := range cur {
 				if old, ok := prev[p]; !ok || old != e {
-					evs = append(evs, RouteEvent{Time: now, Added: true, Prefix: p})
+					evs = append(evs, RouteEvent{Time: now, Added: true, Kind: EventIPCache, Prefix: p})
 				}
 			}
 			for p := range prev {
 				if _, ok := cur[p]; !ok {
-					evs = append(evs, RouteEvent{Time: now, Added: false, Prefix: p})
+					evs = append(evs, RouteEvent{Time: now, Added: false, Kind: EventIPCache, Prefix: p})
 				}
 			}
 			prev = cur
 			w.record(evs...)
 		}
 	})
-	return w, nil
+	return nil
+}
+
+// watchTunnelPeers records the changes of the permanent neighbour and FDB
+// entries on n's tunnel device (as it exists now), from kernel
+// notifications: a permanent entry added is an Added event; one deleted,
+// or turned into a non-permanent one (the kernel marks an entry failed
+// before it deletes it), a withdrawal.
+func (w *RouteWatch) watchTunnelPeers(n *Node) error {
+	h, err := netlinkIn(n.NetNS)
+	if err != nil {
+		return err
+	}
+	link, err := h.LinkByName(TunnelDevice)
+	h.Close()
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", TunnelDevice, n.NetNS, err)
+	}
+	idx := link.Attrs().Index
+	type peer struct {
+		kind string
+		addr netip.Addr
+	}
+	permanent := map[peer]bool{}
+	have, err := ReadTunnelPeers(n.NetNS)
+	if err != nil {
+		return err
+	}
+	for gw := range have.Neigh {
+		permanent[peer{EventNeigh, gw}] = true
+	}
+	for _, ep := range have.FDB {
+		permanent[peer{EventFDB, ep}] = true
+	}
+	ns, err := netns.GetFromPath(NetNSPath(n.NetNS))
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", n.NetNS, err)
+	}
+	defer ns.Close()
+	ch := make(chan netlink.NeighUpdate, 4096)
+	if err := netlink.NeighSubscribeWithOptions(ch, w.done, netlink.NeighSubscribeOptions{
+		Namespace:     &ns,
+		ErrorCallback: func(err error) { w.setErr(err) },
+	}); err != nil {
+		return fmt.Errorf("watch neighbours in %s: %w", n.NetNS, err)
+	}
+	w.wg.Go(func() {
+		for u := range ch {
+			addr, ok := netip.AddrFromSlice(u.IP)
+			if u.LinkIndex != idx || !ok {
+				continue
+			}
+			p := peer{EventNeigh, addr.Unmap()}
+			if u.Family == unix.AF_BRIDGE {
+				p.kind = EventFDB
+			}
+			added := u.Type == unix.RTM_NEWNEIGH && u.State&netlink.NUD_PERMANENT != 0
+			if !added && !permanent[p] {
+				continue // never was podmesh's
+			}
+			permanent[p] = added
+			w.record(RouteEvent{Time: time.Now(), Added: added, Kind: p.kind, Prefix: netip.PrefixFrom(p.addr, p.addr.BitLen())})
+		}
+	})
+	return nil
 }
 
 // record appends events and wakes WaitFor.
