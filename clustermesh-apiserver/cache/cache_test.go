@@ -226,3 +226,40 @@ func TestReplicaRestartAndSwitchWithdrawNothingThatExists(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentSaysWhyTheCacheServesNoEntriesOfARemote: a remote the cache
+// refuses (its pod CIDR overlaps the local cluster's) and one it cannot
+// reach from the start are listed in every agent's status, not ready, with
+// the cache's reason and no entries; the unreachable one, once reached, is
+// served and ready.
+func TestAgentSaysWhyTheCacheServesNoEntriesOfARemote(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	west := cmt.StartRemote(t, "west", 3, "10.3.0.0/16")
+	north := cmt.StartRemote(t, "north", 4, "10.1.128.0/17")
+	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
+	west.PutNode(t, "w1", "192.168.2.1", "10.3.1.0/24")
+	north.PutNode(t, "n1", "192.168.3.1", "10.1.129.0/24")
+	west.Fwd.Cut()
+	tr := newTier(t, east, west, north)
+	r := tr.start(t, "")
+	r.waitSynced(t)
+	a := tr.startAgent(t)
+	a.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
+
+	for name, why := range map[string]string{"north": "overlaps 10.1.0.0/16 of the local cluster", "west": ""} {
+		eventually(t, name+" listed with the cache's reason", func() bool {
+			s, ok := a.remote(name)
+			return ok && !s.Ready && !s.Synced && strings.Contains(s.Reason, "not served by the cache: ") && strings.Contains(s.Reason, why)
+		})
+		require.Empty(t, a.rec.Cluster(name), "nothing of %s programmed", name)
+	}
+
+	west.Fwd.Restore(t)
+	a.waitEntries(t, "west", want("west", 3, "10.3.1.0/24 via 192.168.2.1"))
+	eventually(t, "west ready", func() bool { s, _ := a.remote("west"); return s.Ready && s.Reason == "" })
+	s, _ := a.remote("north")
+	require.Contains(t, s.Reason, "overlaps", "north still refused")
+	for _, c := range a.rec.Changes() {
+		require.Empty(t, c.Removed, "nothing withdrawn")
+	}
+}
