@@ -38,6 +38,10 @@ func TestRealLabCacheReplicaKilledUnderTraffic(t *testing.T) {
 	o.RoutingMode = lab.ModeEBPF
 	ctx := withTimeout(t, 12*time.Minute)
 	l := upLabWithDiagnostics(t, ctx, o, lab.Topology{Clusters: 2, Nodes: 2, Pods: 1})
+	testCacheReplicaKilled(t, ctx, l)
+}
+
+func testCacheReplicaKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	c1, c2 := l.Cluster(1), l.Cluster(2)
 	nodes := l.Nodes()
 	for _, n := range nodes {
@@ -159,11 +163,11 @@ func equalCounts(a, b map[string]int32) bool {
 	return true
 }
 
-// upLabWithDiagnostics brings a lab up as lab.Up does, but when the mesh
-// does not converge it logs, before the lab goes, what says why: the
-// podmesh pods' logs and every cluster's cache status (the
-// clustermesh-apiserver's /status/cache).
-func upLabWithDiagnostics(t *testing.T, ctx context.Context, o lab.Options, topo lab.Topology) *lab.Lab {
+// installLab creates a lab's clusters and nodes, installs podmesh and the
+// echo pods as lab.Up does, and returns without waiting for the mesh; when
+// the test fails it logs the podmesh pods' logs and every cluster's cache
+// status before the lab goes.
+func installLab(t *testing.T, ctx context.Context, o lab.Options, topo lab.Topology) *lab.Lab {
 	t.Helper()
 	l, err := lab.New(ctx, o)
 	if err != nil {
@@ -214,6 +218,16 @@ func upLabWithDiagnostics(t *testing.T, ctx context.Context, o lab.Options, topo
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// upLabWithDiagnostics brings a lab up as lab.Up does, but when the mesh
+// does not converge it logs, before the lab goes, what says why: the
+// podmesh pods' logs and every cluster's cache status (the
+// clustermesh-apiserver's /status/cache).
+func upLabWithDiagnostics(t *testing.T, ctx context.Context, o lab.Options, topo lab.Topology) *lab.Lab {
+	t.Helper()
+	l := installLab(t, ctx, o, topo)
 	t0 := time.Now()
 	converged(t, ctx, l, 3*time.Minute)
 	t.Logf("MEASURED podmesh installed on %d clusters; mesh converged %.1fs after the last install", topo.Clusters, time.Since(t0).Seconds())
