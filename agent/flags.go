@@ -66,7 +66,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&podCIDRs, "pod-cidrs", "", "comma-separated pod CIDRs of the local cluster")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig of the local cluster (in-cluster when empty)")
 	fs.StringVar(&c.ClustermeshConfig, "clustermesh-config", defaultClustermeshConfig, "directory with one etcd-client YAML file per remote cluster")
-	fs.StringVar(&c.MeshMode, "mesh-mode", meshModeDirect, "direct: dial every remote cluster; cache: read every remote through the local cluster's clustermesh-apiserver cache (one connection; not yet proven on real clusters, docs/scale.md)")
+	fs.StringVar(&c.MeshMode, "mesh-mode", meshModeCache, "cache: read every remote through the local cluster's clustermesh-apiserver cache (one connection, docs/scale.md); direct: dial every remote cluster (small meshes)")
 	fs.StringVar(&c.CacheConfig, "cache-config", defaultCacheConfig, "cache mode: etcd-client YAML file of the local cluster's cache")
 	fs.StringVar(&c.RoutingMode, "routing-mode", "ebpf", "datapath: "+strings.Join(routingModes, ", "))
 	fs.IntVar(&c.TunnelPort, "tunnel-port", meshapi.DefaultTunnelUDPPort, "VXLAN UDP port")

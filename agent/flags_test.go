@@ -30,7 +30,7 @@ func TestParseFlags(t *testing.T) {
 				require.Equal(t, "ebpf", c.RoutingMode)
 				require.Equal(t, 8472, c.TunnelPort)
 				require.Equal(t, "/var/lib/podmesh/clustermesh", c.ClustermeshConfig)
-				require.Equal(t, "direct", c.MeshMode, "direct stays the default until the cache tier passes on real clusters")
+				require.Equal(t, "cache", c.MeshMode, "the cache tier is the default")
 				require.Equal(t, "/var/lib/podmesh/cache/cache.yaml", c.CacheConfig)
 				require.Equal(t, "/sys/fs/bpf/podmesh", c.BPFRoot)
 				require.Equal(t, "127.0.0.1:9876", c.StatusListen)

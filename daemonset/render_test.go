@@ -181,7 +181,7 @@ func TestAgentDaemonSet(t *testing.T) {
 			require.Equal(t, "/var/lib/podmesh/clustermesh", mounts["clustermesh"].MountPath)
 			require.True(t, mounts["clustermesh"].ReadOnly)
 
-			require.Contains(t, c.Args, "--mesh-mode=direct", "direct stays the default until the cache tier passes on real clusters")
+			require.Contains(t, c.Args, "--mesh-mode=cache", "the cache tier is the default")
 			require.Contains(t, c.Args, "--cache-config=/var/lib/podmesh/cache/"+certs.CacheConfigKey)
 			cache := vols["cache"]
 			require.NotNil(t, cache.Secret)

@@ -374,9 +374,10 @@ func (w *writer) flush(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pruneAllowed := prune || w.pruned
 	for name := range w.byCluster {
 		k := meshapi.CacheStatusKey(name)
-		if _, ok := statuses[k]; !ok && (removed[name] || prune && !wanted[name]) {
+		if _, ok := statuses[k]; !ok && (removed[name] || pruneAllowed && !wanted[name]) {
 			del(k)
 		}
 	}
@@ -418,18 +419,24 @@ func (w *writer) flush(ctx context.Context) error {
 	return nil
 }
 
-// statuses computes the status key of every remote that has entries in the
-// cache (wanted now, or left by a previous run and not removed).
+// statuses computes the status key of every configured remote: synced for
+// those whose entries the cache holds (wanted now, or left by a previous run
+// and not removed), and not synced, with the reason, for those it holds
+// nothing of (not reached yet, refused), so that every agent can say why a
+// remote has no entries.
 func (w *writer) statuses(wanted, removed map[string]bool) (map[string][]byte, error) {
 	out := make(map[string][]byte)
 	for _, rs := range w.c.mesh.Status().Remotes {
-		held := len(w.byCluster[rs.Cluster]) > 0
-		if !wanted[rs.Cluster] && !(held && !removed[rs.Cluster]) {
-			continue
-		}
-		st := meshapi.CacheStatus{Cluster: rs.Cluster, ClusterID: rs.ClusterID, Synced: true, Ready: rs.Ready, Reason: rs.Reason, Since: rs.Since.UTC(), Format: meshapi.CacheFormat}
-		if !rs.Ready {
+		synced := wanted[rs.Cluster] || (w.holdsEntries(rs.Cluster) && !removed[rs.Cluster])
+		st := meshapi.CacheStatus{Cluster: rs.Cluster, ClusterID: rs.ClusterID, Synced: synced, Ready: rs.Ready && synced, Reason: rs.Reason, Since: rs.Since.UTC(), Format: meshapi.CacheFormat}
+		if !st.Ready {
 			st.LastHeartbeat = rs.LastHeartbeat.UTC()
+			if st.Reason == "" {
+				st.Reason = "not synced yet"
+			}
+			if rs.LastError != "" && !strings.Contains(st.Reason, rs.LastError) {
+				st.Reason += "; last error: " + rs.LastError
+			}
 		}
 		if st.ClusterID == 0 { // known from the previous run's config only
 			st.ClusterID = w.heldClusterID(rs.Cluster)
@@ -441,6 +448,17 @@ func (w *writer) statuses(wanted, removed map[string]bool) (map[string][]byte, e
 		out[meshapi.CacheStatusKey(rs.Cluster)] = b
 	}
 	return out, nil
+}
+
+// holdsEntries reports whether the cache holds entries of cluster (any key
+// but its status).
+func (w *writer) holdsEntries(cluster string) bool {
+	for k := range w.byCluster[cluster] {
+		if !strings.HasPrefix(k, meshapi.CacheStatusPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // write applies ops in order, in transactions of at most MaxTxnOps and

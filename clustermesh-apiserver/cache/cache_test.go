@@ -1,6 +1,8 @@
 package cache_test
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -225,4 +227,131 @@ func TestReplicaRestartAndSwitchWithdrawNothingThatExists(t *testing.T) {
 			require.True(t, vanished[p], "withdrew %s, which still exists", p)
 		}
 	}
+}
+
+// TestAgentSaysWhyTheCacheServesNoEntriesOfARemote: a remote the cache
+// refuses (its pod CIDR overlaps the local cluster's) and one it cannot
+// reach from the start are listed in every agent's status, not ready, with
+// the cache's reason and no entries; the unreachable one, once reached, is
+// served and ready.
+func TestAgentSaysWhyTheCacheServesNoEntriesOfARemote(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	west := cmt.StartRemote(t, "west", 3, "10.3.0.0/16")
+	north := cmt.StartRemote(t, "north", 4, "10.1.128.0/17")
+	east.PutNode(t, "e1", "192.168.1.1", "10.2.1.0/24")
+	west.PutNode(t, "w1", "192.168.2.1", "10.3.1.0/24")
+	north.PutNode(t, "n1", "192.168.3.1", "10.1.129.0/24")
+	west.Fwd.Cut()
+	tr := newTier(t, east, west, north)
+	r := tr.start(t, "")
+	r.waitSynced(t)
+	a := tr.startAgent(t)
+	a.waitEntries(t, "east", want("east", 2, "10.2.1.0/24 via 192.168.1.1"))
+
+	for name, why := range map[string]string{"north": "overlaps 10.1.0.0/16 of the local cluster", "west": ""} {
+		eventually(t, name+" listed with the cache's reason", func() bool {
+			s, ok := a.remote(name)
+			return ok && !s.Ready && !s.Synced && strings.Contains(s.Reason, "not served by the cache: ") && strings.Contains(s.Reason, why)
+		})
+		require.Empty(t, a.rec.Cluster(name), "nothing of %s programmed", name)
+	}
+
+	west.Fwd.Restore(t)
+	a.waitEntries(t, "west", want("west", 3, "10.3.1.0/24 via 192.168.2.1"))
+	eventually(t, "west ready", func() bool { s, _ := a.remote("west"); return s.Ready && s.Reason == "" })
+	s, _ := a.remote("north")
+	require.Contains(t, s.Reason, "overlaps", "north still refused")
+	for _, c := range a.rec.Changes() {
+		require.Empty(t, c.Removed, "nothing withdrawn")
+	}
+}
+
+// TestAgentAgreesWithTheRemoteAfterChurnThroughReplicaChanges: a remote
+// changes 400 times (nodes added, moved and deleted; pod IPs outside their
+// node's CIDR added, moved and deleted) while its cache replica restarts on
+// its data and is then replaced by a fresh one. Once the remote is quiet,
+// the cache holds exactly the remote's nodes and pod IPs outside their
+// node's CIDRs, and the agent's entries are exactly those an independent
+// computation from the remote's final state gives: an agent and its cache
+// never settle on different data.
+func TestAgentAgreesWithTheRemoteAfterChurnThroughReplicaChanges(t *testing.T) {
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	type node struct{ ip, cidr string }
+	type pod struct{ node, ip string }
+	nodes, pods := map[string]node{}, map[string]pod{}
+	rng := rand.New(rand.NewPCG(12, 12))
+	step := func() {
+		// Node i's address and CIDR, and pod j's IP, are unique to them
+		// (g varies them): no two entries ever claim one prefix.
+		i, j, g := rng.IntN(30), rng.IntN(60), rng.IntN(3)
+		n, p := fmt.Sprintf("e%d", i), fmt.Sprintf("p%d", j)
+		switch rng.IntN(4) {
+		case 0, 1:
+			nd := node{fmt.Sprintf("192.168.1.%d", 1+i+30*g), fmt.Sprintf("10.2.%d.0/24", i+30*g)}
+			east.PutNode(t, n, nd.ip, nd.cidr)
+			nodes[n] = nd
+		case 2:
+			ip := fmt.Sprintf("10.2.%d.%d", 200+g, 1+j)
+			on := fmt.Sprintf("e%d", rng.IntN(30))
+			east.PutEndpoint(t, "default", p, on, ip)
+			pods[p] = pod{on, ip}
+		default:
+			if rng.IntN(2) == 0 {
+				east.Delete(t, meshapi.NodeKey("east", n))
+				delete(nodes, n)
+			} else {
+				east.Delete(t, meshapi.EndpointKey("east", "default", p))
+				delete(pods, p)
+			}
+		}
+	}
+	for range 50 {
+		step()
+	}
+	tr := newTier(t, east)
+	r := tr.start(t, "")
+	r.waitSynced(t)
+	a := tr.startAgent(t)
+	for k := range 350 {
+		switch k {
+		case 120:
+			r.stop()
+			r = tr.start(t, r.dataDir) // the same replica restarts on its data
+		case 240:
+			r.stop()
+			r = tr.start(t, "") // a fresh replica replaces it
+		}
+		step()
+	}
+	east.Heartbeat(t, time.Now())
+
+	expect := want("east", 2)
+	for _, nd := range nodes {
+		add(expect, "east", 2, nd.cidr+" via "+nd.ip)
+	}
+	wantCached := map[string]bool{}
+	for name := range nodes {
+		wantCached[meshapi.NodeKey("east", name)] = true
+	}
+	for name, p := range pods {
+		nd, ok := nodes[p.node]
+		if ok && !netip.MustParsePrefix(nd.cidr).Contains(netip.MustParseAddr(p.ip)) {
+			add(expect, "east", 2, p.ip+"/32 via "+nd.ip)
+			wantCached[meshapi.EndpointKey("east", "default", name)] = true
+		}
+	}
+	a.waitEntries(t, "east", expect)
+	eventually(t, "the cache holds exactly the remote's nodes and outside pod IPs", func() bool {
+		got := cachedEntries(t, r.cacheKeys(t))
+		if len(got) != len(wantCached) {
+			return false
+		}
+		for k := range got {
+			if !wantCached[k] {
+				return false
+			}
+		}
+		return true
+	})
+	eventually(t, "east ready", func() bool { s, _ := a.remote("east"); return s.Ready })
 }

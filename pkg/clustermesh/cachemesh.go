@@ -48,7 +48,11 @@ type CacheMesh struct {
 	mu sync.Mutex
 	// pushed holds the clusters whose entries are in the desired set, and
 	// what status reports of them.
-	pushed       map[string]*cacheRemote
+	pushed map[string]*cacheRemote
+	// unserved holds the clusters the cache lists with a status but serves
+	// no entries of (not synced there yet, or refused there): status
+	// reports them, not ready, with the cache's reason.
+	unserved     map[string]meshapi.CacheStatus
 	connected    bool
 	connReason   string
 	connSince    time.Time
@@ -92,6 +96,7 @@ func NewCache(opts Options) (*CacheMesh, error) {
 		registry:   m.registry,
 		synced:     make(chan struct{}),
 		pushed:     make(map[string]*cacheRemote),
+		unserved:   make(map[string]meshapi.CacheStatus),
 		connReason: "connecting",
 		connSince:  m.now(),
 	}, nil
@@ -279,8 +284,8 @@ func (c *CacheMesh) publish(v *cacheView, all, withdrawAbsent bool) {
 	defer c.mu.Unlock()
 	if withdrawAbsent {
 		for name := range c.pushed {
-			if _, ok := v.clusters[name]; !ok {
-				c.withdrawLocked(name, "removed from the cache")
+			if cl := v.clusters[name]; cl == nil || cl.cfg == nil {
+				c.withdrawLocked(name, "not in the cache")
 			}
 		}
 	}
@@ -295,8 +300,17 @@ func (c *CacheMesh) publish(v *cacheView, all, withdrawAbsent bool) {
 	for name := range dirty {
 		cl := v.clusters[name]
 		switch {
-		case cl == nil || cl.cfg == nil:
+		case cl == nil:
 			c.withdrawLocked(name, "removed from the cache")
+			continue
+		case cl.cfg == nil:
+			// A config that was deleted or is invalid withdraws at once;
+			// one the listing simply lacks (the cache has only a status:
+			// not synced or refused there) only once the cache says its
+			// listing is complete, like a cluster absent altogether.
+			if cl.rawCfg != nil || v.deleted[name] || v.cacheSynced {
+				c.withdrawLocked(name, "removed from the cache")
+			}
 			continue
 		case cl.status == nil || !cl.status.Synced:
 			continue // the cache is still filling it: keep what we have
@@ -318,10 +332,23 @@ func (c *CacheMesh) publish(v *cacheView, all, withdrawAbsent bool) {
 		r.invalidNow = cl.state.invalidByReason()
 		r.invalidTotal, r.lastInvalid = cl.invalidTotal, cl.lastInvalid
 	}
-	// Status changes of clusters whose entries did not change.
+	// Status changes of clusters whose entries did not change, and the
+	// clusters the cache lists without serving their entries.
 	for name, cl := range v.clusters {
-		if r := c.pushed[name]; r != nil && cl.status != nil {
+		r := c.pushed[name]
+		switch {
+		case r != nil && cl.status != nil:
 			r.status = *cl.status
+			delete(c.unserved, name)
+		case r == nil && cl.status != nil:
+			c.unserved[name] = *cl.status
+		default:
+			delete(c.unserved, name)
+		}
+	}
+	for name := range c.unserved {
+		if v.clusters[name] == nil {
+			delete(c.unserved, name)
 		}
 	}
 }
@@ -441,6 +468,24 @@ func (c *CacheMesh) Status() Status {
 		}
 		st.Remotes = append(st.Remotes, rs)
 	}
+	for name, s := range c.unserved {
+		if _, ok := c.pushed[name]; ok {
+			continue
+		}
+		rs := RemoteStatus{
+			Cluster: name, ClusterID: s.ClusterID, Since: s.Since, LastHeartbeat: s.LastHeartbeat,
+			Reason:    "not served by the cache: " + s.Reason,
+			LastError: c.lastErr, LastErrorTime: c.lastErrTime, Failures: c.failures,
+		}
+		if !c.connected {
+			rs.Reason = "cache not answering, state as last served: " + c.connReason + "; " + rs.Reason
+		}
+		if programmed != nil {
+			n := programmed[name]
+			rs.Programmed = &n
+		}
+		st.Remotes = append(st.Remotes, rs)
+	}
 	slices.SortFunc(st.Remotes, func(a, b RemoteStatus) int { return strings.Compare(a.Cluster, b.Cluster) })
 	return st
 }
@@ -455,6 +500,9 @@ type cacheView struct {
 	cacheSynced bool
 	clusters    map[string]*cachedCluster
 	dirty       map[string]bool
+	// deleted holds the clusters whose config was deleted during this
+	// session (and has not come back).
+	deleted map[string]bool
 }
 
 // cachedCluster is one remote cluster in a cacheView: the raw config and
@@ -477,7 +525,7 @@ type cachedCluster struct {
 }
 
 func newCacheView() *cacheView {
-	return &cacheView{clusters: make(map[string]*cachedCluster), dirty: make(map[string]bool)}
+	return &cacheView{clusters: make(map[string]*cachedCluster), dirty: make(map[string]bool), deleted: make(map[string]bool)}
 }
 
 func (v *cacheView) epochRead() string {
@@ -541,8 +589,10 @@ func (v *cacheView) applyConfig(name string, ev kvstore.Event) error {
 	v.dirty[name] = true
 	if ev.Kind == kvstore.Delete {
 		delete(v.clusters, name)
+		v.deleted[name] = true
 		return nil
 	}
+	delete(v.deleted, name)
 	cl := v.cluster(name)
 	if cl.rawCfg != nil {
 		if bytes.Equal(cl.rawCfg, ev.Value) {

@@ -102,6 +102,9 @@ func TestInstallDocOnTwoRealClusters(t *testing.T) {
 		sh(append(append([]string{certsCmd, "connect", "--dir", "pki/" + serving.Name, "--peer", peer.Name},
 			repeat("--address", nodeIPs(serving))...), "--out", peer.Name+"-clustermesh.yaml")...)
 		sh(certsCmd, "server-secret", "--dir", "pki/"+serving.Name, "--out", serving.Name+"-apiserver-tls.yaml")
+		// Each cluster's own agents' credential for its cache (the default
+		// mesh mode).
+		sh(certsCmd, "cache-secret", "--dir", "pki/"+serving.Name, "--out", serving.Name+"-cache.yaml")
 	}
 	// 3. Write each cluster's overlay: a copy of the example, with the
 	// registry and tag of the images the nodes hold.
@@ -131,6 +134,7 @@ func TestInstallDocOnTwoRealClusters(t *testing.T) {
 		kubectl(c, "apply", "-k", filepath.Join(work, "daemonset", "overlays", c.Name))
 		kubectl(c, "apply", "-f", filepath.Join(work, c.Name+"-apiserver-tls.yaml"))
 		kubectl(c, "apply", "-f", filepath.Join(work, c.Name+"-clustermesh.yaml"))
+		kubectl(c, "apply", "-f", filepath.Join(work, c.Name+"-cache.yaml"))
 	}
 	// 5. Check.
 	for _, c := range []*lab.Cluster{east, west} {

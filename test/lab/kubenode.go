@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -47,7 +48,18 @@ type kubeNodeFiles struct {
 	Images                                                           []string
 	LogDir, Name, IP, ClusterCIDR, PodRange, PodRange6, SandboxImage string
 	KubeletBin, ProxyBin                                             string
+	MeshPods                                                         string
 }
+
+// MeshPodRange holds the pod CIDRs of every cluster a lab can create. A
+// node masquerades what its pods send anywhere else (another cluster's
+// nodes, the control plane), as a cluster's CNI or ip-masq-agent does, and
+// never what they send to a pod of the mesh (podmesh carries the pods' own
+// source addresses). Without it a pod could reach nothing outside its
+// cluster but through podmesh itself: a clustermesh-apiserver (a pod) could
+// not reach the remote proxies it caches for its own agents, whose routes
+// back to it come from that very cache (docs/install.md, "Before you start").
+var MeshPodRange = netip.MustParsePrefix("10.0.0.0/8")
 
 // AddKubeNode creates node j of cluster c as a real Kubernetes node: its
 // network namespace on the underlay (routes to the other nodes' pod CIDRs,
@@ -213,6 +225,7 @@ func (l *Lab) writeKubeNodeFiles(n *Node) (*kubeNodeFiles, error) {
 		Images:           l.opts.Images.Archives(),
 		KubeletBin:       l.Bin("kubelet"),
 		ProxyBin:         l.Bin("kube-proxy"),
+		MeshPods:         MeshPodRange.String(),
 	}
 	if n.PodCIDR6.IsValid() {
 		f.PodRange6 = n.PodCIDR6.String()
@@ -404,6 +417,7 @@ until ctr -a {{.Socket}} version >/dev/null 2>&1; do
 done
 {{range .Images}}ctr -a {{$.Socket}} -n k8s.io images import {{.}} >/dev/null
 {{end}}echo "images imported"
+iptables -w -t nat -A POSTROUTING -s {{.PodRange}} ! -d {{.MeshPods}} -j MASQUERADE
 {{.ProxyBin}} --config {{.ProxyConfig}} >>{{.LogDir}}/kube-proxy-{{.Name}}.log 2>&1 &
 exec {{.KubeletBin}} --config {{.KubeletConfig}} --kubeconfig {{.Kubeconfig}} --root-dir {{.KubeletRoot}} \
   --cert-dir {{.KubeletRoot}}/pki --node-ip {{.IP}} --hostname-override {{.Name}} --v=0
