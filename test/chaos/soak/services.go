@@ -146,7 +146,9 @@ func lookup(ctx context.Context, q, dns Endpoint) ([]netip.Addr, error) {
 type BadLookup struct {
 	From, DNS Endpoint
 	At        time.Time
-	Got       string
+	// Took is how long the lookup ran (a timeout: the whole budget).
+	Took time.Duration
+	Got  string
 }
 
 // dnsProbes resolve ExportedName from one pod per cluster every interval.
@@ -154,10 +156,13 @@ type dnsProbes struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// mu protects total and bad.
-	mu    sync.Mutex
+	// mu protects took and bad.
+	mu sync.Mutex
+	// took is the duration of every lookup that answered.
+	took []time.Duration
+	bad  []BadLookup
+	// total counts every lookup.
 	total int
-	bad   []BadLookup
 }
 
 func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint, every time.Duration) *dnsProbes {
@@ -169,13 +174,17 @@ func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint
 			for sleepCtx(ctx, every) == nil {
 				at := time.Now()
 				got, err := lookup(ctx, q, dns[q.Cluster])
+				took := time.Since(at)
 				if ctx.Err() != nil {
 					return
 				}
 				p.mu.Lock()
 				p.total++
+				if err == nil {
+					p.took = append(p.took, took)
+				}
 				if err != nil || !slices.Equal(got, want) {
-					b := BadLookup{From: q, DNS: dns[q.Cluster], At: at, Got: fmt.Sprint(got)}
+					b := BadLookup{From: q, DNS: dns[q.Cluster], At: at, Took: took, Got: fmt.Sprint(got)}
 					if err != nil {
 						b.Got = err.Error()
 					}
@@ -188,12 +197,24 @@ func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint
 	return p
 }
 
-func (p *dnsProbes) stop() (int, []BadLookup) {
+// LookupTimes summarises how long the lookups that got an answer took.
+type LookupTimes struct {
+	P50, P99, P999, Max time.Duration
+}
+
+func (p *dnsProbes) stop() (int, LookupTimes, []BadLookup) {
 	p.cancel()
 	p.wg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.total, slices.Clone(p.bad)
+	slices.Sort(p.took)
+	q := func(f float64) time.Duration {
+		if len(p.took) == 0 {
+			return 0
+		}
+		return p.took[int(f*float64(len(p.took)-1))]
+	}
+	return p.total, LookupTimes{P50: q(0.5), P99: q(0.99), P999: q(0.999), Max: q(1)}, slices.Clone(p.bad)
 }
 
 // checkImports resolves ExportedName once more from every cluster: the

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -46,6 +48,9 @@ type Config struct {
 	// LookupEvery is the period of each cluster's DNS lookups (default
 	// 250ms).
 	LookupEvery time.Duration
+	// Journal, when set (services on), receives one line per change of an
+	// imported EndpointSlice of the exported service in any cluster.
+	Journal io.Writer
 }
 
 // Grace periods around a fault that cuts the data path on purpose: loss a
@@ -76,6 +81,11 @@ type Report struct {
 	Violations              []string
 	// ConvergeErr is the end state's difference from the desired one.
 	ConvergeErr error
+	// TunnelErr is how the neighbour and FDB entries on podmesh_vxlan
+	// differ from what the agents' desired state implies (nil: equal on
+	// every node); Tunnel counts what was compared.
+	TunnelErr error
+	Tunnel    string
 	// Leaks are links, pins, EndpointSlices left behind.
 	Leaks []string
 	// Respawns are the kube-controller-managers and kube-schedulers that
@@ -87,6 +97,7 @@ type Report struct {
 	// cut, BadLookups the others; ImportsErr is the end check.
 	Services      bool
 	Lookups       int
+	LookupTimes   LookupTimes
 	BadLookupsCut int
 	BadLookups    []BadLookup
 	ImportsErr    error
@@ -121,6 +132,9 @@ func (r *Report) Failures() []string {
 	if r.ConvergeErr != nil {
 		out = append(out, "end state differs from the desired state: "+r.ConvergeErr.Error())
 	}
+	if r.TunnelErr != nil {
+		out = append(out, "neighbour/FDB entries differ from the desired state: "+r.TunnelErr.Error())
+	}
 	for _, lk := range r.Leaks {
 		out = append(out, "leak: "+lk)
 	}
@@ -129,7 +143,8 @@ func (r *Report) Failures() []string {
 			out = append(out, fmt.Sprintf("... and %d more bad lookups", len(r.BadLookups)-k))
 			break
 		}
-		out = append(out, fmt.Sprintf("lookup of %s from %s at %s while no fault cut it: %s (faults then: %s)", ExportedName, b.From, b.At.Format("15:04:05.000"), b.Got, r.faultsAt(b.At)))
+		out = append(out, fmt.Sprintf("lookup of %s from %s at %s (%.0f ms) while no fault cut it: %s (faults then: %s)", ExportedName, b.From, b.At.Format("15:04:05.000"),
+			b.Took.Seconds()*1000, b.Got, r.faultsAt(b.At)))
 	}
 	if r.ImportsErr != nil {
 		out = append(out, "imports differ from the exports: "+r.ImportsErr.Error())
@@ -158,6 +173,9 @@ func (r *Report) Summary() string {
 	if r.Services {
 		fmt.Fprintf(&b, "\nDNS: %d lookups of %s, %d failed or wrong during a cut, %d unexplained; imports match exports at the end: %v",
 			r.Lookups, ExportedName, r.BadLookupsCut, len(r.BadLookups), r.ImportsErr == nil)
+		t := r.LookupTimes
+		fmt.Fprintf(&b, "\nDNS answer times: p50 %s, p99 %s, p99.9 %s, max %s", t.P50.Round(time.Millisecond), t.P99.Round(time.Millisecond),
+			t.P999.Round(time.Millisecond), t.Max.Round(time.Millisecond))
 	} else {
 		b.WriteString("\nDNS: services part off (no CoreDNS image)")
 	}
@@ -165,7 +183,7 @@ func (r *Report) Summary() string {
 	for _, s := range r.Respawns {
 		fmt.Fprintf(&b, "\n  %s", s)
 	}
-	fmt.Fprintf(&b, "\nend state: converged=%v, leaks=%d", r.ConvergeErr == nil, len(r.Leaks))
+	fmt.Fprintf(&b, "\nend state: converged=%v, neighbour/FDB as desired=%v (%s), leaks=%d", r.ConvergeErr == nil, r.TunnelErr == nil, r.Tunnel, len(r.Leaks))
 	return b.String()
 }
 
@@ -218,6 +236,13 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	// With services on, a fault has healed once every cluster resolves the
 	// exported name to every echo pod again.
 	var healed func(context.Context) error
+	if rep.Services && cfg.Journal != nil {
+		journal, err := startSliceJournal(ctx, l, cfg.Journal)
+		if err != nil {
+			return nil, err
+		}
+		defer journal.stop()
+	}
 	if rep.Services {
 		probes = startDNSProbes(ctx, eps, dns, cfg.LookupEvery)
 		healed = func(ctx context.Context) error { return waitImports(ctx, eps, dns) }
@@ -254,10 +279,12 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	rep.Samples, rep.SampleReadErrs, rep.Violations = owners.stop()
 	rep.Respawns = sup.stop()
 	rep.ConvergeErr = l.WaitConverged(ctx, healTimeout)
+	rep.TunnelErr = l.WaitTunnelNeighbours(ctx, tunnelTimeout)
+	rep.Tunnel = tunnelCensus(l)
 	rep.Traffic = traffic.Stop()
 	var bad []BadLookup
 	if rep.Services {
-		rep.Lookups, bad = probes.stop()
+		rep.Lookups, rep.LookupTimes, bad = probes.stop()
 		rep.ImportsErr = waitImports(ctx, eps, dns)
 	}
 	rep.attribute(bad)
@@ -318,6 +345,39 @@ func (r *Report) attribute(bad []BadLookup) {
 			r.BadLookups = append(r.BadLookups, b)
 		}
 	}
+}
+
+// tunnelTimeout bounds the wait for the neighbour and FDB entries after
+// convergence: three of the agents' full passes (every 10 s), the one that
+// prunes what a withdrawn prefix left in vxlan mode.
+const tunnelTimeout = 30 * time.Second
+
+// tunnelCensus counts what the neighbour/FDB check compared on every node.
+func tunnelCensus(l *lab.Lab) string {
+	var nodes, devs, fdb, perm, noarp, other int
+	for _, n := range l.Nodes() {
+		nodes++
+		st, err := lab.ReadTunnelState(n.NetNS)
+		if err != nil {
+			return err.Error()
+		}
+		if st.Exists {
+			devs++
+		}
+		fdb += len(st.FDB)
+		for _, e := range st.Neigh {
+			switch {
+			case e.State&netlink.NUD_PERMANENT != 0:
+				perm++
+			case e.State&netlink.NUD_NOARP != 0:
+				noarp++
+			default:
+				other++
+			}
+		}
+	}
+	return fmt.Sprintf("%d nodes, %d with %s: %d FDB entries, %d permanent, %d noarp and %d other neighbour entries",
+		nodes, devs, lab.TunnelDeviceName, fdb, perm, noarp, other)
 }
 
 // repoDir finds the checkout (daemonset/coredns) from the working
