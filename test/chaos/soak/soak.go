@@ -174,8 +174,16 @@ func (r *Report) Summary() string {
 		fmt.Fprintf(&b, "\nDNS: %d lookups of %s, %d failed or wrong during a cut, %d unexplained; imports match exports at the end: %v",
 			r.Lookups, ExportedName, r.BadLookupsCut, len(r.BadLookups), r.ImportsErr == nil)
 		t := r.LookupTimes
-		fmt.Fprintf(&b, "\nDNS answer times: p50 %s, p99 %s, p99.9 %s, max %s", t.P50.Round(time.Millisecond), t.P99.Round(time.Millisecond),
-			t.P999.Round(time.Millisecond), t.Max.Round(time.Millisecond))
+		fmt.Fprintf(&b, "\nDNS answer times: p50 %s, p99 %s, p99.9 %s, max %s; %d answers slower than %s (a pod's resolver waits %s)",
+			t.P50.Round(time.Millisecond), t.P99.Round(time.Millisecond), t.P999.Round(time.Millisecond), t.Max.Round(time.Millisecond),
+			len(t.Slow), slowAnswer, resolverTimeout)
+		for k, s := range t.Slow {
+			if k == maxViolations {
+				fmt.Fprintf(&b, "\n  ... and %d more", len(t.Slow)-k)
+				break
+			}
+			fmt.Fprintf(&b, "\n  slow answer %s", s)
+		}
 	} else {
 		b.WriteString("\nDNS: services part off (no CoreDNS image)")
 	}
