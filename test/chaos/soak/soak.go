@@ -334,16 +334,20 @@ func (r *Report) attribute(bad []BadLookup) {
 			r.BreaksUnexplained = append(r.BreaksUnexplained, b)
 		}
 	}
-	// A lookup goes from the pod to its cluster's CoreDNS pod; what it
-	// answers comes from every cluster's export, which a deleted Secret
-	// of any cluster withdraws.
+	// A lookup goes from the pod to its cluster's CoreDNS pod (a flapped
+	// link of either's node cuts it); what CoreDNS answers is what that
+	// cluster's importer imported, which a deleted Secret of that cluster
+	// withdraws (the Secret holds its credentials for the remotes). Another
+	// cluster's Secret configures only that cluster's own agents and
+	// importer: its deletion withdraws nothing the querier's cluster
+	// imports.
 	for _, b := range bad {
 		explained := false
 		for _, f := range r.Faults {
 			if b.At.Before(f.Start.Add(-cutBefore)) || b.At.After(f.End.Add(cutAfterUDP)) {
 				continue
 			}
-			if f.cutsCluster != "" || f.Cuts(Flow{From: b.From, To: b.DNS}) {
+			if f.Cuts(Flow{From: b.From, To: b.DNS}) {
 				explained = true
 			}
 		}
