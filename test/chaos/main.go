@@ -117,6 +117,23 @@ func run(ctx context.Context, cfg soak.Config, clusters, nodes int, prefix, logs
 		}
 		defer j.Close()
 		cfg.Journal = j
+		// The kubelet removes a deleted pod's logs: copy them while the
+		// run goes on (the faults delete pods all the time).
+		kctx, stopKeeping := context.WithCancel(ctx)
+		kept := make(chan struct{})
+		defer func() { stopKeeping(); <-kept }()
+		go func() {
+			defer close(kept)
+			for t := time.NewTicker(2 * time.Second); ; {
+				select {
+				case <-kctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+					_ = l.SaveLogs(logs)
+				}
+			}
+		}()
 	}
 	rep, err := soak.Run(ctx, l, cfg)
 	if rep != nil {

@@ -233,7 +233,9 @@ func (l *Lab) ApplyPodmeshRelease(ctx context.Context, c *Cluster, baseDir, agen
 // kube-proxy's logs (logs/) and every real node's pod logs (the
 // clustermesh-apiserver's, the agents', CoreDNS's, under
 // pod-logs/<node>/). A long run's findings are then explained from the
-// logs of the lab that produced them.
+// logs of the lab that produced them. Call it again and again during a run
+// to keep the logs of pods that are deleted (the kubelet removes a pod's
+// logs with it); a file whose copy has its size is not copied again.
 func (l *Lab) SaveLogs(dst string) error {
 	trees := map[string]string{filepath.Join(l.StateDir, "logs"): dst}
 	for _, n := range l.Nodes() {
@@ -258,6 +260,11 @@ func copyRegularFiles(src, dst string) error {
 			return err
 		}
 		to := filepath.Join(dst, rel)
+		if fi, err := d.Info(); err == nil {
+			if have, err := os.Stat(to); err == nil && have.Size() == fi.Size() {
+				return nil // logs only grow: copied already
+			}
+		}
 		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -101,6 +102,16 @@ type Report struct {
 	BadLookupsCut int
 	BadLookups    []BadLookup
 	ImportsErr    error
+	// ConfigSamples counts the reads of the podmesh processes' mesh Secret
+	// volumes; ConfigGaps are the intervals in which a remote's file was
+	// missing there, LateGaps those outside every Secret fault of the
+	// cluster (the kubelet refreshed the volume after the fault had
+	// healed). LateExplained counts the datagrams, breaks and lookups
+	// that only such a late gap explains.
+	ConfigSamples int
+	ConfigGaps    []configGap
+	LateGaps      []configGap
+	LateExplained int
 }
 
 // Counts returns how many faults of each kind ran.
@@ -187,6 +198,11 @@ func (r *Report) Summary() string {
 	} else {
 		b.WriteString("\nDNS: services part off (no CoreDNS image)")
 	}
+	fmt.Fprintf(&b, "\nmesh Secret volumes: %d samples, %d intervals with a remote's file missing, %d of them outside the Secret fault that caused them (a late kubelet refresh); %d lost datagrams, breaks and lookups explained only by those",
+		r.ConfigSamples, len(r.ConfigGaps), len(r.LateGaps), r.LateExplained)
+	for _, g := range r.LateGaps {
+		fmt.Fprintf(&b, "\n  late: %s", g)
+	}
 	fmt.Fprintf(&b, "\ncontrol-plane components restarted by the supervisor: %d", len(r.Respawns))
 	for _, s := range r.Respawns {
 		fmt.Fprintf(&b, "\n  %s", s)
@@ -256,6 +272,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 		healed = func(ctx context.Context) error { return waitImports(ctx, eps, dns) }
 	}
 	owners := startOwnership(ctx, l, cfg.SampleEvery)
+	configs := startConfigCuts(ctx, l, cfg.SampleEvery)
 	sup, err := startSupervisor(ctx, l)
 	if err != nil {
 		return nil, err
@@ -285,6 +302,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	}
 	rep.Duration = time.Since(t0)
 	rep.Samples, rep.SampleReadErrs, rep.Violations = owners.stop()
+	rep.ConfigSamples, rep.ConfigGaps = configs.stop()
 	rep.Respawns = sup.stop()
 	rep.ConvergeErr = l.WaitConverged(ctx, healTimeout)
 	rep.TunnelErr = l.WaitTunnelNeighbours(ctx, tunnelTimeout)
@@ -301,13 +319,40 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 }
 
 // attribute splits loss and breaks into those a cutting fault explains and
-// the rest.
+// the rest. A cut is a fault that cuts the flow on purpose (Fault.Cuts)
+// from cutBefore before it began until after past its end, or a gap in
+// which the mesh Secret volume of an end's agent lacked the other end's
+// cluster (configCuts), over the same margins.
 func (r *Report) attribute(bad []BadLookup) {
-	cut := func(fl Flow, at time.Time, after time.Duration) bool {
+	r.LateGaps = nil
+	for _, g := range r.ConfigGaps {
+		cluster := strings.TrimPrefix(strings.TrimPrefix(g.Holder, "importer "), "agent ")
+		if !slices.ContainsFunc(r.Faults, func(f Fault) bool {
+			return f.cutsCluster != "" && (f.cutsCluster == cluster || strings.HasPrefix(cluster, f.cutsCluster+"-")) &&
+				!g.From.Before(f.Start) && !g.From.After(f.End)
+		}) {
+			r.LateGaps = append(r.LateGaps, g)
+		}
+	}
+	byFault := func(fl Flow, at time.Time, after time.Duration) bool {
 		for _, f := range r.Faults {
 			if f.Cuts(fl) && !at.Before(f.Start.Add(-cutBefore)) && !at.After(f.End.Add(after)) {
 				return true
 			}
+		}
+		return false
+	}
+	byGap := func(fl Flow, at time.Time, after time.Duration) bool {
+		return cutByGap(r.ConfigGaps, agentHolder(fl.From.Node), fl.To.Cluster, at, after) ||
+			cutByGap(r.ConfigGaps, agentHolder(fl.To.Node), fl.From.Cluster, at, after)
+	}
+	cut := func(fl Flow, at time.Time, after time.Duration) bool {
+		if byFault(fl, at, after) {
+			return true
+		}
+		if byGap(fl, at, after) {
+			r.LateExplained++
+			return true
 		}
 		return false
 	}
@@ -337,23 +382,18 @@ func (r *Report) attribute(bad []BadLookup) {
 	// A lookup goes from the pod to its cluster's CoreDNS pod (a flapped
 	// link of either's node cuts it); what CoreDNS answers is what that
 	// cluster's importer imported, which a deleted Secret of that cluster
-	// withdraws (the Secret holds its credentials for the remotes). Another
-	// cluster's Secret configures only that cluster's own agents and
-	// importer: its deletion withdraws nothing the querier's cluster
-	// imports.
+	// withdraws (the Secret holds its credentials for the remotes), as its
+	// importer's volume shows it. Another cluster's Secret configures only
+	// that cluster's own agents and importer: its deletion withdraws
+	// nothing the querier's cluster imports.
 	for _, b := range bad {
-		explained := false
-		for _, f := range r.Faults {
-			if b.At.Before(f.Start.Add(-cutBefore)) || b.At.After(f.End.Add(cutAfterUDP)) {
-				continue
-			}
-			if f.Cuts(Flow{From: b.From, To: b.DNS}) {
-				explained = true
-			}
-		}
-		if explained {
+		switch {
+		case byFault(Flow{From: b.From, To: b.DNS}, b.At, cutAfterUDP):
 			r.BadLookupsCut++
-		} else {
+		case cutByGap(r.ConfigGaps, importerHolder(b.From.Cluster), "", b.At, cutAfterUDP):
+			r.BadLookupsCut++
+			r.LateExplained++
+		default:
 			r.BadLookups = append(r.BadLookups, b)
 		}
 	}
