@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -225,4 +226,59 @@ func (l *Lab) ApplyPodmeshRelease(ctx context.Context, c *Cluster, baseDir, agen
 		return fmt.Errorf("cluster %s: kubectl apply -k (agent %s, clustermesh-apiserver %s): %w: %s", c.Name, agentRef, apiserverRef, err, out)
 	}
 	return l.WaitPodmeshRolledOut(ctx, c, 3*time.Minute)
+}
+
+// SaveLogs copies the lab's logs into dst before the lab goes (Close
+// removes them): the control planes', kubelets', containerd's and
+// kube-proxy's logs (logs/) and every real node's pod logs (the
+// clustermesh-apiserver's, the agents', CoreDNS's, under
+// pod-logs/<node>/). A long run's findings are then explained from the
+// logs of the lab that produced them. Call it again and again during a run
+// to keep the logs of pods that are deleted (the kubelet removes a pod's
+// logs with it); a file whose copy has its size is not copied again.
+func (l *Lab) SaveLogs(dst string) error {
+	trees := map[string]string{filepath.Join(l.StateDir, "logs"): dst}
+	for _, n := range l.Nodes() {
+		trees[filepath.Join(l.StateDir, "nodes", n.Name, "pod-logs")] = filepath.Join(dst, "pod-logs", n.Name)
+	}
+	var errs []error
+	for src, to := range trees {
+		errs = append(errs, copyRegularFiles(src, to))
+	}
+	return errors.Join(errs...)
+}
+
+// copyRegularFiles copies the regular files below src to the same paths
+// below dst (a missing src is nothing to copy).
+func copyRegularFiles(src, dst string) error {
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		if fi, err := d.Info(); err == nil {
+			if have, err := os.Stat(to); err == nil && have.Size() == fi.Size() {
+				return nil // logs only grow: copied already
+			}
+		}
+		if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, data, 0o644)
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("copy logs from %s: %w", src, err)
+	}
+	return nil
 }

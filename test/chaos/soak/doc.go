@@ -18,13 +18,24 @@
 //     of either end's cluster (its agents withdraw every remote route).
 //     Every other lost datagram or broken TCP stream is a finding, listed
 //     with its flow and time.
+//   - A deleted Secret cuts where the podmesh processes see it, not where
+//     the API does: the kubelet refreshes a pod's Secret volume on its next
+//     pod sync, so it can empty the volume seconds after the Secret is
+//     back and the fault has healed. The soak reads every agent's and
+//     clustermesh-apiserver's volume through /proc/<pid>/root every
+//     SampleEvery; an interval in which a remote's file was missing cuts
+//     that agent's flows to that remote and that importer's lookups, with
+//     the same margins as a fault, and nothing else.
+//   - A DNS lookup is one query that may wait as long as a pod's resolver
+//     does (5 s) for its answer; slower answers than 1 s are listed.
 //   - Ownership is sampled, not inferred: every SampleEvery the sampler
 //     reads every node's podmesh routes and ipcache from the kernel and
 //     flags any prefix not inside a remote cluster's pod CIDRs, or an
 //     ipcache entry whose tunnel endpoint or cluster ID is not its owner's.
 //   - The end checks are the lab's own convergence check (routes and
 //     ipcache equal to what the lab knows it created, every remote ready),
-//     and a snapshot taken before the first fault compared with the lab
+//     the neighbour/FDB entries on podmesh_vxlan against what the routing
+//     mode programs (lab.CheckTunnelNeighbours), and a snapshot taken before the first fault compared with the lab
 //     after the last: per node the non-veth links and the bpffs pins, the
 //     veths against the pods the API places on the node, and per cluster
 //     the EndpointSlices by service and manager.

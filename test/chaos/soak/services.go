@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -87,7 +89,7 @@ func setupServices(ctx context.Context, l *lab.Lab, repo, image string, eps []En
 	deadline := time.Now().Add(2 * time.Minute)
 	for _, q := range queriers(eps) {
 		for {
-			got, err := lookup(ctx, q, dns[q.Cluster])
+			got, _, err := lookup(ctx, q, dns[q.Cluster])
 			if err == nil && slices.Equal(got, want) {
 				break
 			}
@@ -134,19 +136,89 @@ func exportedIPs(eps []Endpoint) []netip.Addr {
 	return out
 }
 
+// How long a lookup may take. A pod's resolver (glibc, resolv.conf
+// timeout:5 as Kubernetes leaves it) waits 5 s for an answer before it
+// asks again: an answer within resolverTimeout is one the pod gets, however
+// late, and only a lookup without an answer within it failed. Answers
+// slower than slowAnswer are counted and listed, not failed: on a loaded
+// machine they measure the scheduler, not the mesh.
+const (
+	resolverTimeout = 5 * time.Second
+	slowAnswer      = time.Second
+)
+
 // lookup resolves ExportedName's A records (sorted) from pod q through the
-// CoreDNS pod dns.
-func lookup(ctx context.Context, q, dns Endpoint) ([]netip.Addr, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+// CoreDNS pod dns, and says how long the answer took.
+func lookup(ctx context.Context, q, dns Endpoint) ([]netip.Addr, time.Duration, error) {
+	return queryA(ctx, q.NetNS, dns.IP, ExportedName, resolverTimeout)
+}
+
+// queryA sends one DNS query for name's A records from inside netns to
+// server:53 over UDP and waits up to wait for its answer (what a stub
+// resolver does for one try; unlike Go's resolver it tells a late answer
+// from none). It returns the addresses, sorted, and the answer's delay.
+func queryA(ctx context.Context, netns string, server netip.Addr, name string, wait time.Duration) ([]netip.Addr, time.Duration, error) {
+	q, err := dnsmessage.NewName(name + ".")
+	if err != nil {
+		return nil, 0, err
+	}
+	id := uint16(mrand.Uint32())
+	msg := dnsmessage.Message{Header: dnsmessage.Header{ID: id, RecursionDesired: true},
+		Questions: []dnsmessage.Question{{Name: q, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
+	req, err := msg.Pack()
+	if err != nil {
+		return nil, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	return lab.LookupIn(ctx, q.NetNS, dns.IP, ExportedName)
+	conn, err := lab.DialIn(ctx, netns, "udp", netip.AddrPortFrom(server, 53).String())
+	if err != nil {
+		return nil, 0, err
+	}
+	defer conn.Close()
+	start := time.Now()
+	deadline, _ := ctx.Deadline()
+	if err := conn.SetDeadline(deadline); err != nil {
+		return nil, 0, err
+	}
+	if _, err := conn.Write(req); err != nil {
+		return nil, time.Since(start), fmt.Errorf("send query: %w", err)
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, err := conn.Read(buf)
+		took := time.Since(start)
+		if err != nil {
+			return nil, took, fmt.Errorf("no answer within %s: %w", wait, err)
+		}
+		var m dnsmessage.Message
+		if m.Unpack(buf[:n]) != nil || m.ID != id || !m.Response {
+			continue // not the answer to this query
+		}
+		if m.RCode != dnsmessage.RCodeSuccess {
+			return nil, took, fmt.Errorf("answer %s", m.RCode)
+		}
+		if m.Truncated {
+			return nil, took, errors.New("answer truncated")
+		}
+		var ips []netip.Addr
+		for _, a := range m.Answers {
+			if r, ok := a.Body.(*dnsmessage.AResource); ok {
+				ips = append(ips, netip.AddrFrom4(r.A))
+			}
+		}
+		slices.SortFunc(ips, netip.Addr.Compare)
+		return ips, took, nil
+	}
 }
 
 // BadLookup is a lookup that failed or did not list exactly every echo pod.
 type BadLookup struct {
 	From, DNS Endpoint
 	At        time.Time
-	Got       string
+	// Took is how long the lookup ran (a timeout: the whole budget).
+	Took time.Duration
+	Got  string
 }
 
 // dnsProbes resolve ExportedName from one pod per cluster every interval.
@@ -154,10 +226,15 @@ type dnsProbes struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// mu protects total and bad.
-	mu    sync.Mutex
+	// mu protects took and bad.
+	mu sync.Mutex
+	// took is the duration of every lookup that answered, slow lists
+	// those slower than slowAnswer.
+	took []time.Duration
+	slow []string
+	bad  []BadLookup
+	// total counts every lookup.
 	total int
-	bad   []BadLookup
 }
 
 func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint, every time.Duration) *dnsProbes {
@@ -168,14 +245,20 @@ func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint
 		p.wg.Go(func() {
 			for sleepCtx(ctx, every) == nil {
 				at := time.Now()
-				got, err := lookup(ctx, q, dns[q.Cluster])
+				got, took, err := lookup(ctx, q, dns[q.Cluster])
 				if ctx.Err() != nil {
 					return
 				}
 				p.mu.Lock()
 				p.total++
+				if err == nil {
+					p.took = append(p.took, took)
+					if took > slowAnswer {
+						p.slow = append(p.slow, fmt.Sprintf("%s from %s: %.0f ms", at.Format("15:04:05.000"), q, took.Seconds()*1000))
+					}
+				}
 				if err != nil || !slices.Equal(got, want) {
-					b := BadLookup{From: q, DNS: dns[q.Cluster], At: at, Got: fmt.Sprint(got)}
+					b := BadLookup{From: q, DNS: dns[q.Cluster], At: at, Took: took, Got: fmt.Sprint(got)}
 					if err != nil {
 						b.Got = err.Error()
 					}
@@ -188,12 +271,27 @@ func startDNSProbes(ctx context.Context, eps []Endpoint, dns map[string]Endpoint
 	return p
 }
 
-func (p *dnsProbes) stop() (int, []BadLookup) {
+// LookupTimes summarises how long the lookups that got an answer took;
+// Slow lists each answer slower than slowAnswer (when, from where, how
+// slow).
+type LookupTimes struct {
+	P50, P99, P999, Max time.Duration
+	Slow                []string
+}
+
+func (p *dnsProbes) stop() (int, LookupTimes, []BadLookup) {
 	p.cancel()
 	p.wg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.total, slices.Clone(p.bad)
+	slices.Sort(p.took)
+	q := func(f float64) time.Duration {
+		if len(p.took) == 0 {
+			return 0
+		}
+		return p.took[int(f*float64(len(p.took)-1))]
+	}
+	return p.total, LookupTimes{P50: q(0.5), P99: q(0.99), P999: q(0.999), Max: q(1), Slow: slices.Clone(p.slow)}, slices.Clone(p.bad)
 }
 
 // checkImports resolves ExportedName once more from every cluster: the
@@ -202,7 +300,7 @@ func checkImports(ctx context.Context, eps []Endpoint, dns map[string]Endpoint) 
 	want := exportedIPs(eps)
 	var errs []error
 	for _, q := range queriers(eps) {
-		got, err := lookup(ctx, q, dns[q.Cluster])
+		got, _, err := lookup(ctx, q, dns[q.Cluster])
 		if err != nil || !slices.Equal(got, want) {
 			errs = append(errs, fmt.Errorf("%s resolves %s to %v (%v), want every exported echo pod %v", q, ExportedName, got, err, want))
 		}

@@ -8,9 +8,12 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/podmesh/podmesh/test/lab"
 )
@@ -46,6 +49,9 @@ type Config struct {
 	// LookupEvery is the period of each cluster's DNS lookups (default
 	// 250ms).
 	LookupEvery time.Duration
+	// Journal, when set (services on), receives one line per change of an
+	// imported EndpointSlice of the exported service in any cluster.
+	Journal io.Writer
 }
 
 // Grace periods around a fault that cuts the data path on purpose: loss a
@@ -76,6 +82,11 @@ type Report struct {
 	Violations              []string
 	// ConvergeErr is the end state's difference from the desired one.
 	ConvergeErr error
+	// TunnelErr is how the neighbour and FDB entries on podmesh_vxlan
+	// differ from what the agents' desired state implies (nil: equal on
+	// every node); Tunnel counts what was compared.
+	TunnelErr error
+	Tunnel    string
 	// Leaks are links, pins, EndpointSlices left behind.
 	Leaks []string
 	// Respawns are the kube-controller-managers and kube-schedulers that
@@ -87,9 +98,20 @@ type Report struct {
 	// cut, BadLookups the others; ImportsErr is the end check.
 	Services      bool
 	Lookups       int
+	LookupTimes   LookupTimes
 	BadLookupsCut int
 	BadLookups    []BadLookup
 	ImportsErr    error
+	// ConfigSamples counts the reads of the podmesh processes' mesh Secret
+	// volumes; ConfigGaps are the intervals in which a remote's file was
+	// missing there, LateGaps those outside every Secret fault of the
+	// cluster (the kubelet refreshed the volume after the fault had
+	// healed). LateExplained counts the datagrams, breaks and lookups
+	// that only such a late gap explains.
+	ConfigSamples int
+	ConfigGaps    []configGap
+	LateGaps      []configGap
+	LateExplained int
 }
 
 // Counts returns how many faults of each kind ran.
@@ -121,6 +143,9 @@ func (r *Report) Failures() []string {
 	if r.ConvergeErr != nil {
 		out = append(out, "end state differs from the desired state: "+r.ConvergeErr.Error())
 	}
+	if r.TunnelErr != nil {
+		out = append(out, "neighbour/FDB entries differ from the desired state: "+r.TunnelErr.Error())
+	}
 	for _, lk := range r.Leaks {
 		out = append(out, "leak: "+lk)
 	}
@@ -129,7 +154,8 @@ func (r *Report) Failures() []string {
 			out = append(out, fmt.Sprintf("... and %d more bad lookups", len(r.BadLookups)-k))
 			break
 		}
-		out = append(out, fmt.Sprintf("lookup of %s from %s at %s while no fault cut it: %s (faults then: %s)", ExportedName, b.From, b.At.Format("15:04:05.000"), b.Got, r.faultsAt(b.At)))
+		out = append(out, fmt.Sprintf("lookup of %s from %s at %s (%.0f ms) while no fault cut it: %s (faults then: %s)", ExportedName, b.From, b.At.Format("15:04:05.000"),
+			b.Took.Seconds()*1000, b.Got, r.faultsAt(b.At)))
 	}
 	if r.ImportsErr != nil {
 		out = append(out, "imports differ from the exports: "+r.ImportsErr.Error())
@@ -158,14 +184,30 @@ func (r *Report) Summary() string {
 	if r.Services {
 		fmt.Fprintf(&b, "\nDNS: %d lookups of %s, %d failed or wrong during a cut, %d unexplained; imports match exports at the end: %v",
 			r.Lookups, ExportedName, r.BadLookupsCut, len(r.BadLookups), r.ImportsErr == nil)
+		t := r.LookupTimes
+		fmt.Fprintf(&b, "\nDNS answer times: p50 %s, p99 %s, p99.9 %s, max %s; %d answers slower than %s (a pod's resolver waits %s)",
+			t.P50.Round(time.Millisecond), t.P99.Round(time.Millisecond), t.P999.Round(time.Millisecond), t.Max.Round(time.Millisecond),
+			len(t.Slow), slowAnswer, resolverTimeout)
+		for k, s := range t.Slow {
+			if k == maxViolations {
+				fmt.Fprintf(&b, "\n  ... and %d more", len(t.Slow)-k)
+				break
+			}
+			fmt.Fprintf(&b, "\n  slow answer %s", s)
+		}
 	} else {
 		b.WriteString("\nDNS: services part off (no CoreDNS image)")
+	}
+	fmt.Fprintf(&b, "\nmesh Secret volumes: %d samples, %d intervals with a remote's file missing, %d of them outside the Secret fault that caused them (a late kubelet refresh); %d lost datagrams, breaks and lookups explained only by those",
+		r.ConfigSamples, len(r.ConfigGaps), len(r.LateGaps), r.LateExplained)
+	for _, g := range r.LateGaps {
+		fmt.Fprintf(&b, "\n  late: %s", g)
 	}
 	fmt.Fprintf(&b, "\ncontrol-plane components restarted by the supervisor: %d", len(r.Respawns))
 	for _, s := range r.Respawns {
 		fmt.Fprintf(&b, "\n  %s", s)
 	}
-	fmt.Fprintf(&b, "\nend state: converged=%v, leaks=%d", r.ConvergeErr == nil, len(r.Leaks))
+	fmt.Fprintf(&b, "\nend state: converged=%v, neighbour/FDB as desired=%v (%s), leaks=%d", r.ConvergeErr == nil, r.TunnelErr == nil, r.Tunnel, len(r.Leaks))
 	return b.String()
 }
 
@@ -218,11 +260,19 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	// With services on, a fault has healed once every cluster resolves the
 	// exported name to every echo pod again.
 	var healed func(context.Context) error
+	if rep.Services && cfg.Journal != nil {
+		journal, err := startSliceJournal(ctx, l, cfg.Journal)
+		if err != nil {
+			return nil, err
+		}
+		defer journal.stop()
+	}
 	if rep.Services {
 		probes = startDNSProbes(ctx, eps, dns, cfg.LookupEvery)
 		healed = func(ctx context.Context) error { return waitImports(ctx, eps, dns) }
 	}
 	owners := startOwnership(ctx, l, cfg.SampleEvery)
+	configs := startConfigCuts(ctx, l, cfg.SampleEvery)
 	sup, err := startSupervisor(ctx, l)
 	if err != nil {
 		return nil, err
@@ -252,12 +302,15 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 	}
 	rep.Duration = time.Since(t0)
 	rep.Samples, rep.SampleReadErrs, rep.Violations = owners.stop()
+	rep.ConfigSamples, rep.ConfigGaps = configs.stop()
 	rep.Respawns = sup.stop()
 	rep.ConvergeErr = l.WaitConverged(ctx, healTimeout)
+	rep.TunnelErr = l.WaitTunnelNeighbours(ctx, tunnelTimeout)
+	rep.Tunnel = tunnelCensus(l)
 	rep.Traffic = traffic.Stop()
 	var bad []BadLookup
 	if rep.Services {
-		rep.Lookups, bad = probes.stop()
+		rep.Lookups, rep.LookupTimes, bad = probes.stop()
 		rep.ImportsErr = waitImports(ctx, eps, dns)
 	}
 	rep.attribute(bad)
@@ -266,13 +319,40 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Report, error) {
 }
 
 // attribute splits loss and breaks into those a cutting fault explains and
-// the rest.
+// the rest. A cut is a fault that cuts the flow on purpose (Fault.Cuts)
+// from cutBefore before it began until after past its end, or a gap in
+// which the mesh Secret volume of an end's agent lacked the other end's
+// cluster (configCuts), over the same margins.
 func (r *Report) attribute(bad []BadLookup) {
-	cut := func(fl Flow, at time.Time, after time.Duration) bool {
+	r.LateGaps = nil
+	for _, g := range r.ConfigGaps {
+		cluster := strings.TrimPrefix(strings.TrimPrefix(g.Holder, "importer "), "agent ")
+		if !slices.ContainsFunc(r.Faults, func(f Fault) bool {
+			return f.cutsCluster != "" && (f.cutsCluster == cluster || strings.HasPrefix(cluster, f.cutsCluster+"-")) &&
+				!g.From.Before(f.Start) && !g.From.After(f.End)
+		}) {
+			r.LateGaps = append(r.LateGaps, g)
+		}
+	}
+	byFault := func(fl Flow, at time.Time, after time.Duration) bool {
 		for _, f := range r.Faults {
 			if f.Cuts(fl) && !at.Before(f.Start.Add(-cutBefore)) && !at.After(f.End.Add(after)) {
 				return true
 			}
+		}
+		return false
+	}
+	byGap := func(fl Flow, at time.Time, after time.Duration) bool {
+		return cutByGap(r.ConfigGaps, agentHolder(fl.From.Node), fl.To.Cluster, at, after) ||
+			cutByGap(r.ConfigGaps, agentHolder(fl.To.Node), fl.From.Cluster, at, after)
+	}
+	cut := func(fl Flow, at time.Time, after time.Duration) bool {
+		if byFault(fl, at, after) {
+			return true
+		}
+		if byGap(fl, at, after) {
+			r.LateExplained++
+			return true
 		}
 		return false
 	}
@@ -299,25 +379,57 @@ func (r *Report) attribute(bad []BadLookup) {
 			r.BreaksUnexplained = append(r.BreaksUnexplained, b)
 		}
 	}
-	// A lookup goes from the pod to its cluster's CoreDNS pod; what it
-	// answers comes from every cluster's export, which a deleted Secret
-	// of any cluster withdraws.
+	// A lookup goes from the pod to its cluster's CoreDNS pod (a flapped
+	// link of either's node cuts it); what CoreDNS answers is what that
+	// cluster's importer imported, which a deleted Secret of that cluster
+	// withdraws (the Secret holds its credentials for the remotes), as its
+	// importer's volume shows it. Another cluster's Secret configures only
+	// that cluster's own agents and importer: its deletion withdraws
+	// nothing the querier's cluster imports.
 	for _, b := range bad {
-		explained := false
-		for _, f := range r.Faults {
-			if b.At.Before(f.Start.Add(-cutBefore)) || b.At.After(f.End.Add(cutAfterUDP)) {
-				continue
-			}
-			if f.cutsCluster != "" || f.Cuts(Flow{From: b.From, To: b.DNS}) {
-				explained = true
-			}
-		}
-		if explained {
+		switch {
+		case byFault(Flow{From: b.From, To: b.DNS}, b.At, cutAfterUDP):
 			r.BadLookupsCut++
-		} else {
+		case cutByGap(r.ConfigGaps, importerHolder(b.From.Cluster), "", b.At, cutAfterUDP):
+			r.BadLookupsCut++
+			r.LateExplained++
+		default:
 			r.BadLookups = append(r.BadLookups, b)
 		}
 	}
+}
+
+// tunnelTimeout bounds the wait for the neighbour and FDB entries after
+// convergence: three of the agents' full passes (every 10 s), the one that
+// prunes what a withdrawn prefix left in vxlan mode.
+const tunnelTimeout = 30 * time.Second
+
+// tunnelCensus counts what the neighbour/FDB check compared on every node.
+func tunnelCensus(l *lab.Lab) string {
+	var nodes, devs, fdb, perm, noarp, other int
+	for _, n := range l.Nodes() {
+		nodes++
+		st, err := lab.ReadTunnelState(n.NetNS)
+		if err != nil {
+			return err.Error()
+		}
+		if st.Exists {
+			devs++
+		}
+		fdb += len(st.FDB)
+		for _, e := range st.Neigh {
+			switch {
+			case e.State&netlink.NUD_PERMANENT != 0:
+				perm++
+			case e.State&netlink.NUD_NOARP != 0:
+				noarp++
+			default:
+				other++
+			}
+		}
+	}
+	return fmt.Sprintf("%d nodes, %d with %s: %d FDB entries, %d permanent, %d noarp and %d other neighbour entries",
+		nodes, devs, lab.TunnelDeviceName, fdb, perm, noarp, other)
 }
 
 // repoDir finds the checkout (daemonset/coredns) from the working
