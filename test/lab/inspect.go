@@ -2,7 +2,6 @@ package lab
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -551,52 +550,29 @@ type TunnelPeers struct {
 // ReadTunnelPeers lists the permanent neighbour and FDB entries on the
 // tunnel device in the named namespace (none when there is no device).
 func ReadTunnelPeers(netnsName string) (TunnelPeers, error) {
-	out := TunnelPeers{Neigh: map[netip.Addr]string{}, FDB: map[string]netip.Addr{}}
-	h, err := netlinkIn(netnsName)
+	st, err := ReadTunnelState(netnsName)
 	if err != nil {
-		return out, err
+		return TunnelPeers{}, err
 	}
-	defer h.Close()
-	link, err := h.LinkByName(TunnelDevice)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return out, nil
-	}
-	if err != nil {
-		return out, fmt.Errorf("find %s in %s: %w", TunnelDevice, netnsName, err)
-	}
-	idx := link.Attrs().Index
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6, unix.AF_BRIDGE} {
-		list, err := dumpRetry(func() ([]netlink.Neigh, error) { return h.NeighList(idx, fam) })
-		if err != nil {
-			return out, fmt.Errorf("list %s entries of %s in %s: %w", familyName(fam), TunnelDevice, netnsName, err)
-		}
-		for _, e := range list {
-			if e.LinkIndex != idx || e.State&netlink.NUD_PERMANENT == 0 || len(e.HardwareAddr) != 6 {
-				continue
-			}
-			ip, _ := netip.AddrFromSlice(e.IP)
-			if fam == unix.AF_BRIDGE {
-				// podmesh's MACs are unicast; the kernel's own entries
-				// (all-zero default, multicast) are not peers.
-				if e.HardwareAddr[0]&1 == 0 && !bytes.Equal(e.HardwareAddr, make(net.HardwareAddr, 6)) {
-					out.FDB[e.HardwareAddr.String()] = ip.Unmap()
-				}
-				continue
-			}
-			out.Neigh[ip.Unmap()] = e.HardwareAddr.String()
-		}
-	}
-	return out, nil
+	return st.Peers(), nil
 }
 
-func familyName(fam int) string {
-	switch fam {
-	case unix.AF_INET:
-		return "IPv4 neighbour"
-	case unix.AF_INET6:
-		return "IPv6 neighbour"
+// tunnelPeersWanted is what vxlan mode programs for the wanted prefixes
+// (prefix -> endpoint): per gateway a neighbour entry with the endpoint's
+// tunnel MAC, per endpoint an FDB entry sending that MAC to it. An
+// endpoint that is not IPv4 (the lab's underlay) is listed in bad.
+func tunnelPeersWanted(want map[netip.Prefix]netip.Addr) (neigh map[netip.Addr]string, fdb map[string]netip.Addr, bad []string) {
+	neigh, fdb = map[netip.Addr]string{}, map[string]netip.Addr{}
+	for p, ep := range want {
+		if !ep.Unmap().Is4() {
+			bad = append(bad, fmt.Sprintf("prefix %s via %s: the lab's underlay is IPv4", p, ep))
+			continue
+		}
+		mac := tunnelMAC(ep).String()
+		neigh[vxlanGateway(p, ep)] = mac
+		fdb[mac] = ep
 	}
-	return "FDB"
+	return neigh, fdb, bad
 }
 
 // checkTunnelPeers compares a vxlan-mode node's neighbour and FDB entries
@@ -608,12 +584,8 @@ func checkTunnelPeers(netnsName string, want map[netip.Prefix]netip.Addr) (missi
 	if err != nil {
 		return nil, nil, err
 	}
-	neigh, fdb := map[netip.Addr]string{}, map[string]netip.Addr{}
-	for p, ep := range want {
-		mac := tunnelMAC(ep).String()
-		neigh[vxlanGateway(p, ep)] = mac
-		fdb[mac] = ep
-	}
+	neigh, fdb, bad := tunnelPeersWanted(want)
+	missing = append(missing, bad...)
 	m, x := diffEntries("neigh %s lladdr %s", neigh, have.Neigh)
 	missing, extra = append(missing, m...), append(extra, x...)
 	m, x = diffEntries("fdb %s dst %s", fdb, have.FDB)

@@ -11,14 +11,10 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/podmesh/podmesh/bpf"
 )
-
-// TunnelDeviceName is the one link podmesh-agent creates (pkg/datapath).
-const TunnelDeviceName = "podmesh_vxlan"
 
 // TunnelState is what the kernel of one node holds on podmesh_vxlan: the
 // device's link-layer facts and its neighbour (IPv4 and IPv6) and FDB
@@ -70,53 +66,65 @@ func nudString(s int) string {
 // named namespace (dumps interrupted by a concurrent change are retried).
 func ReadTunnelState(netnsName string) (TunnelState, error) {
 	var st TunnelState
-	ns, err := netns.GetFromPath(NetNSPath(netnsName))
+	h, err := netlinkIn(netnsName)
 	if err != nil {
-		return st, fmt.Errorf("open netns %s: %w", netnsName, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return st, fmt.Errorf("netlink in %s: %w", netnsName, err)
+		return st, err
 	}
 	defer h.Close()
-	link, err := h.LinkByName(TunnelDeviceName)
+	link, err := h.LinkByName(TunnelDevice)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		return st, nil
 	}
 	if err != nil {
-		return st, fmt.Errorf("find %s in %s: %w", TunnelDeviceName, netnsName, err)
+		return st, fmt.Errorf("find %s in %s: %w", TunnelDevice, netnsName, err)
 	}
 	a := link.Attrs()
 	st.Exists, st.NoARP, st.MAC = true, a.RawFlags&unix.IFF_NOARP != 0, a.HardwareAddr.String()
-	dump := func(family int) ([]netlink.Neigh, error) {
-		for range 5 {
-			ns, err := h.NeighList(a.Index, family)
-			if !errors.Is(err, netlink.ErrDumpInterrupted) {
-				return ns, err
-			}
-		}
-		return nil, fmt.Errorf("dump of family %d interrupted 5 times", family)
-	}
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		ns, err := dump(fam)
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6, unix.AF_BRIDGE} {
+		list, err := dumpRetry(func() ([]netlink.Neigh, error) { return h.NeighList(a.Index, fam) })
 		if err != nil {
-			return st, fmt.Errorf("list neighbours of %s in %s: %w", TunnelDeviceName, netnsName, err)
+			return st, fmt.Errorf("list %s entries of %s in %s: %w", familyName(fam), TunnelDevice, netnsName, err)
 		}
-		for _, n := range ns {
+		for _, n := range list {
 			ip, _ := netip.AddrFromSlice(n.IP)
+			if fam == unix.AF_BRIDGE {
+				st.FDB = append(st.FDB, TunnelFDB{MAC: n.HardwareAddr.String(), Dst: ip.Unmap(), State: n.State})
+				continue
+			}
 			st.Neigh = append(st.Neigh, TunnelNeigh{IP: ip.Unmap(), MAC: n.HardwareAddr.String(), State: n.State})
 		}
 	}
-	fdb, err := dump(unix.AF_BRIDGE)
-	if err != nil {
-		return st, fmt.Errorf("list fdb of %s in %s: %w", TunnelDeviceName, netnsName, err)
-	}
-	for _, n := range fdb {
-		ip, _ := netip.AddrFromSlice(n.IP)
-		st.FDB = append(st.FDB, TunnelFDB{MAC: n.HardwareAddr.String(), Dst: ip.Unmap(), State: n.State})
-	}
 	return st, nil
+}
+
+func familyName(fam int) string {
+	switch fam {
+	case unix.AF_INET:
+		return "IPv4 neighbour"
+	case unix.AF_INET6:
+		return "IPv6 neighbour"
+	}
+	return "FDB"
+}
+
+// Peers is the part of st podmesh programs in vxlan mode: the permanent
+// neighbour entries (gateway -> MAC) and the permanent FDB entries to a
+// unicast MAC (MAC -> underlay endpoint); the kernel's own entries
+// (all-zero default, multicast) are not peers.
+func (st TunnelState) Peers() TunnelPeers {
+	out := TunnelPeers{Neigh: map[netip.Addr]string{}, FDB: map[string]netip.Addr{}}
+	for _, n := range st.Neigh {
+		if n.State&netlink.NUD_PERMANENT != 0 {
+			out.Neigh[n.IP] = n.MAC
+		}
+	}
+	for _, f := range st.FDB {
+		mac, err := net.ParseMAC(f.MAC)
+		if err == nil && len(mac) == 6 && mac[0]&1 == 0 && f.MAC != "00:00:00:00:00:00" && f.State&netlink.NUD_PERMANENT != 0 {
+			out.FDB[f.MAC] = f.Dst
+		}
+	}
+	return out
 }
 
 // CheckTunnelNeighbours compares node n's neighbour and FDB entries on
@@ -145,7 +153,7 @@ func (l *Lab) CheckTunnelNeighbours(ctx context.Context, n *Node, remotes []*Clu
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	if diff := compareTunnel(n.Mode, st, expectedPrefixes(remotes, hosts)); len(diff) > 0 {
-		return fmt.Errorf("node %s (%s mode): %s neighbour/FDB entries differ from the desired state: %v", n.Name, n.Mode, TunnelDeviceName, diff)
+		return fmt.Errorf("node %s (%s mode): %s neighbour/FDB entries differ from the desired state: %v", n.Name, n.Mode, TunnelDevice, diff)
 	}
 	return nil
 }
@@ -172,7 +180,7 @@ func compareTunnel(mode string, st TunnelState, want map[netip.Prefix]netip.Addr
 	switch mode {
 	case ModeNative:
 		if st.Exists {
-			diff = append(diff, "native mode has a "+TunnelDeviceName)
+			diff = append(diff, "native mode has a "+TunnelDevice)
 		}
 		return diff
 	case ModeEBPF, ModeVXLAN:
@@ -181,12 +189,12 @@ func compareTunnel(mode string, st TunnelState, want map[netip.Prefix]netip.Addr
 	}
 	if !st.Exists {
 		if len(want) > 0 {
-			diff = append(diff, fmt.Sprintf("no %s for %d desired prefixes", TunnelDeviceName, len(want)))
+			diff = append(diff, fmt.Sprintf("no %s for %d desired prefixes", TunnelDevice, len(want)))
 		}
 		return diff
 	}
-	wantNeigh := map[netip.Addr]string{} // gateway -> MAC
-	wantFDB := map[string]netip.Addr{}   // MAC -> endpoint
+	var wantNeigh map[netip.Addr]string // gateway -> MAC
+	var wantFDB map[string]netip.Addr   // MAC -> endpoint
 	if mode == ModeEBPF {
 		if !st.NoARP {
 			diff = append(diff, "device is not NOARP")
@@ -195,14 +203,9 @@ func compareTunnel(mode string, st TunnelState, want map[netip.Prefix]netip.Addr
 			diff = append(diff, fmt.Sprintf("device MAC %s, want the mesh-wide %s", st.MAC, bpf.DeviceMAC))
 		}
 	} else {
-		for p, ep := range want {
-			if !p.Addr().Is4() || !ep.Is4() {
-				diff = append(diff, fmt.Sprintf("prefix %s via %s: only IPv4 over an IPv4 underlay is compared in vxlan mode", p, ep))
-				continue
-			}
-			mac := tunnelMAC(ep)
-			wantNeigh[ep], wantFDB[mac] = mac, ep
-		}
+		var bad []string
+		wantNeigh, wantFDB, bad = tunnelPeersWanted(want)
+		diff = append(diff, bad...)
 	}
 	for _, n := range st.Neigh {
 		switch {
@@ -237,12 +240,4 @@ func compareTunnel(mode string, st TunnelState, want map[netip.Prefix]netip.Addr
 	}
 	sort.Strings(diff)
 	return slices.Compact(diff)
-}
-
-// tunnelMAC is the vxlan-mode device MAC of the node with underlay address
-// ep, as pkg/datapath documents it (0e:70 and the IPv4 address), derived
-// here on its own so the check does not trust the code it checks.
-func tunnelMAC(ep netip.Addr) string {
-	b := ep.As4()
-	return net.HardwareAddr{0x0e, 0x70, b[0], b[1], b[2], b[3]}.String()
 }

@@ -102,7 +102,7 @@ func TestReadTunnelStateSeesEntriesOnTheDevice(t *testing.T) {
 	}
 	defer h.Close()
 	mac, _ := net.ParseMAC(bpf.DeviceMAC)
-	dev := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: TunnelDeviceName, HardwareAddr: mac}, FlowBased: true, Port: TunnelPort}
+	dev := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: TunnelDevice, HardwareAddr: mac}, FlowBased: true, Port: TunnelPort}
 	if err := h.LinkAdd(dev); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestReadTunnelStateSeesEntriesOnTheDevice(t *testing.T) {
 		t.Fatalf("a fresh ebpf-mode device differs: %v (read %+v)", d, st)
 	}
 	ep := netip.MustParseAddr("192.168.2.11")
-	peer, _ := net.ParseMAC(tunnelMAC(ep))
+	peer := tunnelMAC(ep)
 	idx := dev.Attrs().Index
 	for _, n := range []*netlink.Neigh{
 		{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT, Flags: netlink.NTF_SELF, IP: ep.AsSlice(), HardwareAddr: peer},

@@ -429,7 +429,7 @@ func tunnelCensus(l *lab.Lab) string {
 		}
 	}
 	return fmt.Sprintf("%d nodes, %d with %s: %d FDB entries, %d permanent, %d noarp and %d other neighbour entries",
-		nodes, devs, lab.TunnelDeviceName, fdb, perm, noarp, other)
+		nodes, devs, lab.TunnelDevice, fdb, perm, noarp, other)
 }
 
 // repoDir finds the checkout (daemonset/coredns) from the working
