@@ -476,8 +476,8 @@ func testRealMisconfigurations(t *testing.T, ctx context.Context, l *lab.Lab, mo
 	}
 	seen := map[string]string{}
 	// Not fatal: whatever the refusals look like, the rest of the mesh is
-	// checked below. The kubelet refreshes the Secret volumes within its
-	// 10 s sync period.
+	// checked below. The kubelet refreshes the Secret volumes within 1.5
+	// sync periods (KubeletSyncFrequency).
 	refusedErr := waitCond(2*time.Minute, func() error {
 		var errs []error
 		for _, r := range refusals {
@@ -517,7 +517,7 @@ func testRealMisconfigurations(t *testing.T, ctx context.Context, l *lab.Lab, mo
 	if refusedErr != nil {
 		t.Errorf("every misconfiguration refused with its reason: not within 2m: %v", refusedErr)
 	} else {
-		t.Logf("MEASURED %s: every misconfiguration refused with its reason %.1fs after the Secrets were applied (kubelet volume refresh, syncFrequency 10s)", mode, time.Since(applied).Seconds())
+		t.Logf("MEASURED %s: every misconfiguration refused with its reason %.1fs after the Secrets were applied (kubelet volume refresh, syncFrequency %s)", mode, time.Since(applied).Seconds(), lab.KubeletSyncFrequency)
 	}
 	keys := make([]string, 0, len(seen))
 	for k := range seen {

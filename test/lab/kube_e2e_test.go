@@ -511,8 +511,8 @@ func testRealSecretDeleted(t *testing.T, ctx context.Context, l *lab.Lab, mode s
 		t.Fatal(err)
 	}
 	converged(t, ctx, l, 3*time.Minute)
-	t.Logf("MEASURED %s: Secret deleted: c3's agents withdrew every remote %.1fs after kubectl delete (kubelet volume refresh, syncFrequency 10s); re-applied: converged %.1fs later",
-		mode, withdrawn.Seconds(), time.Since(t1).Seconds())
+	t.Logf("MEASURED %s: Secret deleted: c3's agents withdrew every remote %.1fs after kubectl delete (kubelet volume refresh, syncFrequency %s); re-applied: converged %.1fs later",
+		mode, withdrawn.Seconds(), lab.KubeletSyncFrequency, time.Since(t1).Seconds())
 	refs, err := l.KubePodRefs(ctx)
 	if err != nil {
 		t.Fatal(err)
