@@ -195,16 +195,18 @@ type UDPReceiver struct {
 	pc   net.PacketConn
 	done chan struct{}
 
-	// mu protects seen, dup and maxSeq.
-	mu     sync.Mutex
-	seen   map[uint64]bool
-	dup    int
-	maxSeq uint64
+	// mu protects seen.
+	mu   sync.Mutex
+	seen []bool // seen[seq-1]; a long soak sends millions, so not a map
 }
 
 // udpPayload is the size of a stream datagram: an 8-byte sequence number,
 // padded to a realistic small packet.
 const udpPayload = 64
+
+// maxUDPSeq bounds the sequence numbers a receiver records (a datagram with
+// a larger one, which no sender here reaches, is ignored).
+const maxUDPSeq = 1 << 28
 
 // StartUDPReceiver listens on port inside netns. Its goroutine is owned by
 // the receiver and ends on Close.
@@ -216,7 +218,7 @@ func StartUDPReceiver(netns string, port int) (*UDPReceiver, error) {
 	if uc, ok := pc.(*net.UDPConn); ok {
 		_ = uc.SetReadBuffer(4 << 20)
 	}
-	r := &UDPReceiver{pc: pc, done: make(chan struct{}), seen: map[uint64]bool{}}
+	r := &UDPReceiver{pc: pc, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		buf := make([]byte, 2048)
@@ -228,32 +230,42 @@ func StartUDPReceiver(netns string, port int) (*UDPReceiver, error) {
 			if n < 8 {
 				continue
 			}
-			seq := binary.BigEndian.Uint64(buf[:8])
-			r.mu.Lock()
-			if r.seen[seq] {
-				r.dup++
-			}
-			r.seen[seq] = true
-			r.maxSeq = max(r.maxSeq, seq)
-			r.mu.Unlock()
+			r.record(binary.BigEndian.Uint64(buf[:8]))
 		}
 	}()
 	return r, nil
 }
 
-// Received returns how many distinct sequence numbers arrived and which of
-// 1..upTo are missing (at most 20 listed).
-func (r *UDPReceiver) Received(upTo uint64) (count int, missing []uint64) {
+func (r *UDPReceiver) record(seq uint64) {
+	if seq < 1 || seq > maxUDPSeq {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if n := int(seq); n > len(r.seen) {
+		r.seen = append(r.seen, make([]bool, n-len(r.seen))...)
+	}
+	r.seen[seq-1] = true
+}
+
+// Received returns how many distinct sequence numbers of 1..upTo arrived
+// and which are missing (at most 20 listed).
+func (r *UDPReceiver) Received(upTo uint64) (count int, missing []uint64) {
+	all := r.Missing(upTo)
+	return int(upTo) - len(all), all[:min(len(all), 20)]
+}
+
+// Missing returns every sequence number of 1..upTo that has not arrived.
+func (r *UDPReceiver) Missing(upTo uint64) []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var missing []uint64
 	for s := uint64(1); s <= upTo; s++ {
-		if r.seen[s] {
-			count++
-		} else if len(missing) < 20 {
+		if s > uint64(len(r.seen)) || !r.seen[s-1] {
 			missing = append(missing, s)
 		}
 	}
-	return count, missing
+	return missing
 }
 
 // Close stops the receiver.

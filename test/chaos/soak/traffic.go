@@ -38,15 +38,13 @@ func (f Flow) String() string { return f.From.String() + "->" + f.To.String() }
 // that was in progress.
 type udpFlow struct {
 	Flow
-	pc     net.PacketConn
+	rx     *lab.UDPReceiver
 	conn   net.Conn
-	rxDone chan struct{}
 	txDone chan struct{}
 
-	// mu protects sentAt, seen and sendErrs.
+	// mu protects sentAt and sendErrs.
 	mu       sync.Mutex
 	sentAt   []time.Time // sentAt[seq-1]
-	seen     []bool      // seen[seq-1]
 	sendErrs int
 }
 
@@ -172,45 +170,18 @@ func StartTraffic(ctx context.Context, eps []Endpoint, o TrafficOptions) (_ *Tra
 }
 
 func startUDPFlow(ctx context.Context, f Flow, port int, interval time.Duration) (*udpFlow, error) {
-	pc, err := lab.ListenPacketIn(f.To.NetNS, "udp4", net.JoinHostPort("", fmt.Sprint(port)))
+	rx, err := lab.StartUDPReceiver(f.To.NetNS, port)
 	if err != nil {
 		return nil, fmt.Errorf("flow %s: %w", f, err)
-	}
-	if uc, ok := pc.(*net.UDPConn); ok {
-		_ = uc.SetReadBuffer(4 << 20)
 	}
 	conn, err := lab.DialIn(ctx, f.From.NetNS, "udp4", netip.AddrPortFrom(f.To.IP, uint16(port)).String())
 	if err != nil {
-		pc.Close()
+		rx.Close()
 		return nil, fmt.Errorf("flow %s: %w", f, err)
 	}
-	u := &udpFlow{Flow: f, pc: pc, conn: conn, rxDone: make(chan struct{}), txDone: make(chan struct{})}
-	go u.receive()
+	u := &udpFlow{Flow: f, rx: rx, conn: conn, txDone: make(chan struct{})}
 	go u.send(ctx, interval)
 	return u, nil
-}
-
-func (u *udpFlow) receive() {
-	defer close(u.rxDone)
-	buf := make([]byte, 2048)
-	for {
-		n, _, err := u.pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		if n < 8 {
-			continue
-		}
-		seq := binary.BigEndian.Uint64(buf[:8])
-		u.mu.Lock()
-		if seq >= 1 && seq <= uint64(len(u.sentAt)) {
-			for uint64(len(u.seen)) < seq {
-				u.seen = append(u.seen, false)
-			}
-			u.seen[seq-1] = true
-		}
-		u.mu.Unlock()
-	}
 }
 
 func (u *udpFlow) send(ctx context.Context, interval time.Duration) {
@@ -240,13 +211,9 @@ func (u *udpFlow) send(ctx context.Context, interval time.Duration) {
 
 func (u *udpFlow) received() int {
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	n := 0
-	for _, s := range u.seen {
-		if s {
-			n++
-		}
-	}
+	sent := uint64(len(u.sentAt))
+	u.mu.Unlock()
+	n, _ := u.rx.Received(sent)
 	return n
 }
 
@@ -334,16 +301,13 @@ func (t *Traffic) Stop() TrafficReport {
 	t.wg.Wait()
 	rep := TrafficReport{Duration: time.Since(t.start)}
 	for _, u := range t.udp {
-		u.pc.Close()
 		u.conn.Close()
-		<-u.rxDone
+		u.rx.Close()
 		u.mu.Lock()
 		fr := FlowReport{Flow: u.Flow, Sent: len(u.sentAt), SendErrs: u.sendErrs}
-		for k, at := range u.sentAt {
-			if k >= len(u.seen) || !u.seen[k] {
-				fr.Lost++
-				fr.LostAt = append(fr.LostAt, at)
-			}
+		for _, seq := range u.rx.Missing(uint64(len(u.sentAt))) {
+			fr.Lost++
+			fr.LostAt = append(fr.LostAt, u.sentAt[seq-1])
 		}
 		u.mu.Unlock()
 		rep.UDP = append(rep.UDP, fr)
