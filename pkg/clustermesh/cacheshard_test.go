@@ -79,16 +79,23 @@ func (w shardWorld) direct(cc *meshapi.ClusterConfig) (*clusterState, ComputeSta
 	return s, st, entries
 }
 
-// TestAgentFedCompressedShardsHoldsWhatDirectModeReads: an agent's cache
-// view fed compressed shards (format 2) validates every entry and computes
-// exactly the entries direct mode computes from the same wire entries, and
-// still does after the shards are rewritten with changes and split anew.
-func TestAgentFedCompressedShardsHoldsWhatDirectModeReads(t *testing.T) {
+// viewOfEast is an agent's cache view that read the config of cluster east.
+func viewOfEast(t *testing.T) (*cacheView, *meshapi.ClusterConfig) {
+	t.Helper()
 	cc := &meshapi.ClusterConfig{Name: "east", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, FormatVersion: meshapi.FormatVersion}
 	rawCfg, err := meshapi.Encode(cc)
 	require.NoError(t, err)
 	v := newCacheView()
 	require.NoError(t, v.apply(kvstore.Event{Kind: kvstore.Upsert, Key: meshapi.CacheClusterConfigPrefix + "east", Value: rawCfg}))
+	return v, cc
+}
+
+// TestAgentFedCompressedShardsHoldsWhatDirectModeReads: an agent's cache
+// view fed compressed shards (format 2) validates every entry and computes
+// exactly the entries direct mode computes from the same wire entries, and
+// still does after the shards are rewritten with changes and split anew.
+func TestAgentFedCompressedShardsHoldsWhatDirectModeReads(t *testing.T) {
+	v, cc := viewOfEast(t)
 
 	check := func(w shardWorld) {
 		t.Helper()
@@ -141,11 +148,7 @@ func TestAgentFedCompressedShardsHoldsWhatDirectModeReads(t *testing.T) {
 // (uncompressed JSON of format 1) gives it no entries and is reported with
 // the formats involved, not misread.
 func TestAgentRefusesAShardOfAnotherCacheFormat(t *testing.T) {
-	cc := &meshapi.ClusterConfig{Name: "east", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, FormatVersion: meshapi.FormatVersion}
-	rawCfg, err := meshapi.Encode(cc)
-	require.NoError(t, err)
-	v := newCacheView()
-	require.NoError(t, v.apply(kvstore.Event{Kind: kvstore.Upsert, Key: meshapi.CacheClusterConfigPrefix + "east", Value: rawCfg}))
+	v, _ := viewOfEast(t)
 	w := newShardWorld(t, 10, nil, nil)
 	plain, err := meshapi.Encode(meshapi.CacheShard{Entries: w.wire, Format: 1})
 	require.NoError(t, err)
