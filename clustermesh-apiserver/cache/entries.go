@@ -14,16 +14,16 @@ import (
 // key (as pkg/clustermesh holds them).
 func Entries(cc *meshapi.ClusterConfig, nodes map[string]*meshapi.Node, endpoints map[string]*meshapi.Endpoint) (map[string][]byte, error) {
 	count := meshapi.ShardCount(len(nodes))
-	shards := make([]meshapi.CacheShard, count)
+	shards := make([]map[string]json.RawMessage, count)
 	for i := range shards {
-		shards[i] = meshapi.CacheShard{Entries: make(map[string]json.RawMessage), Format: meshapi.CacheFormat}
+		shards[i] = make(map[string]json.RawMessage)
 	}
 	add := func(node, wireKey string, v any) error {
 		b, err := meshapi.Encode(v)
 		if err != nil {
 			return fmt.Errorf("cache entry %s: %w", wireKey, err)
 		}
-		shards[meshapi.ShardOf(node, count)].Entries[wireKey] = b
+		shards[meshapi.ShardOf(node, count)][wireKey] = b
 		return nil
 	}
 	for name, n := range nodes {
@@ -45,12 +45,9 @@ func Entries(cc *meshapi.ClusterConfig, nodes map[string]*meshapi.Node, endpoint
 	}
 	out[meshapi.CacheClusterConfigPrefix+cc.Name] = b
 	for i, s := range shards {
-		b, err := meshapi.Encode(s)
+		b, err := meshapi.EncodeCacheShard(s)
 		if err != nil {
 			return nil, fmt.Errorf("cache shard %d of %s: %w", i, cc.Name, err)
-		}
-		if len(b) > meshapi.MaxCacheShardSize {
-			return nil, fmt.Errorf("cache shard %d of %s: %w: %d bytes", i, cc.Name, meshapi.ErrTooLarge, len(b))
 		}
 		out[meshapi.CacheShardKey(cc.Name, i, count)] = b
 	}

@@ -2,10 +2,14 @@ package meshapi
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"sync"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // The cache tier's key layout (cache format v1). A clustermesh-apiserver that
@@ -15,9 +19,12 @@ import (
 // CacheRoot deliberately does not start with Root ("podmesh/"): the etcd role
 // a peer's proxy reads with covers Root's range only, and "podmesh-cache/"
 // sorts outside it, so no peer can ever read what this cluster caches of a
-// third cluster. The cache format carries its own version ("v1" in CacheRoot,
-// CacheFormat in every status value); a change to it changes CacheRoot's
-// version, so agents of an older format find nothing rather than misread.
+// third cluster. The cache carries two versions of its own: "v1" in
+// CacheRoot versions the key layout below, and CacheFormat versions the
+// values (every status and shard carries it); a reader refuses a value of a
+// format it does not know, with an error naming both, rather than misread
+// it. A change of the key layout changes CacheRoot's version, so agents of
+// an older layout find nothing.
 //
 // Below CacheRoot the keys repeat the wire keys of Root without Root:
 //
@@ -39,6 +46,16 @@ import (
 // value make a listing of 250 clusters a few hundred keys instead of tens of
 // thousands. A node and its pods share a shard, so a node's change and the
 // pods it covers arrive in one value.
+//
+// A shard's value (cache format 2) is one byte, the cache format, followed
+// by a zstd frame of the shard's JSON (CacheShard, which repeats the
+// format). Compressed, the JSON of a few hundred nodes is 5-20 times
+// smaller, and the bytes are the cost when every agent of a cluster
+// restarts at once: each agent reads every shard, and each byte is copied
+// by etcd, the cache proxy and TLS on the way. The leading byte lets a
+// reader refuse a format it does not know before it decompresses anything.
+// Format 1 was the uncompressed JSON; no release shipped cache mode with
+// it, so no reader of format 1 exists, and this one refuses it.
 const (
 	CacheRoot                = "podmesh-cache/v1/"
 	CacheClusterConfigPrefix = CacheRoot + "cluster-config/"
@@ -51,13 +68,14 @@ const (
 	// CacheSyncedKey is the cache's canary: before it exists the cache may
 	// still be filling, and an agent withdraws nothing for what is absent.
 	CacheSyncedKey = CacheRoot + "synced"
-	// CacheFormat is the version of the cache layout, CacheStatus and
-	// CacheShard.
-	CacheFormat = 1
+	// CacheFormat is the version of the cache's values: CacheStatus and
+	// CacheShard (2: shards compressed; 1 was uncompressed JSON).
+	CacheFormat = 2
 	// NodesPerShard is what ShardCount aims at per shard.
 	NodesPerShard = 256
-	// MaxCacheShardSize bounds one shard value (etcd refuses requests over
-	// 1.5 MiB by default).
+	// MaxCacheShardSize bounds one shard's JSON, decompressed, and so its
+	// stored value as well (etcd refuses requests over 1.5 MiB by default):
+	// a small compressed value never expands beyond it in a reader.
 	MaxCacheShardSize = 1 << 20
 	// MaxCacheShardEntries bounds the entries of one shard.
 	MaxCacheShardEntries = 16384
@@ -70,18 +88,72 @@ type CacheShard struct {
 	Format  int                        `json:"format"`
 }
 
-// DecodeCacheShard decodes and bounds a shard; its entries are checked one
-// by one by the reader, as if read from the remote itself.
+// The shard codec: zstd, whose decoder is bounded to MaxCacheShardSize of
+// output. Both are safe for concurrent EncodeAll/DecodeAll calls and built
+// once (their options are constant, so they cannot fail but in a bug).
+var (
+	shardEncoder = sync.OnceValues(func() (*zstd.Encoder, error) {
+		return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	})
+	shardDecoder = sync.OnceValues(func() (*zstd.Decoder, error) {
+		return zstd.NewReader(nil, zstd.WithDecoderMaxMemory(MaxCacheShardSize), zstd.WithDecoderConcurrency(0))
+	})
+)
+
+// EncodeCacheShard encodes the entries (wire key -> wire value) of one shard
+// in the cache format; ErrTooLarge when they exceed what DecodeCacheShard
+// accepts.
+func EncodeCacheShard(entries map[string]json.RawMessage) ([]byte, error) {
+	if len(entries) > MaxCacheShardEntries {
+		return nil, fmt.Errorf("encode cache shard: %w: %d entries, limit %d", ErrTooLarge, len(entries), MaxCacheShardEntries)
+	}
+	b, err := Encode(CacheShard{Entries: entries, Format: CacheFormat})
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxCacheShardSize {
+		return nil, fmt.Errorf("encode cache shard: %w: %d bytes of JSON, limit %d", ErrTooLarge, len(b), MaxCacheShardSize)
+	}
+	enc, err := shardEncoder()
+	if err != nil {
+		return nil, fmt.Errorf("encode cache shard: %w", err)
+	}
+	return enc.EncodeAll(b, []byte{CacheFormat}), nil
+}
+
+// DecodeCacheShard decodes and bounds a shard (its stored and its
+// decompressed size, its entry count) and refuses another cache format; its
+// entries are checked one by one by the reader, as if read from the remote
+// itself.
 func DecodeCacheShard(data []byte) (*CacheShard, error) {
 	if len(data) > MaxCacheShardSize {
 		return nil, fmt.Errorf("%w: shard of %d bytes, limit %d", ErrTooLarge, len(data), MaxCacheShardSize)
 	}
+	switch {
+	case len(data) == 0:
+		return nil, errors.New("decode cache shard: empty value")
+	case data[0] == '{':
+		return nil, fmt.Errorf("%w: cache format 1 (an uncompressed JSON shard), want %d", ErrUnsupported, CacheFormat)
+	case data[0] != CacheFormat:
+		return nil, fmt.Errorf("%w: cache format %d, want %d", ErrUnsupported, data[0], CacheFormat)
+	}
+	dec, err := shardDecoder()
+	if err != nil {
+		return nil, fmt.Errorf("decode cache shard: %w", err)
+	}
+	b, err := dec.DecodeAll(data[1:], nil)
+	if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
+		return nil, fmt.Errorf("%w: shard decompresses to more than %d bytes (%w)", ErrTooLarge, MaxCacheShardSize, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decompress cache shard: %w", err)
+	}
 	var s CacheShard
-	if err := json.Unmarshal(data, &s); err != nil {
+	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("decode JSON: %w", err)
 	}
 	if s.Format != CacheFormat {
-		return nil, fmt.Errorf("%w: cache format %d, want %d", ErrUnsupported, s.Format, CacheFormat)
+		return nil, fmt.Errorf("%w: cache format %d in a shard of format %d", ErrUnsupported, s.Format, CacheFormat)
 	}
 	if len(s.Entries) > MaxCacheShardEntries {
 		return nil, fmt.Errorf("%w: %d entries in a shard, limit %d", ErrTooLarge, len(s.Entries), MaxCacheShardEntries)

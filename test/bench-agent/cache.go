@@ -425,6 +425,8 @@ type stormResult struct {
 	P50, P99  time.Duration
 	Keys      int64
 	Bytes     int64
+	// CPU is the storm clients' process's (TLS, decoding).
+	CPU time.Duration
 }
 
 // cacheStorm restarts n agents at once against the replica (a child
@@ -458,8 +460,8 @@ func cacheStorm(ctx context.Context, r *replica, n int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("storm: %d agents (own TLS connection each) restarted at once against one cache replica: all synced in %s (per agent p50 %s, p99 %s; each listed %d keys, %s of keys and values); replica process RSS %s before, peak %s, CPU %s during the storm\n",
-		res.Agents, res.AllSynced.Round(time.Millisecond), res.P50.Round(time.Millisecond), res.P99.Round(time.Millisecond), res.Keys, mib(res.Bytes), mib(base), mib(peak.Load()), (cpuTime() - cpu0).Round(time.Millisecond))
+	fmt.Printf("storm: %d agents (own TLS connection each) restarted at once against one cache replica: all synced in %s (per agent p50 %s, p99 %s; each listed %d keys in pages of %d, %.0f KiB of keys and values); replica process RSS %s before, peak %s, CPU %s during the storm; the clients' process CPU %s\n",
+		res.Agents, res.AllSynced.Round(time.Millisecond), res.P50.Round(time.Millisecond), res.P99.Round(time.Millisecond), res.Keys, clustermesh.CachePageSize, float64(res.Bytes)/1024, mib(base), mib(peak.Load()), (cpuTime() - cpu0).Round(time.Millisecond), res.CPU.Round(time.Millisecond))
 	return nil
 }
 
@@ -506,7 +508,7 @@ func stormAgents(ctx context.Context, file string, n int) error {
 		return err
 	}
 	slices.Sort(lat)
-	return json.NewEncoder(os.Stdout).Encode(stormResult{Agents: n, AllSynced: all, P50: lat[n/2], P99: lat[min(n-1, n*99/100)], Keys: keys[0], Bytes: size[0]})
+	return json.NewEncoder(os.Stdout).Encode(stormResult{Agents: n, AllSynced: all, P50: lat[n/2], P99: lat[min(n-1, n*99/100)], Keys: keys[0], Bytes: size[0], CPU: cpuTime()})
 }
 
 // listAll lists the cache prefix in pages and returns the listing's
