@@ -161,7 +161,7 @@ func (imp *Importer) applyFedState(name string, a *fedCluster, st feedState) {
 		imp.publish(name, a.gen, nil, nil, noteFormat1)
 		return
 	}
-	if a.cc == nil || !reflect.DeepEqual(a.cc, st.cc) {
+	if a.entries == nil || !reflect.DeepEqual(a.cc, st.cc) {
 		// Entries are checked against the config: check them all again.
 		a.raw, a.entries = nil, make(map[Key]*entry)
 	}

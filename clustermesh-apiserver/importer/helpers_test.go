@@ -11,7 +11,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,7 +18,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/podmesh/podmesh/clustermesh-apiserver/cache"
-	"github.com/podmesh/podmesh/clustermesh-apiserver/etcdserver"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy/proxytest"
 	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
 	"github.com/podmesh/podmesh/pkg/mcscrd"
@@ -255,8 +254,7 @@ func runImporterThroughCache(t testing.TB, k *kube, dir configDir, mutate func(*
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	e, err := etcdserver.Start(context.Background(), etcdserver.Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	require.NoError(t, err)
+	e := proxytest.StartEtcd(t)
 	feed := NewFeed()
 	c, err := cache.New(cache.Options{
 		Cluster: "east", ClusterID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
@@ -281,7 +279,6 @@ func runImporterThroughCache(t testing.TB, k *kube, dir configDir, mutate func(*
 		stopImporter()
 		cancel()
 		require.NoError(t, <-cacheDone)
-		require.NoError(t, e.Close())
 	}
 	t.Cleanup(stop)
 	return imp, stop

@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -184,9 +183,7 @@ func startRemoteProxy(t *testing.T, name string, id uint32, cidr string) *remote
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	e, err := etcdserver.Start(t.Context(), etcdserver.Config{DataDir: t.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
+	e := proxytest.StartEtcd(t)
 	pki := proxytest.NewPKI(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
