@@ -50,6 +50,11 @@ type Options struct {
 	StatusInterval time.Duration
 	Timing         clustermesh.Timing
 	Log            logrus.FieldLogger
+
+	// Services, when set, receives every remote's exported services from
+	// the cache's sessions (the service importer reads them there instead
+	// of dialling the remotes itself); they are not written to etcd.
+	Services clustermesh.ServiceSink
 }
 
 // Cache mirrors the remote clusters into the local etcd.
@@ -97,7 +102,7 @@ func New(opts Options) (*Cache, error) {
 	}
 	m, err := clustermesh.New(clustermesh.Options{
 		LocalCluster: opts.Cluster, LocalClusterID: opts.ClusterID, LocalPodCIDRs: opts.PodCIDRs,
-		ConfigDir: opts.ConfigDir, Desired: (*desired)(c), States: (*states)(c),
+		ConfigDir: opts.ConfigDir, Desired: (*desired)(c), States: (*states)(c), Services: opts.Services,
 		SyncTimeout: opts.SyncTimeout, Timing: opts.Timing, Log: c.log,
 	})
 	if err != nil {

@@ -18,6 +18,10 @@
 //   - Only what routing needs: nodes as published, and per pod only the IPs
 //     outside their node's pod CIDRs (meshapi.OutsideNodeCIDRs). An agent's
 //     state thus grows with remote nodes, not with remote pods.
+//   - The service importer reads the remotes through the cache's sessions
+//     (Options.Services): they also list the remotes' exported services
+//     and hand them over in-process, never into etcd, so each remote proxy
+//     serves one connection per replica and agents never see services.
 //   - Outside the peers' view. CacheRoot is not under the "podmesh/" prefix
 //     the peers' etcd role may read, and the peers' proxy refuses any
 //     request that touches it: no cluster learns a third cluster's data

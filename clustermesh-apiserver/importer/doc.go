@@ -16,6 +16,20 @@
 //     is the one declared; a remote's ID and pod CIDRs clash with no other
 //     cluster: clustermesh.Registry), waits for the services sync canary,
 //     then lists and watches podmesh/v1/services/<cluster>/.
+//   - Through the cache. Where clustermesh-apiserver runs its cache tier
+//     (the default), the importer opens no connection of its own: the
+//     cache's sessions (pkg/clustermesh.Mesh, which already checks the
+//     cluster config and the canaries and admits through its Registry) also
+//     list the remote's services and hand them over raw through a Feed,
+//     which keeps only each remote's latest state, so a session never
+//     waits for the importer. The importer validates the entries as it does
+//     its own reads (only those whose value changed), withdraws a remote
+//     the cache withdraws (file removed, config refused or displaced), and
+//     takes each remote's liveness from the cache's status. Its own
+//     directory scan still decides which remotes are configured, so a
+//     remote the cache has not listed yet is pending, never removed. The
+//     services are not written into the embedded etcd, so neither the
+//     agents (podmesh-cache/) nor the peers (podmesh/) can read them.
 //   - Trust nothing. Every entry is decoded and checked (meshapi, plus
 //     Kubernetes' own name, port and protocol rules) before it can reach an
 //     object. An entry with an endpoint outside the cluster's declared pod

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/rest"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/podmesh/podmesh/clustermesh-apiserver/cache"
+	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy/proxytest"
 	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
 	"github.com/podmesh/podmesh/pkg/mcscrd"
@@ -231,4 +233,53 @@ func clusterStatus(imp *Importer, name string) ClusterStatus {
 		}
 	}
 	return ClusterStatus{}
+}
+
+// runFunc starts an importer for the local cluster "east" (runImporter's
+// options) and returns it with its stop function.
+type runFunc func(t testing.TB, k *kube, dir configDir, mutate func(*Options)) (*Importer, func())
+
+// forEachWayToReadRemotes runs body with the importer dialling the remotes
+// itself (no cache) and with the importer reading them through a cache
+// tier's sessions (Options.Feed), as clustermesh-apiserver runs it by
+// default: the failure semantics must be the same.
+func forEachWayToReadRemotes(t *testing.T, body func(t *testing.T, run runFunc)) {
+	t.Run("direct", func(t *testing.T) { body(t, runImporter) })
+	t.Run("through the cache", func(t *testing.T) { body(t, runImporterThroughCache) })
+}
+
+// runImporterThroughCache runs a cache tier (package cache, with its own
+// embedded etcd) on dir and an importer that reads the remotes from it.
+func runImporterThroughCache(t testing.TB, k *kube, dir configDir, mutate func(*Options)) (*Importer, func()) {
+	t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	e := proxytest.StartEtcd(t)
+	feed := NewFeed()
+	c, err := cache.New(cache.Options{
+		Cluster: "east", ClusterID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
+		ConfigDir: string(dir), Etcd: e.Writer, Services: feed, Timing: fastTiming.Timing, Log: log,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cacheDone := make(chan error, 1)
+	go func() { cacheDone <- c.Run(ctx) }()
+	imp, stopImporter := runImporter(t, k, dir, func(o *Options) {
+		o.Feed, o.Cache = feed, c
+		if mutate != nil {
+			mutate(o)
+		}
+	})
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		stopImporter()
+		cancel()
+		require.NoError(t, <-cacheDone)
+	}
+	t.Cleanup(stop)
+	return imp, stop
 }

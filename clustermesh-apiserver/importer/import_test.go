@@ -221,6 +221,10 @@ func TestConflictsOldestWins(t *testing.T) {
 // imports nothing; an endpoint outside a remote's pod CIDRs, and a value that
 // claims another cluster, appear in no slice.
 func TestUntrustedRemotes(t *testing.T) {
+	forEachWayToReadRemotes(t, testUntrustedRemotes)
+}
+
+func testUntrustedRemotes(t *testing.T, runImporter runFunc) {
 	k := startKube(t)
 	ctx := context.Background()
 	west, south := westAndSouth(t, k, "shop")
@@ -270,6 +274,10 @@ func TestUntrustedRemotes(t *testing.T) {
 // reconnecting, the import resyncs exactly without ever withdrawing an
 // endpoint that still exists; a removed config file withdraws the remote.
 func TestRemoteFailures(t *testing.T) {
+	forEachWayToReadRemotes(t, testRemoteFailures)
+}
+
+func testRemoteFailures(t *testing.T, runImporter runFunc) {
 	k := startKube(t)
 	ctx := context.Background()
 	west, south := westAndSouth(t, k, "shop")
@@ -345,6 +353,10 @@ func TestRemoteFailures(t *testing.T) {
 // resuming its watch from the old revision would wait for revisions the
 // new store reaches only much later and miss the change.
 func TestRemoteRebuiltBehindItsAddressIsListedAgain(t *testing.T) {
+	forEachWayToReadRemotes(t, testRemoteRebuiltBehindItsAddressIsListedAgain)
+}
+
+func testRemoteRebuiltBehindItsAddressIsListedAgain(t *testing.T, runImporter runFunc) {
 	k := startKube(t)
 	k.namespace(t, "shop")
 	west := newFakeCluster(t, "west", 2, "10.2.0.0/16", true)
@@ -368,6 +380,31 @@ func TestRemoteRebuiltBehindItsAddressIsListedAgain(t *testing.T) {
 	st := clusterStatus(imp, "west")
 	assert.Greater(t, st.Failures, failuresBefore, "the broken connection is counted")
 	assert.Contains(t, st.LastError, "connection to the remote broke")
+}
+
+// TestRefusedRemoteIsWithdrawn: west rewrites its cluster config with the
+// local cluster's ID; the next session refuses it and its imports go, and
+// status says why.
+func TestRefusedRemoteIsWithdrawn(t *testing.T) {
+	forEachWayToReadRemotes(t, func(t *testing.T, runImporter runFunc) {
+		k := startKube(t)
+		west, south := westAndSouth(t, k, "shop")
+		west.export(t, webExport("shop", t0, []meshapi.ServicePort{portHTTP}, ep("10.2.0.10", "")))
+		south.export(t, webExport("shop", t1, []meshapi.ServicePort{portHTTP}, ep("10.3.0.10", "")))
+		imp, _ := runImporter(t, k, newConfigDir(t, west, south), nil)
+		require.Eventually(t, func() bool {
+			return len(k.slicesOf(t, "shop", "web", "west")) == 1 && len(k.slicesOf(t, "shop", "web", "south")) == 1
+		}, waitFor, 50*time.Millisecond)
+
+		west.id = 1 // the local cluster's ID
+		west.publishMeta(t)
+		require.Eventually(t, func() bool { return len(k.slicesOf(t, "shop", "web", "west")) == 0 }, waitFor, 50*time.Millisecond, "the refused remote's imports stayed")
+		st := clusterStatus(imp, "west")
+		assert.True(t, st.Synced)
+		assert.Zero(t, st.Services)
+		assert.Contains(t, st.Note+" "+st.Phase, "refused")
+		assert.Equal(t, map[string]bool{"10.3.0.10": true}, addrsOf(k.slicesOf(t, "shop", "web", "south")), "south stays")
+	})
 }
 
 // TestLeaderElection: two importers share the Lease; only the holder

@@ -75,6 +75,14 @@ type Options struct {
 	// ConfigDir holds one etcd-client YAML file per remote cluster, in the
 	// agents' format.
 	ConfigDir string
+	// Feed and Cache, when set, read the remotes from the cache tier
+	// (package cache) instead of connections of the importer's own: their
+	// services arrive through Feed from the cache's sessions, already
+	// admitted there, and Cache reports how fresh each remote is.
+	// ConfigDir then only says which remotes are configured (a removed
+	// file withdraws its cluster at the next scan, as without the cache).
+	Feed  *Feed
+	Cache CacheStatus
 	// Local reads the local cluster's own published entries (the embedded
 	// etcd's read-only client), so the local export is merged like any
 	// other; nil imports only the remotes.
@@ -156,6 +164,9 @@ func New(opts Options) (*Importer, error) {
 	if opts.Kube == nil || opts.MCS == nil {
 		errs = append(errs, errors.New("no Kubernetes clients"))
 	}
+	if (opts.Feed == nil) != (opts.Cache == nil) {
+		errs = append(errs, errors.New("reading the remotes from the cache needs both its feed and its status"))
+	}
 	if le := opts.LeaderElection; le != nil && (le.Namespace == "" || le.Name == "" || le.Identity == "") {
 		errs = append(errs, errors.New("leader election needs a Lease namespace, name and identity"))
 	}
@@ -209,6 +220,9 @@ func (imp *Importer) Run(ctx context.Context) error {
 	// configured cluster is never mistaken for a removed one.
 	imp.scanDir(ctx)
 	wg.Go(func() { every(ctx, imp.opts.Timing.ScanInterval, func() { imp.scanDir(ctx) }) })
+	if imp.opts.Feed != nil {
+		wg.Go(func() { imp.followFeed(ctx) })
+	}
 	defer imp.stopSources()
 
 	if imp.opts.LeaderElection == nil {
@@ -239,6 +253,13 @@ func (imp *Importer) scanDir(ctx context.Context) {
 	}
 	for name, f := range files {
 		s, ok := imp.sources[name]
+		if imp.opts.Feed != nil {
+			// The cache reads the file (and reconnects when it changes).
+			if !ok {
+				imp.startFedSourceLocked(name, f.Hash)
+			}
+			continue
+		}
 		if ok && s.hash == f.Hash {
 			continue
 		}

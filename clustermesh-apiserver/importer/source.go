@@ -111,7 +111,7 @@ func (s *source) session(ctx context.Context) (established bool, err error) {
 	if !cc.Capabilities.ServiceExports {
 		// A format-1 cluster publishes every Service, exported or not:
 		// importing them would leak what its owners never exported.
-		s.imp.publish(s.name, s.gen, nil, nil, "the cluster publishes service format 1 (no serviceExports capability): an older podmesh that publishes every Service, so none of its services is imported")
+		s.imp.publish(s.name, s.gen, nil, nil, noteFormat1)
 		<-sctx.Done()
 		return true, sessionErr(sctx)
 	}
@@ -168,17 +168,24 @@ func (s *source) apply(entries map[Key]*entry, cc *meshapi.ClusterConfig, ev kvs
 	if ev.Kind == kvstore.Listed {
 		return true
 	}
+	s.imp.applyEvent(s.name, entries, cc, ev)
+	return false
+}
+
+// applyEvent folds one upsert or delete of cluster's service key into
+// entries, validating the value against the cluster's config cc.
+func (imp *Importer) applyEvent(cluster string, entries map[Key]*entry, cc *meshapi.ClusterConfig, ev kvstore.Event) {
 	parts, err := meshapi.ParseServiceKey(ev.Key)
 	if err != nil {
 		if ev.Kind == kvstore.Upsert {
-			s.imp.countInvalid(s.name, clustermesh.InvalidReason(err), ev.Key, err)
+			imp.countInvalid(cluster, clustermesh.InvalidReason(err), ev.Key, err)
 		}
-		return false
+		return
 	}
 	k := Key{parts.Namespace, parts.Name}
 	if ev.Kind == kvstore.Delete {
 		delete(entries, k)
-		return false
+		return
 	}
 	svc, err := meshapi.DecodeService(ev.Value)
 	var e *Export
@@ -190,16 +197,15 @@ func (s *source) apply(entries map[Key]*entry, cc *meshapi.ClusterConfig, ev kvs
 		// What the cluster says now is a lie: withdraw what it said before.
 		reason := clustermesh.InvalidReason(err)
 		entries[k] = &entry{invalid: err.Error(), reason: reason}
-		s.imp.countInvalid(s.name, reason, ev.Key, err)
-		return false
+		imp.countInvalid(cluster, reason, ev.Key, err)
+		return
 	}
 	en := &entry{export: e}
 	for _, d := range dropped {
-		s.imp.countInvalid(s.name, d.Reason, ev.Key, d.Err)
+		imp.countInvalid(cluster, d.Reason, ev.Key, d.Err)
 		en.invalid, en.reason = d.Err.Error(), d.Reason
 	}
 	entries[k] = en
-	return false
 }
 
 func (s *source) readClusterConfig(ctx context.Context, kv kvstore.KV) (*meshapi.ClusterConfig, int64, error) {

@@ -4,6 +4,8 @@ import (
 	"maps"
 	"sort"
 	"time"
+
+	"github.com/podmesh/podmesh/pkg/clustermesh"
 )
 
 // Status is what the importer reports at clustermesh-apiserver's
@@ -51,6 +53,13 @@ type ClusterStatus struct {
 // by name.
 func (imp *Importer) Status() Status {
 	now := imp.now()
+	var cached map[string]clustermesh.RemoteStatus
+	if imp.opts.Cache != nil {
+		cached = make(map[string]clustermesh.RemoteStatus)
+		for _, rs := range imp.opts.Cache.Status().Remotes {
+			cached[rs.Cluster] = rs
+		}
+	}
 	imp.mu.Lock()
 	defer imp.mu.Unlock()
 	st := Status{LocalCluster: imp.opts.LocalCluster, ConfigDir: imp.opts.ConfigDir, ConfigDirError: imp.dirErr, Leader: imp.leader, Clusters: []ClusterStatus{}}
@@ -60,8 +69,11 @@ func (imp *Importer) Status() Status {
 			LastContact: v.lastContact, InvalidTotal: maps.Clone(v.invalid), LastInvalid: v.lastInvalid,
 			LastError: v.lastErr, LastErrorTime: v.lastErrTime, Failures: v.failures,
 		}
-		if !v.lastContact.IsZero() {
-			age := now.Sub(v.lastContact).Seconds()
+		if rs, ok := cached[v.name]; ok && !v.local {
+			cs.fromCache(rs, now)
+		}
+		if !cs.LastContact.IsZero() {
+			age := now.Sub(cs.LastContact).Seconds()
 			cs.DataAgeSeconds = &age
 		}
 		for _, e := range v.entries {

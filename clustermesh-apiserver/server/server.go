@@ -25,6 +25,7 @@ import (
 	"github.com/podmesh/podmesh/clustermesh-apiserver/importer"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/kubesync"
 	"github.com/podmesh/podmesh/clustermesh-apiserver/proxy"
+	"github.com/podmesh/podmesh/pkg/clustermesh"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
@@ -281,11 +282,15 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 
 	var c *cache.Cache
 	var cacheProxy *proxy.Proxy
+	var feed *importer.Feed
 	cacheErr := make(chan error, 1)
 	if s.cfg.CacheEnabled() {
+		// The importer reads the remotes' services from the cache's
+		// sessions: one connection per remote serves both.
+		feed = importer.NewFeed()
 		cacheCtx, stopCache := context.WithCancel(ctx)
 		cacheDone := make(chan struct{})
-		if c, cacheProxy, err = s.startCache(cacheCtx, e, cacheErr, cacheDone); err != nil {
+		if c, cacheProxy, err = s.startCache(cacheCtx, e, feed, cacheErr, cacheDone); err != nil {
 			stopCache()
 			return err
 		}
@@ -304,6 +309,9 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 			LocalCluster: s.cfg.ClusterName, LocalClusterID: s.cfg.ClusterID, LocalPodCIDRs: s.cfg.PodCIDRs,
 			ConfigDir: s.cfg.ClusterMeshConfig, Local: e.Reader, Kube: s.kube, MCS: s.mcs,
 			Metrics: s.importMetrics, Log: s.log,
+		}
+		if c != nil {
+			opts.Feed, opts.Cache = feed, c
 		}
 		if s.cfg.LeaderElectionNamespace != "" {
 			opts.LeaderElection = &importer.LeaderElection{Namespace: s.cfg.LeaderElectionNamespace, Name: "podmesh-service-importer", Identity: s.cfg.LeaderElectionID}
@@ -357,13 +365,14 @@ func (s *Server) Run(ctx context.Context, gatherer prometheus.Gatherer) (err err
 }
 
 // startCache runs the cache tier (its mirror of the remotes in ctx, until
-// ctx is done, failures to errc) and its proxy for this cluster's agents:
+// ctx is done, failures to errc; the remotes' services to services) and its proxy for this cluster's agents:
 // its own listener, TLS that accepts only the local agents' CNs, and an etcd
 // user that may read the cache prefix only.
-func (s *Server) startCache(ctx context.Context, e *etcdserver.Server, errc chan<- error, done chan<- struct{}) (*cache.Cache, *proxy.Proxy, error) {
+func (s *Server) startCache(ctx context.Context, e *etcdserver.Server, services clustermesh.ServiceSink, errc chan<- error, done chan<- struct{}) (*cache.Cache, *proxy.Proxy, error) {
 	c, err := cache.New(cache.Options{
 		Cluster: s.cfg.ClusterName, ClusterID: s.cfg.ClusterID, PodCIDRs: s.cfg.PodCIDRs,
 		ConfigDir: s.cfg.ClusterMeshConfig, Etcd: e.Writer, SyncTimeout: s.cfg.CacheSyncTimeout, Log: s.log,
+		Services: services,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -53,7 +53,10 @@
 //   - Two consumers of the same code. Mesh is direct mode (the agent dials
 //     every remote) and, with Options.States, the cache tier's watcher in
 //     clustermesh-apiserver (package cache), which mirrors every validated
-//     remote into its own etcd. CacheMesh (cachemesh.go) is the agent's
+//     remote into its own etcd; with Options.Services its sessions also
+//     list each remote's exported services and hand them over raw
+//     (ServiceSink), so the cluster's service importer needs no connection
+//     of its own. CacheMesh (cachemesh.go) is the agent's
 //     cache mode: one connection to its own cluster's cache, one list+watch
 //     of meshapi.CacheRoot; each cached entry still goes through
 //     clusterState's validation, the Registry and ComputeEntries, so an

@@ -110,6 +110,10 @@ type Options struct {
 	// state, in the same order and under the same lock as Desired, so a
 	// removal or refusal (Desired.RemoveCluster) is never overtaken.
 	States StateSink
+	// Services, when set, makes every session also list and watch the
+	// remote's exported services and hand them over (the cache tier's
+	// service importer); nil for agents, which never read services.
+	Services ServiceSink
 	// SyncTimeout allows pruning even if some remote has not synced by then.
 	SyncTimeout time.Duration
 	// Programmed, when set, reports the datapath's programmed prefix count
@@ -277,6 +281,7 @@ func (m *Mesh) removeLocked(r *remote) {
 	m.presentedLocked(r.name)
 	m.stopLocked(r)
 	m.opts.Desired.RemoveCluster(r.name)
+	m.removeServicesLocked(r.name)
 	m.registry.Release(r.name)
 	r.log.Info("Remote cluster file removed; withdrew its entries")
 }
@@ -299,6 +304,7 @@ func (m *Mesh) push(r *remote, gen uint64, state *clusterState, entries []datapa
 	if m.opts.States != nil {
 		m.opts.States.SetClusterState(state.cfg, state.nodes, state.endpoints)
 	}
+	m.pushServicesLocked(state)
 	return true
 }
 
@@ -416,6 +422,7 @@ func (m *Mesh) refuse(r *remote, gen uint64) {
 
 func (m *Mesh) withdrawLocked(r *remote, gen uint64) {
 	m.opts.Desired.RemoveCluster(r.name)
+	m.removeServicesLocked(r.name)
 	r.rec.update(gen, func() { r.rec.nodes, r.rec.endpoints, r.rec.prefixes = 0, 0, 0 })
 }
 

@@ -258,8 +258,9 @@ func (s *session) waitCanaries() error {
 	}
 }
 
-// listWatch lists and watches nodes and endpoints and keeps the cluster's
-// entries in the desired set until the session ends.
+// listWatch lists and watches nodes and endpoints (and services, for
+// Options.Services) and keeps the cluster's entries in the desired set until
+// the session ends.
 func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error {
 	t := s.mesh.opts.Timing
 	rec := s.r.rec
@@ -269,7 +270,15 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 		ev     kvstore.Event
 	}
 	events := make(chan tagged, 1024)
-	for _, prefix := range []string{meshapi.NodesClusterPrefix(s.r.name), meshapi.EndpointsClusterPrefix(s.r.name)} {
+	prefixes := []string{meshapi.NodesClusterPrefix(s.r.name), meshapi.EndpointsClusterPrefix(s.r.name)}
+	state := newClusterState(cc)
+	if s.mesh.opts.Services != nil {
+		state.services, state.servicesDirty = make(map[string][]byte), true
+		if p := s.mesh.servicesPrefix(cc); p != "" {
+			prefixes = append(prefixes, p)
+		}
+	}
+	for _, prefix := range prefixes {
 		lw := &kvstore.ListWatcher{Client: s.cli, Prefix: prefix, Backoff: kvstore.Backoff{Min: t.BackoffMin, Max: t.BackoffMax}, Log: s.log}
 		wg.Go(func() {
 			_ = lw.Run(s.ctx, func(ev kvstore.Event) {
@@ -282,7 +291,6 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 		})
 	}
 
-	state := newClusterState(cc)
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -299,7 +307,7 @@ func (s *session) listWatch(wg *sync.WaitGroup, cc *meshapi.ClusterConfig) error
 				}
 			}
 		}
-		if len(state.listed) < 2 {
+		if len(state.listed) < len(prefixes) {
 			continue
 		}
 		entries, st := ComputeEntries(s.r.name, cc.ID, s.mesh.opts.LocalTunnelIP, state.nodes, state.endpoints)

@@ -60,6 +60,11 @@ type clusterState struct {
 	endpoints map[string]*meshapi.Endpoint // by etcd key
 	invalid   map[string]invalidEntry      // by etcd key
 	listed    map[string]bool              // by watched prefix
+	// services holds the raw service entries (by etcd key) when the
+	// session lists them (Options.Services), else nil; servicesDirty says
+	// they changed since they were last handed over.
+	services      map[string][]byte
+	servicesDirty bool
 }
 
 func newClusterState(cfg *meshapi.ClusterConfig) *clusterState {
@@ -77,6 +82,10 @@ func newClusterState(cfg *meshapi.ClusterConfig) *clusterState {
 func (s *clusterState) apply(prefix string, ev kvstore.Event) error {
 	if ev.Kind == kvstore.Listed {
 		s.listed[prefix] = true
+		return nil
+	}
+	if s.services != nil && strings.HasPrefix(ev.Key, meshapi.ServicesPrefix) {
+		s.applyService(ev)
 		return nil
 	}
 	isNode := strings.HasPrefix(ev.Key, meshapi.NodesPrefix)
@@ -130,6 +139,16 @@ func (s *clusterState) applyEndpoint(ev kvstore.Event) error {
 	}
 	s.endpoints[ev.Key] = e
 	return nil
+}
+
+// applyService keeps a service entry raw: its consumer validates it.
+func (s *clusterState) applyService(ev kvstore.Event) {
+	s.servicesDirty = true
+	if ev.Kind == kvstore.Delete {
+		delete(s.services, ev.Key)
+		return
+	}
+	s.services[ev.Key] = ev.Value
 }
 
 func (s *clusterState) refuse(key string, err error) error {

@@ -119,14 +119,9 @@ type Env struct {
 // CNs. Both stop at tb.Cleanup.
 func Start(tb testing.TB, allowedPeers ...string) *Env {
 	tb.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
+	log := quietLog()
 	ctx := tb.Context()
-	e, err := etcdserver.Start(ctx, etcdserver.Config{DataDir: tb.TempDir(), UnsafeNoFsync: true, Log: log, EtcdLog: zap.NewNop()})
-	if err != nil {
-		tb.Fatalf("start etcd: %v", err)
-	}
-	tb.Cleanup(func() { e.Close() })
+	e := StartEtcd(tb)
 	pki := NewPKI(tb)
 	m := proxy.NewMetrics()
 	p, err := proxy.Start(ctx, proxy.Config{Listen: "127.0.0.1:0", TLS: pki.ServerTLS(tb, allowedPeers...), Client: e.Reader, Metrics: m, Log: log})
@@ -135,6 +130,24 @@ func Start(tb testing.TB, allowedPeers ...string) *Env {
 	}
 	tb.Cleanup(p.Stop)
 	return &Env{Etcd: e, Proxy: p, PKI: pki, Metrics: m, Endpoint: "https://" + p.Addr()}
+}
+
+// StartEtcd runs clustermesh-apiserver's embedded etcd (auth on, fsync off)
+// until tb ends.
+func StartEtcd(tb testing.TB) *etcdserver.Server {
+	tb.Helper()
+	e, err := etcdserver.Start(tb.Context(), etcdserver.Config{DataDir: tb.TempDir(), UnsafeNoFsync: true, Log: quietLog(), EtcdLog: zap.NewNop()})
+	if err != nil {
+		tb.Fatalf("start etcd: %v", err)
+	}
+	tb.Cleanup(func() { e.Close() })
+	return e
+}
+
+func quietLog() *logrus.Logger {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	return log
 }
 
 // Client returns an etcd client that reaches the proxy with a fresh client
