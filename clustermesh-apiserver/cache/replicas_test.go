@@ -169,11 +169,11 @@ func junkHistory(t *testing.T, remote *cmt.Remote, from, to *replica) {
 // replicas (two embedded etcds, each with its cache and cache proxy) behind
 // one Service, twelve agents spread over them. Connections cut while the
 // replicas stay, and the reconnects land on the same replica: those agents
-// resume their watch there (no re-list) and still follow the remote. Then one replica is killed: only
-// its agents re-list, onto the survivor; their listings start at random
-// moments of the reconnect window (not all within 100 ms, as a fixed first
-// backoff would make them), the survivor's agents do not re-list, and no
-// agent withdraws anything that exists.
+// resume their watch there (no re-list) and still follow the remote. Then
+// one replica is killed: only its agents re-list, onto the survivor; their
+// listings start at random moments of the reconnect window (not all within
+// 100 ms, as a fixed first backoff would make them), the survivor's agents
+// do not re-list, and no agent withdraws anything that exists.
 func TestLostReplicaMovesOnlyItsAgentsAndTheirRelistsSpread(t *testing.T) {
 	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
 	for i := 1; i <= 5; i++ {
