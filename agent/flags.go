@@ -35,13 +35,16 @@ type config struct {
 	ClustermeshConfig string
 	MeshMode          string
 	CacheConfig       string
-	RoutingMode       string
-	TunnelPort        int
-	MTU               int
-	BPFRoot           string
-	SyncTimeout       time.Duration
-	StatusListen      string
-	LogLevel          string
+	// ReconnectWindow spreads a lost cache session's first retry (cache
+	// mode; clustermesh.Timing.ReconnectWindow).
+	ReconnectWindow time.Duration
+	RoutingMode     string
+	TunnelPort      int
+	MTU             int
+	BPFRoot         string
+	SyncTimeout     time.Duration
+	StatusListen    string
+	LogLevel        string
 }
 
 const (
@@ -50,6 +53,7 @@ const (
 	defaultBPFRoot           = "/sys/fs/bpf/podmesh"
 	defaultStatusListen      = "127.0.0.1:9876"
 	defaultSyncTimeout       = 2 * time.Minute
+	defaultReconnectWindow   = 10 * time.Second
 )
 
 // parseFlags parses and validates the agent's flags. getenv supplies
@@ -68,6 +72,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&c.ClustermeshConfig, "clustermesh-config", defaultClustermeshConfig, "directory with one etcd-client YAML file per remote cluster")
 	fs.StringVar(&c.MeshMode, "mesh-mode", meshModeCache, "cache: read every remote through the local cluster's clustermesh-apiserver cache (one connection, docs/scale.md); direct: dial every remote cluster (small meshes)")
 	fs.StringVar(&c.CacheConfig, "cache-config", defaultCacheConfig, "cache mode: etcd-client YAML file of the local cluster's cache")
+	fs.DurationVar(&c.ReconnectWindow, "cache-reconnect-window", defaultReconnectWindow, "cache mode: after losing its cache replica, wait a random time below this before listing the cache again, so the agents of a lost replica spread their re-lists over it (docs/scale.md)")
 	fs.StringVar(&c.RoutingMode, "routing-mode", "ebpf", "datapath: "+strings.Join(routingModes, ", "))
 	fs.IntVar(&c.TunnelPort, "tunnel-port", meshapi.DefaultTunnelUDPPort, "VXLAN UDP port")
 	fs.IntVar(&c.MTU, "mtu", 0, "underlay MTU (0: the MTU of the link holding the node IP)")
@@ -130,6 +135,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	}
 	if c.BPFRoot == "" && c.RoutingMode == "ebpf" {
 		bad("bpf-root", errors.New("must not be empty in ebpf mode"))
+	}
+	if c.ReconnectWindow <= 0 {
+		bad("cache-reconnect-window", fmt.Errorf("%s must be positive", c.ReconnectWindow))
 	}
 	if c.SyncTimeout <= 0 {
 		bad("sync-timeout", fmt.Errorf("%s must be positive", c.SyncTimeout))

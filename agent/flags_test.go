@@ -32,6 +32,7 @@ func TestParseFlags(t *testing.T) {
 				require.Equal(t, "/var/lib/podmesh/clustermesh", c.ClustermeshConfig)
 				require.Equal(t, "cache", c.MeshMode, "the cache tier is the default")
 				require.Equal(t, "/var/lib/podmesh/cache/cache.yaml", c.CacheConfig)
+				require.Equal(t, 10*time.Second, c.ReconnectWindow)
 				require.Equal(t, "/sys/fs/bpf/podmesh", c.BPFRoot)
 				require.Equal(t, "127.0.0.1:9876", c.StatusListen)
 				require.Equal(t, 2*time.Minute, c.SyncTimeout)
@@ -57,6 +58,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "cache mode without a cache file", args: append([]string{"--mesh-mode=cache", "--cache-config="}, base...), getenv: withNode, wantErr: []string{"--cache-config: must not be empty in cache mode"}},
 		{name: "bad tunnel port", args: append([]string{"--tunnel-port=70000"}, base...), getenv: withNode, wantErr: []string{"--tunnel-port: 70000 not in 1..65535"}},
 		{name: "bad MTU", args: append([]string{"--mtu=500"}, base...), getenv: withNode, wantErr: []string{"--mtu: 500"}},
+		{name: "bad reconnect window", args: append([]string{"--cache-reconnect-window=0s"}, base...), getenv: withNode, wantErr: []string{"--cache-reconnect-window: 0s must be positive"}},
 		{name: "bad sync timeout", args: append([]string{"--sync-timeout=0s"}, base...), getenv: withNode, wantErr: []string{"--sync-timeout: 0s must be positive"}},
 		{name: "bad status address", args: append([]string{"--status-listen=nowhere"}, base...), getenv: withNode, wantErr: []string{"--status-listen:"}},
 		{name: "unknown flag", args: append([]string{"--frobnicate"}, base...), getenv: withNode, wantErr: []string{"flag provided but not defined: -frobnicate"}},

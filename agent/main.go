@@ -111,7 +111,8 @@ func run(ctx context.Context, cfg *config, d deps) error {
 		LocalCluster: cfg.ClusterName, LocalClusterID: cfg.ClusterID, LocalPodCIDRs: cfg.PodCIDRs,
 		LocalTunnelIP: node.TunnelIP, Desired: desired, Dial: serviceDialer(d.kube),
 		SyncTimeout: cfg.SyncTimeout, Programmed: func() map[string]int { return dp.Status().Programmed },
-		Log: log.WithFields(logrus.Fields{"component": "clustermesh", "meshMode": cfg.MeshMode}),
+		Timing: clustermesh.Timing{ReconnectWindow: cfg.ReconnectWindow},
+		Log:    log.WithFields(logrus.Fields{"component": "clustermesh", "meshMode": cfg.MeshMode}),
 	})
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/podmesh/podmesh/pkg/agentstatus"
 )
 
 // statusCommand implements `podmesh-agent status`.
@@ -86,6 +88,9 @@ func printReport(w io.Writer, rep *Report, now time.Time) error {
 		}
 		fmt.Fprintln(w, line)
 	}
+	if c := st.Cache; c != nil {
+		fmt.Fprintln(w, cacheLine(c, now))
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CLUSTER\tID\tREADY\tSINCE\tNODES\tENDPOINTS\tPREFIXES\tINVALID\tLAST ERROR")
 	for _, r := range st.Remotes {
@@ -111,6 +116,31 @@ func printReport(w io.Writer, rep *Report, now time.Time) error {
 		fmt.Fprintln(tw, "(no remote clusters configured)")
 	}
 	return tw.Flush()
+}
+
+// cacheLine says which cache replica the agent reads (its epoch; the
+// replicas share the Service address) and how often it listed it.
+func cacheLine(c *agentstatus.Cache, now time.Time) string {
+	addr := c.Endpoint
+	if c.Address != "" {
+		addr += " (" + c.Address + ")"
+	}
+	epoch := c.Epoch
+	if epoch == "" {
+		epoch = "none listed yet"
+	}
+	state := "connected"
+	if !c.Connected {
+		state = "not connected"
+		if !c.RetryAt.IsZero() && c.RetryAt.After(now) {
+			state += ", retry in " + c.RetryAt.Sub(now).Round(100*time.Millisecond).String()
+		}
+	}
+	line := fmt.Sprintf("cache %s, replica epoch %s, %s, %d listings", addr, epoch, state, c.Listings)
+	if !c.LastListed.IsZero() {
+		line += ", last " + age(now, c.LastListed) + " ago"
+	}
+	return line
 }
 
 func age(now, t time.Time) string {

@@ -35,4 +35,18 @@ func TestPrintReport(t *testing.T) {
 	require.NoError(t, printReport(&buf, rep, now))
 	require.Contains(t, buf.String(), "datapath ebpf, 0 reconcile errors")
 	require.Regexp(t, `east\s+3\s+yes\s+2m0s ago\s+3\s+40\s+4/5\s`, buf.String(), "programmed/desired when the datapath reports")
+	require.NotContains(t, buf.String(), "cache ", "direct mode has no cache line")
+
+	rep.Mesh.Cache = &agentstatus.Cache{
+		Endpoint: "https://clustermesh-apiserver-cache.podmesh-system.svc:2381", Address: "clustermesh-apiserver-cache.podmesh-system.svc:2381 -> 10.96.0.20:2381",
+		Epoch: "q3Zx", Connected: true, Listings: 2, LastListed: now.Add(-30 * time.Second),
+	}
+	buf.Reset()
+	require.NoError(t, printReport(&buf, rep, now))
+	require.Contains(t, buf.String(), "cache https://clustermesh-apiserver-cache.podmesh-system.svc:2381 (clustermesh-apiserver-cache.podmesh-system.svc:2381 -> 10.96.0.20:2381), replica epoch q3Zx, connected, 2 listings, last 30s ago")
+
+	rep.Mesh.Cache.Connected, rep.Mesh.Cache.RetryAt = false, now.Add(4200*time.Millisecond)
+	buf.Reset()
+	require.NoError(t, printReport(&buf, rep, now))
+	require.Contains(t, buf.String(), "replica epoch q3Zx, not connected, retry in 4.2s, 2 listings")
 }

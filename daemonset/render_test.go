@@ -17,9 +17,11 @@ import (
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -271,6 +273,25 @@ func TestClusterMeshAPIServer(t *testing.T) {
 			pdb := find(t, objs, "PodDisruptionBudget", "clustermesh-apiserver")
 			sel, _, _ := unstructured.NestedStringMap(pdb.Object, "spec", "selector", "matchLabels")
 			require.Equal(t, d.Spec.Selector.MatchLabels, sel)
+			budget := typed[policyv1.PodDisruptionBudget](t, pdb)
+			require.NotNil(t, budget.Spec.MaxUnavailable)
+			require.Equal(t, intstr.FromInt32(1), *budget.Spec.MaxUnavailable, "a drain leaves one replica serving")
+
+			// Several replicas, spread over nodes, reached through Services
+			// that place each connection on any replica.
+			require.NotNil(t, d.Spec.Replicas)
+			require.Equal(t, int32(2), *d.Spec.Replicas, "two cache replicas: losing one moves only its agents")
+			aff := spec.Affinity
+			require.True(t, aff != nil && aff.PodAntiAffinity != nil, "replicas spread over nodes")
+			terms := aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution
+			require.Len(t, terms, 1)
+			require.Empty(t, aff.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution, "preferred: a one-node cluster still runs both")
+			require.Equal(t, "kubernetes.io/hostname", terms[0].PodAffinityTerm.TopologyKey)
+			require.Equal(t, d.Spec.Selector.MatchLabels, terms[0].PodAffinityTerm.LabelSelector.MatchLabels)
+			for _, s := range []*corev1.Service{cacheSvc, svc} {
+				require.NotEqual(t, corev1.ServiceAffinityClientIP, s.Spec.SessionAffinity, "Service %s spreads every connection", s.Name)
+				require.NotEqual(t, corev1.ServiceInternalTrafficPolicyLocal, ptrOr(s.Spec.InternalTrafficPolicy), "Service %s reaches every replica", s.Name)
+			}
 		})
 	}
 }
@@ -470,4 +491,12 @@ func TestMCSCRDsAreMCSAPIs(t *testing.T) {
 		}
 		require.ElementsMatch(t, []string{"v1alpha1", "v1beta1"}, served, name)
 	}
+}
+
+func ptrOr[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
 }

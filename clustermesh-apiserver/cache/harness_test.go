@@ -152,6 +152,12 @@ type agent struct {
 
 func (tr *tier) startAgent(t *testing.T) *agent {
 	t.Helper()
+	return tr.startAgentTiming(t, "a", fastTiming)
+}
+
+// startAgentTiming starts an agent named name with timing.
+func (tr *tier) startAgentTiming(t *testing.T, name string, timing clustermesh.Timing) *agent {
+	t.Helper()
 	dir := t.TempDir()
 	ca, cert, key := tr.pki.WriteClientFiles(t, certs.LocalCN(localName))
 	file := filepath.Join(dir, "cache.yaml")
@@ -160,7 +166,7 @@ func (tr *tier) startAgent(t *testing.T) *agent {
 	m, err := clustermesh.NewCache(clustermesh.Options{
 		LocalCluster: localName, LocalClusterID: localID, LocalPodCIDRs: localCIDRs,
 		LocalTunnelIP: netip.MustParseAddr("192.168.0.1"), CacheFile: file, Desired: rec,
-		SyncTimeout: time.Minute, Timing: fastTiming, Log: tr.log.WithField("agent", "a"),
+		SyncTimeout: time.Minute, Timing: timing, Log: tr.log.WithField("agent", name),
 	})
 	require.NoError(t, err)
 	stop := cmt.Run(t, m.Run, waitLong)

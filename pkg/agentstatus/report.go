@@ -21,6 +21,38 @@ type Mesh struct {
 	Synced     bool     `json:"synced"`
 	SyncReason string   `json:"syncReason,omitempty"`
 	Remotes    []Remote `json:"remotes"`
+	// Cache is the agent's session to its cluster's cache (cache mode
+	// only): which replica it reads and how often it listed.
+	Cache *Cache `json:"cache,omitempty"`
+}
+
+// Cache is an agent's session to its own cluster's cache tier. Replicas
+// sit behind one Service address, so the replica is told apart by its
+// epoch, which is random per replica (per etcd data directory).
+type Cache struct {
+	// Endpoint is the endpoint of the cache's client file the agent dials
+	// (it picks one at random when the file names several).
+	Endpoint string `json:"endpoint"`
+	// Address is where the connection went: the address dialled (a
+	// Service's ClusterIP when Endpoint names a Service) and, after "->",
+	// the connection's peer when it differs.
+	Address string `json:"address,omitempty"`
+	// Epoch identifies the replica whose data the agent holds: the epoch of
+	// its last listing ("" before the first).
+	Epoch     string `json:"epoch,omitempty"`
+	Connected bool   `json:"connected"`
+	// SessionStart is when the current or last session began; its full
+	// listing of the cache starts then.
+	SessionStart time.Time `json:"sessionStart,omitzero"`
+	// Listings counts the complete listings of the cache since the agent
+	// started: the first one, then one per re-list (another replica, a
+	// session ended by a lost connection, a compacted revision).
+	Listings   uint64    `json:"listings"`
+	LastListed time.Time `json:"lastListed,omitzero"`
+	// RetryAt is when the next session starts while the agent waits to
+	// reconnect (after losing its replica, a random point of the
+	// reconnect window).
+	RetryAt time.Time `json:"retryAt,omitzero"`
 }
 
 // Remote is one remote cluster's state.

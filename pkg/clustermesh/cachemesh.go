@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/podmesh/podmesh/pkg/agentstatus"
 	"github.com/podmesh/podmesh/pkg/kvstore"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 )
@@ -37,6 +39,11 @@ const CachePageSize = 64
 // errReplicaChanged ends a cache session whose connection landed on another
 // replica (another etcd, whose revisions mean nothing to this listing).
 var errReplicaChanged = errors.New("cache replica changed")
+
+// errCacheFileChanged ends a session whose client file changed; the next
+// session starts at once (every other end of an established session waits
+// a random part of the reconnect window).
+var errCacheFileChanged = fmt.Errorf("%w: the cache's client file", errConfigChanged)
 
 // CacheMesh is the agent's view of the remote clusters in cache mode: one
 // connection to its own cluster's clustermesh-apiserver cache (the
@@ -67,6 +74,8 @@ type CacheMesh struct {
 	failures     uint64
 	pruneAllowed bool
 	pruneReason  string
+	// sess is what status says of the session to the cache.
+	sess agentstatus.Cache
 }
 
 // cacheRemote is one remote cluster as the cache serves it, as last
@@ -137,14 +146,23 @@ func (c *CacheMesh) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if established {
-			bo = kvstore.NewBackoff(t.BackoffMin, t.BackoffMax)
-		}
-		delay := bo.Step()
-		if errors.Is(err, errConfigChanged) {
+		var delay time.Duration
+		switch {
+		case errors.Is(err, errCacheFileChanged):
 			delay = 0
+		case established:
+			// The replica is gone (or answers no more, or is another
+			// one): every agent it served notices at about the same
+			// moment. A uniformly random wait over the window (full
+			// jitter) spreads their listings of the surviving replicas
+			// over it, without any agent knowing of the others; the
+			// backoff starts over after it.
+			bo = kvstore.NewBackoff(t.BackoffMin, t.BackoffMax)
+			delay = rand.N(t.ReconnectWindow)
+		default:
+			delay = bo.Step()
 		}
-		c.disconnected(err, !errors.Is(err, errConfigChanged))
+		c.disconnected(err, !errors.Is(err, errCacheFileChanged), delay)
 		c.log.WithError(err).WithField("retry_in", delay.Round(time.Millisecond).String()).Warn("Cache session ended; keeping every remote's last known state")
 		if !sleepCtx(ctx, delay) {
 			return ctx.Err()
@@ -156,15 +174,24 @@ func (c *CacheMesh) Run(ctx context.Context) error {
 // spread over the replicas a file names), lists the cache prefix, then
 // watches it, publishing after every batch once the listing is complete and
 // the cache is synced. It reports whether it published.
+//
+// The etcd client reconnects on its own and resumes the watch from the
+// last revision it delivered, which is right only on the replica that
+// revision belongs to. So no event is applied that may have come over a
+// new connection before that connection was shown to reach the listed
+// replica (its epoch read over it, checkConn): the same replica resumes
+// without a re-list, another one ends the session.
 func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, error) {
 	t := c.opts.Timing
 	one := *cfg
 	one.Endpoints = []string{cfg.Endpoints[rand.IntN(len(cfg.Endpoints))]}
-	cli, err := kvstore.NewClient(&one, kvstore.ClientOptions{DialTimeout: t.DialTimeout, KeepAlive: t.KeepAlive, KeepAliveTimeout: t.RequestTimeout, Dial: c.opts.Dial})
+	conns := &connCounter{dial: c.opts.Dial}
+	cli, err := kvstore.NewClient(&one, kvstore.ClientOptions{DialTimeout: t.DialTimeout, KeepAlive: t.KeepAlive, KeepAliveTimeout: t.RequestTimeout, Dial: conns.Dial})
 	if err != nil {
 		return false, err
 	}
 	defer cli.Close()
+	c.sessionStarted(one.Endpoints[0])
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -185,12 +212,22 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 	wg.Go(func() { c.watchFile(ctx, cancel, cfg.Hash) })
 
 	published, complete := false, false
+	var verified uint64 // the connection whose replica is the listed one
+	apply := func(ev kvstore.Event) error {
+		if err := c.checkConn(ctx, cli, conns, v, &verified); err != nil {
+			return err
+		}
+		if ev.Kind == kvstore.Listed {
+			c.listed()
+		}
+		return v.apply(ev)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return published, sessionErr(ctx, nil)
 		case ev := <-events:
-			if err := v.apply(ev); err != nil {
+			if err := apply(ev); err != nil {
 				cancel(err)
 				continue
 			}
@@ -198,7 +235,7 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 			for range cap(events) {
 				select {
 				case ev := <-events:
-					if err := v.apply(ev); err != nil {
+					if err := apply(ev); err != nil {
 						cancel(err)
 						break drain
 					}
@@ -219,6 +256,7 @@ func (c *CacheMesh) session(parent context.Context, cfg *kvstore.Config) (bool, 
 		if !published {
 			published = true
 			c.reachable()
+			c.servedBy(v.epochRead(), conns.address())
 		}
 		if withdrawAbsent {
 			complete = true
@@ -234,9 +272,105 @@ func (c *CacheMesh) watchFile(ctx context.Context, cancel context.CancelCauseFun
 	watchDir(ctx, filepath.Dir(c.opts.CacheFile), c.opts.Timing.ScanInterval, c.log, func() {
 		cfg, err := kvstore.LoadConfig(c.opts.CacheFile, nil)
 		if err == nil && cfg.Hash != hash {
-			cancel(errConfigChanged)
+			cancel(errCacheFileChanged)
 		}
 	})
+}
+
+// connCounter opens a session's connections (with the mesh's dialer, or a
+// plain TCP dial) and counts them: a connection opened after the one whose
+// replica was checked may reach another replica.
+type connCounter struct {
+	dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	mu     sync.Mutex // protects n and peer
+	n      uint64
+	dialed string
+	peer   string
+}
+
+func (cc *connCounter) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	if cc.dial != nil {
+		conn, err = cc.dial(ctx, addr)
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "tcp", addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.n++
+	cc.dialed, cc.peer = addr, conn.RemoteAddr().String()
+	return conn, nil
+}
+
+func (cc *connCounter) count() uint64 {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.n
+}
+
+// address says where the last connection went: the address dialled and,
+// when it differs, the peer the connection reached.
+func (cc *connCounter) address() string {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.peer == "" || cc.peer == cc.dialed {
+		return cc.dialed
+	}
+	return cc.dialed + " -> " + cc.peer
+}
+
+// checkConn returns nil when every event received so far came over
+// connections known to reach the listed replica. After a reconnect it reads
+// the epoch over the new connection: the same epoch means the etcd client's
+// resumed watch continues the listed history (no re-list); another epoch,
+// or more than one new connection since the last check (one of them may
+// have delivered another replica's events), ends the session. Before the
+// listing has read the epoch, only the session's first connection counts.
+func (c *CacheMesh) checkConn(ctx context.Context, cli *clientv3.Client, conns *connCounter, v *cacheView, verified *uint64) error {
+	for {
+		n := conns.count()
+		if n == *verified {
+			return nil
+		}
+		listed := v.epochRead()
+		switch {
+		case *verified == 0 && n == 1 && listed == "":
+			*verified = n // the first connection: the listing learns its epoch
+			return nil
+		case n > *verified+1 || listed == "":
+			return fmt.Errorf("%w: reconnected %d times since the listed replica was last confirmed", errReplicaChanged, n-*verified)
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.opts.Timing.ProbeTimeout)
+		resp, err := cli.Get(rctx, meshapi.CacheEpochKey)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil:
+			// The probe ends the session if nothing answers for long.
+			if !sleepCtx(ctx, c.opts.Timing.ProbeInterval) {
+				return ctx.Err()
+			}
+			continue
+		case conns.count() != n:
+			continue // reconnected again meanwhile: check the newest
+		}
+		epoch := ""
+		if len(resp.Kvs) > 0 {
+			epoch = string(resp.Kvs[0].Value)
+		}
+		if epoch != listed {
+			return fmt.Errorf("%w: reconnected to epoch %q, listed %q", errReplicaChanged, epoch, listed)
+		}
+		*verified = n
+		c.log.WithField("epoch", epoch).Info("Reconnected to the same cache replica; watch resumed from its revision")
+	}
 }
 
 // probe reads the cache's epoch every ProbeInterval: an unanswered read
@@ -397,16 +531,37 @@ func (c *CacheMesh) unreachable(err error) {
 	c.connReason = err.Error()
 }
 
-func (c *CacheMesh) disconnected(err error, failure bool) {
+func (c *CacheMesh) disconnected(err error, failure bool, retryIn time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.connected {
 		c.connSince = c.opts.Now()
 	}
 	c.connected, c.connReason = false, err.Error()
+	c.sess.RetryAt = c.opts.Now().Add(retryIn)
 	if failure {
 		c.recordErrorLocked(err)
 	}
+}
+
+func (c *CacheMesh) sessionStarted(endpoint string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sess.Endpoint, c.sess.Address = endpoint, ""
+	c.sess.SessionStart, c.sess.RetryAt = c.opts.Now(), time.Time{}
+}
+
+func (c *CacheMesh) listed() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sess.Listings++
+	c.sess.LastListed = c.opts.Now()
+}
+
+func (c *CacheMesh) servedBy(epoch, address string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sess.Epoch, c.sess.Address = epoch, address
 }
 
 func (c *CacheMesh) recordErrorLocked(err error) {
@@ -443,6 +598,9 @@ func (c *CacheMesh) Status() Status {
 		Synced:         c.pruneAllowed,
 		SyncReason:     c.pruneReason,
 	}
+	sess := c.sess
+	sess.Connected = c.connected
+	st.Cache = &sess
 	for name, r := range c.pushed {
 		rs := RemoteStatus{
 			Cluster: name, ClusterID: r.clusterID, Synced: r.status.Synced,

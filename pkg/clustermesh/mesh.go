@@ -39,6 +39,12 @@ type Timing struct {
 	KeepAlive time.Duration
 	// BackoffMin and BackoffMax bound the reconnect delay.
 	BackoffMin, BackoffMax time.Duration
+	// ReconnectWindow (cache mode) spreads the first reconnect after an
+	// agent lost its cache session: it waits a uniformly random time in
+	// [0, ReconnectWindow) before listing again, so the agents of a lost
+	// replica re-list at about (agents of the replica) / ReconnectWindow
+	// per second instead of all at once.
+	ReconnectWindow time.Duration
 	// HeartbeatStaleAfter makes a remote not ready when its heartbeat is older.
 	HeartbeatStaleAfter time.Duration
 }
@@ -54,6 +60,7 @@ var DefaultTiming = Timing{
 	KeepAlive:           10 * time.Second,
 	BackoffMin:          time.Second,
 	BackoffMax:          time.Minute,
+	ReconnectWindow:     10 * time.Second,
 	HeartbeatStaleAfter: meshapi.HeartbeatStaleAfter,
 }
 
@@ -64,6 +71,7 @@ func (t Timing) withDefaults() Timing {
 		{&t.ProbeTimeout, &d.ProbeTimeout}, {&t.RequestTimeout, &d.RequestTimeout},
 		{&t.DialTimeout, &d.DialTimeout}, {&t.KeepAlive, &d.KeepAlive},
 		{&t.BackoffMin, &d.BackoffMin}, {&t.BackoffMax, &d.BackoffMax},
+		{&t.ReconnectWindow, &d.ReconnectWindow},
 		{&t.HeartbeatStaleAfter, &d.HeartbeatStaleAfter},
 	} {
 		if *f.v <= 0 {

@@ -1,20 +1,34 @@
 package lab_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/internal/testutils"
+	"github.com/podmesh/podmesh/pkg/agentstatus"
+	"github.com/podmesh/podmesh/pkg/meshapi"
 	"github.com/podmesh/podmesh/test/lab"
 )
 
@@ -23,15 +37,20 @@ import (
 const apiServerSelector = "app.kubernetes.io/name=clustermesh-apiserver"
 
 // TestRealLabCacheReplicaKilledUnderTraffic: 2 real clusters × 2 real nodes
-// with podmesh installed from daemonset/ as it is (agents in cache mode, the
-// default). UDP streams flow both ways between a c1 pod and a c2 pod while
-// c2's clustermesh-apiserver pod — c2's only cache replica, and the proxy
-// c1's cache reads c2 through — is deleted and replaced: no datagram is lost,
-// no podmesh route or ipcache entry is removed on any node (c2's, whose
-// agents lost their cache, nor c1's), c2's agents keep running (same
-// containers, no restart), and once the replacement is Ready every agent
-// again reports every remote ready from a cache and the kernels hold exactly
-// the expected prefixes.
+// with podmesh installed from daemonset/ as it is (agents in cache mode,
+// two clustermesh-apiserver replicas per cluster). It reports which replica
+// every agent reads (the agents' status names the replica's epoch; each
+// replica's own epoch is read from its etcd through its cache proxy), and
+// measures what the second replica costs. Then, while UDP streams flow both
+// ways between a c1 pod and a c2 pod, a c2 replica that serves at least one
+// of c2's agents — and may be the one some c1 cache replica reads c2
+// through — is deleted: no datagram is lost, no podmesh route or ipcache
+// entry is removed on any node, no agent restarts; the agents it served
+// list another replica (their epoch changes, one more listing, one
+// failure), every other agent of both clusters keeps its session (same
+// epoch, no listing, no failure), and once the replacement is Ready every
+// agent reports every remote ready and the kernels hold exactly the
+// expected prefixes.
 func TestRealLabCacheReplicaKilledUnderTraffic(t *testing.T) {
 	testutils.RequireRoot(t)
 	o := realLabOptions(t)
@@ -42,36 +61,44 @@ func TestRealLabCacheReplicaKilledUnderTraffic(t *testing.T) {
 }
 
 func testCacheReplicaKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
-	c1, c2 := l.Cluster(1), l.Cluster(2)
+	c2 := l.Cluster(2)
 	nodes := l.Nodes()
 	for _, n := range nodes {
 		st, err := l.AgentStatus(ctx, n)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(st.Mesh.ConfigDir, "cache: ") {
+		if !strings.HasPrefix(st.Mesh.ConfigDir, "cache: ") || st.Mesh.Cache == nil {
 			t.Fatalf("node %s: agent reads %q, want its cluster's cache (the DaemonSet's default mode)", n.Name, st.Mesh.ConfigDir)
 		}
 	}
-	restarts := agentRestarts(t, ctx, l, c2)
-	cacheFailures := func(n *lab.Node) (uint64, error) {
-		st, err := l.AgentStatus(ctx, n)
-		if err != nil {
-			return 0, err
+	replicas := map[string][]cacheReplica{}
+	for _, c := range l.Clusters() {
+		replicas[c.Name] = cacheReplicas(t, ctx, c)
+		if len(replicas[c.Name]) != 2 {
+			t.Fatalf("cluster %s: want the manifests' 2 clustermesh-apiserver replicas, have %+v", c.Name, replicas[c.Name])
 		}
-		rs := st.Remote(c1.Name)
-		if rs == nil {
-			return 0, fmt.Errorf("node %s: no status for %s", n.Name, c1.Name)
-		}
-		return rs.Failures, nil
 	}
-	failuresBefore := map[string]uint64{}
-	for _, n := range c2.NodeList() {
-		f, err := cacheFailures(n)
-		if err != nil {
-			t.Fatal(err)
+	logApiserverCost(t, replicas)
+	restarts := agentRestarts(t, ctx, l, c2)
+	before := cacheSessions(t, ctx, l, nodes)
+	for _, n := range nodes {
+		r := replicaOf(replicas[n.Cluster.Name], before[n.Name].Epoch)
+		if r == nil {
+			t.Fatalf("node %s reads epoch %q, which no replica of %s has", n.Name, before[n.Name].Epoch, n.Cluster.Name)
 		}
-		failuresBefore[n.Name] = f
+		t.Logf("node %s reads replica %s on %s (%s, epoch %s); %d listings", n.Name, r.pod, r.node, r.ip, r.epoch, before[n.Name].Listings)
+	}
+	// The victim: the replica that serves c2's first node, so at least one
+	// agent moves.
+	victim := *replicaOf(replicas[c2.Name], before[c2.NodeList()[0].Name].Epoch)
+	var moved, stayed []*lab.Node
+	for _, n := range nodes {
+		if n.Cluster == c2 && before[n.Name].Epoch == victim.epoch {
+			moved = append(moved, n)
+		} else {
+			stayed = append(stayed, n)
+		}
 	}
 
 	watches := watchRoutes(t, nodes)
@@ -79,35 +106,26 @@ func testCacheReplicaKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	into2 := startUDPStream(t, ctx, p1.NetNS, p2.NetNS, p2.IP)
 	into1 := startUDPStream(t, ctx, p2.NetNS, p1.NetNS, p1.IP)
 
-	before, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: apiServerSelector})
-	if err != nil || len(before.Items) != 1 {
-		t.Fatalf("want one clustermesh-apiserver pod in c2, have %v (%v)", before, err)
-	}
-	victim := before.Items[0].Name
 	killed := time.Now()
-	if out, err := l.Kubectl(ctx, c2, "-n", lab.PodmeshNamespace, "delete", "pod", victim, "--wait=false"); err != nil {
+	if out, err := l.Kubectl(ctx, c2, "-n", lab.PodmeshNamespace, "delete", "pod", victim.pod, "--wait=false"); err != nil {
 		t.Fatalf("kubectl delete pod: %v: %s", err, out)
 	}
-	// The agents notice: their cache stops answering (the probe fails or
-	// the session ends) before the replacement serves them again.
-	eventually(t, time.Minute, "c2's agents notice their cache is gone", func() error {
-		for _, n := range c2.NodeList() {
-			f, err := cacheFailures(n)
-			if err != nil {
-				return err
-			}
-			if f == failuresBefore[n.Name] {
-				return fmt.Errorf("node %s: no new cache failure recorded yet", n.Name)
+	eventually(t, 2*time.Minute, "the agents of the killed replica list another one", func() error {
+		now := cacheSessions(t, ctx, l, moved)
+		for _, n := range moved {
+			s := now[n.Name]
+			if s.Epoch == victim.epoch || !s.Connected || s.Listings <= before[n.Name].Listings {
+				return fmt.Errorf("node %s: epoch %s, connected %v, %d listings", n.Name, s.Epoch, s.Connected, s.Listings)
 			}
 		}
 		return nil
 	})
 	eventually(t, 2*time.Minute, "the victim gone", func() error {
-		_, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).Get(ctx, victim, metav1.GetOptions{})
+		_, err := c2.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).Get(ctx, victim.pod, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("%s still there (%v)", victim, err)
+		return fmt.Errorf("%s still there (%v)", victim.pod, err)
 	})
 	if err := l.WaitPodmeshRolledOut(ctx, c2, 2*time.Minute); err != nil {
 		t.Fatal(err)
@@ -116,9 +134,30 @@ func testCacheReplicaKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 	resync := time.Since(killed)
 	sent2 := into2.stopAndCheckNoneLost(t)
 	sent1 := into1.stopAndCheckNoneLost(t)
-	checkNoRouteRemoved(t, nodes, watches, nil, "while c2's cache was replaced")
+	checkNoRouteRemoved(t, nodes, watches, nil, "while a cache replica of c2 was replaced")
 	if after := agentRestarts(t, ctx, l, c2); !equalCounts(after, restarts) {
 		t.Errorf("c2's agent containers restarted: before %v, after %v", restarts, after)
+	}
+	after := cacheSessions(t, ctx, l, nodes)
+	afterReplicas := cacheReplicas(t, ctx, c2)
+	for _, n := range moved {
+		b, a := before[n.Name], after[n.Name]
+		r := replicaOf(afterReplicas, a.Epoch)
+		where := "no replica of now"
+		if r != nil {
+			where = r.pod + " on " + r.node
+		}
+		t.Logf("node %s moved from %s to %s (epoch %s), listing %d→%d times, session started %.1fs after the delete",
+			n.Name, victim.pod, where, a.Epoch, b.Listings, a.Listings, a.SessionStart.Sub(killed).Seconds())
+		if a.Failures() == b.Failures() {
+			t.Errorf("node %s: its replica was killed, but no cache failure was recorded", n.Name)
+		}
+	}
+	for _, n := range stayed {
+		b, a := before[n.Name], after[n.Name]
+		if a.Epoch != b.Epoch || a.Listings != b.Listings || !a.Connected || a.Failures() != b.Failures() {
+			t.Errorf("node %s: its replica was not killed, yet its session changed: before %+v, after %+v", n.Name, b, a)
+		}
 	}
 	for _, n := range nodes {
 		st, err := l.AgentStatus(ctx, n)
@@ -131,8 +170,171 @@ func testCacheReplicaKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 			}
 		}
 	}
-	t.Logf("MEASURED cache pod %s of c2 deleted: its replacement Ready and the mesh converged %.1fs later; UDP %d datagrams c1→c2 and %d c2→c1, none lost; no route removed on any node",
-		victim, resync.Seconds(), sent2, sent1)
+	t.Logf("MEASURED cache replica %s of c2 (serving %d of its agents) deleted: %d agents moved, %d kept their session; replacement Ready and the mesh converged %.1fs later; UDP %d datagrams c1→c2 and %d c2→c1, none lost; no route removed on any node",
+		victim.pod, len(moved), len(moved), len(stayed), resync.Seconds(), sent2, sent1)
+}
+
+// cacheSession is an agent's cache session, as its status says.
+type cacheSession struct {
+	agentstatus.Cache
+	failures uint64
+}
+
+// Failures is the number of cache failures the agent recorded (every
+// remote's status carries the session's count).
+func (s cacheSession) Failures() uint64 { return s.failures }
+
+// cacheSessions reads every node's agent's cache session.
+func cacheSessions(t *testing.T, ctx context.Context, l *lab.Lab, nodes []*lab.Node) map[string]cacheSession {
+	t.Helper()
+	out := map[string]cacheSession{}
+	for _, n := range nodes {
+		st, err := l.AgentStatus(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mesh.Cache == nil {
+			t.Fatalf("node %s: no cache session in the agent's status", n.Name)
+		}
+		s := cacheSession{Cache: *st.Mesh.Cache}
+		for _, r := range st.Mesh.Remotes {
+			s.failures = max(s.failures, r.Failures)
+		}
+		out[n.Name] = s
+	}
+	return out
+}
+
+// cacheReplica is one clustermesh-apiserver pod of a cluster and the epoch
+// of the cache it serves.
+type cacheReplica struct {
+	pod, node, ip, epoch string
+	pids                 []int
+}
+
+func replicaOf(rs []cacheReplica, epoch string) *cacheReplica {
+	for i := range rs {
+		if rs[i].epoch == epoch {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+// cacheReplicas lists c's Ready clustermesh-apiserver pods and reads each
+// one's cache epoch through its own cache proxy (pod IP, port 2381), with
+// the credential c's agents have (CN local-<c>), from a node of c.
+func cacheReplicas(t *testing.T, ctx context.Context, c *lab.Cluster) []cacheReplica {
+	t.Helper()
+	pods, err := c.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: apiServerSelector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := c.CA.IssueClient(certs.Options{CommonName: certs.LocalCN(c.Name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(kp.CertPEM, kp.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(c.CA.CertPEM)
+	netns := c.NodeList()[0].NetNS
+	var out []cacheReplica
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || p.Status.PodIP == "" {
+			continue
+		}
+		cli, err := clientv3.New(clientv3.Config{
+			Endpoints:   []string{"https://" + net.JoinHostPort(p.Status.PodIP, fmt.Sprint(certs.CachePort))},
+			DialTimeout: 10 * time.Second,
+			TLS:         &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots, ServerName: certs.CacheServiceName + "." + lab.PodmeshNamespace + ".svc", MinVersion: tls.VersionTLS13},
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return lab.DialIn(ctx, netns, "tcp", addr)
+			})},
+			Logger: zap.NewNop(),
+		})
+		if err != nil {
+			t.Fatalf("cluster %s: cache client for %s: %v", c.Name, p.Name, err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := cli.Get(rctx, meshapi.CacheEpochKey)
+		cancel()
+		cli.Close()
+		if err != nil || len(resp.Kvs) == 0 {
+			t.Fatalf("cluster %s: read the cache epoch of %s at %s: %v", c.Name, p.Name, p.Status.PodIP, err)
+		}
+		out = append(out, cacheReplica{pod: p.Name, node: p.Spec.NodeName, ip: p.Status.PodIP, epoch: string(resp.Kvs[0].Value), pids: apiserverPIDs(c.Name, p.Status.PodIP)})
+	}
+	return out
+}
+
+// apiserverPIDs returns the clustermesh-apiserver processes of cluster
+// whose network namespace holds podIP.
+func apiserverPIDs(cluster, podIP string) []int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var out []int
+	for _, f := range procs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if filepath.Base(args[0]) != "clustermesh-apiserver" || !slices.Contains(args, "--cluster-name="+cluster) {
+			continue
+		}
+		fib, err := os.ReadFile(filepath.Join(filepath.Dir(f), "net", "fib_trie"))
+		if err != nil || !strings.Contains(string(fib), podIP) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// logApiserverCost samples the CPU time and RSS of every replica over 20 s
+// of a converged, quiet mesh: what each replica (the second one included)
+// costs the machine.
+func logApiserverCost(t *testing.T, replicas map[string][]cacheReplica) {
+	t.Helper()
+	cpu := func(pid int) (time.Duration, uint64) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, 0
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+		ut, _ := strconv.ParseUint(f[11], 10, 64)
+		st, _ := strconv.ParseUint(f[12], 10, 64)
+		rss, _ := strconv.ParseUint(f[21], 10, 64)
+		return time.Duration(ut+st) * 10 * time.Millisecond, rss * uint64(os.Getpagesize())
+	}
+	const window = 20 * time.Second
+	start := map[int]time.Duration{}
+	for _, rs := range replicas {
+		for _, r := range rs {
+			for _, pid := range r.pids {
+				start[pid], _ = cpu(pid)
+			}
+		}
+	}
+	time.Sleep(window) // a measurement window, not synchronisation
+	for cluster, rs := range replicas {
+		for _, r := range rs {
+			var used time.Duration
+			var rss uint64
+			for _, pid := range r.pids {
+				c, m := cpu(pid)
+				used += c - start[pid]
+				rss += m
+			}
+			t.Logf("MEASURED cluster %s replica %s (%d processes): %.1f millicores over %s of a quiet mesh, RSS %.1f MiB",
+				cluster, r.pod, len(r.pids), float64(used)/float64(window)*1000, window, float64(rss)/(1<<20))
+		}
+	}
 }
 
 // agentRestarts returns the restart count of every agent pod of c.

@@ -163,6 +163,15 @@ patches:
           routing-mode: {{.Mode}}
           tunnel-port: "{{.TunnelPort}}"
           allowed-peers: {{.AllowedPeers}}
+{{- if .APIServerReplicas}}
+  - target:
+      kind: Deployment
+      name: clustermesh-apiserver
+    patch: |-
+      - op: replace
+        path: /spec/replicas
+        value: {{.APIServerReplicas}}
+{{- end}}
 `))
 
 // writeOverlay copies daemonset/base into the lab's state directory (once)
@@ -197,6 +206,10 @@ func (l *Lab) writeOverlay(c *Cluster) (string, error) {
 	d := map[string]string{
 		"Cluster": c.Name, "ID": itoa(int(c.ID)), "PodCIDRs": joinPrefixes(c.PodCIDRs), "Mode": l.RoutingMode(),
 		"TunnelPort": itoa(TunnelPort), "AllowedPeers": strings.Join(peers, ","),
+		"APIServerReplicas": "",
+	}
+	if n := l.opts.APIServerReplicas; n > 0 {
+		d["APIServerReplicas"] = itoa(n)
 	}
 	d["AgentName"], d["AgentTag"] = split(agent)
 	d["APIServerName"], d["APIServerTag"] = split(apiserver)

@@ -341,6 +341,8 @@ func (im impostor) deployment(t *testing.T, images lab.ImageSet, id uint32, cidr
 	obj := im.objName()
 	labels := map[string]string{"app.kubernetes.io/name": obj}
 	d.Name, d.Labels = obj, labels
+	one := int32(1)
+	d.Spec.Replicas = &one // the impostor's check waits for one Ready replica
 	d.Spec.Selector = &metav1.LabelSelector{MatchLabels: labels}
 	d.Spec.Template.Labels = labels
 	spec := &d.Spec.Template.Spec

@@ -73,6 +73,10 @@ type Options struct {
 	// RepoDir is the podmesh checkout whose daemonset/ the lab installs;
 	// default: found from the working directory.
 	RepoDir string
+	// APIServerReplicas, when set, overrides the clustermesh-apiserver
+	// Deployment's replicas (daemonset/base runs 2) in every cluster's
+	// overlay, as a user's overlay would.
+	APIServerReplicas int
 }
 
 // Lab is one running multi-cluster lab. Its methods are safe for concurrent

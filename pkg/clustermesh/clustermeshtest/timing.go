@@ -18,6 +18,9 @@ var FastTiming = clustermesh.Timing{
 	DialTimeout:   time.Second,
 	BackoffMin:    50 * time.Millisecond,
 	BackoffMax:    300 * time.Millisecond,
+	// ReconnectWindow spreads a lost cache session's first retry over
+	// [0, 300ms).
+	ReconnectWindow: 300 * time.Millisecond,
 }
 
 // LogWriter sends log lines to tb.Log, so they show only for failing tests.
