@@ -317,9 +317,8 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 	}
 	cli := clis[0]
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var g errgroup.Group
-	defer g.Wait()
+	defer func() { cancel(); g.Wait() }() // also on an error: the agent and the churn stop with ctx
 	g.Go(func() error { return m.Run(ctx) })
 	select {
 	case <-m.Synced():
@@ -403,7 +402,6 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 	case <-time.After(time.Minute):
 		return errors.New("removed remote not withdrawn after a minute")
 	}
-	cancel()
 	return nil
 }
 

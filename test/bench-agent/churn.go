@@ -15,8 +15,8 @@ import (
 // churnWriters is how many changes may be in flight at once; churnConns
 // how many etcd connections they share.
 const (
-	churnWriters = 32
-	churnConns   = 4
+	churnWriters = 8
+	churnConns   = 2
 )
 
 // churn changes every cluster at Cilium's CI rates: per cluster an endpoint
