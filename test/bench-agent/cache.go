@@ -165,6 +165,7 @@ func cacheBench(ctx context.Context, bin string, clusters, nodes, endpoints, sto
 	if err != nil {
 		return err
 	}
+	defer e.heartbeat(ctx, names)()
 	stopProxy, err := e.startProxy(ctx)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/podmesh/podmesh/pkg/meshapi"
 )
 
 // churnWriters is how many changes may be in flight at once; churnConns
@@ -105,4 +108,36 @@ func percentiles(d []time.Duration) (p50, p99, maxD time.Duration) {
 	slices.Sort(d)
 	at := func(q float64) time.Duration { return d[min(len(d)-1, int(float64(len(d))*q))] }
 	return at(0.5), at(0.99), d[len(d)-1]
+}
+
+// heartbeat refreshes every named cluster's heartbeat every
+// meshapi.HeartbeatInterval, as a live remote's clustermesh-apiserver does
+// (a mock published once goes stale, and not ready, after
+// meshapi.HeartbeatStaleAfter). The returned func stops it.
+func (e *env) heartbeat(ctx context.Context, names []string) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(meshapi.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			now := meshapi.FormatTime(time.Now())
+			for batch := range slices.Chunk(names, 100) {
+				ops := make([]clientv3.Op, 0, len(batch))
+				for _, n := range batch {
+					ops = append(ops, clientv3.OpPut(meshapi.HeartbeatKey(n), now))
+				}
+				if _, err := e.admin.Txn(ctx).Then(ops...).Commit(); err != nil && ctx.Err() == nil {
+					fmt.Fprintf(os.Stderr, "bench-agent: mock heartbeats: %v\n", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
