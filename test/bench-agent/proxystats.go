@@ -23,6 +23,8 @@ import (
 // last reset, and how many were ever opened.
 type gauge struct {
 	open, peak, total atomic.Int64
+	// base is total at the last reset.
+	base atomic.Int64
 }
 
 func (g *gauge) inc() {
@@ -35,10 +37,14 @@ func (g *gauge) inc() {
 func (g *gauge) dec() { g.open.Add(-1) }
 
 // reset starts a new peak from what is open now.
-func (g *gauge) reset() { g.peak.Store(g.open.Load()) }
+func (g *gauge) reset() {
+	g.peak.Store(g.open.Load())
+	g.base.Store(g.total.Load())
+}
 
 func (g *gauge) String() string {
-	return fmt.Sprintf("%d open (peak %d, %d opened in all)", g.open.Load(), g.peak.Load(), g.total.Load())
+	total := g.total.Load()
+	return fmt.Sprintf("%d open (peak %d; %d opened since, %d in all)", g.open.Load(), g.peak.Load(), total-g.base.Load(), total)
 }
 
 // proxyLoad counts what one clustermesh-apiserver proxy serves: the TLS
@@ -218,6 +224,8 @@ func reportLoad(ctx context.Context, phase string, e *env, r *replica) {
 		fmt.Printf("; the cache's embedded etcd counts %.0f watchers (its own writer's included)", v)
 	}
 	fmt.Println()
-	sum, _, failing, notReady := sessionFailures(r.cache.Status())
-	fmt.Printf("  cache's remote sessions: %d failures (reconnections) over %d of %d remotes; %d remotes not ready now\n", sum, failing, len(r.cache.Status().Remotes), notReady)
+	st := r.cache.Status()
+	sum, _, failing, notReady := sessionFailures(st)
+	fmt.Printf("  cache's remote sessions: %d failures recorded (a session ended, or a liveness read unanswered for the first time in a row) over %d of %d remotes; %d remotes not ready now; reconnections = TLS connections opened at the remote proxy since: %d\n",
+		sum, failing, len(st.Remotes), notReady, e.remoteLoad.conns.total.Load()-e.remoteLoad.conns.base.Load())
 }
