@@ -42,6 +42,8 @@ type replica struct {
 	cache     *cache.Cache
 	proxy     *proxy.Proxy
 	cacheFile string
+	// load counts what the cache proxy serves.
+	load proxyLoad
 	// etcdReady is when the embedded etcd was up (auth set up); the cache
 	// starts then.
 	etcdReady time.Time
@@ -101,7 +103,13 @@ func (e *env) startReplica(ctx context.Context, dir string) (_ *replica, err err
 	if err != nil {
 		return nil, err
 	}
-	if r.proxy, err = proxy.Start(ctx, proxy.Config{Listen: "127.0.0.1:0", TLS: tlsCfg, Client: r.etcd.CacheReader, Log: log}); err != nil {
+	r.load.countWatches(r.etcd.CacheReader)
+	lis, err := r.load.listen()
+	if err != nil {
+		return nil, err
+	}
+	if r.proxy, err = proxy.Start(ctx, proxy.Config{Listener: lis, TLS: tlsCfg, Client: r.etcd.CacheReader, Log: log}); err != nil {
+		lis.Close()
 		return nil, err
 	}
 	kp, err := e.ca.IssueClient(certs.Options{CommonName: certs.LocalCN("local")})
@@ -126,33 +134,38 @@ func (e *env) startReplica(ctx context.Context, dir string) (_ *replica, err err
 
 // publishAll publishes clusters c0..c<n-1> into the mock remotes' etcd and
 // returns their names.
-func (e *env) publishAll(ctx context.Context, clusters, nodes, endpoints int) ([]string, error) {
+func (e *env) publishAll(ctx context.Context, clusters, nodes, endpoints, nodeBits int) ([]string, error) {
 	var names []string
 	t0 := time.Now()
 	for i := range clusters {
-		c := cluster{name: "c" + strconv.Itoa(i), id: uint32(i + 2), index: i}
+		c := newCluster(i, nodeBits)
 		if err := publish(ctx, e.admin, c, nodes, endpoints); err != nil {
 			return nil, err
 		}
 		names = append(names, c.name)
 	}
-	fmt.Printf("published %d clusters x %d nodes x %d endpoints in %s (one etcd behind the real read-only proxy)\n", clusters, nodes, endpoints, time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("published %d clusters x %d nodes x %d endpoints in %s (one etcd behind the real read-only proxy; a /%d pod CIDR and an IP of its own per node)\n", clusters, nodes, endpoints, time.Since(t0).Round(time.Millisecond), nodeBits)
 	return names, nil
 }
 
 // cacheBench measures the cache tier: the replica's bootstrap from every
 // remote, then an agent (a child process) bootstrapping from the replica,
 // then convergence under churn, then a storm of agents restarting at once.
-func cacheBench(ctx context.Context, bin string, clusters, nodes, endpoints, storm int, churn time.Duration) error {
+func cacheBench(ctx context.Context, bin string, clusters, nodes, endpoints, storm int, churn time.Duration, kernel bool) error {
+	nodeBits, err := nodeBitsFor(nodes, endpoints)
+	if err != nil {
+		return err
+	}
 	e, err := startEtcd(ctx, bin)
 	if err != nil {
 		return err
 	}
 	defer e.close()
-	names, err := e.publishAll(ctx, clusters, nodes, endpoints)
+	names, err := e.publishAll(ctx, clusters, nodes, endpoints, nodeBits)
 	if err != nil {
 		return err
 	}
+	defer e.heartbeat(ctx, names)()
 	stopProxy, err := e.startProxy(ctx)
 	if err != nil {
 		return err
@@ -195,14 +208,17 @@ func cacheBench(ctx context.Context, bin string, clusters, nodes, endpoints, sto
 		res.Sync.Round(time.Millisecond), res.Remotes, res.Nodes, res.Endpoints, res.Prefixes, mib(res.RSS), res.CPU.Round(time.Millisecond), res.Reconnects)
 
 	if churn > 0 {
-		if err := cacheConvergence(ctx, e, r, clusters, nodes, endpoints, churn); err != nil {
+		if err := cacheConvergence(ctx, e, r, clusters, nodes, endpoints, nodeBits, churn, kernel); err != nil {
 			return err
 		}
 	}
 	if storm > 0 {
+		e.remoteLoad.reset()
+		r.load.reset()
 		if err := cacheStorm(ctx, r, storm); err != nil {
 			return err
 		}
+		reportLoad(ctx, "proxies after the storm (peaks: during the storm)", e, r)
 	}
 	return nil
 }
@@ -270,9 +286,9 @@ func runChild(ctx context.Context, out any, args ...string) error {
 
 // cacheConvergence writes a change to one mock remote at a time (an
 // endpoint outside its node's CIDR, added then deleted) while every cluster
-// churns (a node change every 10 s and an endpoint change every second per
-// cluster), and measures write -> agent desired set through the cache.
-func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, endpoints int, d time.Duration) error {
+// churns (churn.go), and measures write -> agent desired set through the
+// cache, and with kernel on to the agent's ebpf datapath (kernel.go).
+func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, endpoints, nodeBits int, d time.Duration, kernel bool) error {
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	w := &watcher{Desired: datapath.NewDesired()}
@@ -287,29 +303,55 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 	if err != nil {
 		return err
 	}
-	cli, err := kvstore.NewClient(admin, kvstore.ClientOptions{})
-	if err != nil {
-		return err
+	var clis []*clientv3.Client
+	defer func() {
+		for _, c := range clis {
+			c.Close()
+		}
+	}()
+	for range churnConns + 1 { // the probe's, then the churn writers'
+		cli, err := kvstore.NewClient(admin, kvstore.ClientOptions{})
+		if err != nil {
+			return err
+		}
+		clis = append(clis, cli)
 	}
-	defer cli.Close()
+	cli := clis[0]
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var g errgroup.Group
-	defer g.Wait()
+	defer func() { cancel(); g.Wait() }() // also on an error: the agent and the churn stop with ctx
 	g.Go(func() error { return m.Run(ctx) })
 	select {
 	case <-m.Synced():
 	case <-time.After(5 * time.Minute):
 		return errors.New("convergence agent not synced")
 	}
-	var churnWrites atomic.Int64
-	g.Go(func() error { return churnAll(ctx, cli, clusters, nodes, endpoints, &churnWrites) })
+	c := newCluster(0, nodeBits)
+	probe := func(i int) netip.Addr { return c.uncovered(endpoints + i/2) } // beyond the published endpoints' and the churn's
+	var k *kernelDatapath
+	if kernel {
+		t0 := time.Now()
+		if k, err = startKernel(ctx, w.Desired); err != nil {
+			return err
+		}
+		defer k.close()
+		if err := k.checkLayout(datapath.Entry{Prefix: c.nodeCIDR(0), TunnelEndpoint: c.nodeIP(0), ClusterID: c.id}, meshapi.HostPrefix(probe(0))); err != nil {
+			return err
+		}
+		fmt.Printf("ebpf datapath (own network namespace and bpffs directory) programmed the agent's %d prefixes in %s\n", k.programmed(), time.Since(t0).Round(time.Millisecond))
+	}
+	ch := newChurn(clis[1:], clusters, nodes, endpoints, nodeBits)
+	e.remoteLoad.reset()
+	r.load.reset()
+	g.Go(func() error { return ch.run(ctx) })
 
-	c := cluster{name: "c0", id: 2, index: 0}
-	var lat []time.Duration
+	var lat, klat []time.Duration
 	deadline := time.Now().Add(d)
 	for i := 0; time.Now().Before(deadline); i++ {
-		ip := c.uncovered(1500 + i/2)
+		if endpoints+i/2 >= maxUncovered {
+			return fmt.Errorf("change %d: out of probe addresses (%d endpoints per cluster)", i, endpoints)
+		}
+		ip := probe(i)
 		name := "latency-" + strconv.Itoa(i/2)
 		present := i%2 == 0
 		hit := w.expect(meshapi.HostPrefix(ip), present)
@@ -329,9 +371,25 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 		case <-time.After(30 * time.Second):
 			return fmt.Errorf("change %d not seen by the agent after 30s", i)
 		}
+		if k != nil {
+			at, err := k.waitEntry(ctx, meshapi.HostPrefix(ip), c.nodeIP(i%nodes), present, 30*time.Second)
+			if err != nil {
+				return fmt.Errorf("change %d: %w", i, err)
+			}
+			klat = append(klat, at.Sub(t0))
+		}
 	}
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
+	_, agentFailures, _, _ := sessionFailures(m.Status())
+	fmt.Println(ch.report())
+	p50, p99, maxLat := percentiles(lat)
+	fmt.Printf("convergence under churn: mock remote write -> agent desired set through the cache, %d changes: p50 %s, p99 %s, max %s; agent session failures (reconnections) %d\n",
+		len(lat), p50.Round(time.Microsecond), p99.Round(time.Microsecond), maxLat.Round(time.Microsecond), agentFailures)
+	if k != nil {
+		p50, p99, maxLat := percentiles(klat)
+		fmt.Printf("convergence under churn: mock remote write -> entry in the agent's ebpf ipcache (kernel map, polled every 100µs), %d changes: p50 %s, p99 %s, max %s\n",
+			len(klat), p50.Round(time.Microsecond), p99.Round(time.Microsecond), maxLat.Round(time.Microsecond))
+	}
+	reportLoad(ctx, "proxies during the churn phase (peaks: since it started)", e, r)
 
 	// A remote's file removed: until the agent has withdrawn it.
 	gone := w.expectRemoved("c1")
@@ -345,55 +403,12 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 	case <-time.After(time.Minute):
 		return errors.New("removed remote not withdrawn after a minute")
 	}
-	cancel()
-	var reconnects uint64
-	for _, rs := range m.Status().Remotes {
-		reconnects = max(reconnects, rs.Failures)
-	}
-	fmt.Printf("convergence under churn (%d churn writes in %s, ~%.0f/s): mock remote write -> agent desired set through the cache, %d changes: p50 %s, p99 %s, max %s; agent session failures %d\n",
-		churnWrites.Load(), d, float64(churnWrites.Load())/d.Seconds(), len(lat), pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond), reconnects)
 	return nil
 }
 
-// churnAll changes every cluster at Cilium's CI rates: per cluster a node
-// rewritten every 10 s and an endpoint every second, spread evenly.
-func churnAll(ctx context.Context, cli *clientv3.Client, clusters, nodes, endpoints int, n *atomic.Int64) error {
-	perSecond := clusters + clusters/10
-	if perSecond == 0 {
-		return nil
-	}
-	ticks := make(chan int)
-	var g errgroup.Group
-	for range 8 { // parallel writers, so the rate holds under load
-		g.Go(func() error {
-			for i := range ticks {
-				if err := churnOne(ctx, cli, i, clusters, nodes, endpoints); err != nil && ctx.Err() == nil {
-					return err
-				}
-				n.Add(1)
-			}
-			return nil
-		})
-	}
-	t := time.NewTicker(time.Second / time.Duration(perSecond))
-	defer t.Stop()
-	for i := 0; ; i++ {
-		select {
-		case <-ctx.Done():
-			close(ticks)
-			return g.Wait()
-		case <-t.C:
-		}
-		select {
-		case ticks <- i:
-		default: // every writer busy: this tick's change is skipped (and not counted)
-		}
-	}
-}
-
 // churnOne writes the i-th churn change.
-func churnOne(ctx context.Context, cli *clientv3.Client, i, clusters, nodes, endpoints int) error {
-	c := cluster{name: "c" + strconv.Itoa(i%clusters), id: uint32(i%clusters + 2), index: i % clusters}
+func churnOne(ctx context.Context, cli *clientv3.Client, i, clusters, nodes, endpoints, nodeBits int) error {
+	c := newCluster(i%clusters, nodeBits)
 	var v any
 	var key string
 	if i%11 == 10 { // one node write per ten endpoint writes

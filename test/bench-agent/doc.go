@@ -20,5 +20,20 @@
 // plus the desired set, no etcd) are printed, next to a baseline taken
 // before the mesh started.
 //
-// It needs bin/etcd (make tools) and no root.
+// cache: the cache tier at a mesh's scale (docs/scale.md):
+//
+//	go run ./test/bench-agent -mode=cache -clusters=250 -nodes=100 -endpoints=1000 -storm=1000 -churn=30s [-kernel]
+//
+// -clusters mock remotes (every node its own pod CIDR and IP, shape.go) in
+// one etcd behind the real read-only proxy; a cache replica mirrors them; an
+// agent (a child process) syncs from the replica; then, for -churn, every
+// cluster churns at Cilium's CI rates (churn.go; achieved rate against the
+// target printed) while single writes to one remote are timed to the agent's
+// desired set and, with -kernel, to the entry in an ebpf datapath's ipcache
+// (kernel.go: root, its own network namespace and bpffs directory, removed
+// at the end, on failure and on SIGINT); the proxies' connections and
+// watches and the cache's remote-session failures are printed at the end of
+// the churn and after the storm (proxystats.go).
+//
+// It needs bin/etcd (make tools), and no root but for -kernel.
 package main

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -43,8 +44,13 @@ func main() {
 	storm := flag.Int("storm", 1000, "cache: agents restarted at once against one cache replica (0: no storm)")
 	churn := flag.Duration("churn", 20*time.Second, "cache: how long to measure convergence under churn (0: not at all)")
 	cacheFile := flag.String("cache-file", "", "cache-agent, storm-agents: the cache's etcd-client file")
+	kernel := flag.Bool("kernel", false, "cache: also measure convergence into an ebpf datapath (needs root; own network namespace and bpffs directory)")
 	viaProxy := flag.Bool("proxy", false, "latency: read through clustermesh-apiserver's read-only mTLS proxy (in this process) instead of etcd directly")
 	flag.Parse()
+	if *kernel && os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench-agent:", errNeedsRoot)
+		os.Exit(2)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var err error
@@ -54,7 +60,7 @@ func main() {
 	case "memory":
 		err = memory(ctx, *etcdBin, *clusters, *nodes, *endpoints)
 	case "cache":
-		err = cacheBench(ctx, *etcdBin, *clusters, *nodes, *endpoints, *storm, *churn)
+		err = cacheBench(ctx, *etcdBin, *clusters, *nodes, *endpoints, *storm, *churn, *kernel)
 	case "cache-agent":
 		err = cacheAgent(ctx, *cacheFile)
 	case "storm-agents":
@@ -80,6 +86,10 @@ type env struct {
 	// meshFiles is the config directory's content (writeConfigDir).
 	meshFiles map[string][]byte
 	cmd       *exec.Cmd
+	// remoteLoad counts what the proxy in front of the etcd serves
+	// (startProxy); metricsClient reads the etcd's /metrics.
+	remoteLoad    proxyLoad
+	metricsClient *http.Client
 }
 
 func freePort() (int, error) {
@@ -213,10 +223,23 @@ func (e *env) startProxy(ctx context.Context) (func(), error) {
 		cli.Close()
 		return nil, err
 	}
+	mcfg, err := e.clientConfig("metrics")
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	e.metricsClient = &http.Client{Transport: &http.Transport{TLSClientConfig: mcfg.TLS}}
+	e.remoteLoad.countWatches(cli)
+	lis, err := e.remoteLoad.listen()
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	p, err := proxy.Start(ctx, proxy.Config{Listen: "127.0.0.1:0", TLS: tlsCfg, Client: cli, Log: log})
+	p, err := proxy.Start(ctx, proxy.Config{Listener: lis, TLS: tlsCfg, Client: cli, Log: log})
 	if err != nil {
+		lis.Close()
 		cli.Close()
 		return nil, err
 	}
@@ -256,6 +279,8 @@ type cluster struct {
 	name  string
 	id    uint32
 	index int // 0..249 ; pod CIDR 10.(octet()).0.0/16
+	// nodeBits is the length of its nodes' pod CIDRs (shape.go); 0 means 24.
+	nodeBits int
 }
 
 // octet is the second octet of the cluster's pod CIDR: 10..255 for the
@@ -271,15 +296,24 @@ func (c cluster) cidr() netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, c.octet(), 0, 0}), 16)
 }
 
+// nodeCIDR is node k's pod CIDR, the k-th block of c.nodeBits in the
+// cluster's /16 (below 10.x.200.0: nodeBitsFor sees to it).
 func (c cluster) nodeCIDR(k int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, c.octet(), byte(k), 0}), 24)
+	bits := c.nodeBits
+	if bits == 0 {
+		bits = 24
+	}
+	return netip.PrefixFrom(addr4(10<<24|uint32(c.octet())<<16|uint32(k)<<(32-bits)), bits)
 }
 
+// nodeIP is node k's InternalIP (its tunnel endpoint): 100.64.0.0/10 holds
+// 16,383 distinct node IPs for each of 256 clusters.
 func (c cluster) nodeIP(k int) netip.Addr {
-	return netip.AddrFrom4([4]byte{172, 16 + byte(c.index/256), byte(c.index % 256), byte(k + 1)})
+	return addr4(100<<24 | 64<<16 | uint32(c.index)<<14 | uint32(k+1))
 }
 
-// uncovered returns the i-th IP of 10.x.200.0/21, outside every node CIDR.
+// uncovered returns the i-th IP from 10.x.200.0 (i < maxUncovered), outside
+// every node CIDR.
 func (c cluster) uncovered(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, c.octet(), byte(200 + i/256), byte(i % 256)})
 }
@@ -489,6 +523,10 @@ func waitSynced(ctx context.Context, m *clustermesh.Mesh, d time.Duration) error
 }
 
 func memory(ctx context.Context, bin string, clusters, nodes, endpoints int) error {
+	nodeBits, err := nodeBitsFor(nodes, endpoints)
+	if err != nil {
+		return err
+	}
 	e, err := startEtcd(ctx, bin)
 	if err != nil {
 		return err
@@ -497,7 +535,7 @@ func memory(ctx context.Context, bin string, clusters, nodes, endpoints int) err
 	var names []string
 	t0 := time.Now()
 	for i := range clusters {
-		c := cluster{name: "c" + strconv.Itoa(i), id: uint32(i + 2), index: i}
+		c := newCluster(i, nodeBits)
 		if err := publish(ctx, e.admin, c, nodes, endpoints); err != nil {
 			return err
 		}
