@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -98,7 +99,7 @@ func LoadConfig(path string, log logrus.FieldLogger) (*Config, error) {
 	writeHashPart(h, keyPEM)
 	copy(c.Hash[:], h.Sum(nil))
 
-	tlsCfg, err := buildTLS(caPEM, certPEM, keyPEM)
+	tlsCfg, err := parsedTLS.get(caPEM, certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("etcd config %s: %w", path, err)
 	}
@@ -131,6 +132,59 @@ func (c *Config) validate() error {
 		return errors.New("https endpoints need trusted-ca-file")
 	}
 	return nil
+}
+
+// tlsMemo keeps the TLS configurations parsed from PEM contents, so that a
+// directory rescanned every half second (a cache reads one file per remote
+// cluster, hundreds of them) parses a certificate and key only when they
+// change. Each caller gets its own Clone; the parsed certificates and pools
+// are shared and never written.
+type tlsMemo struct {
+	mu     sync.Mutex
+	parsed map[[sha256.Size]byte]*tls.Config
+}
+
+// maxTLSMemo bounds the memo; when full it starts over.
+const maxTLSMemo = 4096
+
+var parsedTLS = &tlsMemo{}
+
+func (m *tlsMemo) get(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
+	if caPEM == nil && certPEM == nil {
+		return nil, nil
+	}
+	h := sha256.New()
+	for _, part := range [][]byte{caPEM, certPEM, keyPEM} {
+		// nil (no file) and empty (an empty file) parse differently.
+		h.Write([]byte{boolByte(part != nil)})
+		writeHashPart(h, part)
+	}
+	var key [sha256.Size]byte
+	copy(key[:], h.Sum(nil))
+	m.mu.Lock()
+	cfg, ok := m.parsed[key]
+	m.mu.Unlock()
+	if ok {
+		return cfg.Clone(), nil
+	}
+	cfg, err := buildTLS(caPEM, certPEM, keyPEM)
+	if err != nil {
+		return nil, err // not kept: a broken file is read again until fixed
+	}
+	m.mu.Lock()
+	if m.parsed == nil || len(m.parsed) >= maxTLSMemo {
+		m.parsed = make(map[[sha256.Size]byte]*tls.Config)
+	}
+	m.parsed[key] = cfg
+	m.mu.Unlock()
+	return cfg.Clone(), nil
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func buildTLS(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {

@@ -2,6 +2,7 @@ package kvstore_test
 
 import (
 	"bytes"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -160,4 +161,40 @@ func TestNewBackoffDoublesUpToItsCapWithJitter(t *testing.T) {
 	}
 	nr.Reset()
 	require.LessOrEqual(t, int64(nr.Next()), int64(150))
+}
+
+func TestRescannedConfigParsesItsCertificatesOnlyWhenTheyChange(t *testing.T) {
+	dir := t.TempDir()
+	writePKI(t, dir)
+	path := filepath.Join(dir, "west")
+	require.NoError(t, os.WriteFile(path, []byte(goodYAML), 0o600))
+
+	a, err := kvstore.LoadConfig(path, nil)
+	require.NoError(t, err)
+	b, err := kvstore.LoadConfig(path, nil)
+	require.NoError(t, err)
+	require.NotSame(t, a.TLS, b.TLS, "each load gets its own tls.Config to change")
+	require.Same(t, a.TLS.RootCAs, b.TLS.RootCAs, "the unchanged CA was not parsed again")
+	require.NotNil(t, a.TLS.Certificates[0].Leaf)
+	require.Same(t, a.TLS.Certificates[0].Leaf, b.TLS.Certificates[0].Leaf, "the unchanged key pair was not parsed again")
+	b.TLS.ServerName = "changed"
+	c, err := kvstore.LoadConfig(path, nil)
+	require.NoError(t, err)
+	require.Empty(t, c.TLS.ServerName, "a caller's change does not leak into the next load")
+
+	kp := writePKI(t, dir) // a new CA and key pair in the same files
+	d, err := kvstore.LoadConfig(path, nil)
+	require.NoError(t, err)
+	require.NotSame(t, a.TLS.RootCAs, d.TLS.RootCAs)
+	require.Equal(t, kp.CertPEM, pemOf(d.TLS.Certificates[0].Certificate[0]), "the new certificate is served")
+
+	// An empty CA file is an error, not the "no CA" a file without
+	// trusted-ca-file gets.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "ca.crt"), nil, 0o644))
+	_, err = kvstore.LoadConfig(path, nil)
+	require.ErrorContains(t, err, "no PEM certificate")
+}
+
+func pemOf(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
