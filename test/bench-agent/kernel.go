@@ -23,11 +23,13 @@ import (
 // errNeedsRoot refuses -kernel without root.
 var errNeedsRoot = errors.New("-kernel needs root (a network namespace, an eBPF program and maps on bpffs); run without -kernel to measure up to the agent's desired set")
 
-// kernelDatapath is an ebpf-mode datapath (pkg/datapath's Reconciler) programming a
-// desired set into a network namespace and a bpffs directory of its own
-// (datapathtest: pmt-* namespaces, /sys/fs/bpf/podmesh-test-*), all removed
-// by close, also after a failure half-way and on SIGINT/SIGTERM. Convergence
-// is read from the kernel: its pinned ipcache map, looked up directly.
+// kernelDatapath is an ebpf-mode datapath (pkg/datapath's Reconciler)
+// programming a desired set into a network namespace and a bpffs directory
+// of its own (datapathtest: pmt-* namespaces; /sys/fs/bpf/podmesh-test-*, or
+// a private bpffs instance on a temporary directory where /sys/fs/bpf is not
+// a bpffs), all removed by close, also after a failure half-way and on
+// SIGINT/SIGTERM. Convergence is read from the kernel: its pinned ipcache
+// map, looked up directly.
 type kernelDatapath struct {
 	cleanups
 	rec     *datapath.Reconciler
