@@ -331,7 +331,7 @@ func cacheConvergence(ctx context.Context, e *env, r *replica, clusters, nodes, 
 	var k *kernelDatapath
 	if kernel {
 		t0 := time.Now()
-		if k, err = startKernel(ctx, w.Desired); err != nil {
+		if k, err = startKernel(ctx, w.Desired, e.close); err != nil { // on a signal, the mock etcd goes too
 			return err
 		}
 		defer k.close()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"slices"
@@ -17,10 +18,9 @@ import (
 
 // churnWriters is how many changes may be in flight at once; churnConns
 // how many etcd connections they share.
-const (
-	churnWriters = 8
-	churnConns   = 2
-)
+var churnWriters = flag.Int("churn-writers", 16, "cache: churn writes in flight at once (a late change is written at once, never dropped)")
+
+const churnConns = 2
 
 // churn changes every cluster at Cilium's CI rates: per cluster an endpoint
 // rewritten every second and a node every 10 s (1.1 writes/s per cluster).
@@ -51,7 +51,7 @@ func newChurn(clis []*clientv3.Client, clusters, nodes, endpoints, nodeBits int)
 func (c *churn) run(ctx context.Context) error {
 	interval := time.Duration(float64(time.Second) / c.rate)
 	var g errgroup.Group
-	for w := range churnWriters {
+	for w := range *churnWriters {
 		cli := c.clis[w%len(c.clis)]
 		g.Go(func() error {
 			t := time.NewTimer(0)
@@ -94,8 +94,8 @@ func (c *churn) report() string {
 	c.lagMu.Lock()
 	lags := append([]time.Duration(nil), c.lags...)
 	c.lagMu.Unlock()
-	s := fmt.Sprintf("%d churn writes in %s: %.1f/s achieved of %.1f/s target (%.1f %%)",
-		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), c.rate, 100*float64(n)/elapsed.Seconds()/c.rate)
+	s := fmt.Sprintf("%d churn writes in %s (%d writers): %.1f/s achieved of %.1f/s target (%.1f %%)",
+		n, elapsed.Round(time.Millisecond), *churnWriters, float64(n)/elapsed.Seconds(), c.rate, 100*float64(n)/elapsed.Seconds()/c.rate)
 	if len(lags) > 0 {
 		p50, p99, maxLag := percentiles(lags)
 		s += fmt.Sprintf("; issued behind schedule p50 %s, p99 %s, max %s", p50.Round(time.Microsecond), p99.Round(time.Microsecond), maxLag.Round(time.Microsecond))

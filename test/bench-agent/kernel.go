@@ -23,11 +23,13 @@ import (
 // errNeedsRoot refuses -kernel without root.
 var errNeedsRoot = errors.New("-kernel needs root (a network namespace, an eBPF program and maps on bpffs); run without -kernel to measure up to the agent's desired set")
 
-// kernelDatapath is an ebpf-mode datapath (pkg/datapath's Reconciler) programming a
-// desired set into a network namespace and a bpffs directory of its own
-// (datapathtest: pmt-* namespaces, /sys/fs/bpf/podmesh-test-*), all removed
-// by close, also after a failure half-way and on SIGINT/SIGTERM. Convergence
-// is read from the kernel: its pinned ipcache map, looked up directly.
+// kernelDatapath is an ebpf-mode datapath (pkg/datapath's Reconciler)
+// programming a desired set into a network namespace and a bpffs directory
+// of its own (datapathtest: pmt-* namespaces; /sys/fs/bpf/podmesh-test-*, or
+// a private bpffs instance on a temporary directory where /sys/fs/bpf is not
+// a bpffs), all removed by close, also after a failure half-way and on
+// SIGINT/SIGTERM. Convergence is read from the kernel: its pinned ipcache
+// map, looked up directly.
 type kernelDatapath struct {
 	cleanups
 	rec     *datapath.Reconciler
@@ -35,13 +37,15 @@ type kernelDatapath struct {
 }
 
 // startKernel builds the namespace, starts the reconciler on desired and
-// waits until it realised desired's current version.
-func startKernel(ctx context.Context, desired *datapath.Desired) (k *kernelDatapath, err error) {
+// waits until it realised desired's current version. On SIGINT or SIGTERM
+// until close, it removes what it built, runs atExit (the caller's other
+// children) and exits.
+func startKernel(ctx context.Context, desired *datapath.Desired, atExit func()) (k *kernelDatapath, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errNeedsRoot
 	}
 	k = &kernelDatapath{}
-	k.onSignal()
+	k.onSignal(atExit)
 	defer func() {
 		if err != nil {
 			k.close()
@@ -172,8 +176,10 @@ func (k *kernelDatapath) waitEntry(ctx context.Context, p netip.Prefix, ep netip
 }
 
 // cleanups implements datapathtest.T outside `go test`: Fatalf unwinds to
-// guard, and close runs every cleanup once, in reverse.
+// guard, and close runs every cleanup once, in reverse (a second caller,
+// the signal handler's or the harness's, waits until they ran).
 type cleanups struct {
+	once sync.Once
 	mu   sync.Mutex
 	fns  []func()
 	stop func() // stops the signal handler
@@ -208,9 +214,9 @@ func (c *cleanups) guard(f func()) (err error) {
 	return nil
 }
 
-// onSignal runs the cleanups and exits on SIGINT or SIGTERM, so an
-// interrupted run leaves no namespace or pin behind.
-func (c *cleanups) onSignal() {
+// onSignal runs the cleanups and atExit and exits on SIGINT or SIGTERM, so
+// an interrupted run leaves no namespace or pin behind.
+func (c *cleanups) onSignal(atExit func()) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	quit := make(chan struct{})
@@ -219,6 +225,7 @@ func (c *cleanups) onSignal() {
 		case s := <-sig:
 			c.close()
 			fmt.Fprintf(os.Stderr, "bench-agent: %s: removed the kernel harness's namespaces and pins\n", s)
+			atExit()
 			os.Exit(130)
 		case <-quit:
 		}
@@ -227,16 +234,17 @@ func (c *cleanups) onSignal() {
 }
 
 func (c *cleanups) close() {
-	c.mu.Lock()
-	fns := c.fns
-	c.fns = nil
-	stop := c.stop
-	c.stop = nil
-	c.mu.Unlock()
-	for i := len(fns) - 1; i >= 0; i-- {
-		fns[i]()
-	}
-	if stop != nil {
-		stop()
-	}
+	c.once.Do(func() {
+		c.mu.Lock()
+		fns := c.fns
+		c.fns = nil
+		stop := c.stop
+		c.mu.Unlock()
+		for i := len(fns) - 1; i >= 0; i-- {
+			fns[i]()
+		}
+		if stop != nil {
+			stop()
+		}
+	})
 }

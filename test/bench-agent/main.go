@@ -47,6 +47,10 @@ func main() {
 	kernel := flag.Bool("kernel", false, "cache: also measure convergence into an ebpf datapath (needs root; own network namespace and bpffs directory)")
 	viaProxy := flag.Bool("proxy", false, "latency: read through clustermesh-apiserver's read-only mTLS proxy (in this process) instead of etcd directly")
 	flag.Parse()
+	if *kernel && (*mode != "cache" || *churn <= 0) {
+		fmt.Fprintln(os.Stderr, "bench-agent: -kernel measures convergence under churn: it needs -mode=cache and -churn > 0")
+		os.Exit(2)
+	}
 	if *kernel && os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench-agent:", errNeedsRoot)
 		os.Exit(2)
