@@ -31,9 +31,10 @@ import (
 // agents restarting at once list together, so more keys per page cost more
 // memory. Shards are compressed (a few KiB for a few hundred nodes, at most
 // 1 MiB), so 64 keys are tens to hundreds of KiB. Measured at Cilium's CI
-// shape, 1,000 agents against one replica (docs/scale.md): pages of 32, 64,
-// 128 and 256 keys cost the replica 19, 14, 15 and 11 s of CPU and peaked
-// its RSS at 0.85, 1.2, 1.8 and 1.6 GiB.
+// shape, 1,000 agents against one replica (docs/scale.md, one run each on a
+// loaded machine): pages of 16, 32, 64, 128 and 256 keys cost the replica
+// 30, 19, 14, 15 and 11 s of CPU and peaked its RSS at 0.7, 0.85, 1.2, 1.8
+// and 1.6 GiB (64 keys: 1.1-2.0 GiB over eight runs).
 const CachePageSize = 64
 
 // errReplicaChanged ends a cache session whose connection landed on another
