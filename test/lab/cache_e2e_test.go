@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -18,16 +17,15 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podmesh/podmesh/certs"
 	"github.com/podmesh/podmesh/internal/testutils"
 	"github.com/podmesh/podmesh/pkg/agentstatus"
+	"github.com/podmesh/podmesh/pkg/kvstore"
+	"github.com/podmesh/podmesh/pkg/kvstore/kvstoretest"
 	"github.com/podmesh/podmesh/pkg/meshapi"
 	"github.com/podmesh/podmesh/test/lab"
 )
@@ -80,6 +78,7 @@ func testCacheReplicaKilled(t *testing.T, ctx context.Context, l *lab.Lab) {
 		}
 	}
 	logApiserverCost(t, replicas)
+	spreadAgents(t, ctx, l, c2)
 	restarts := agentRestarts(t, ctx, l, c2)
 	before := cacheSessions(t, ctx, l, nodes)
 	for _, n := range nodes {
@@ -222,8 +221,9 @@ func replicaOf(rs []cacheReplica, epoch string) *cacheReplica {
 }
 
 // cacheReplicas lists c's Ready clustermesh-apiserver pods and reads each
-// one's cache epoch through its own cache proxy (pod IP, port 2381), with
-// the credential c's agents have (CN local-<c>), from a node of c.
+// one's cache epoch through its own cache proxy, as an agent of c would
+// (the cache Service's name and c's agents' credential, CN local-<c>), but
+// with the connection made from a node of c to the pod's own IP.
 func cacheReplicas(t *testing.T, ctx context.Context, c *lab.Cluster) []cacheReplica {
 	t.Helper()
 	pods, err := c.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{LabelSelector: apiServerSelector})
@@ -234,27 +234,36 @@ func cacheReplicas(t *testing.T, ctx context.Context, c *lab.Cluster) []cacheRep
 	if err != nil {
 		t.Fatal(err)
 	}
-	pair, err := tls.X509KeyPair(kp.CertPEM, kp.KeyPEM)
+	dir := t.TempDir()
+	files := map[string][]byte{"ca.crt": c.CA.CertPEM, "tls.crt": kp.CertPEM, "tls.key": kp.KeyPEM}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(dir, "cache.yaml")
+	yml := kvstoretest.ClientYAML(certs.CacheEndpoint(lab.PodmeshNamespace), filepath.Join(dir, "ca.crt"), filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+	if err := os.WriteFile(file, yml, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := kvstore.LoadConfig(file, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(c.CA.CertPEM)
 	netns := c.NodeList()[0].NetNS
 	var out []cacheReplica
 	for _, p := range pods.Items {
 		if p.DeletionTimestamp != nil || p.Status.PodIP == "" {
 			continue
 		}
-		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   []string{"https://" + net.JoinHostPort(p.Status.PodIP, fmt.Sprint(certs.CachePort))},
-			DialTimeout: 10 * time.Second,
-			TLS:         &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots, ServerName: certs.CacheServiceName + "." + lab.PodmeshNamespace + ".svc", MinVersion: tls.VersionTLS13},
-			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-				return lab.DialIn(ctx, netns, "tcp", addr)
-			})},
-			Logger: zap.NewNop(),
-		})
+		podIP := p.Status.PodIP
+		cli, err := kvstore.NewClient(cfg, kvstore.ClientOptions{Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			_, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return lab.DialIn(ctx, netns, "tcp", net.JoinHostPort(podIP, port))
+		}})
 		if err != nil {
 			t.Fatalf("cluster %s: cache client for %s: %v", c.Name, p.Name, err)
 		}
@@ -263,11 +272,26 @@ func cacheReplicas(t *testing.T, ctx context.Context, c *lab.Cluster) []cacheRep
 		cancel()
 		cli.Close()
 		if err != nil || len(resp.Kvs) == 0 {
-			t.Fatalf("cluster %s: read the cache epoch of %s at %s: %v", c.Name, p.Name, p.Status.PodIP, err)
+			t.Fatalf("cluster %s: read the cache epoch of %s at %s: %v (a TLS handshake from %s says: %v)", c.Name, p.Name, podIP, err, netns, tlsHandshake(ctx, netns, podIP, cfg.TLS))
 		}
-		out = append(out, cacheReplica{pod: p.Name, node: p.Spec.NodeName, ip: p.Status.PodIP, epoch: string(resp.Kvs[0].Value), pids: apiserverPIDs(c.Name, p.Status.PodIP)})
+		out = append(out, cacheReplica{pod: p.Name, node: p.Spec.NodeName, ip: podIP, epoch: string(resp.Kvs[0].Value), pids: apiserverPIDs(c.Name, podIP)})
 	}
 	return out
+}
+
+// tlsHandshake says how a TLS handshake with the cache proxy at ip goes.
+func tlsHandshake(ctx context.Context, netns, ip string, cfg *tls.Config) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := lab.DialIn(ctx, netns, "tcp", net.JoinHostPort(ip, fmt.Sprint(certs.CachePort)))
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	cfg = cfg.Clone()
+	cfg.ServerName = certs.CacheServiceName + "." + lab.PodmeshNamespace + ".svc"
+	cfg.NextProtos = []string{"h2"}
+	return tls.Client(raw, cfg).HandshakeContext(ctx)
 }
 
 // apiserverPIDs returns the clustermesh-apiserver processes of cluster
@@ -334,6 +358,50 @@ func logApiserverCost(t *testing.T, replicas map[string][]cacheReplica) {
 			t.Logf("MEASURED cluster %s replica %s (%d processes): %.1f millicores over %s of a quiet mesh, RSS %.1f MiB",
 				cluster, r.pod, len(r.pids), float64(used)/float64(window)*1000, window, float64(rss)/(1<<20))
 		}
+	}
+}
+
+// spreadAgents makes c's two agents read different replicas, so the drill
+// has an agent that must move and one that must not: while both read the
+// same one, the second node's agent pod is replaced (an agent restart keeps
+// the kernel's state) and its new connection lands on a replica the
+// Service picks at random.
+func spreadAgents(t *testing.T, ctx context.Context, l *lab.Lab, c *lab.Cluster) {
+	t.Helper()
+	ns := c.NodeList()
+	for try := 1; ; try++ {
+		s := cacheSessions(t, ctx, l, ns)
+		if s[ns[0].Name].Epoch != s[ns[1].Name].Epoch {
+			return
+		}
+		if try > 8 {
+			t.Fatalf("cluster %s: both agents still read epoch %s after %d agent restarts", c.Name, s[ns[0].Name].Epoch, try-1)
+		}
+		pods, err := c.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=" + lab.AgentDaemonSet, FieldSelector: "spec.nodeName=" + ns[1].Name,
+		})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("agent pod on %s: %v (%v)", ns[1].Name, pods, err)
+		}
+		old := pods.Items[0].Name
+		t.Logf("both agents of %s read epoch %s: replacing agent pod %s", c.Name, s[ns[0].Name].Epoch, old)
+		if out, err := l.Kubectl(ctx, c, "-n", lab.PodmeshNamespace, "delete", "pod", old); err != nil {
+			t.Fatalf("kubectl delete pod: %v: %s", err, out)
+		}
+		eventually(t, 2*time.Minute, "the replacement agent on "+ns[1].Name+" reads the cache", func() error {
+			if _, err := c.Kube.Client.CoreV1().Pods(lab.PodmeshNamespace).Get(ctx, old, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s still there (%v)", old, err)
+			}
+			st, err := l.AgentStatus(ctx, ns[1])
+			if err != nil {
+				return err
+			}
+			if cs := st.Mesh.Cache; cs == nil || !cs.Connected || cs.Epoch == "" || !st.Mesh.Synced {
+				return fmt.Errorf("cache session %+v, synced %v", cs, st.Mesh.Synced)
+			}
+			return nil
+		})
+		converged(t, ctx, l, 2*time.Minute)
 	}
 }
 

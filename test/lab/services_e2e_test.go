@@ -58,7 +58,7 @@ func TestRealLabMultiClusterServices(t *testing.T) {
 	testutils.RequireRoot(t)
 	o := realLabOptions(t)
 	o.Images = withCoreDNSImage(t, o.BinDir, o.Images)
-	o.APIServerReplicas = 1 // as TestRealLabEndToEnd: the drills replace "the" replica
+	o.APIServerReplicas = 1 // as TestRealLabEndToEnd: the drills replace and inspect "the" replica
 	ctx := withTimeout(t, 15*time.Minute)
 	t0 := time.Now()
 	l := upLab(t, ctx, o, lab.Topology{Clusters: 3, Nodes: 2})
