@@ -65,7 +65,7 @@ type Cache struct {
 	wake   chan struct{}
 	synced chan struct{}
 
-	// mu protects want, dirty, removed and pruneAllowed.
+	// mu protects want, dirty, removed, encoders and pruneAllowed.
 	mu sync.Mutex
 	// want holds per cluster the entries it should have (config, nodes,
 	// endpoints), replaced as a whole, never modified in place.
@@ -75,7 +75,9 @@ type Cache struct {
 	dirty map[string]bool
 	// removed holds clusters to delete from the cache now, even before
 	// pruning is allowed.
-	removed      map[string]bool
+	removed map[string]bool
+	// encoders keep per cluster what its last entries were encoded from.
+	encoders     map[string]*encoder
 	pruneAllowed bool
 }
 
@@ -92,13 +94,14 @@ func New(opts Options) (*Cache, error) {
 	}
 	opts.Timing = withCacheTiming(opts.Timing)
 	c := &Cache{
-		opts:    opts,
-		log:     opts.Log.WithField("component", "cache"),
-		wake:    make(chan struct{}, 1),
-		synced:  make(chan struct{}),
-		want:    make(map[string]map[string][]byte),
-		dirty:   make(map[string]bool),
-		removed: make(map[string]bool),
+		opts:     opts,
+		log:      opts.Log.WithField("component", "cache"),
+		wake:     make(chan struct{}, 1),
+		synced:   make(chan struct{}),
+		want:     make(map[string]map[string][]byte),
+		dirty:    make(map[string]bool),
+		removed:  make(map[string]bool),
+		encoders: make(map[string]*encoder),
 	}
 	m, err := clustermesh.New(clustermesh.Options{
 		LocalCluster: opts.Cluster, LocalClusterID: opts.ClusterID, LocalPodCIDRs: opts.PodCIDRs,
@@ -164,6 +167,7 @@ func (d *desired) RemoveCluster(cluster string) {
 	c := (*Cache)(d)
 	c.mu.Lock()
 	delete(c.want, cluster)
+	delete(c.encoders, cluster)
 	c.removed[cluster] = true
 	c.dirty[cluster] = true
 	c.mu.Unlock()
@@ -183,7 +187,14 @@ type states Cache
 
 func (s *states) SetClusterState(cc *meshapi.ClusterConfig, nodes map[string]*meshapi.Node, endpoints map[string]*meshapi.Endpoint) {
 	c := (*Cache)(s)
-	want, err := Entries(cc, nodes, endpoints)
+	c.mu.Lock()
+	enc := c.encoders[cc.Name]
+	if enc == nil {
+		enc = new(encoder)
+		c.encoders[cc.Name] = enc
+	}
+	c.mu.Unlock()
+	want, err := enc.entries(cc, nodes, endpoints)
 	if err != nil {
 		c.log.WithError(err).WithField("cluster", cc.Name).Error("Cannot encode a remote cluster for the cache; keeping what the cache holds")
 		return
