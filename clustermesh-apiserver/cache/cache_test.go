@@ -182,10 +182,7 @@ func TestPeersNeverReadTheCache(t *testing.T) {
 // Agents keep their entries throughout, re-list the new replica and
 // withdraw only what vanished.
 func TestReplicaRestartAndSwitchWithdrawNothingThatExists(t *testing.T) {
-	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
-	for i := 1; i <= 5; i++ {
-		east.PutNode(t, nodeName(i), nodeIP(i), nodeCIDR(i))
-	}
+	east := startEast(t, 5)
 	tr := newTier(t, east)
 	r := tr.start(t, "")
 	r.waitSynced(t)

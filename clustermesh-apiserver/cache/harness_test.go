@@ -230,6 +230,17 @@ func want(cluster string, id uint32, pairs ...string) map[netip.Prefix]datapath.
 	return out
 }
 
+// startEast starts the remote "east" (ID 2, 10.2.0.0/16) with nodes e1..en
+// (nodeName, nodeIP, nodeCIDR).
+func startEast(t *testing.T, n int) *cmt.Remote {
+	t.Helper()
+	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
+	for i := 1; i <= n; i++ {
+		east.PutNode(t, nodeName(i), nodeIP(i), nodeCIDR(i))
+	}
+	return east
+}
+
 func nodeName(i int) string { return fmt.Sprintf("e%d", i) }
 func nodeIP(i int) string   { return fmt.Sprintf("192.168.1.%d", i) }
 func nodeCIDR(i int) string { return fmt.Sprintf("10.2.%d.0/24", i) }

@@ -183,10 +183,7 @@ func junkHistory(t *testing.T, remote *cmt.Remote, from, to *replica) {
 // 100 ms, as a fixed first backoff would make them), the survivor's agents
 // do not re-list, and no agent withdraws anything that exists.
 func TestLostReplicaMovesOnlyItsAgentsAndTheirRelistsSpread(t *testing.T) {
-	east := cmt.StartRemote(t, "east", 2, "10.2.0.0/16")
-	for i := 1; i <= 5; i++ {
-		east.PutNode(t, nodeName(i), nodeIP(i), nodeCIDR(i))
-	}
+	east := startEast(t, 5)
 	tr := newTier(t, east)
 	replicas := make([]*replica, 2)
 	addrs := make([]string, 2)

@@ -99,7 +99,7 @@ func LoadConfig(path string, log logrus.FieldLogger) (*Config, error) {
 	writeHashPart(h, keyPEM)
 	copy(c.Hash[:], h.Sum(nil))
 
-	tlsCfg, err := parsedTLS.get(caPEM, certPEM, keyPEM)
+	tlsCfg, err := parsedTLS.get(c.Hash, caPEM, certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("etcd config %s: %w", path, err)
 	}
@@ -137,8 +137,9 @@ func (c *Config) validate() error {
 // tlsMemo keeps the TLS configurations parsed from PEM contents, so that a
 // directory rescanned every half second (a cache reads one file per remote
 // cluster, hundreds of them) parses a certificate and key only when they
-// change. Each caller gets its own Clone; the parsed certificates and pools
-// are shared and never written.
+// change. It is keyed by Config.Hash, which covers the YAML (and so which
+// files it names) and their contents. Each caller gets its own Clone; the
+// parsed certificates and pools are shared and never written.
 type tlsMemo struct {
 	mu     sync.Mutex
 	parsed map[[sha256.Size]byte]*tls.Config
@@ -149,20 +150,12 @@ const maxTLSMemo = 4096
 
 var parsedTLS = &tlsMemo{}
 
-func (m *tlsMemo) get(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
+func (m *tlsMemo) get(hash [sha256.Size]byte, caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
 	if caPEM == nil && certPEM == nil {
 		return nil, nil
 	}
-	h := sha256.New()
-	for _, part := range [][]byte{caPEM, certPEM, keyPEM} {
-		// nil (no file) and empty (an empty file) parse differently.
-		h.Write([]byte{boolByte(part != nil)})
-		writeHashPart(h, part)
-	}
-	var key [sha256.Size]byte
-	copy(key[:], h.Sum(nil))
 	m.mu.Lock()
-	cfg, ok := m.parsed[key]
+	cfg, ok := m.parsed[hash]
 	m.mu.Unlock()
 	if ok {
 		return cfg.Clone(), nil
@@ -175,16 +168,9 @@ func (m *tlsMemo) get(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
 	if m.parsed == nil || len(m.parsed) >= maxTLSMemo {
 		m.parsed = make(map[[sha256.Size]byte]*tls.Config)
 	}
-	m.parsed[key] = cfg
+	m.parsed[hash] = cfg
 	m.mu.Unlock()
 	return cfg.Clone(), nil
-}
-
-func boolByte(b bool) byte {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func buildTLS(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
